@@ -1,0 +1,48 @@
+// swift-tools-version:6.0
+// Cutover: a PostgreSQL wire-protocol proxy that moves each service's schema to its own instance.
+import PackageDescription
+
+let package = Package(
+    name: "Cutover",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "cutover", targets: ["cutover"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // C libraries, each behind a module map with a `link` line (pkg-config only adds search paths).
+        .systemLibrary(name: "CLibUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
+        .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+        .systemLibrary(name: "CPGQuery", providers: [.apt(["libpg-query-dev"])]),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "libssl", providers: [.apt(["libssl-dev"])]),
+
+        // Pure wire protocol: messages, framer, encoder. No I/O.
+        .target(name: "CutoverProtocol"),
+        // Pure domain: config, routes, phases, authentication exchanges, session state machines.
+        .target(name: "CutoverCore", dependencies: [
+            "CutoverProtocol", "COpenSSL", "CPGQuery",
+            .product(name: "TOMLKit", package: "TOMLKit"),
+        ]),
+        // The only layer with unsafe pointers and C callbacks: libuv loop, TCP, timers, signals.
+        .target(name: "CutoverRuntime", dependencies: ["CLibUV"]),
+        // The proxy: glues sessions (core) to sockets (runtime).
+        .target(name: "CutoverProxy", dependencies: [
+            "CutoverProtocol", "CutoverCore", "CutoverRuntime",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "cutover", dependencies: [
+            "CutoverProxy", "CutoverCore", "CLibPQ",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+
+        .testTarget(name: "CutoverProtocolTests", dependencies: ["CutoverProtocol"]),
+        .testTarget(name: "CutoverCoreTests", dependencies: ["CutoverCore", "CutoverProtocol"]),
+        .testTarget(name: "CutoverRuntimeTests", dependencies: ["CutoverRuntime"]),
+        .testTarget(name: "CutoverIntegrationTests", dependencies: ["CLibPQ", "CutoverCore"]),
+    ]
+)

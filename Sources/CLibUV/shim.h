@@ -1,0 +1,13 @@
+/* libuv for Swift: struct-prefix "inheritance" casts are done here, in C, not with memory rebinding. */
+#include <uv.h>
+#include <sys/socket.h>
+#include <sys/resource.h>
+#include <netinet/in.h>
+static inline uv_stream_t *uvshim_stream(uv_tcp_t *t) { return (uv_stream_t *)t; }
+static inline uv_handle_t *uvshim_tcp_handle(uv_tcp_t *t) { return (uv_handle_t *)t; }
+static inline uv_handle_t *uvshim_timer_handle(uv_timer_t *t) { return (uv_handle_t *)t; }
+static inline uv_handle_t *uvshim_signal_handle(uv_signal_t *t) { return (uv_handle_t *)t; }
+static inline uv_handle_t *uvshim_async_handle(uv_async_t *t) { return (uv_handle_t *)t; }
+static inline int uvshim_eagain(void) { return UV_EAGAIN; }
+static inline int uvshim_eof(void) { return UV_EOF; }
+static inline int uvshim_ecanceled(void) { return UV_ECANCELED; }

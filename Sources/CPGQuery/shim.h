@@ -1,0 +1,2 @@
+/* libpg_query: PostgreSQL's own parser, for fingerprints, normalized text and schema detection. */
+#include <pg_query.h>

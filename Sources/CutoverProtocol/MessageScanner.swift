@@ -1,0 +1,136 @@
+// Streaming header scanner for pass-through forwarding: sees every message boundary, copies nothing it need not.
+
+/// Walks a typed message stream chunk by chunk, as it is forwarded, and reports each message that ends in
+/// the chunk. Bodies are handed over only for the ids in `captured` (the ones that drive decisions); the
+/// rest are skipped by length without being read, so DataRow and CopyData cost one header each.
+public struct MessageScanner: Sendable {
+    /// A set of message ids as a 256-bit map.
+    public struct IDSet: Sendable {
+        var bits: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        public init(_ ids: [UInt8]) { for id in ids { insert(id) } }
+        public mutating func insert(_ id: UInt8) {
+            let bit = UInt64(1) << UInt64(id & 63)
+            switch id >> 6 {
+            case 0: bits.0 |= bit
+            case 1: bits.1 |= bit
+            case 2: bits.2 |= bit
+            default: bits.3 |= bit
+            }
+        }
+        @inline(__always) public func contains(_ id: UInt8) -> Bool {
+            let bit = UInt64(1) << UInt64(id & 63)
+            switch id >> 6 {
+            case 0: return bits.0 & bit != 0
+            case 1: return bits.1 & bit != 0
+            case 2: return bits.2 & bit != 0
+            default: return bits.3 & bit != 0
+            }
+        }
+    }
+
+    public let captured: IDSet
+    public let maxMessageSize: Int
+    private var header: (UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0)
+    private var headerFill = 0
+    private var bodyRemaining = 0
+    private var bodyLength = 0
+    private var currentID: UInt8 = 0
+    private var capturing = false
+    private var capture: [UInt8] = []
+
+    public init(captured: IDSet, maxMessageSize: Int) {
+        self.captured = captured
+        self.maxMessageSize = maxMessageSize
+    }
+
+    /// True between messages: the stream can be cut or switched here.
+    public var atMessageBoundary: Bool { headerFill == 0 && bodyRemaining == 0 && !capturing }
+
+    /// Scans `chunk`. `visit(id, body, endOffset)` runs for each message that completes in it; `body` is
+    /// non-nil only for captured ids and is valid only during the call; `endOffset` is where the
+    /// message ends within `chunk`. A length over `maxMessageSize` (or under 4) throws before its body is read.
+    public mutating func scan(_ chunk: UnsafeRawBufferPointer,
+                              _ visit: (UInt8, UnsafeRawBufferPointer?, Int) throws -> Void) throws {
+        var i = 0
+        let n = chunk.count
+        while i < n {
+            if bodyRemaining == 0 && headerFill == 0 && !capturing && n - i >= 5 {
+                // Fast path: a whole header in the chunk.
+                let id = chunk[i]
+                let length = Int(readBigEndianInt32(chunk, i + 1))
+                try check(length)
+                let bodyStart = i + 5, bodyLen = length - 4
+                if bodyStart + bodyLen <= n {
+                    let body = captured.contains(id)
+                        ? UnsafeRawBufferPointer(rebasing: chunk[bodyStart..<bodyStart + bodyLen]) : nil
+                    i = bodyStart + bodyLen
+                    try visit(id, body, i)
+                    continue
+                }
+                begin(id: id, length: length)
+                i = bodyStart
+                continue
+            }
+            if bodyRemaining == 0 && !capturing {
+                // Slow path: the header straddles chunks.
+                setHeaderByte(headerFill, chunk[i]); headerFill += 1; i += 1
+                if headerFill == 5 {
+                    headerFill = 0
+                    let length = Int(Int32(bitPattern: UInt32(header.1) << 24 | UInt32(header.2) << 16
+                        | UInt32(header.3) << 8 | UInt32(header.4)))
+                    try check(length)
+                    begin(id: header.0, length: length)
+                    if bodyRemaining == 0 { try finish(visit, at: i) }
+                }
+                continue
+            }
+            let take = min(bodyRemaining, n - i)
+            if capturing { capture.append(contentsOf: UnsafeRawBufferPointer(rebasing: chunk[i..<i + take])) }
+            bodyRemaining -= take
+            i += take
+            if bodyRemaining == 0 { try finish(visit, at: i) }
+        }
+    }
+
+    @inline(__always) private func check(_ length: Int) throws {
+        guard length >= 4 else { throw ProtocolError.invalidLength(length) }
+        guard length <= maxMessageSize else { throw ProtocolError.messageTooLarge(length: length, limit: maxMessageSize) }
+    }
+
+    private mutating func begin(id: UInt8, length: Int) {
+        currentID = id
+        bodyLength = length - 4
+        bodyRemaining = bodyLength
+        capturing = captured.contains(id)
+        if capturing { capture.removeAll(keepingCapacity: true); capture.reserveCapacity(bodyLength) }
+    }
+
+    private mutating func finish(_ visit: (UInt8, UnsafeRawBufferPointer?, Int) throws -> Void, at offset: Int) throws {
+        let wasCapturing = capturing
+        capturing = false
+        if wasCapturing {
+            let body = capture
+            capture = []
+            try body.withUnsafeBytes { try visit(currentID, $0, offset) }
+        } else {
+            try visit(currentID, nil, offset)
+        }
+    }
+
+    private mutating func setHeaderByte(_ i: Int, _ b: UInt8) {
+        switch i {
+        case 0: header.0 = b
+        case 1: header.1 = b
+        case 2: header.2 = b
+        case 3: header.3 = b
+        default: header.4 = b
+        }
+    }
+}
+
+extension BackendMessage {
+    /// Decodes a captured body handed over by `MessageScanner`.
+    public static func decode(id: UInt8, raw: UnsafeRawBufferPointer) throws -> BackendMessage {
+        try decode(id: id, body: Array(raw)[...])
+    }
+}

@@ -1,0 +1,81 @@
+// The untyped first packet of a connection: StartupMessage, SSLRequest, GSSENCRequest or CancelRequest.
+
+/// What a client sends before any typed message. Identified by the 32-bit code after the length.
+public enum StartupPacket: Equatable, Sendable {
+    case startup(StartupMessage)
+    case sslRequest
+    case gssEncRequest
+    case cancel(CancelRequest)
+
+    static let sslRequestCode: Int32 = 80877103
+    static let gssEncRequestCode: Int32 = 80877104
+    static let cancelRequestCode: Int32 = 80877102
+    public static let protocol3: Int32 = 196608 // 3.0
+
+    /// Decodes a complete packet body (everything after the 4-byte length).
+    public static func decode(body: ArraySlice<UInt8>) throws -> StartupPacket {
+        var r = ByteReader(body, context: "startup packet")
+        let code = try r.readInt32()
+        switch code {
+        case sslRequestCode:
+            try r.finish(); return .sslRequest
+        case gssEncRequestCode:
+            try r.finish(); return .gssEncRequest
+        case cancelRequestCode:
+            let pid = try r.readInt32(), secret = try r.readInt32()
+            try r.finish()
+            return .cancel(CancelRequest(processID: pid, secretKey: secret))
+        case protocol3:
+            var params: [(String, String)] = []
+            while true {
+                let key = try r.readCString()
+                if key.isEmpty { break }
+                params.append((key, try r.readCString()))
+            }
+            try r.finish()
+            return .startup(StartupMessage(parameters: params))
+        default:
+            throw ProtocolError.unsupportedProtocolVersion(major: Int(code >> 16), minor: Int(code & 0xFFFF))
+        }
+    }
+
+    public func encode(into w: inout ByteWriter) {
+        w.beginMessage(nil)
+        switch self {
+        case .sslRequest: w.writeInt32(Self.sslRequestCode)
+        case .gssEncRequest: w.writeInt32(Self.gssEncRequestCode)
+        case .cancel(let c):
+            w.writeInt32(Self.cancelRequestCode); w.writeInt32(c.processID); w.writeInt32(c.secretKey)
+        case .startup(let s):
+            w.writeInt32(Self.protocol3)
+            for (k, v) in s.parameters { w.writeCString(k); w.writeCString(v) }
+            w.writeUInt8(0)
+        }
+        w.endMessage()
+    }
+}
+
+/// Protocol 3.0 StartupMessage: ordered key/value parameters (`user`, `database`, GUCs such as `DateStyle`).
+public struct StartupMessage: Equatable, Sendable {
+    /// Kept as ordered pairs: the backend sees them in the order the client sent them.
+    public var parameters: [(String, String)]
+
+    public init(parameters: [(String, String)]) { self.parameters = parameters }
+
+    public subscript(key: String) -> String? { parameters.first { $0.0 == key }?.1 }
+
+    public var user: String? { self["user"] }
+    /// The database defaults to the user name, as in PostgreSQL.
+    public var database: String? { self["database"].flatMap { $0.isEmpty ? nil : $0 } ?? user }
+
+    public static func == (a: StartupMessage, b: StartupMessage) -> Bool {
+        a.parameters.elementsEqual(b.parameters) { $0.0 == $1.0 && $0.1 == $1.1 }
+    }
+}
+
+/// A CancelRequest: the key a client got in BackendKeyData.
+public struct CancelRequest: Equatable, Hashable, Sendable {
+    public var processID: Int32
+    public var secretKey: Int32
+    public init(processID: Int32, secretKey: Int32) { self.processID = processID; self.secretKey = secretKey }
+}
