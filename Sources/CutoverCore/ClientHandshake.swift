@@ -1,0 +1,175 @@
+// The client side of a session's start: startup packet, SSL/GSS refusal, route and user lookup, authentication.
+import CutoverProtocol
+
+/// Drives one client from its first byte to "authenticated, route known". No I/O: feed it packets, run its actions.
+public struct ClientHandshake {
+    public enum Action: Equatable {
+        /// Send these bytes and keep going.
+        case send([UInt8])
+        /// Send this error and close the connection.
+        case fail(ErrorFields)
+        /// The connection was a CancelRequest: forward it and close.
+        case cancel(CancelRequest)
+        /// Authenticated: connect to the route's leader with these startup parameters.
+        case connect(RouteTarget, StartupMessage, user: String)
+        /// Authenticated as an admin user to the admin database.
+        case admin(StartupMessage, user: String)
+        case wait
+    }
+
+    enum State {
+        case awaitingStartup
+        case awaitingPassword(user: String, salt: [UInt8])
+        case awaitingSASLInitial(user: String)
+        case awaitingSASLResponse(user: String, SCRAMServer)
+        case done
+        case failed
+    }
+
+    let config: CutoverConfig
+    let phaseOf: (String) -> Phase?
+    private var state = State.awaitingStartup
+    private var startup = StartupMessage(parameters: [])
+    private var resolution = RouteResolution.unknownDatabase
+
+    /// `phaseOf` gives a route's current (run-time) phase; the config's phase is only its initial value.
+    public init(config: CutoverConfig, phaseOf: @escaping (String) -> Phase? = { _ in nil }) {
+        self.config = config
+        self.phaseOf = phaseOf
+    }
+
+    /// The framer mode the next packet needs: only the first packets are untyped.
+    public var expectsUntyped: Bool { if case .awaitingStartup = state { return true } else { return false } }
+
+    /// The kind of 'p' message expected next.
+    public var passwordKind: FrontendMessage.PasswordKind? {
+        switch state {
+        case .awaitingPassword: return .password
+        case .awaitingSASLInitial: return .saslInitial
+        case .awaitingSASLResponse: return .saslResponse
+        default: return nil
+        }
+    }
+
+    public mutating func startupPacketReceived(_ body: ArraySlice<UInt8>) -> Action {
+        let packet: StartupPacket
+        do { packet = try StartupPacket.decode(body: body) } catch let e as ProtocolError {
+            return fail(ProxyError.describe(e))
+        } catch { return fail(ProxyError.protocolViolation("invalid startup packet")) }
+        switch packet {
+        case .sslRequest, .gssEncRequest:
+            return .send([0x4E]) // 'N': not supported; the client continues in plaintext
+        case .cancel(let key):
+            state = .done
+            return .cancel(key)
+        case .startup(let message):
+            return startupReceived(message)
+        }
+    }
+
+    mutating func startupReceived(_ message: StartupMessage) -> Action {
+        startup = message
+        guard let userName = message.user, !userName.isEmpty else {
+            return fail(ProxyError.fatal("28000", "no PostgreSQL user name specified in startup packet"))
+        }
+        if message["replication"].map({ $0 != "false" && $0 != "0" && $0 != "off" }) ?? false {
+            return fail(ProxyError.fatal("08P01", "replication connections are not supported by the proxy"))
+        }
+        let database = message.database ?? userName
+        resolution = config.resolve(database: database, phase: config.routes[database] != nil ? phaseOf(database) : nil)
+        if resolution == .unknownDatabase { return fail(ProxyError.unknownDatabase(database)) }
+        // An unknown user still goes through a password exchange, so probing cannot tell users apart.
+        let user = config.users[userName]
+        switch user?.auth ?? .scramSHA256 {
+        case .trust:
+            return authenticated(userName)
+        case .md5:
+            let salt = Crypto.randomBytes(4)
+            state = .awaitingPassword(user: userName, salt: salt)
+            return send(.authentication(.md5Password(salt: salt)))
+        case .scramSHA256:
+            state = .awaitingSASLInitial(user: userName)
+            return send(.authentication(.sasl(mechanisms: ["SCRAM-SHA-256"])))
+        }
+    }
+
+    /// A 'p' message (its body), interpreted by the current authentication state.
+    public mutating func passwordMessageReceived(_ body: ArraySlice<UInt8>) -> Action {
+        guard let kind = passwordKind else { return fail(ProxyError.protocolViolation("unexpected password message")) }
+        let message: FrontendMessage
+        do { message = try FrontendMessage.decodePassword(body: body, as: kind) } catch let e as ProtocolError {
+            return fail(ProxyError.describe(e))
+        } catch { return fail(ProxyError.protocolViolation("invalid password message")) }
+        switch (state, message) {
+        case (.awaitingPassword(let user, let salt), .password(let response)):
+            guard let stored = config.users[user]?.md5, response == MD5Password.response(stored: stored, salt: salt) else {
+                return fail(ProxyError.passwordFailed(user: user))
+            }
+            return authenticated(user)
+        case (.awaitingSASLInitial(let user), .saslInitialResponse(let mechanism, let data)):
+            // Unknown users get a throwaway verifier: the exchange fails at the proof, like a wrong password.
+            let verifier = config.users[user]?.scram ?? SCRAMVerifier(password: String(decoding: Crypto.randomBytes(12), as: UTF8.self))
+            var server = SCRAMServer(verifier: verifier)
+            do {
+                let first = try server.receiveClientFirst(mechanism: mechanism, data: data)
+                state = .awaitingSASLResponse(user: user, server)
+                return send(.authentication(.saslContinue(data: first)))
+            } catch .unsupportedMechanism(let m) {
+                return fail(ProxyError.fatal("28000", "SASL mechanism \(m) is not supported; use SCRAM-SHA-256"))
+            } catch .channelBindingUnsupported {
+                return fail(ProxyError.fatal("28000", "channel binding is not supported without TLS"))
+            } catch {
+                return fail(ProxyError.protocolViolation("malformed SCRAM client-first-message"))
+            }
+        case (.awaitingSASLResponse(let user, let server), .saslResponse(let data)):
+            do {
+                let final = try server.receiveClientFinal(data: data)
+                guard config.users[user] != nil else { return fail(ProxyError.passwordFailed(user: user)) }
+                var w = ByteWriter()
+                BackendMessage.authentication(.saslFinal(data: final)).encode(into: &w)
+                let next = authenticated(user)
+                if case .fail = next { return next }
+                // SASLFinal goes out first; AuthenticationOk follows once the backend is ready.
+                pendingPrefix = w.bytes
+                return next
+            } catch .wrongProof {
+                return fail(ProxyError.passwordFailed(user: user))
+            } catch {
+                return fail(ProxyError.protocolViolation("malformed SCRAM client-final-message"))
+            }
+        default:
+            return fail(ProxyError.protocolViolation("unexpected authentication message"))
+        }
+    }
+
+    /// Bytes to send before the result of `.connect`/`.admin` (the SASLFinal message), consumed once.
+    public private(set) var pendingPrefix: [UInt8] = []
+    public mutating func takePendingPrefix() -> [UInt8] { defer { pendingPrefix = [] }; return pendingPrefix }
+
+    mutating func authenticated(_ user: String) -> Action {
+        state = .done
+        switch resolution {
+        case .admin:
+            guard config.users[user]?.admin == true else {
+                return fail(ProxyError.fatal("42501", "user \"\(user)\" may not use the admin database",
+                                             hint: "Mark the user admin = true in [[users]]."))
+            }
+            return .admin(startup, user: user)
+        case .route(let target):
+            return .connect(target, startup, user: user)
+        case .unknownDatabase:
+            return fail(ProxyError.unknownDatabase(startup.database ?? ""))
+        }
+    }
+
+    private mutating func fail(_ e: ErrorFields) -> Action {
+        state = .failed
+        return .fail(e)
+    }
+
+    private func send(_ m: BackendMessage) -> Action {
+        var w = ByteWriter()
+        m.encode(into: &w)
+        return .send(w.bytes)
+    }
+}

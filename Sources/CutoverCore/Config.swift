@@ -1,0 +1,99 @@
+// The configuration model: server settings, users, backends and routes, validated as a whole.
+
+/// Everything `cutover serve` runs with. Immutable: a reload builds a new one and swaps it in.
+public struct CutoverConfig: Sendable {
+    public var server: ServerConfig
+    public var users: [String: UserConfig]
+    public var backends: [String: BackendConfig]
+    public var routes: [String: RouteConfig]
+    /// `[routes."*"]`: any other database name goes to the same-named database on this backend.
+    public var wildcardBackend: String?
+
+    public init(server: ServerConfig = ServerConfig(), users: [String: UserConfig] = [:],
+                backends: [String: BackendConfig] = [:], routes: [String: RouteConfig] = [:], wildcardBackend: String? = nil) {
+        self.server = server; self.users = users; self.backends = backends; self.routes = routes
+        self.wildcardBackend = wildcardBackend
+    }
+}
+
+public struct ServerConfig: Sendable, Equatable {
+    public var listenHost = "127.0.0.1"
+    public var listenPort = 6432
+    public var maxClients = 1000
+    /// Largest message a client may send, in bytes; a longer length prefix is refused before its body is read.
+    public var maxMessageSize = 64 << 20
+    /// Seconds to connect and log in to a backend.
+    public var connectTimeout = 5.0
+    /// Seconds a client may take from connecting to finishing authentication.
+    public var authTimeout = 30.0
+    /// Seconds a session may sit idle (outside a transaction) before it is closed; 0 disables.
+    public var clientIdleTimeout = 0.0
+    /// Seconds SIGTERM waits for sessions to finish before closing them.
+    public var shutdownTimeout = 30.0
+    /// Bytes queued toward a slow reader before the proxy stops reading the other side.
+    public var writeHighWater = 256 << 10
+    public var adminDatabase = "cutover"
+    public var stateFile: String? = nil
+    public init() {}
+}
+
+/// How a user proves who they are to the proxy.
+public enum AuthMethod: String, Sendable, Equatable { case scramSHA256 = "scram-sha-256", md5, trust }
+
+public struct UserConfig: Sendable, Equatable {
+    public var name: String
+    public var auth: AuthMethod
+    /// Kept only as derived forms: a SCRAM verifier and, when a plaintext is known, the md5 stored form.
+    public var scram: SCRAMVerifier?
+    public var md5: String?
+    public var admin: Bool
+
+    public init(name: String, auth: AuthMethod = .scramSHA256, password: String?, scram: SCRAMVerifier? = nil, admin: Bool = false) {
+        self.name = name; self.auth = auth; self.admin = admin
+        self.scram = scram ?? password.map { SCRAMVerifier(password: $0) }
+        self.md5 = password.map { MD5Password.stored(user: name, password: $0) }
+    }
+}
+
+public struct BackendConfig: Sendable, Equatable {
+    public var name: String
+    public var host: String
+    public var port: Int
+    public var database: String
+    public var user: String
+    /// Resolved from `password`, `password_env` or `password_file`; never logged.
+    public var password: String?
+
+    public init(name: String, host: String, port: Int, database: String, user: String, password: String?) {
+        self.name = name; self.host = host; self.port = port; self.database = database; self.user = user
+        self.password = password
+    }
+}
+
+public struct RouteConfig: Sendable, Equatable {
+    public var name: String
+    public var legacy: String
+    public var legacySchema: String?
+    public var new: String
+    public var phase: Phase
+    public var mirror: MirrorMode
+
+    public init(name: String, legacy: String, legacySchema: String?, new: String, phase: Phase = .legacy, mirror: MirrorMode = .async) {
+        self.name = name; self.legacy = legacy; self.legacySchema = legacySchema; self.new = new
+        self.phase = phase; self.mirror = mirror
+    }
+}
+
+/// One problem in a config file, with the key it concerns.
+public struct ConfigProblem: Error, Equatable, Sendable, CustomStringConvertible {
+    public var key: String
+    public var message: String
+    public init(_ key: String, _ message: String) { self.key = key; self.message = message }
+    public var description: String { "\(key): \(message)" }
+}
+
+/// All the problems found in one file; `check-config` prints each on its own line.
+public struct ConfigErrors: Error, Sendable, CustomStringConvertible {
+    public var problems: [ConfigProblem]
+    public var description: String { problems.map(\.description).joined(separator: "\n") }
+}

@@ -1,0 +1,210 @@
+// Reads the TOML config file into a CutoverConfig, resolving secrets and collecting every problem with its key.
+import Foundation
+import TOMLKit
+
+public enum ConfigLoader {
+    /// Loads and validates `path`. `environment` is injectable so tests need not touch the process environment.
+    public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> CutoverConfig {
+        let text: String
+        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+            throw ConfigErrors(problems: [ConfigProblem(path, "cannot read file: \(error.localizedDescription)")])
+        }
+        return try parse(text, environment: environment, baseDirectory: (path as NSString).deletingLastPathComponent)
+    }
+
+    public static func parse(_ text: String, environment: [String: String] = [:], baseDirectory: String = ".") throws -> CutoverConfig {
+        let root: TOMLTable
+        do { root = try TOMLTable(string: text) } catch let e as TOMLParseError {
+            throw ConfigErrors(problems: [ConfigProblem("line \(e.source.begin.line)", "TOML syntax: \(e.description)")])
+        }
+        var p = Parser(environment: environment, baseDirectory: baseDirectory)
+        let config = p.config(root)
+        if !p.problems.isEmpty { throw ConfigErrors(problems: p.problems) }
+        return config
+    }
+}
+
+/// Walks the TOML tree. Unknown keys are problems too: a typo must not silently become a default.
+private struct Parser {
+    let environment: [String: String]
+    let baseDirectory: String
+    var problems: [ConfigProblem] = []
+
+    init(environment: [String: String], baseDirectory: String) {
+        self.environment = environment; self.baseDirectory = baseDirectory
+    }
+
+    mutating func problem(_ key: String, _ message: String) { problems.append(ConfigProblem(key, message)) }
+
+    mutating func checkKeys(_ table: TOMLTable, _ path: String, allowed: Set<String>) {
+        for k in table.keys where !allowed.contains(k) { problem(path.isEmpty ? k : "\(path).\(k)", "unknown key") }
+    }
+
+    mutating func string(_ t: TOMLTable, _ key: String, _ path: String, required: Bool = false) -> String? {
+        guard let v = t[key] else {
+            if required { problem("\(path).\(key)", "missing (required)") }
+            return nil
+        }
+        guard let s = v.string else { problem("\(path).\(key)", "must be a string"); return nil }
+        return s
+    }
+
+    mutating func int(_ t: TOMLTable, _ key: String, _ path: String, range: ClosedRange<Int>) -> Int? {
+        guard let v = t[key] else { return nil }
+        guard let i = v.int else { problem("\(path).\(key)", "must be an integer"); return nil }
+        guard range.contains(i) else { problem("\(path).\(key)", "must be between \(range.lowerBound) and \(range.upperBound)"); return nil }
+        return i
+    }
+
+    mutating func seconds(_ t: TOMLTable, _ key: String, _ path: String) -> Double? {
+        guard let v = t[key] else { return nil }
+        if let i = v.int, i >= 0 { return Double(i) }
+        if let d = v.double, d >= 0 { return d }
+        problem("\(path).\(key)", "must be a non-negative number of seconds"); return nil
+    }
+
+    mutating func bool(_ t: TOMLTable, _ key: String, _ path: String) -> Bool? {
+        guard let v = t[key] else { return nil }
+        guard let b = v.bool else { problem("\(path).\(key)", "must be true or false"); return nil }
+        return b
+    }
+
+    /// `password`, `password_env` or `password_file`: at most one.
+    mutating func secret(_ t: TOMLTable, _ path: String) -> String? {
+        let given = ["password", "password_env", "password_file"].filter { t[$0] != nil }
+        if given.count > 1 { problem(path, "give only one of \(given.joined(separator: ", "))"); return nil }
+        if let p = string(t, "password", path) { return p }
+        if let name = string(t, "password_env", path) {
+            guard let v = environment[name] else { problem("\(path).password_env", "environment variable \(name) is not set"); return nil }
+            return v
+        }
+        if let file = string(t, "password_file", path) {
+            let full = file.hasPrefix("/") ? file : "\(baseDirectory)/\(file)"
+            guard let v = try? String(contentsOfFile: full, encoding: .utf8) else {
+                problem("\(path).password_file", "cannot read \(full)"); return nil
+            }
+            return v.trimmingCharacters(in: .newlines)
+        }
+        return nil
+    }
+
+    mutating func config(_ root: TOMLTable) -> CutoverConfig {
+        checkKeys(root, "", allowed: ["server", "users", "backends", "routes"])
+        var c = CutoverConfig()
+        if let s = root["server"] {
+            if let t = s.table { c.server = server(t) } else { problem("server", "must be a table") }
+        }
+        if let u = root["users"] {
+            if let arr = u.array {
+                for (i, v) in arr.enumerated() {
+                    guard let t = v.table else { problem("users[\(i)]", "must be a table"); continue }
+                    if let user = user(t, "users[\(i)]") {
+                        if c.users[user.name] != nil { problem("users[\(i)].name", "duplicate user \(user.name)") }
+                        c.users[user.name] = user
+                    }
+                }
+            } else { problem("users", "must be an array of tables ([[users]])") }
+        }
+        if let b = root["backends"]?.table {
+            for name in b.keys {
+                guard let t = b[name]?.table else { problem("backends.\(name)", "must be a table"); continue }
+                if let backend = backend(name, t) { c.backends[name] = backend }
+            }
+        }
+        if let r = root["routes"]?.table {
+            for name in r.keys {
+                guard let t = r[name]?.table else { problem("routes.\(name)", "must be a table"); continue }
+                let path = "routes.\"\(name)\""
+                if name == "*" {
+                    checkKeys(t, path, allowed: ["backend"])
+                    if let b = string(t, "backend", path, required: true) {
+                        if c.backends[b] == nil { problem("\(path).backend", "no backend named \(b)") }
+                        c.wildcardBackend = b
+                    }
+                    continue
+                }
+                if let route = route(name, t, backends: c.backends) { c.routes[name] = route }
+            }
+        }
+        if c.routes[c.server.adminDatabase] != nil {
+            problem("routes.\(c.server.adminDatabase)", "collides with the admin database name")
+        }
+        if c.users.isEmpty { problem("users", "at least one [[users]] entry is required") }
+        return c
+    }
+
+    mutating func server(_ t: TOMLTable) -> ServerConfig {
+        var s = ServerConfig()
+        checkKeys(t, "server", allowed: ["listen", "max_clients", "max_message_size", "connect_timeout", "auth_timeout",
+                                         "client_idle_timeout", "shutdown_timeout", "write_high_water", "admin_database", "state_file"])
+        if let listen = string(t, "listen", "server") {
+            if let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) {
+                s.listenHost = String(listen[..<colon]); s.listenPort = port
+            } else { problem("server.listen", "must be host:port, got \(listen)") }
+        }
+        if let v = int(t, "max_clients", "server", range: 1...1_000_000) { s.maxClients = v }
+        if let v = int(t, "max_message_size", "server", range: 1024...(1 << 30)) { s.maxMessageSize = v }
+        if let v = int(t, "write_high_water", "server", range: 4096...(1 << 30)) { s.writeHighWater = v }
+        if let v = seconds(t, "connect_timeout", "server") { s.connectTimeout = v }
+        if let v = seconds(t, "auth_timeout", "server") { s.authTimeout = v }
+        if let v = seconds(t, "client_idle_timeout", "server") { s.clientIdleTimeout = v }
+        if let v = seconds(t, "shutdown_timeout", "server") { s.shutdownTimeout = v }
+        if let v = string(t, "admin_database", "server") { s.adminDatabase = v }
+        if let v = string(t, "state_file", "server") { s.stateFile = v }
+        return s
+    }
+
+    mutating func user(_ t: TOMLTable, _ path: String) -> UserConfig? {
+        checkKeys(t, path, allowed: ["name", "auth", "password", "password_env", "password_file", "scram", "admin"])
+        guard let name = string(t, "name", path, required: true) else { return nil }
+        var auth = AuthMethod.scramSHA256
+        if let a = string(t, "auth", path) {
+            if let m = AuthMethod(rawValue: a) { auth = m } else { problem("\(path).auth", "must be scram-sha-256, md5 or trust") }
+        }
+        let password = secret(t, path)
+        var verifier: SCRAMVerifier?
+        if let s = string(t, "scram", path) {
+            verifier = SCRAMVerifier(parsing: s)
+            if verifier == nil { problem("\(path).scram", "not a SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey> verifier") }
+        }
+        if auth != .trust && password == nil && verifier == nil {
+            problem(path, "needs password, password_env, password_file or scram (or auth = \"trust\")")
+        }
+        if auth == .md5 && password == nil { problem(path, "md5 authentication needs a plaintext password source") }
+        return UserConfig(name: name, auth: auth, password: password, scram: verifier, admin: bool(t, "admin", path) ?? false)
+    }
+
+    mutating func backend(_ name: String, _ t: TOMLTable) -> BackendConfig? {
+        let path = "backends.\(name)"
+        checkKeys(t, path, allowed: ["host", "port", "database", "user", "password", "password_env", "password_file"])
+        let host = string(t, "host", path) ?? "127.0.0.1"
+        let port = int(t, "port", path, range: 1...65535) ?? 5432
+        let user = string(t, "user", path, required: true)
+        let database = string(t, "database", path) ?? user
+        let password = secret(t, path)
+        guard let user, let database else { return nil }
+        return BackendConfig(name: name, host: host, port: port, database: database, user: user, password: password)
+    }
+
+    mutating func route(_ name: String, _ t: TOMLTable, backends: [String: BackendConfig]) -> RouteConfig? {
+        let path = "routes.\(name)"
+        checkKeys(t, path, allowed: ["legacy", "legacy_schema", "new", "phase", "mirror"])
+        let legacy = string(t, "legacy", path, required: true)
+        let new = string(t, "new", path, required: true)
+        for (key, b) in [("legacy", legacy), ("new", new)] {
+            if let b, backends[b] == nil { problem("\(path).\(key)", "no backend named \(b)") }
+        }
+        var phase = Phase.legacy
+        if let p = string(t, "phase", path) {
+            if let v = Phase(rawValue: p) { phase = v } else { problem("\(path).phase", "must be legacy, dual-legacy, dual-new or new") }
+        }
+        var mirror = MirrorMode.async
+        if let m = string(t, "mirror", path) {
+            if let v = MirrorMode(rawValue: m) { mirror = v } else { problem("\(path).mirror", "must be async or sync") }
+        }
+        let schema = string(t, "legacy_schema", path)
+        if let schema, schema.isEmpty { problem("\(path).legacy_schema", "must not be empty") }
+        guard let legacy, let new else { return nil }
+        return RouteConfig(name: name, legacy: legacy, legacySchema: schema, new: new, phase: phase, mirror: mirror)
+    }
+}

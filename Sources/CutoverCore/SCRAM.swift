@@ -1,0 +1,167 @@
+// SCRAM-SHA-256 (RFC 5802/7677) in both roles: the proxy as server to clients and as client to backends.
+
+/// The keys a server keeps for a user: what PostgreSQL stores in `pg_authid.rolpassword`.
+public struct SCRAMVerifier: Equatable, Sendable {
+    public var iterations: Int
+    public var salt: [UInt8]
+    public var storedKey: [UInt8]
+    public var serverKey: [UInt8]
+
+    /// Derives a verifier from a plaintext password (random salt, PostgreSQL's default 4096 iterations).
+    public init(password: String, salt: [UInt8] = Crypto.randomBytes(16), iterations: Int = 4096) {
+        let salted = Crypto.pbkdf2SHA256(password: Array(password.utf8), salt: salt, iterations: iterations)
+        let clientKey = Crypto.hmacSHA256(key: salted, Array("Client Key".utf8))
+        self.iterations = iterations
+        self.salt = salt
+        storedKey = Crypto.sha256(clientKey)
+        serverKey = Crypto.hmacSHA256(key: salted, Array("Server Key".utf8))
+    }
+
+    /// Parses `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (PostgreSQL's format).
+    public init?(parsing text: String) {
+        let parts = text.split(separator: "$", omittingEmptySubsequences: false)
+        guard parts.count == 3, parts[0] == "SCRAM-SHA-256" else { return nil }
+        let iterSalt = parts[1].split(separator: ":"), keys = parts[2].split(separator: ":")
+        guard iterSalt.count == 2, keys.count == 2, let iter = Int(iterSalt[0]), iter > 0,
+              let salt = Crypto.fromBase64(iterSalt[1]), let stored = Crypto.fromBase64(keys[0]),
+              let server = Crypto.fromBase64(keys[1]), stored.count == 32, server.count == 32 else { return nil }
+        iterations = iter; self.salt = salt; storedKey = stored; serverKey = server
+    }
+}
+
+/// Parses `k=v,k=v` SCRAM attribute lists.
+private func attributes(_ s: String) -> [Character: String] {
+    var out: [Character: String] = [:]
+    for part in s.split(separator: ",", omittingEmptySubsequences: false) {
+        guard let eq = part.firstIndex(of: "="), eq == part.index(after: part.startIndex) else { continue }
+        out[part.first!] = String(part[part.index(after: eq)...])
+    }
+    return out
+}
+
+/// The proxy's side of SCRAM when a client logs in to it. A pure state machine: bytes in, bytes out.
+public struct SCRAMServer: Sendable {
+    public enum Failure: Error, Equatable, Sendable {
+        case malformed(String)
+        case unsupportedMechanism(String)
+        case channelBindingUnsupported
+        case wrongProof
+    }
+
+    let verifier: SCRAMVerifier
+    let serverNonce: String
+    private var clientFirstBare = ""
+    private var serverFirst = ""
+    private var combinedNonce = ""
+    private var gs2Header = ""
+
+    public init(verifier: SCRAMVerifier, serverNonce: String = Crypto.base64(Crypto.randomBytes(18))) {
+        self.verifier = verifier
+        self.serverNonce = serverNonce
+    }
+
+    /// Handles SASLInitialResponse; returns the server-first-message for AuthenticationSASLContinue.
+    public mutating func receiveClientFirst(mechanism: String, data: [UInt8]) throws(Failure) -> [UInt8] {
+        guard mechanism == "SCRAM-SHA-256" else { throw .unsupportedMechanism(mechanism) }
+        let text = String(decoding: data, as: UTF8.self)
+        // gs2-header: "n,," (no channel binding) or "y,," (client supports it, thinks we do not).
+        guard text.hasPrefix("n,") || text.hasPrefix("y,") else {
+            throw text.hasPrefix("p=") ? .channelBindingUnsupported : .malformed("gs2 header")
+        }
+        let afterFlag = text.dropFirst(2)
+        guard let comma = afterFlag.firstIndex(of: ",") else { throw .malformed("gs2 header") }
+        gs2Header = String(text[text.startIndex...comma])
+        clientFirstBare = String(afterFlag[afterFlag.index(after: comma)...])
+        guard let clientNonce = attributes(clientFirstBare)["r"], !clientNonce.isEmpty else { throw .malformed("client nonce") }
+        combinedNonce = clientNonce + serverNonce
+        serverFirst = "r=\(combinedNonce),s=\(Crypto.base64(verifier.salt)),i=\(verifier.iterations)"
+        return Array(serverFirst.utf8)
+    }
+
+    /// Handles the client-final-message; returns the server-final-message for AuthenticationSASLFinal.
+    public func receiveClientFinal(data: [UInt8]) throws(Failure) -> [UInt8] {
+        let text = String(decoding: data, as: UTF8.self)
+        guard let proofRange = text.range(of: ",p=") else { throw .malformed("client proof") }
+        let withoutProof = String(text[..<proofRange.lowerBound])
+        let attrs = attributes(text)
+        guard attrs["c"] == Crypto.base64(Array(gs2Header.utf8)) else { throw .malformed("channel binding data") }
+        guard attrs["r"] == combinedNonce else { throw .malformed("nonce mismatch") }
+        guard let proof = attrs["p"].flatMap({ Crypto.fromBase64($0) }), proof.count == 32 else { throw .malformed("client proof") }
+        let authMessage = Array("\(clientFirstBare),\(serverFirst),\(withoutProof)".utf8)
+        let signature = Crypto.hmacSHA256(key: verifier.storedKey, authMessage)
+        let clientKey = zip(proof, signature).map { $0 ^ $1 }
+        guard Crypto.equal(Crypto.sha256(clientKey), verifier.storedKey) else { throw .wrongProof }
+        let serverSignature = Crypto.hmacSHA256(key: verifier.serverKey, authMessage)
+        return Array("v=\(Crypto.base64(serverSignature))".utf8)
+    }
+}
+
+/// The proxy's side of SCRAM when it logs in to a backend with the backend's configured password.
+public struct SCRAMClient: Sendable {
+    public enum Failure: Error, Equatable, Sendable {
+        case malformed(String)
+        case serverSignatureMismatch
+        case iterationsTooLow(Int)
+    }
+
+    let password: String
+    let clientNonce: String
+    private var clientFirstBare = ""
+    private var expectedServerSignature: [UInt8] = []
+
+    public init(password: String, clientNonce: String = Crypto.base64(Crypto.randomBytes(18))) {
+        self.password = password
+        self.clientNonce = clientNonce
+    }
+
+    /// The SASLInitialResponse payload. The user name is empty: PostgreSQL takes it from the startup packet.
+    public mutating func clientFirst() -> [UInt8] {
+        clientFirstBare = "n=,r=\(clientNonce)"
+        return Array("n,,\(clientFirstBare)".utf8)
+    }
+
+    /// Answers the server-first-message. `saltedPassword` lets the caller cache PBKDF2 per (salt, iterations).
+    public mutating func clientFinal(serverFirst data: [UInt8],
+                                     saltedPassword: (_ salt: [UInt8], _ iterations: Int) -> [UInt8]) throws(Failure) -> [UInt8] {
+        let serverFirst = String(decoding: data, as: UTF8.self)
+        let attrs = attributes(serverFirst)
+        guard let nonce = attrs["r"], nonce.hasPrefix(clientNonce), nonce.count > clientNonce.count else { throw .malformed("server nonce") }
+        guard let salt = attrs["s"].flatMap({ Crypto.fromBase64($0) }) else { throw .malformed("salt") }
+        guard let iterations = attrs["i"].flatMap({ Int($0) }) else { throw .malformed("iteration count") }
+        guard iterations >= 1 else { throw .iterationsTooLow(iterations) }
+        let salted = saltedPassword(salt, iterations)
+        let clientKey = Crypto.hmacSHA256(key: salted, Array("Client Key".utf8))
+        let storedKey = Crypto.sha256(clientKey)
+        let withoutProof = "c=biws,r=\(nonce)"
+        let authMessage = Array("\(clientFirstBare),\(serverFirst),\(withoutProof)".utf8)
+        let signature = Crypto.hmacSHA256(key: storedKey, authMessage)
+        let proof = zip(clientKey, signature).map { $0 ^ $1 }
+        let serverKey = Crypto.hmacSHA256(key: salted, Array("Server Key".utf8))
+        expectedServerSignature = Crypto.hmacSHA256(key: serverKey, authMessage)
+        return Array("\(withoutProof),p=\(Crypto.base64(proof))".utf8)
+    }
+
+    /// Checks the server-final-message, so a backend that does not know the password cannot impersonate one.
+    public func verifyServerFinal(_ data: [UInt8]) throws(Failure) {
+        let text = String(decoding: data, as: UTF8.self)
+        guard let v = attributes(text)["v"], let sig = Crypto.fromBase64(v) else { throw .malformed("server final") }
+        guard Crypto.equal(sig, expectedServerSignature) else { throw .serverSignatureMismatch }
+    }
+
+    public static func saltedPassword(_ password: String, salt: [UInt8], iterations: Int) -> [UInt8] {
+        Crypto.pbkdf2SHA256(password: Array(password.utf8), salt: salt, iterations: iterations)
+    }
+}
+
+/// PostgreSQL's md5 password scheme: `"md5" + md5hex(md5hex(password + user) + salt)`.
+public enum MD5Password {
+    /// The stored form, `"md5" + md5hex(password + user)`.
+    public static func stored(user: String, password: String) -> String {
+        "md5" + Crypto.md5Hex(Array((password + user).utf8))
+    }
+
+    /// The response to AuthenticationMD5Password, from the stored form.
+    public static func response(stored: String, salt: [UInt8]) -> String {
+        "md5" + Crypto.md5Hex(Array(stored.dropFirst(3).utf8) + salt)
+    }
+}

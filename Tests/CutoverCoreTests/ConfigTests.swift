@@ -1,0 +1,88 @@
+// Config parsing: the documented shape loads; every mistake is reported with its key.
+import Testing
+@testable import CutoverCore
+
+let sampleConfig = """
+[server]
+listen = "127.0.0.1:6432"
+max_clients = 50
+[[users]]
+name = "onboarding_user"
+password_env = "ONBOARDING_PASSWORD"
+[[users]]
+name = "ops"
+password = "ops-pw"
+admin = true
+[backends.legacy]
+host = "127.0.0.1"
+port = 5433
+database = "hexabuilders"
+user = "hexabuilders"
+password_env = "LEGACY_DB_PASSWORD"
+[backends.onboarding]
+port = 5434
+database = "onboarding"
+user = "onboarding_user"
+password = "x"
+[routes.onboarding]
+legacy = "legacy"
+legacy_schema = "onboarding"
+new = "onboarding"
+phase = "legacy"
+[routes."*"]
+backend = "legacy"
+"""
+
+@Suite struct ConfigTests {
+    let env = ["ONBOARDING_PASSWORD": "pw1", "LEGACY_DB_PASSWORD": "pw2"]
+
+    @Test func sampleLoadsAndResolves() throws {
+        let c = try ConfigLoader.parse(sampleConfig, environment: env)
+        #expect(c.server.listenPort == 6432 && c.server.maxClients == 50)
+        #expect(c.backends["legacy"]?.password == "pw2")
+        #expect(c.users["ops"]?.admin == true)
+        guard case .route(let t) = c.resolve(database: "onboarding") else { Issue.record("no route"); return }
+        #expect(t.leader.name == "legacy" && t.database == "hexabuilders" && t.searchPath == "onboarding" && t.follower == nil)
+        guard case .route(let n) = c.resolve(database: "onboarding", phase: .dualNew) else { Issue.record("no route"); return }
+        #expect(n.leader.name == "onboarding" && n.searchPath == nil && n.follower?.name == "legacy" && n.followerSearchPath == "onboarding")
+        guard case .route(let w) = c.resolve(database: "anything") else { Issue.record("no wildcard"); return }
+        #expect(w.leader.name == "legacy" && w.database == "anything" && w.route == nil)
+        #expect(c.resolve(database: "cutover") == .admin)
+    }
+
+    @Test func everyProblemIsReportedWithItsKey() {
+        let bad = """
+        [server]
+        listen = "nowhere"
+        max_clients = 0
+        colour = "blue"
+        [[users]]
+        name = "u"
+        password_env = "MISSING"
+        [backends.b]
+        user = "x"
+        [routes.r]
+        legacy = "b"
+        new = "nope"
+        phase = "sideways"
+        """
+        do {
+            _ = try ConfigLoader.parse(bad, environment: [:])
+            Issue.record("expected errors")
+        } catch let e as ConfigErrors {
+            let keys = Set(e.problems.map(\.key))
+            #expect(keys.isSuperset(of: ["server.listen", "server.max_clients", "server.colour", "users[0].password_env",
+                                         "routes.r.new", "routes.r.phase"]))
+        } catch { Issue.record("unexpected \(error)") }
+    }
+
+    @Test func syntaxErrorNamesTheLine() {
+        #expect(throws: ConfigErrors.self) { try ConfigLoader.parse("[server\nlisten=1") }
+    }
+
+    @Test func phaseLadder() {
+        #expect(Phase.legacy.isAdjacent(to: .dualLegacy))
+        #expect(!Phase.legacy.isAdjacent(to: .dualNew))
+        #expect(Phase.dualNew.leader == .new && Phase.dualNew.follower == .legacy)
+    }
+}

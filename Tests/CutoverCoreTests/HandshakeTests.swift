@@ -1,0 +1,138 @@
+// Session start as transcripts: client startup and authentication, backend login. No sockets.
+import Testing
+import CutoverProtocol
+@testable import CutoverCore
+
+private func startupBody(_ params: [(String, String)]) -> ArraySlice<UInt8> {
+    var w = ByteWriter()
+    StartupPacket.startup(StartupMessage(parameters: params)).encode(into: &w)
+    return w.bytes[4...]
+}
+
+private func messages(_ bytes: [UInt8]) throws -> [BackendMessage] {
+    var f = MessageFramer()
+    f.append(bytes)
+    var out: [BackendMessage] = []
+    while let m = try f.next() { out.append(try BackendMessage.decode(id: m.id!, body: m.body)) }
+    return out
+}
+
+private func passwordBody(_ m: FrontendMessage) -> ArraySlice<UInt8> {
+    var w = ByteWriter(); m.encode(into: &w); return w.bytes[5...]
+}
+
+@Suite struct ClientHandshakeTests {
+    let config = try! ConfigLoader.parse(sampleConfig, environment: ["ONBOARDING_PASSWORD": "pw1", "LEGACY_DB_PASSWORD": "pw2"])
+
+    func scramLogin(password: String, user: String = "onboarding_user", database: String = "onboarding") throws -> ClientHandshake.Action {
+        var h = ClientHandshake(config: config)
+        guard case .send(let offer) = h.startupPacketReceived(startupBody([("user", user), ("database", database)])) else {
+            Issue.record("expected SASL offer"); return .wait
+        }
+        #expect(try messages(offer) == [.authentication(.sasl(mechanisms: ["SCRAM-SHA-256"]))])
+        var client = SCRAMClient(password: password)
+        guard case .send(let cont) = h.passwordMessageReceived(passwordBody(.saslInitialResponse(mechanism: "SCRAM-SHA-256", data: client.clientFirst()))),
+              case .authentication(.saslContinue(let serverFirst)) = try messages(cont).first else {
+            Issue.record("expected SASLContinue"); return .wait
+        }
+        let final = try client.clientFinal(serverFirst: serverFirst) { SCRAMClient.saltedPassword(password, salt: $0, iterations: $1) }
+        return h.passwordMessageReceived(passwordBody(.saslResponse(data: final)))
+    }
+
+    @Test func sslIsRefusedAndStartupContinues() {
+        var h = ClientHandshake(config: config)
+        var w = ByteWriter(); StartupPacket.sslRequest.encode(into: &w)
+        #expect(h.startupPacketReceived(w.bytes[4...]) == .send([0x4E]))
+        #expect(h.expectsUntyped)
+    }
+
+    @Test func rightPasswordConnectsToTheRoute() throws {
+        guard case .connect(let target, let startup, let user) = try scramLogin(password: "pw1") else { Issue.record("no connect"); return }
+        #expect(target.leader.name == "legacy" && target.searchPath == "onboarding" && user == "onboarding_user")
+        #expect(startup.database == "onboarding")
+    }
+
+    @Test func wrongPasswordIs28P01() throws {
+        guard case .fail(let e) = try scramLogin(password: "nope") else { Issue.record("expected failure"); return }
+        #expect(e.sqlState == "28P01")
+    }
+
+    @Test func unknownUserLooksLikeAWrongPassword() throws {
+        guard case .fail(let e) = try scramLogin(password: "pw1", user: "mallory") else { Issue.record("expected failure"); return }
+        #expect(e.sqlState == "28P01")
+    }
+
+    @Test func unknownDatabaseIs3D000WithoutAWildcard() {
+        var c = config
+        c.wildcardBackend = nil
+        var h = ClientHandshake(config: c)
+        guard case .fail(let e) = h.startupPacketReceived(startupBody([("user", "ops"), ("database", "nope")])) else { Issue.record("expected failure"); return }
+        #expect(e.sqlState == "3D000")
+    }
+
+    @Test func adminDatabaseNeedsAnAdminUser() throws {
+        guard case .fail(let e) = try scramLogin(password: "pw1", database: "cutover") else { Issue.record("expected failure"); return }
+        #expect(e.sqlState == "42501")
+    }
+
+    @Test func cancelRequestIsPassedOn() {
+        var h = ClientHandshake(config: config)
+        var w = ByteWriter(); StartupPacket.cancel(CancelRequest(processID: 1, secretKey: 2)).encode(into: &w)
+        #expect(h.startupPacketReceived(w.bytes[4...]) == .cancel(CancelRequest(processID: 1, secretKey: 2)))
+    }
+
+    @Test func badProtocolVersionIs08P01() {
+        var h = ClientHandshake(config: config)
+        var w = ByteWriter(); w.beginMessage(nil); w.writeInt32(0x0002_0000); w.writeUInt8(0); w.endMessage()
+        guard case .fail(let e) = h.startupPacketReceived(w.bytes[4...]) else { Issue.record("expected failure"); return }
+        #expect(e.sqlState == "08P01")
+    }
+}
+
+@Suite struct BackendHandshakeTests {
+    let backend = BackendConfig(name: "legacy", host: "127.0.0.1", port: 5433, database: "hexabuilders", user: "hexabuilders", password: "pw")
+
+    @Test func startupCarriesClientParametersAndSearchPath() throws {
+        let h = BackendHandshake(backend: backend)
+        let client = StartupMessage(parameters: [("user", "svc"), ("database", "onboarding"), ("application_name", "app"),
+                                                 ("options", "-c geqo=off"), ("search_path", "evil")])
+        let bytes = h.startupPacket(client: client, database: "hexabuilders", searchPath: "onboarding")
+        guard case .startup(let s) = try StartupPacket.decode(body: bytes[4...]) else { Issue.record("not startup"); return }
+        #expect(s.parameters.map(\.0) == ["user", "database", "application_name", "options", "search_path"])
+        #expect(s["user"] == "hexabuilders" && s["database"] == "hexabuilders" && s["search_path"] == "onboarding")
+        #expect(s["options"] == "-c geqo=off")
+    }
+
+    @Test func scramLoginTranscript() throws {
+        var h = BackendHandshake(backend: backend)
+        var server = SCRAMServer(verifier: SCRAMVerifier(password: "pw"))
+        guard case .send(let initial) = h.received(.authentication(.sasl(mechanisms: ["SCRAM-SHA-256"]))) else { Issue.record("no initial"); return }
+        var f = MessageFramer(); f.append(initial)
+        let m1 = try FrontendMessage.decodePassword(body: try f.next()!.body, as: .saslInitial)
+        guard case .saslInitialResponse(_, let data) = m1 else { Issue.record("bad initial"); return }
+        let serverFirst = try server.receiveClientFirst(mechanism: "SCRAM-SHA-256", data: data)
+        guard case .send(let response) = h.received(.authentication(.saslContinue(data: serverFirst))) else { Issue.record("no response"); return }
+        f.append(response)
+        guard case .saslResponse(let final) = try FrontendMessage.decodePassword(body: try f.next()!.body, as: .saslResponse) else { Issue.record("bad response"); return }
+        let serverFinal = try server.receiveClientFinal(data: final)
+        #expect(h.received(.authentication(.saslFinal(data: serverFinal))) == .wait)
+        #expect(h.received(.authentication(.ok)) == .wait)
+        #expect(h.received(.parameterStatus(name: "client_encoding", value: "UTF8")) == .wait)
+        #expect(h.received(.backendKeyData(CancelRequest(processID: 99, secretKey: 7))) == .wait)
+        #expect(h.received(.readyForQuery(.idle)) == .ready(parameters: [("client_encoding", "UTF8")], key: CancelRequest(processID: 99, secretKey: 7), status: .idle))
+    }
+
+    @Test func rejectedCredentialsBecome08006NamingTheBackend() {
+        var h = BackendHandshake(backend: backend)
+        guard case .fail(let e) = h.received(.errorResponse(ErrorFields(severity: "FATAL", code: "28P01", message: "password authentication failed"))) else {
+            Issue.record("expected failure"); return
+        }
+        #expect(e.sqlState == "08006" && e.message!.contains("\"legacy\"") && !e.message!.contains("pw"))
+    }
+
+    @Test func readyBeforeAuthIsAViolation() {
+        var h = BackendHandshake(backend: backend)
+        guard case .fail(let e) = h.received(.readyForQuery(.idle)) else { Issue.record("expected failure"); return }
+        #expect(e.sqlState == "08P01")
+    }
+}
