@@ -1,0 +1,37 @@
+// Sends one CancelRequest to a backend with that backend's real key, on a connection of its own.
+import CutoverCore
+import CutoverProtocol
+import CutoverRuntime
+
+/// Fire-and-forget: connect, send the 16-byte CancelRequest, close. PostgreSQL answers nothing.
+final class CancelForwarder: TCPConnectionDelegate {
+    let connection: TCPConnection
+    let packet: [UInt8]
+    private var selfReference: CancelForwarder?
+
+    init(loop: EventLoop, address: String, port: Int, key: CancelRequest) {
+        connection = TCPConnection(loop: loop)
+        var w = ByteWriter()
+        StartupPacket.cancel(key).encode(into: &w)
+        packet = w.bytes
+        connection.delegate = self
+        selfReference = self // kept alive until the connection is done
+        if connection.connect(host: address, port: port) != nil { finish() }
+    }
+
+    func connection(_ c: TCPConnection, didConnect error: Int32?) {
+        if error != nil { return finish() }
+        connection.write(packet)
+        connection.closeAfterWrites()
+        selfReference = nil
+    }
+
+    func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) {}
+    func connectionDidDrain(_ c: TCPConnection) {}
+    func connection(_ c: TCPConnection, didFail error: Int32?) { selfReference = nil }
+
+    private func finish() {
+        connection.close()
+        selfReference = nil
+    }
+}

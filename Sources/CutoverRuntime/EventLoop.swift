@@ -1,0 +1,84 @@
+// One libuv loop and the read buffer its connections share; the owner of every handle created on it.
+import CLibUV
+import Glibc
+
+/// A libuv loop on the current thread. Not thread-safe: everything created on it is used only from its thread.
+public final class EventLoop {
+    let loop: UnsafeMutablePointer<uv_loop_t>
+    /// Reads land here and are consumed synchronously in the read callback, so one buffer serves every
+    /// connection: an idle connection costs no buffer at all.
+    let readBuffer: UnsafeMutableRawPointer
+    let readBufferSize: Int
+
+    public init(readBufferSize: Int = 256 << 10) {
+        loop = .allocate(capacity: 1)
+        uv_loop_init(loop)
+        self.readBufferSize = readBufferSize
+        readBuffer = .allocate(byteCount: readBufferSize, alignment: 16)
+        // A write to a reset peer must be an error code, not a process kill.
+        signal(SIGPIPE, SIG_IGN)
+    }
+
+    deinit {
+        readBuffer.deallocate()
+        loop.deallocate()
+    }
+
+    /// Milliseconds of the loop's cached clock (updated once per iteration): the session timers' time base.
+    public var now: UInt64 { uv_now(loop) }
+
+    /// Runs until `stop()` or until nothing is left to do.
+    public func run() { uv_run(loop, UV_RUN_DEFAULT) }
+
+    /// Runs one iteration without blocking (tests use this to pump the loop).
+    public func runOnce(wait: Bool = false) { uv_run(loop, wait ? UV_RUN_ONCE : UV_RUN_NOWAIT) }
+
+    public func stop() { uv_stop(loop) }
+
+    /// Closes every handle still open, drains their callbacks and closes the loop. Returns uv_loop_close's result
+    /// (0 means nothing leaked).
+    @discardableResult
+    public func shutdown() -> Int32 {
+        uv_walk(loop, { handle, _ in
+            if let handle, uv_is_closing(handle) == 0 { uv_close(handle, closeAnyHandle) }
+        }, nil)
+        while uv_run(loop, UV_RUN_NOWAIT) != 0 {}
+        return uv_loop_close(loop)
+    }
+
+    /// Number of handles libuv still tracks as active or open (a leak check for tests).
+    public var liveHandles: Int {
+        var count = 0
+        withUnsafeMutablePointer(to: &count) { p in
+            uv_walk(loop, { _, arg in arg!.assumingMemoryBound(to: Int.self).pointee += 1 }, UnsafeMutableRawPointer(p))
+        }
+        return count
+    }
+}
+
+/// Close callback for handles found by `uv_walk` at shutdown: each owner's own callback already ran or never will,
+/// so route to the owner if there is one.
+private func closeAnyHandle(_ handle: UnsafeMutablePointer<uv_handle_t>?) {
+    guard let handle, let data = handle.pointee.data else { return }
+    (Unmanaged<AnyObject>.fromOpaque(data).takeUnretainedValue() as? HandleOwner)?.handleClosed()
+}
+
+/// Objects that own a libuv handle and hold libuv's +1 reference until its close callback.
+protocol HandleOwner: AnyObject {
+    func handleClosed()
+}
+
+/// Turns libuv error codes into readable text.
+public func uvErrorName(_ code: Int32) -> String { String(cString: uv_strerror(code)) }
+
+/// Raises the soft open-file limit to the hard limit; returns the limit now in force.
+public func raiseOpenFileLimit() -> (soft: UInt64, hard: UInt64) {
+    var lim = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim) == 0 else { return (0, 0) }
+    if lim.rlim_cur < lim.rlim_max {
+        var raised = lim
+        raised.rlim_cur = lim.rlim_max
+        if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { lim = raised }
+    }
+    return (UInt64(lim.rlim_cur), UInt64(lim.rlim_max))
+}
