@@ -52,7 +52,7 @@ struct ClusterHarnessTests {
         try cluster.psql("create table kept(x int); insert into kept values (42)")
         let firstPid = try #require(cluster.pid)
 
-        cluster.stop(mode: "immediate")
+        cluster.stop()
         #expect(!PostgresCluster.isProcessAlive(firstPid))
         try cluster.restart()
 
@@ -60,6 +60,13 @@ struct ClusterHarnessTests {
         #expect(secondPid != firstPid)
         #expect(try cluster.psql("select x from kept") == "42")
         #expect(throws: PostgresClusterError.self) { try cluster.psql("select 1", password: "postgres_pw") }
+
+        // An immediate stop (crash-like) also comes back; restart() on a running cluster stops it first.
+        cluster.stop(mode: "immediate")
+        #expect(!PostgresCluster.isProcessAlive(secondPid))
+        try cluster.restart()
+        try cluster.restart()
+        #expect(try cluster.psql("select 1") == "1")
     }
 
     @Test("destroy removes the directory and is idempotent")
@@ -106,6 +113,13 @@ struct ClusterHarnessTests {
         #expect(big.stdout.count == 1_000_000)
         #expect(big.stderr.count == 1_000_000)
 
+        #if os(Linux)
+        // Children start with no blocked signals (test threads block SIGTERM/SIGINT) and only fds 0-2.
+        let status = try runProcess("sh", ["-c", "grep SigBlk /proc/self/status; ls /proc/self/fd | wc -l"])
+        #expect(status.stdout.contains("SigBlk:\t0000000000000000"))
+        #expect(Int(status.stdout.split(separator: "\n").last?.trimmingCharacters(in: .whitespaces) ?? "") ?? 99 <= 4)
+        #endif
+
         // PostgreSQL server binaries are found off PATH too.
         #expect(try resolveExecutable("pg_ctl").hasSuffix("/pg_ctl"))
     }
@@ -120,7 +134,7 @@ struct ClusterHarnessTests {
 
     @Test("startBackgroundProcess writes to its log and stops on request")
     func backgroundProcess() throws {
-        let log = NSTemporaryDirectory() + "/cutover-bg-\(UUID().uuidString).log"
+        let log = (NSTemporaryDirectory() as NSString).appendingPathComponent("cutover-bg-\(UUID().uuidString).log")
         defer { try? FileManager.default.removeItem(atPath: log) }
         let process = try startBackgroundProcess(
             "sh", ["-c", "echo started; echo to-stderr >&2; exec sleep 60"], logPath: log)
@@ -133,7 +147,12 @@ struct ClusterHarnessTests {
         let text = try String(contentsOfFile: log, encoding: .utf8)
         #expect(text.contains("started"))
         #expect(text.contains("to-stderr"))
-        stopBackgroundProcess(process)
+        let stopping = Date()
+        let status = stopBackgroundProcess(process)
         #expect(!process.isRunning)
+        // SIGTERM itself ended it (it was not blocked in the child), well before the SIGKILL fallback.
+        #expect(process.terminationReason == .uncaughtSignal)
+        #expect(status == SIGTERM)
+        #expect(Date().timeIntervalSince(stopping) < 5)
     }
 }

@@ -1,0 +1,100 @@
+// Test support: a small blocking libpq client, for driving the proxy the way real drivers do.
+import CLibPQ
+import Foundation
+
+struct PQError: Error, CustomStringConvertible {
+    var message: String
+    var sqlState: String?
+    var description: String { "\(sqlState ?? "-----"): \(message)" }
+}
+
+/// One libpq connection. Blocking; tests only.
+final class PQConnection {
+    let conn: OpaquePointer
+
+    init(_ conninfo: String) throws {
+        guard let c = PQconnectdb(conninfo) else { throw PQError(message: "PQconnectdb returned nil") }
+        conn = c // deinit finishes it, also when init throws below
+        guard PQstatus(c) == CONNECTION_OK else {
+            let message = String(cString: PQerrorMessage(c))
+            throw PQError(message: message, sqlState: Self.sqlState(in: message))
+        }
+    }
+
+    deinit { PQfinish(conn) }
+
+    /// libpq reports login failures only as text; tests match the SQLSTATE-bearing part of the message.
+    static func sqlState(in message: String) -> String? { nil }
+
+    /// Runs `sql` (simple protocol) and returns the rows of the last result as text.
+    @discardableResult
+    func query(_ sql: String) throws -> [[String?]] {
+        let res = PQexec(conn, sql)
+        defer { PQclear(res) }
+        return try rows(res)
+    }
+
+    /// Runs `sql` with parameters through the extended protocol.
+    @discardableResult
+    func query(_ sql: String, _ params: [String?]) throws -> [[String?]] {
+        let cstrs: [UnsafeMutablePointer<CChar>?] = params.map { $0.map { strdup($0)! } }
+        defer { cstrs.forEach { free($0) } }
+        let res = cstrs.map { UnsafePointer($0) }.withUnsafeBufferPointer {
+            PQexecParams(conn, sql, Int32(params.count), nil, $0.baseAddress, nil, nil, 0)
+        }
+        defer { PQclear(res) }
+        return try rows(res)
+    }
+
+    private func rows(_ res: OpaquePointer?) throws -> [[String?]] {
+        guard let res else { throw PQError(message: String(cString: PQerrorMessage(conn))) }
+        switch PQresultStatus(res) {
+        case PGRES_TUPLES_OK, PGRES_COMMAND_OK, PGRES_EMPTY_QUERY: break
+        default:
+            let state = PQresultErrorField(res, Int32(UInt8(ascii: "C"))).map { String(cString: $0) }
+            throw PQError(message: String(cString: PQresultErrorMessage(res)), sqlState: state)
+        }
+        var out: [[String?]] = []
+        for r in 0..<PQntuples(res) {
+            out.append((0..<PQnfields(res)).map { c in PQgetisnull(res, r, c) == 1 ? nil : String(cString: PQgetvalue(res, r, c)) })
+        }
+        return out
+    }
+
+    func scalar(_ sql: String) throws -> String? { try query(sql).first?.first ?? nil }
+
+    var backendPID: Int32 { PQbackendPID(conn) }
+    func parameterStatus(_ name: String) -> String? { PQparameterStatus(conn, name).map { String(cString: $0) } }
+    var isOK: Bool { PQstatus(conn) == CONNECTION_OK }
+
+    /// Waits up to `timeout` for a NOTIFY; returns (channel, payload, sender pid).
+    func waitForNotification(timeout: TimeInterval) -> (String, String, Int32)? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            PQconsumeInput(conn)
+            if let n = PQnotifies(conn) {
+                defer { PQfreemem(n) }
+                return (String(cString: n.pointee.relname), String(cString: n.pointee.extra), n.pointee.be_pid)
+            }
+            usleep(10_000)
+        }
+        return nil
+    }
+
+    /// Sends `sql` without waiting, cancels it after `delay`, and returns (error SQLSTATE, seconds from cancel to result).
+    func cancelAfter(_ delay: TimeInterval, running sql: String) -> (String?, TimeInterval) {
+        PQsendQuery(conn, sql)
+        Thread.sleep(forTimeInterval: delay)
+        let cancel = PQgetCancel(conn)
+        var err = [CChar](repeating: 0, count: 256)
+        let sentAt = Date()
+        PQcancel(cancel, &err, 256)
+        PQfreeCancel(cancel)
+        var state: String?
+        while let res = PQgetResult(conn) {
+            if let s = PQresultErrorField(res, Int32(UInt8(ascii: "C"))) { state = String(cString: s) }
+            PQclear(res)
+        }
+        return (state, Date().timeIntervalSince(sentAt))
+    }
+}

@@ -1,0 +1,203 @@
+// Test support: the sample deployment in miniature — a legacy cluster with the seed's four schemas, a new
+// onboarding cluster, and a `cutover serve` process in front of them — shared by the integration suites.
+import Foundation
+import Glibc
+
+/// Passwords of the fixture. Clients log in to the proxy with `clientPassword`; the proxy logs in to
+/// the backends with their own credentials.
+enum FixtureSecrets {
+    static let clientPassword = "client_pw"
+    static let legacyPassword = "legacy_pw"
+    static let onboardingPassword = "onboarding_db_pw"
+}
+
+final class ProxyFixture: @unchecked Sendable {
+    let legacy: PostgresCluster
+    let onboarding: PostgresCluster
+    let proxyPort: Int
+    let configPath: String
+    let logPath: String
+    let directory: String
+    private(set) var proxy: Process
+
+    static let repositoryRoot: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<4 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+
+    static var cutoverBinary: String {
+        ProcessInfo.processInfo.environment["CUTOVER_BIN"] ?? "\(repositoryRoot)/.build/debug/cutover"
+    }
+
+    /// One fixture per test process; clusters are stopped at exit.
+    nonisolated(unsafe) private static var instance: Result<ProxyFixture, Error>?
+    private static let lock = NSLock()
+
+    static func shared() throws -> ProxyFixture {
+        lock.lock()
+        defer { lock.unlock() }
+        if instance == nil {
+            instance = Result { try ProxyFixture() }
+            atexit { ProxyFixture.tearDownShared() }
+        }
+        return try instance!.get()
+    }
+
+    static func tearDownShared() {
+        if case .success(let f)? = instance { f.tearDown() }
+    }
+
+    private init() throws {
+        legacy = try PostgresCluster.start(name: "legacy")
+        onboarding = try PostgresCluster.start(name: "onboarding")
+        try legacy.psql("ALTER SYSTEM SET max_connections = 2300")
+        try legacy.psql("ALTER SYSTEM SET shared_buffers = '64MB'")
+        legacy.stop()
+        try legacy.restart()
+        try legacy.createRole(name: "hexabuilders", password: FixtureSecrets.legacyPassword)
+        try legacy.createDatabase(name: "hexabuilders", owner: "hexabuilders")
+        try legacy.psql("""
+            CREATE SCHEMA onboarding; CREATE SCHEMA recruitment; CREATE SCHEMA campaign_management;
+            CREATE TABLE onboarding.candidates (id serial PRIMARY KEY, name text NOT NULL, v bigint NOT NULL DEFAULT 0);
+            INSERT INTO onboarding.candidates (name) SELECT 'candidate ' || g FROM generate_series(1, 10) g;
+            GRANT ALL ON ALL TABLES IN SCHEMA onboarding TO hexabuilders;
+            """, database: "hexabuilders", user: "hexabuilders", password: FixtureSecrets.legacyPassword)
+        try onboarding.createRole(name: "onboarding_user", password: FixtureSecrets.onboardingPassword)
+        try onboarding.createDatabase(name: "onboarding", owner: "onboarding_user")
+
+        directory = legacy.baseDirectory
+        configPath = "\(directory)/cutover.toml"
+        logPath = "\(directory)/cutover.log"
+        proxyPort = PostgresCluster.freePort()
+        let config = """
+            [server]
+            listen = "127.0.0.1:\(proxyPort)"
+            max_clients = 2500
+            max_message_size = 67108864
+            shutdown_timeout = 5
+            [[users]]
+            name = "onboarding_user"
+            password = "\(FixtureSecrets.clientPassword)"
+            [[users]]
+            name = "md5_user"
+            auth = "md5"
+            password = "\(FixtureSecrets.clientPassword)"
+            [[users]]
+            name = "trust_user"
+            auth = "trust"
+            [backends.legacy]
+            host = "127.0.0.1"
+            port = \(legacy.port)
+            database = "hexabuilders"
+            user = "hexabuilders"
+            password_env = "LEGACY_DB_PASSWORD"
+            [backends.onboarding]
+            host = "localhost"
+            port = \(onboarding.port)
+            database = "onboarding"
+            user = "onboarding_user"
+            password_env = "ONBOARDING_DB_PASSWORD"
+            [routes.onboarding]
+            legacy = "legacy"
+            legacy_schema = "onboarding"
+            new = "onboarding"
+            phase = "legacy"
+            [routes.onboarding_new]
+            legacy = "legacy"
+            legacy_schema = "onboarding"
+            new = "onboarding"
+            phase = "new"
+            [routes."*"]
+            backend = "legacy"
+            """
+        try config.write(toFile: configPath, atomically: true, encoding: .utf8)
+        proxy = try Self.startProxy(configPath: configPath, logPath: logPath, port: proxyPort)
+    }
+
+    static let proxyEnvironment = ["LEGACY_DB_PASSWORD": FixtureSecrets.legacyPassword,
+                                   "ONBOARDING_DB_PASSWORD": FixtureSecrets.onboardingPassword]
+
+    static func startProxy(configPath: String, logPath: String, port: Int) throws -> Process {
+        let p = try startBackgroundProcess(cutoverBinary, ["serve", configPath, "--log-level", "info"],
+                                           environment: proxyEnvironment, logPath: logPath)
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            if let c = try? RawClient(port: port) { _ = c; return p }
+            if !p.isRunning { break }
+            usleep(50_000)
+        }
+        let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+        throw PostgresClusterError("proxy did not start listening on \(port):\n\(log)")
+    }
+
+    func restartProxy() throws {
+        stopBackgroundProcess(proxy)
+        proxy = try Self.startProxy(configPath: configPath, logPath: logPath, port: proxyPort)
+    }
+
+    func tearDown() {
+        stopBackgroundProcess(proxy, timeout: 5)
+        legacy.destroy()
+        onboarding.destroy()
+    }
+
+    /// A libpq connection string to the proxy.
+    func conninfo(database: String = "onboarding", user: String = "onboarding_user",
+                  password: String = FixtureSecrets.clientPassword, extra: String = "") -> String {
+        "host=127.0.0.1 port=\(proxyPort) dbname=\(database) user=\(user) password=\(password) connect_timeout=10 \(extra)"
+    }
+
+    func connect(database: String = "onboarding", user: String = "onboarding_user", extra: String = "") throws -> PQConnection {
+        try PQConnection(conninfo(database: database, user: user, extra: extra))
+    }
+
+    /// Environment for psql/pgbench through the proxy.
+    var clientEnvironment: [String: String] { ["PGPASSWORD": FixtureSecrets.clientPassword] }
+
+    func psqlThroughProxy(_ args: [String], database: String = "onboarding", stdin: Data? = nil, timeout: TimeInterval = 120) throws -> ProcessResult {
+        try runProcess("psql", ["-X", "-h", "127.0.0.1", "-p", "\(proxyPort)", "-U", "onboarding_user", "-d", database] + args,
+                       environment: clientEnvironment, stdin: stdin, timeout: timeout)
+    }
+
+    var proxyPID: Int32 { proxy.processIdentifier }
+
+    /// Resident set size of the proxy, in KiB, from /proc.
+    func proxyRSSKiB() -> Int {
+        guard let status = try? String(contentsOfFile: "/proc/\(proxyPID)/status", encoding: .utf8) else { return -1 }
+        for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+            return Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) ?? -1
+        }
+        return -1
+    }
+
+    var proxyLog: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+}
+
+/// Samples the proxy's RSS on a background thread and keeps the peak.
+final class PeakRSSSampler: @unchecked Sendable {
+    private let lock = NSLock()
+    private var peakKiB = 0
+    private var running = true
+    private var thread: Thread?
+
+    init(_ fixture: ProxyFixture) {
+        peakKiB = fixture.proxyRSSKiB()
+        let t = Thread { [self] in
+            while self.lock.withLock({ self.running }) {
+                let v = fixture.proxyRSSKiB()
+                self.lock.withLock { self.peakKiB = max(self.peakKiB, v) }
+                usleep(50_000)
+            }
+        }
+        thread = t
+        t.start()
+    }
+
+    /// Stops sampling and returns the peak in KiB.
+    func stop() -> Int {
+        lock.withLock { running = false }
+        usleep(60_000)
+        return lock.withLock { peakKiB }
+    }
+}

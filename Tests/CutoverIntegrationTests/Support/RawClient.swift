@@ -1,0 +1,60 @@
+// Test support: a raw TCP client for sending malformed protocol bytes and reading the proxy's answer.
+import Foundation
+import Glibc
+
+/// A blocking socket with a receive timeout.
+final class RawClient {
+    let fd: Int32
+
+    init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard rc == 0 else { close(fd); throw PQError(message: "connect failed: \(errno)") }
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { close(fd) }
+
+    func send(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
+
+    func shutdownWrite() { Glibc.shutdown(fd, Int32(SHUT_WR)) }
+
+    /// Reads until EOF (or timeout); returns the bytes and whether the peer closed.
+    func readUntilClosed() -> (bytes: [UInt8], closed: Bool) {
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = recv(fd, &buf, buf.count, 0)
+            if n == 0 { return (out, true) }
+            if n < 0 { return (out, false) }
+            out.append(contentsOf: buf[0..<n])
+        }
+    }
+
+    /// The SQLSTATE of the first ErrorResponse in `bytes`, if any.
+    static func errorCode(in bytes: [UInt8]) -> String? {
+        var i = 0
+        while i + 5 <= bytes.count {
+            let id = bytes[i]
+            let len = Int(UInt32(bytes[i + 1]) << 24 | UInt32(bytes[i + 2]) << 16 | UInt32(bytes[i + 3]) << 8 | UInt32(bytes[i + 4]))
+            if id == UInt8(ascii: "E") {
+                var j = i + 5
+                while j < min(bytes.count, i + 1 + len) && bytes[j] != 0 {
+                    let field = bytes[j]
+                    let end = bytes[(j + 1)...].firstIndex(of: 0) ?? bytes.count
+                    if field == UInt8(ascii: "C") { return String(decoding: bytes[(j + 1)..<end], as: UTF8.self) }
+                    j = end + 1
+                }
+                return nil
+            }
+            if id == UInt8(ascii: "N") && len == 0 { i += 1; continue } // single-byte SSL refusal
+            i += 1 + len
+        }
+        return nil
+    }
+}
