@@ -167,10 +167,12 @@ private struct Parser {
             verifier = SCRAMVerifier(parsing: s)
             if verifier == nil { problem("\(path).scram", "not a SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey> verifier") }
         }
-        if auth != .trust && password == nil && verifier == nil {
+        let sourceGiven = ["password", "password_env", "password_file", "scram"].contains { t[$0] != nil }
+        if auth != .trust && !sourceGiven {
             problem(path, "needs password, password_env, password_file or scram (or auth = \"trust\")")
         }
-        if auth == .md5 && password == nil { problem(path, "md5 authentication needs a plaintext password source") }
+        let plaintextGiven = ["password", "password_env", "password_file"].contains { t[$0] != nil }
+        if auth == .md5 && sourceGiven && !plaintextGiven { problem(path, "md5 authentication needs a plaintext password source") }
         return UserConfig(name: name, auth: auth, password: password, scram: verifier, admin: bool(t, "admin", path) ?? false)
     }
 
