@@ -28,6 +28,9 @@ public struct ClientHandshake {
 
     let config: CutoverConfig
     let phaseOf: (String) -> Phase?
+    /// Set when the proxy is full or shutting down: SSL is still refused and cancels still pass, but a
+    /// StartupMessage gets this error (after, not instead of, the SSL answer, so clients show the message).
+    public var refusal: ErrorFields?
     private var state = State.awaitingStartup
     private var startup = StartupMessage(parameters: [])
     private var resolution = RouteResolution.unknownDatabase
@@ -69,6 +72,7 @@ public struct ClientHandshake {
 
     mutating func startupReceived(_ message: StartupMessage) -> Action {
         startup = message
+        if let refusal { return fail(refusal) }
         guard let userName = message.user, !userName.isEmpty else {
             return fail(ProxyError.fatal("28000", "no PostgreSQL user name specified in startup packet"))
         }

@@ -41,7 +41,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     static let boundaryMessages = MessageScanner.IDSet([FrontendMessageID.query.rawValue, FrontendMessageID.sync.rawValue,
                                                         FrontendMessageID.functionCall.rawValue])
 
-    init(id: Int, client: TCPConnection, server: ProxyServer, config: CutoverConfig, proxySecret: Int32, logger: Logger) {
+    init(id: Int, client: TCPConnection, server: ProxyServer, config: CutoverConfig, proxySecret: Int32, logger: Logger,
+         refusal: ErrorFields? = nil) {
         self.id = id
         self.client = client
         self.server = server
@@ -50,6 +51,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         logger[metadataKey: "session"] = "\(id)"
         self.logger = logger
         handshake = ClientHandshake(config: config, phaseOf: { [unowned server] in server.phase(of: $0) })
+        handshake.refusal = refusal
         framer = MessageFramer(untyped: true, maxMessageSize: min(config.server.maxMessageSize, 1 << 20))
         clientScanner = MessageScanner(captured: .init([]), maxMessageSize: config.server.maxMessageSize)
         createdAt = server.loop.now

@@ -44,8 +44,12 @@ public final class ProxyServer {
     // MARK: sessions
 
     private func accept(_ c: TCPConnection) {
-        if sessions.count >= config.server.maxClients || shutdownDeadline != nil {
-            let error = shutdownDeadline != nil ? ProxyError.shuttingDown() : ProxyError.tooManyClients(config.server.maxClients)
+        var refusal: ErrorFields?
+        if shutdownDeadline != nil { refusal = ProxyError.shuttingDown() }
+        else if sessions.count >= config.server.maxClients { refusal = ProxyError.tooManyClients(config.server.maxClients) }
+        // Refused clients still get to read their error after the SSL exchange, up to a margin; past it
+        // they are cut off at once so a connection flood cannot grow memory.
+        if let error = refusal, sessions.count >= config.server.maxClients + 64 {
             var w = ByteWriter()
             error.encode(into: &w)
             c.write(w.bytes)
@@ -57,7 +61,8 @@ public final class ProxyServer {
         nextSessionID += 1
         var secret: Int32
         repeat { secret = Int32(bitPattern: UInt32.random(in: 1...UInt32.max)) } while sessionsBySecret[secret] != nil
-        let session = ClientSession(id: id, client: c, server: self, config: config, proxySecret: secret, logger: logger)
+        let session = ClientSession(id: id, client: c, server: self, config: config, proxySecret: secret, logger: logger,
+                                    refusal: refusal)
         sessions[id] = session
         sessionsBySecret[secret] = session
     }

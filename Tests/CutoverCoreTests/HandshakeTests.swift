@@ -136,3 +136,41 @@ private func passwordBody(_ m: FrontendMessage) -> ArraySlice<UInt8> {
         #expect(e.sqlState == "08P01")
     }
 }
+
+@Suite struct RefusalTests {
+    @Test func aFullProxyStillAnswersSSLThenRefusesTheStartup() throws {
+        var h = ClientHandshake(config: try ConfigLoader.parse(sampleConfig, environment: ["ONBOARDING_PASSWORD": "a", "LEGACY_DB_PASSWORD": "b"]))
+        h.refusal = ProxyError.tooManyClients(5)
+        var w = ByteWriter(); StartupPacket.sslRequest.encode(into: &w)
+        #expect(h.startupPacketReceived(w.bytes[4...]) == .send([0x4E]))
+        guard case .fail(let e) = h.startupPacketReceived(startupBody([("user", "ops")])) else { Issue.record("expected refusal"); return }
+        #expect(e.sqlState == "53300")
+    }
+}
+
+@Suite struct BackendPasswordMethodTests {
+    let backend = BackendConfig(name: "legacy", host: "127.0.0.1", port: 5433, database: "db", user: "alice", password: "secret")
+
+    func passwordSent(_ action: BackendHandshake.Action) throws -> String? {
+        guard case .send(let bytes) = action else { return nil }
+        var f = MessageFramer(); f.append(bytes)
+        guard case .password(let p) = try FrontendMessage.decodePassword(body: try f.next()!.body, as: .password) else { return nil }
+        return p
+    }
+
+    @Test func md5AndCleartextAnswers() throws {
+        var h = BackendHandshake(backend: backend)
+        let md5 = try passwordSent(h.received(.authentication(.md5Password(salt: [9, 8, 7, 6]))))
+        // PostgreSQL's formula, computed independently.
+        let inner = Crypto.md5Hex(Array("secretalice".utf8))
+        #expect(md5 == "md5" + Crypto.md5Hex(Array(inner.utf8) + [9, 8, 7, 6]))
+        var c = BackendHandshake(backend: backend)
+        #expect(try passwordSent(c.received(.authentication(.cleartextPassword))) == "secret")
+    }
+
+    @Test func missingPasswordIsAClearError() {
+        var h = BackendHandshake(backend: BackendConfig(name: "b", host: "h", port: 1, database: "d", user: "u", password: nil))
+        guard case .fail(let e) = h.received(.authentication(.sasl(mechanisms: ["SCRAM-SHA-256"]))) else { Issue.record("expected failure"); return }
+        #expect(e.sqlState == "08006" && e.hint!.contains("[backends.b]"))
+    }
+}

@@ -1,0 +1,110 @@
+// Integration: a proxy of the test's own — reload on SIGHUP, limits, timeouts, unreachable backends, graceful SIGTERM.
+import Foundation
+import Glibc
+import Testing
+
+@Suite(.serialized) struct LifecycleTests {
+    let f: ProxyFixture
+    init() throws { f = try ProxyFixture.shared() }
+
+    /// Starts a second proxy with `extraServer` lines and `extraRoutes` appended to a config of its own.
+    func ownProxy(_ name: String, server extraServer: String = "", rest: String = "") throws -> (Process, Int, String) {
+        let port = PostgresCluster.freePort()
+        let path = "\(f.directory)/\(name).toml"
+        let config = """
+            [server]
+            listen = "127.0.0.1:\(port)"
+            \(extraServer)
+            [[users]]
+            name = "onboarding_user"
+            password = "\(FixtureSecrets.clientPassword)"
+            [backends.legacy]
+            port = \(f.legacy.port)
+            database = "hexabuilders"
+            user = "hexabuilders"
+            password = "\(FixtureSecrets.legacyPassword)"
+            [routes.onboarding]
+            legacy = "legacy"
+            legacy_schema = "onboarding"
+            new = "legacy"
+            \(rest)
+            """
+        try config.write(toFile: path, atomically: true, encoding: .utf8)
+        let p = try ProxyFixture.startProxy(configPath: path, logPath: "\(f.directory)/\(name).log", port: port)
+        return (p, port, path)
+    }
+
+    func conninfo(_ port: Int, database: String = "onboarding", user: String = "onboarding_user", password: String = FixtureSecrets.clientPassword) -> String {
+        "host=127.0.0.1 port=\(port) dbname=\(database) user=\(user) password=\(password) connect_timeout=10"
+    }
+
+    @Test func sighupReloadsUsersAndRoutesForNewSessions() throws {
+        let (p, port, path) = try ownProxy("reload")
+        defer { stopBackgroundProcess(p) }
+        let before = try PQConnection(conninfo(port))
+        #expect(throws: PQError.self) { try PQConnection(conninfo(port, database: "recruitment", user: "recruiter", password: "r_pw")) }
+        var text = try String(contentsOfFile: path, encoding: .utf8)
+        text += "\n[[users]]\nname = \"recruiter\"\npassword = \"r_pw\"\n[routes.recruitment]\nlegacy = \"legacy\"\nlegacy_schema = \"recruitment\"\nnew = \"legacy\"\n"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        kill(p.processIdentifier, SIGHUP)
+        usleep(500_000)
+        let after = try PQConnection(conninfo(port, database: "recruitment", user: "recruiter", password: "r_pw"))
+        #expect(try after.scalar("SELECT current_schema()") == "recruitment")
+        #expect(try before.scalar("SELECT current_schema()") == "onboarding") // the old session carries on
+        // A broken file is rejected and the running config kept.
+        try "[server\n".write(toFile: path, atomically: true, encoding: .utf8)
+        kill(p.processIdentifier, SIGHUP)
+        usleep(300_000)
+        #expect(try PQConnection(conninfo(port, database: "recruitment", user: "recruiter", password: "r_pw")).isOK)
+    }
+
+    @Test func maxClientsIdleTimeoutAndUnreachableBackend() throws {
+        let deadPort = PostgresCluster.freePort()
+        let (p, port, _) = try ownProxy("limits", server: "max_clients = 2\nclient_idle_timeout = 1\nconnect_timeout = 2", rest: """
+            [backends.dead]
+            port = \(deadPort)
+            user = "nobody"
+            [routes.gone]
+            legacy = "dead"
+            new = "dead"
+            """)
+        defer { stopBackgroundProcess(p) }
+        // Unreachable backend: 08006 with the backend's name, not its password.
+        do { _ = try PQConnection(conninfo(port, database: "gone")); Issue.record("connected to a dead backend") } catch let e as PQError {
+            #expect(e.message.contains("backend \"dead\"") && e.message.contains("\(deadPort)"), "\(e.message)")
+        }
+        let a = try PQConnection(conninfo(port))
+        let b = try PQConnection(conninfo(port))
+        do { _ = try PQConnection(conninfo(port)); Issue.record("third client accepted") } catch let e as PQError {
+            #expect(e.message.contains("too many clients"), "\(e.message)")
+        }
+        // Idle past client_idle_timeout: closed by the proxy.
+        try a.query("SELECT 1")
+        try b.query("BEGIN") // in a transaction: not idle, so kept
+        sleep(2)
+        #expect(throws: PQError.self) { try a.query("SELECT 1") }
+        #expect(try b.scalar("SELECT 'in transaction, kept'") == "in transaction, kept")
+    }
+
+    @Test func sigtermLetsATransactionFinishThenStops() throws {
+        let (p, port, _) = try ownProxy("shutdown", server: "shutdown_timeout = 10")
+        let busy = try PQConnection(conninfo(port))
+        let idle = try PQConnection(conninfo(port))
+        try busy.query("BEGIN")
+        try busy.query("UPDATE candidates SET v = v + 1 WHERE id = 2")
+        kill(p.processIdentifier, SIGTERM)
+        usleep(300_000)
+        #expect(p.isRunning)
+        // The idle session was ended; new clients are refused; the open transaction can still commit.
+        #expect(throws: PQError.self) { try idle.query("SELECT 1") }
+        #expect(throws: PQError.self) { try PQConnection(conninfo(port)) }
+        try busy.query("UPDATE candidates SET v = v + 1 WHERE id = 2")
+        try busy.query("COMMIT")
+        let deadline = Date().addingTimeInterval(5)
+        while p.isRunning && Date() < deadline { usleep(50_000) }
+        #expect(!p.isRunning, "proxy still running after its last session ended")
+        #expect(p.terminationStatus == 0)
+        let log = (try? String(contentsOfFile: "\(f.directory)/shutdown.log", encoding: .utf8)) ?? ""
+        #expect(log.contains("loop_close=0"), "\(log)")
+    }
+}
