@@ -171,6 +171,6 @@ private func passwordBody(_ m: FrontendMessage) -> ArraySlice<UInt8> {
     @Test func missingPasswordIsAClearError() {
         var h = BackendHandshake(backend: BackendConfig(name: "b", host: "h", port: 1, database: "d", user: "u", password: nil))
         guard case .fail(let e) = h.received(.authentication(.sasl(mechanisms: ["SCRAM-SHA-256"]))) else { Issue.record("expected failure"); return }
-        #expect(e.sqlState == "08006" && e.hint!.contains("[backends.b]"))
+        #expect(e.sqlState == "08006" && e[0x48]!.contains("[backends.b]"))
     }
 }
