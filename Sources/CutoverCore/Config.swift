@@ -33,7 +33,22 @@ public struct ServerConfig: Sendable, Equatable {
     /// Bytes queued toward a slow reader before the proxy stops reading the other side.
     public var writeHighWater = 256 << 10
     public var adminDatabase = "cutover"
+    /// Where route phases are persisted; nil keeps them in memory only.
     public var stateFile: String? = nil
+    /// JSON-lines file of divergence records; nil logs them only to memory (SHOW DIVERGENCES) and the log.
+    public var divergenceLog: String? = nil
+    /// Log raw statement text (with literal values) instead of normalized text.
+    public var logLiterals = false
+    /// Divergence records kept in memory for SHOW DIVERGENCES.
+    public var divergenceMemory = 1000
+    /// Per-session bound on bytes queued toward a follower (async mode); past it the session stops mirroring.
+    public var mirrorQueueBytes = 16 << 20
+    /// Per-session bound on statements awaiting the follower's answer.
+    public var mirrorQueueStatements = 10_000
+    /// Seconds a follower may take to answer a statement before the session degrades to out of sync.
+    public var followerTimeout = 5.0
+    /// Seconds a leader flip may wait for in-flight transactions before it aborts.
+    public var flipTimeout = 5.0
     public init() {}
 }
 

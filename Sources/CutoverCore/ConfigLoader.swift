@@ -136,7 +136,9 @@ private struct Parser {
     mutating func server(_ t: TOMLTable) -> ServerConfig {
         var s = ServerConfig()
         checkKeys(t, "server", allowed: ["listen", "max_clients", "max_message_size", "connect_timeout", "auth_timeout",
-                                         "client_idle_timeout", "shutdown_timeout", "write_high_water", "admin_database", "state_file"])
+                                         "client_idle_timeout", "shutdown_timeout", "write_high_water", "admin_database", "state_file",
+                                         "divergence_log", "log_literals", "divergence_memory", "mirror_queue_bytes",
+                                         "mirror_queue_statements", "follower_timeout", "flip_timeout"])
         if let listen = string(t, "listen", "server") {
             if let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) {
                 s.listenHost = String(listen[..<colon]); s.listenPort = port
@@ -150,9 +152,19 @@ private struct Parser {
         if let v = seconds(t, "client_idle_timeout", "server") { s.clientIdleTimeout = v }
         if let v = seconds(t, "shutdown_timeout", "server") { s.shutdownTimeout = v }
         if let v = string(t, "admin_database", "server") { s.adminDatabase = v }
-        if let v = string(t, "state_file", "server") { s.stateFile = v }
+        if let v = string(t, "state_file", "server") { s.stateFile = absolute(v) }
+        if let v = string(t, "divergence_log", "server") { s.divergenceLog = absolute(v) }
+        if let v = bool(t, "log_literals", "server") { s.logLiterals = v }
+        if let v = int(t, "divergence_memory", "server", range: 0...1_000_000) { s.divergenceMemory = v }
+        if let v = int(t, "mirror_queue_bytes", "server", range: 65536...(1 << 34)) { s.mirrorQueueBytes = v }
+        if let v = int(t, "mirror_queue_statements", "server", range: 1...10_000_000) { s.mirrorQueueStatements = v }
+        if let v = seconds(t, "follower_timeout", "server") { s.followerTimeout = v }
+        if let v = seconds(t, "flip_timeout", "server") { s.flipTimeout = v }
         return s
     }
+
+    /// Paths in the file are relative to the file's directory.
+    func absolute(_ path: String) -> String { path.hasPrefix("/") ? path : "\(baseDirectory)/\(path)" }
 
     mutating func user(_ t: TOMLTable, _ path: String) -> UserConfig? {
         checkKeys(t, path, allowed: ["name", "auth", "password", "password_env", "password_file", "scram", "admin"])

@@ -8,8 +8,9 @@ protocol BackendLinkOwner: AnyObject {
     func backendReady(_ link: BackendLink, parameters: [(String, String)], key: CancelRequest?)
     func backendLoginFailed(_ link: BackendLink, _ error: ErrorFields)
     /// Pass-through bytes from the backend, after login. `link.scanner` has already seen them.
+    /// Pass-through bytes from the backend, after login, with the ReadyForQuery messages that end in them
+    /// (`link.boundaries`: offset just past each one, its status, and the unit digest when digesting).
     func backendRead(_ link: BackendLink, _ bytes: UnsafeRawBufferPointer)
-    func backendReadyForQuery(_ link: BackendLink, _ status: TransactionStatus)
     func backendLost(_ link: BackendLink, _ error: Int32?)
     func backendDrained(_ link: BackendLink)
 }
@@ -28,12 +29,31 @@ final class BackendLink: TCPConnectionDelegate {
     var scanner: MessageScanner
     private(set) var key: CancelRequest?
     let startedAt: UInt64
+    /// Which side of the route this link talks to.
+    let side: Side?
+    /// Bytes written before login finished (a follower joining mid-session), sent right after it.
+    private var queuedUntilReady: [UInt8] = []
+    var queuedUntilReadyCount: Int { queuedUntilReady.count }
+    /// ReadyForQuery answers to swallow (replayed session state); not reported as boundaries.
+    var swallowReadyForQuery = 0
+    /// When set, every answer is folded into unit digests for comparison (dual phases only: it costs a hash per row).
+    private(set) var digest: DigestBuilder?
+
+    struct Boundary {
+        var endOffset: Int
+        var status: TransactionStatus
+        var digest: UnitDigest?
+    }
+    /// The ReadyForQuery messages of the chunk being reported (reused to avoid an allocation per chunk).
+    private(set) var boundaries: [Boundary] = []
 
     /// Decoded during pass-through: ReadyForQuery drives the session's boundaries.
     static let captured = MessageScanner.IDSet([BackendMessageID.readyForQuery.rawValue])
+    static let capturedDigesting = MessageScanner.IDSet(DigestBuilder.capturedIDs)
 
-    init(loop: EventLoop, backend: BackendConfig, address: String, owner: BackendLinkOwner,
-         saltedPassword: @escaping (String, [UInt8], Int) -> [UInt8], maxMessageSize: Int) {
+    init(loop: EventLoop, backend: BackendConfig, address: String, side: Side?, owner: BackendLinkOwner,
+         saltedPassword: @escaping (String, [UInt8], Int) -> [UInt8]) {
+        self.side = side
         self.backend = backend
         self.address = address
         self.owner = owner
@@ -44,8 +64,25 @@ final class BackendLink: TCPConnectionDelegate {
         scanner = MessageScanner(captured: Self.captured, maxMessageSize: Int(Int32.max))
         startedAt = loop.now
         connection.delegate = self
-        _ = maxMessageSize
+        boundaries.reserveCapacity(4)
     }
+
+    /// Turns unit digests on or off. Only at a message boundary (the session switches phases when idle).
+    func setDigesting(_ on: Bool) {
+        guard on != (digest != nil) else { return }
+        digest = on ? DigestBuilder() : nil
+        scanner = MessageScanner(captured: on ? Self.capturedDigesting : Self.captured, maxMessageSize: Int(Int32.max))
+    }
+
+    /// Writes now if logged in, else queues until login completes.
+    func send(_ bytes: UnsafeRawBufferPointer) {
+        if state == .ready { connection.write(bytes) } else if state != .closed { queuedUntilReady.append(contentsOf: bytes) }
+    }
+
+    func send(_ bytes: [UInt8]) { bytes.withUnsafeBytes { send($0) } }
+
+    var isReady: Bool { state == .ready }
+    var isClosed: Bool { state == .closed }
 
     /// Connects and sends the startup packet once connected.
     func start(startup: [UInt8]) {
@@ -86,6 +123,10 @@ final class BackendLink: TCPConnectionDelegate {
                     state = .ready
                     self.key = key
                     owner.backendReady(self, parameters: parameters, key: key)
+                    if !queuedUntilReady.isEmpty, state == .ready {
+                        connection.write(queuedUntilReady)
+                        queuedUntilReady = []
+                    }
                     // Anything after the first ReadyForQuery (nothing, normally) is ordinary traffic.
                     let rest = framer.takeRemainder()
                     if !rest.isEmpty, state == .ready { rest.withUnsafeBytes { passThrough($0) } }
@@ -97,11 +138,15 @@ final class BackendLink: TCPConnectionDelegate {
     }
 
     private func passThrough(_ bytes: UnsafeRawBufferPointer) {
+        boundaries.removeAll(keepingCapacity: true)
         do {
-            try scanner.scan(bytes) { id, body, _ in
+            try scanner.scan(bytes) { id, body, endOffset in
+                var unit: UnitDigest?
+                if digest != nil { unit = digest!.received(id: id, body: body) }
                 if id == BackendMessageID.readyForQuery.rawValue, let body, body.count == 1,
                    let status = TransactionStatus(rawValue: body[0]) {
-                    owner.backendReadyForQuery(self, status)
+                    if swallowReadyForQuery > 0 { swallowReadyForQuery -= 1; return }
+                    boundaries.append(Boundary(endOffset: endOffset, status: status, digest: unit))
                 }
             }
         } catch {

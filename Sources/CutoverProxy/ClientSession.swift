@@ -1,15 +1,17 @@
-// One client's session: handshake, then leader pass-through with backpressure, cancel keys and boundaries.
+// One client's session: handshake, then pass-through to the leader (and, in the dual phases, a follower)
+// with backpressure, cancel keys, unit boundaries, and phase changes applied at idle boundaries.
 import CutoverCore
 import CutoverProtocol
 import CutoverRuntime
 import Logging
 
-/// A client connection and its backend connection(s), from the first byte to the close.
+/// A client connection and its backend connections, from the first byte to the close.
 ///
-///     client ──► [startup/auth: ClientHandshake] ──► [BackendLink login] ──► forwarding
-///     forwarding: client bytes ─scan─► leader;  leader bytes ─scan (ReadyForQuery)─► client
+///     client ──► [startup/auth: ClientHandshake] ──► [BackendLink login] ──► forwarding (or admin console)
+///     forwarding: client bytes ─scan (SessionTracker)─► leader (+ follower, mirrored)
+///                 leader bytes ─scan (ReadyForQuery, digests)─► client;  follower bytes ─digests─► compared, dropped
 final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
-    enum State { case handshake, connecting, forwarding, closed }
+    enum State { case handshake, connecting, forwarding, admin, closed }
 
     let id: Int
     let client: TCPConnection
@@ -19,27 +21,58 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     private var handshake: ClientHandshake
     private var framer: MessageFramer
     private var clientScanner: MessageScanner
-    private(set) var leader: BackendLink?
+    var leader: BackendLink?
+    var follower: BackendLink?
     private(set) var target: RouteTarget?
+    private(set) var startup = StartupMessage(parameters: [])
+    /// The route this session belongs to (nil on the wildcard route).
+    var route: RouteRuntime?
+    /// The phase this session runs in; catches up with the route's at idle boundaries.
+    var sessionPhase = Phase.legacy
+    var mirrorMode = MirrorMode.async
     private(set) var user = ""
     private(set) var applicationName = ""
     /// The secret this client got in BackendKeyData; the proxy's own, never the backend's.
     let proxySecret: Int32
-    private(set) var leaderKey: CancelRequest?
+    /// The pid the client was given (the first leader's); cancels must carry it even after a leader flip.
+    private(set) var clientVisiblePID: Int32 = 0
+    var leaderKey: CancelRequest? { leader?.key }
     private(set) var transactionStatus = TransactionStatus.idle
     /// Query, Sync and FunctionCall messages sent whose ReadyForQuery has not come back yet.
-    private(set) var pendingReadyForQuery = 0
+    var pendingReadyForQuery = 0
     let createdAt: UInt64
     private(set) var lastActivity: UInt64
     /// Set by a graceful shutdown: end the session at its next idle boundary.
     var closeWhenIdle = false
+    /// Set when a forced flip moves the leader to a side this session has no connection to.
+    var endAtIdle: ErrorFields?
     private var pendingClientBytes: [UInt8] = []
     private var clientPaused = false
-    private var leaderPaused = false
+    var leaderPaused = false
 
-    /// Frontend messages that each earn exactly one ReadyForQuery.
-    static let boundaryMessages = MessageScanner.IDSet([FrontendMessageID.query.rawValue, FrontendMessageID.sync.rawValue,
-                                                        FrontendMessageID.functionCall.rawValue])
+    var tracker = SessionTracker()
+    /// Units awaiting comparison (dual phases), oldest first.
+    var units: [PendingUnit] = []
+    var unitsHead = 0
+    /// Reused per client chunk: units that completed in it and where they end.
+    private var chunkUnits: [(endOffset: Int, unit: WorkUnit)] = []
+    /// Sync mirroring: client bytes not yet dispatched, and the unit in lock-step.
+    var syncBuffer: [UInt8] = []
+    var syncUnitEnds: [(end: Int, unit: WorkUnit)] = []
+    var syncStage: SyncStage?
+    var syncStageStartedAt: UInt64 = 0
+    /// Leader bytes held from the client until the follower has finished the same unit (sync mode).
+    var heldForClient: [UInt8]?
+    /// Client input held while the route is paused at this session's idle boundary.
+    var parkedBytes: [UInt8] = []
+    var parkedSince: UInt64?
+
+    enum SyncStage {
+        case leaderFirst([UInt8])
+        case followerAfterLeader([UInt8])
+        case followerFirst([UInt8])
+        case leaderAfterFollower
+    }
 
     init(id: Int, client: TCPConnection, server: ProxyServer, config: CutoverConfig, proxySecret: Int32, logger: Logger,
          refusal: ErrorFields? = nil) {
@@ -50,10 +83,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         var logger = logger
         logger[metadataKey: "session"] = "\(id)"
         self.logger = logger
-        handshake = ClientHandshake(config: config, phaseOf: { [unowned server] in server.phase(of: $0) })
+        handshake = ClientHandshake(config: config, phaseOf: { [unowned server] in server.routes[$0]?.phase })
         handshake.refusal = refusal
         framer = MessageFramer(untyped: true, maxMessageSize: min(config.server.maxMessageSize, 1 << 20))
-        clientScanner = MessageScanner(captured: .init([]), maxMessageSize: config.server.maxMessageSize)
+        clientScanner = MessageScanner(captured: .init(SessionTracker.capturedIDs), maxMessageSize: config.server.maxMessageSize)
         createdAt = server.loop.now
         lastActivity = createdAt
         client.delegate = self
@@ -65,7 +98,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) {
         lastActivity = server.loop.now
         switch state {
-        case .handshake: handshakeBytes(bytes)
+        case .handshake, .admin: framedBytes(bytes)
         case .connecting: pendingClientBytes.append(contentsOf: bytes) // pipelined before AuthenticationOk
         case .forwarding: forwardFromClient(bytes)
         case .closed: break
@@ -87,12 +120,13 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         end(reason: "client disconnected")
     }
 
-    // MARK: handshake
+    // MARK: handshake and admin console (whole messages)
 
-    private func handshakeBytes(_ bytes: UnsafeRawBufferPointer) {
+    private func framedBytes(_ bytes: UnsafeRawBufferPointer) {
         framer.append(bytes)
         do {
-            while state == .handshake, let frame = try framer.next() {
+            while state == .handshake || state == .admin, let frame = try framer.next() {
+                if state == .admin { adminMessage(frame); continue }
                 let action: ClientHandshake.Action
                 if frame.id == nil {
                     action = handshake.startupPacketReceived(frame.body)
@@ -121,52 +155,106 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         case .cancel(let key):
             server.forwardCancel(key)
             end(reason: "cancel request")
-        case .admin:
-            failClient(ProxyError.fatal("0A000", "the admin console is not available in this version of the proxy"))
-        case .connect(let target, let startup, let user):
-            self.target = target
+        case .admin(let startup, let user):
             self.user = user
             applicationName = startup["application_name"] ?? ""
+            state = .admin
+            var w = ByteWriter(capacity: 256)
+            w.writeBytes(handshake.takePendingPrefix())
+            BackendMessage.authentication(.ok).encode(into: &w)
+            for (name, value) in [("server_version", "15.0 (cutover admin)"), ("server_encoding", "UTF8"), ("client_encoding", "UTF8"),
+                                  ("DateStyle", "ISO, MDY"), ("integer_datetimes", "on"), ("standard_conforming_strings", "on"),
+                                  ("application_name", applicationName)] {
+                BackendMessage.parameterStatus(name: name, value: value).encode(into: &w)
+            }
+            BackendMessage.backendKeyData(CancelRequest(processID: 0, secretKey: proxySecret)).encode(into: &w)
+            BackendMessage.readyForQuery(.idle).encode(into: &w)
+            client.write(w.bytes)
+            logger.info("admin session started", metadata: ["user": "\(user)"])
+        case .connect(let target, let startup, let user):
+            self.target = target
+            self.startup = startup
+            self.user = user
+            applicationName = startup["application_name"] ?? ""
+            sessionPhase = target.phase
             logger[metadataKey: "route"] = "\(target.route ?? "*")"
             logger[metadataKey: "user"] = "\(user)"
-            connectLeader(target, startup)
+            if let name = target.route, let r = server.routes[name] {
+                route = r
+                mirrorMode = r.mirror
+                r.sessions[id] = self
+            }
+            connectLeader(target)
         }
     }
 
-    private func connectLeader(_ target: RouteTarget, _ startup: StartupMessage) {
+    private func adminMessage(_ frame: MessageFramer.Frame) {
+        switch frame.id {
+        case FrontendMessageID.query.rawValue:
+            let text = String(decoding: frame.body.prefix { $0 != 0 }, as: UTF8.self)
+            server.admin.execute(text, from: self) { [weak self] bytes in
+                guard let self, self.state == .admin else { return }
+                var w = ByteWriter(capacity: bytes.count + 6)
+                w.writeBytes(bytes)
+                BackendMessage.readyForQuery(.idle).encode(into: &w)
+                self.client.write(w.bytes)
+            }
+        case FrontendMessageID.terminate.rawValue:
+            end(reason: "admin client terminated")
+        default:
+            var w = ByteWriter()
+            ErrorFields(severity: "ERROR", code: "0A000", message: "the admin console supports the simple query protocol only").encode(into: &w)
+            if frame.id == FrontendMessageID.sync.rawValue { BackendMessage.readyForQuery(.idle).encode(into: &w) }
+            client.write(w.bytes)
+        }
+    }
+
+    private func connectLeader(_ target: RouteTarget) {
         state = .connecting
-        let link = BackendLink(loop: server.loop, backend: target.leader, address: server.address(of: target.leader),
-                               owner: self, saltedPassword: server.saltedPassword, maxMessageSize: server.config.server.maxMessageSize)
-        leader = link
-        let handshake = BackendHandshake(backend: target.leader)
-        link.start(startup: handshake.startupPacket(client: startup, database: target.database, searchPath: target.searchPath))
+        leader = openLink(to: target.leader, side: target.phase.leader, database: target.database, searchPath: target.searchPath)
+        if target.follower != nil { startFollower(replay: false) }
+    }
+
+    /// Opens a backend connection logged in with the client's startup parameters.
+    func openLink(to backend: BackendConfig, side: Side?, database: String, searchPath: String?) -> BackendLink {
+        let link = BackendLink(loop: server.loop, backend: backend, address: server.address(of: backend), side: side,
+                               owner: self, saltedPassword: server.saltedPassword)
+        link.start(startup: BackendHandshake(backend: backend).startupPacket(client: startup, database: database, searchPath: searchPath))
+        return link
     }
 
     // MARK: backend events
 
     func backendReady(_ link: BackendLink, parameters: [(String, String)], key: CancelRequest?) {
-        guard state == .connecting else { return }
-        leaderKey = key
+        guard link === leader, state == .connecting else { return }
         var w = ByteWriter(capacity: 512)
         w.writeBytes(handshake.takePendingPrefix())
         BackendMessage.authentication(.ok).encode(into: &w)
         for (name, value) in parameters { BackendMessage.parameterStatus(name: name, value: value).encode(into: &w) }
         // The leader's real process id (pg_backend_pid() agrees) and the proxy's own secret.
-        BackendMessage.backendKeyData(CancelRequest(processID: key?.processID ?? 0, secretKey: proxySecret)).encode(into: &w)
+        clientVisiblePID = key?.processID ?? 0
+        BackendMessage.backendKeyData(CancelRequest(processID: clientVisiblePID, secretKey: proxySecret)).encode(into: &w)
         BackendMessage.readyForQuery(.idle).encode(into: &w)
         state = .forwarding
         server.sessionStarted(self)
         logger.info("session started", metadata: ["backend": "\(link.backend.name)", "backend.pid": "\(key?.processID ?? 0)",
-                                                  "application_name": "\(applicationName)"])
+                                                  "phase": "\(sessionPhase.rawValue)", "application_name": "\(applicationName)"])
         client.write(w.bytes)
         if !pendingClientBytes.isEmpty {
             let early = pendingClientBytes
             pendingClientBytes = []
             early.withUnsafeBytes { forwardFromClient($0) }
+        } else {
+            reachedIdleBoundaryIfIdle()
         }
     }
 
     func backendLoginFailed(_ link: BackendLink, _ error: ErrorFields) {
+        if link === follower {
+            stopMirroring(.followerUnreachable, detail: error.message ?? "follower login failed")
+            return
+        }
+        guard link === leader else { return }
         logger.warning("backend login failed", metadata: ["backend": "\(link.backend.name)", "sqlstate": "\(error.sqlState ?? "")",
                                                          "error": "\(error.message ?? "")"])
         failClient(error)
@@ -174,28 +262,78 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
 
     func backendRead(_ link: BackendLink, _ bytes: UnsafeRawBufferPointer) {
         guard state == .forwarding else { return }
-        client.write(bytes)
+        if link === leader { leaderRead(link, bytes) } else if link === follower { followerRead(link) }
+    }
+
+    private func leaderRead(_ link: BackendLink, _ bytes: UnsafeRawBufferPointer) {
+        var forwardFrom = 0
+        for b in link.boundaries {
+            transactionStatus = b.status
+            if pendingReadyForQuery > 0 { pendingReadyForQuery -= 1 }
+            if follower != nil, let digest = b.digest { leaderUnitDone(digest) }
+            if case .leaderFirst(let unitBytes)? = syncStage {
+                // Lock-step: the client gets everything but this ReadyForQuery now, the rest after the follower.
+                let rfqStart = b.endOffset - 6
+                client.write(UnsafeRawBufferPointer(rebasing: bytes[forwardFrom..<rfqStart]))
+                forwardFrom = rfqStart
+                heldForClient = []
+                syncStage = .followerAfterLeader(unitBytes)
+                syncStageStartedAt = server.loop.now
+                markFollowerSent()
+                follower?.send(unitBytes)
+            } else if case .leaderAfterFollower? = syncStage {
+                syncStage = nil
+            }
+        }
+        let rest = UnsafeRawBufferPointer(rebasing: bytes[forwardFrom...])
+        if heldForClient != nil { heldForClient!.append(contentsOf: rest) } else { client.write(rest) }
         if client.queuedBytes > server.config.server.writeHighWater, !leaderPaused {
             // A slow client: stop reading the leader until the client drains (bounded memory).
             leaderPaused = true
             link.connection.stopReading()
         }
+        if !link.boundaries.isEmpty {
+            lastActivity = server.loop.now
+            compareReadyUnits()
+            if syncStage == nil { syncPump() }
+            reachedIdleBoundaryIfIdle()
+        }
     }
 
-    func backendReadyForQuery(_ link: BackendLink, _ status: TransactionStatus) {
-        transactionStatus = status
-        if pendingReadyForQuery > 0 { pendingReadyForQuery -= 1 }
-        lastActivity = server.loop.now
+    private func followerRead(_ link: BackendLink) {
+        guard !link.boundaries.isEmpty else { return }
+        for b in link.boundaries {
+            if let digest = b.digest { followerUnitDone(digest) }
+            switch syncStage {
+            case .followerFirst(let unitBytes)?:
+                syncStage = .leaderAfterFollower
+                syncStageStartedAt = server.loop.now
+                markLeaderSent()
+                leader?.send(unitBytes)
+            case .followerAfterLeader?:
+                releaseHeld()
+                syncStage = nil
+            default: break
+            }
+        }
+        compareReadyUnits()
+        if syncStage == nil { syncPump() }
+        reachedIdleBoundaryIfIdle()
     }
 
     func backendLost(_ link: BackendLink, _ error: Int32?) {
         guard state != .closed else { return }
+        if link === follower {
+            stopMirroring(.followerLost, detail: "follower connection closed: \(error.map(uvErrorName) ?? "EOF")")
+            return
+        }
+        guard link === leader else { return }
         logger.warning("backend connection lost", metadata: ["backend": "\(link.backend.name)", "error": "\(error.map(uvErrorName) ?? "closed")"])
         failClient(ProxyError.fatal("08006", "lost the connection to backend \"\(link.backend.name)\""))
     }
 
     func backendDrained(_ link: BackendLink) {
-        if clientPaused {
+        if link === leader && clientPaused {
             clientPaused = false
             client.startReading()
         }
@@ -203,18 +341,43 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
 
     // MARK: forwarding
 
-    private func forwardFromClient(_ bytes: UnsafeRawBufferPointer) {
+    func forwardFromClient(_ bytes: UnsafeRawBufferPointer) {
         guard let leader else { return }
+        if parkedSince != nil || (route?.pause != nil && isDrainedAtBoundary) {
+            // The route is paused and this session is between transactions: hold the new one back.
+            if parkedSince == nil { parkedSince = server.loop.now }
+            parkedBytes.append(contentsOf: bytes)
+            return
+        }
         var terminated = false
+        var flushAt: Int?
+        chunkUnits.removeAll(keepingCapacity: true)
         do {
-            try clientScanner.scan(bytes) { id, _, _ in
-                if Self.boundaryMessages.contains(id) { pendingReadyForQuery += 1 }
-                else if id == FrontendMessageID.terminate.rawValue { terminated = true }
+            try clientScanner.scan(bytes) { id, body, endOffset in
+                if let unit = tracker.received(id: id, body: body) {
+                    pendingReadyForQuery += 1
+                    chunkUnits.append((endOffset, unit))
+                } else if id == FrontendMessageID.terminate.rawValue { terminated = true }
+                else if id == FrontendMessageID.flush.rawValue { flushAt = endOffset }
             }
         } catch let e as ProtocolError {
             return failClient(ProxyError.describe(e))
         } catch { return failClient(ProxyError.protocolViolation("invalid message")) }
-        leader.connection.write(bytes)
+        if let route {
+            route.stats.statements += chunkUnits.count
+            for (_, unit) in chunkUnits { server.checkCrossSchema(unit, session: self, route: route) }
+        }
+        if follower != nil && mirrorMode == .sync && !terminated {
+            syncEnqueue(bytes, units: chunkUnits, flushAt: flushAt)
+        } else {
+            if !syncBuffer.isEmpty { flushSyncBuffer() }
+            leader.send(bytes)
+            if let follower {
+                for (_, unit) in chunkUnits { registerUnit(unit, followerSent: true) }
+                follower.send(bytes)
+                checkMirrorBounds()
+            }
+        }
         if terminated { return end(reason: "client terminated") }
         if leader.connection.queuedBytes > server.config.server.writeHighWater, !clientPaused {
             clientPaused = true
@@ -222,10 +385,28 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         }
     }
 
-    /// True at an idle transaction boundary with nothing in flight: the session can be ended or switched here.
+    /// True at an idle transaction boundary with nothing in flight: the session can be ended here.
     var isIdleAtBoundary: Bool {
         state == .forwarding && transactionStatus == .idle && pendingReadyForQuery == 0 && clientScanner.atMessageBoundary
-            && (leader?.scanner.atMessageBoundary ?? true)
+            && (leader?.scanner.atMessageBoundary ?? true) && syncStage == nil && heldForClient == nil && syncBuffer.isEmpty
+    }
+
+    /// Idle, and the follower has answered everything: the session can change phase or leader here.
+    var isDrainedAtBoundary: Bool {
+        isIdleAtBoundary && unitsHead == units.count && (follower?.scanner.atMessageBoundary ?? true)
+    }
+
+    /// Runs whatever waits for an idle boundary: shutdown, a forced re-route, phase changes, a route pause.
+    func reachedIdleBoundaryIfIdle() {
+        guard isIdleAtBoundary else { return }
+        if closeWhenIdle { return failClient(ProxyError.shuttingDown()) }
+        if let e = endAtIdle { return failClient(e) }
+        guard let route, isDrainedAtBoundary else { return }
+        if route.pause != nil {
+            server.checkPause(route)
+            return
+        }
+        if sessionPhase != route.phase || mirrorMode != route.mirror { applyRoutePhase() }
     }
 
     // MARK: ending
@@ -241,11 +422,62 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
 
     func end(reason: String) {
         guard state != .closed else { return }
-        let wasForwarding = state == .forwarding
+        let wasActive = state == .forwarding || state == .admin
         state = .closed
         leader?.terminate()
+        follower?.terminate()
         client.closeAfterWrites()
-        server.sessionEnded(self, wasActive: wasForwarding)
+        if let route {
+            route.sessions[id] = nil
+            if route.pause != nil { server.checkPause(route) }
+        }
+        server.sessionEnded(self, wasActive: wasActive)
         logger.debug("session ended", metadata: ["reason": "\(reason)"])
     }
+
+    // MARK: parking (route paused)
+
+    /// Lets held input go on after a pause; returns how long the client waited, in ms.
+    @discardableResult
+    func unpark() -> Double {
+        guard let since = parkedSince else { return 0 }
+        parkedSince = nil
+        let waited = Double(server.loop.now - since)
+        let held = parkedBytes
+        parkedBytes = []
+        if !held.isEmpty, state == .forwarding { held.withUnsafeBytes { forwardFromClient($0) } }
+        return waited
+    }
+}
+
+extension ClientSession {
+    func clientVisiblePIDMatches(_ pid: Int32) -> Bool { pid == clientVisiblePID }
+
+    /// A short account of what the session is doing, for operators (SHOW SESSIONS, aborted flips).
+    var describeActivity: String {
+        switch state {
+        case .handshake: return "logging in"
+        case .connecting: return "connecting to backend"
+        case .admin: return "admin console"
+        case .closed: return "closed"
+        case .forwarding:
+            if parkedSince != nil { return "held by pause" }
+            if transactionStatus != .idle { return transactionStatus == .inTransaction ? "in transaction" : "in failed transaction" }
+            if pendingReadyForQuery > 0 { return "running" }
+            if unitsHead < units.count { return "waiting for follower" }
+            return "idle"
+        }
+    }
+
+    var stateName: String {
+        switch state {
+        case .handshake: return "login"
+        case .connecting: return "connecting"
+        case .forwarding: return "active"
+        case .admin: return "admin"
+        case .closed: return "closed"
+        }
+    }
+
+    var pendingUnitCount: Int { units.count - unitsHead }
 }

@@ -1,4 +1,5 @@
-// The proxy: accepts clients, owns their sessions, forwards cancels, sweeps timeouts, reloads and shuts down.
+// The proxy: accepts clients, owns sessions and routes, forwards cancels, sweeps timeouts, records
+// divergences, flips phases (pausing a route when the leader changes), persists them, reloads and shuts down.
 import CutoverCore
 import CutoverProtocol
 import CutoverRuntime
@@ -10,7 +11,7 @@ public final class ProxyServer {
     public private(set) var config: CutoverConfig
     let logger: Logger
     private var listener: TCPListener?
-    private var sessions: [Int: ClientSession] = [:]
+    private(set) var sessions: [Int: ClientSession] = [:]
     private var sessionsBySecret: [Int32: ClientSession] = [:]
     private var nextSessionID = 1
     private var janitor: LoopTimer?
@@ -19,12 +20,32 @@ public final class ProxyServer {
     private var shutdownDeadline: UInt64?
     private var onStopped: (() -> Void)?
     public private(set) var activeSessions = 0
+    /// Run-time state of every route, restored from the state file.
+    private(set) var routes: [String: RouteRuntime] = [:]
+    let analyzer = QueryAnalyzer()
+    private var crossSchema = CrossSchemaDetector(knownSchemas: [])
+    let divergences: DivergenceRecorder
+    private(set) lazy var admin = AdminConsole(server: self)
+    /// Re-reads the config file (set by `cutover serve`); used by SIGHUP and the admin RELOAD command.
+    public var reloader: (() throws -> CutoverConfig)?
 
-    public init(loop: EventLoop, config: CutoverConfig, logger: Logger) {
+    /// Fails if the state file exists but cannot be read: a proxy must never silently forget a phase.
+    public init(loop: EventLoop, config: CutoverConfig, logger: Logger) throws {
         self.loop = loop
         self.config = config
         self.logger = logger
+        divergences = DivergenceRecorder(path: config.server.divergenceLog, capacity: config.server.divergenceMemory, logger: logger)
         resolvedAddresses = Self.resolve(config)
+        let persisted = try config.server.stateFile.map { try PersistedState.load(path: $0) } ?? PersistedState()
+        for (name, r) in config.routes {
+            let saved = persisted.routes[name]
+            routes[name] = RouteRuntime(config: r, phase: saved?.phase ?? r.phase, mirror: saved?.mirror ?? r.mirror)
+        }
+        crossSchema = Self.detector(config)
+        for (name, r) in routes.sorted(by: { $0.key < $1.key }) {
+            logger.info("route", metadata: ["route": "\(name)", "phase": "\(r.phase.rawValue)", "mirror": "\(r.mirror.rawValue)",
+                                            "restored": "\(persisted.routes[name] != nil)"])
+        }
     }
 
     /// The port actually bound (useful with port 0 in tests).
@@ -36,7 +57,7 @@ public final class ProxyServer {
             self.accept(c)
         }
         let timer = LoopTimer(loop: loop) { [unowned self] in self.sweep() }
-        timer.start(timeoutMs: 250, repeatMs: 250)
+        timer.start(timeoutMs: 100, repeatMs: 100)
         janitor = timer
         logger.info("listening", metadata: ["address": "\(config.server.listenHost):\(port)", "routes": "\(config.routes.keys.sorted())"])
     }
@@ -76,15 +97,12 @@ public final class ProxyServer {
         if shutdownDeadline != nil && sessions.isEmpty { finishShutdown() }
     }
 
-    /// The run-time phase of a route (persisted phases arrive with the dual-write work; until then, the config's).
-    func phase(of route: String) -> Phase? { config.routes[route]?.phase }
-
     // MARK: cancel
 
-    /// A client's CancelRequest carries the leader's pid and the proxy's secret; the backend gets its real key.
+    /// A client's CancelRequest carries the pid it was given and the proxy's secret; the leader gets its real key.
     func forwardCancel(_ key: CancelRequest) {
-        guard let s = sessionsBySecret[key.secretKey], let real = s.leaderKey, real.processID == key.processID,
-              let leader = s.leader else {
+        guard let s = sessionsBySecret[key.secretKey], s.clientVisiblePIDMatches(key.processID),
+              let leader = s.leader, let real = leader.key else {
             logger.info("cancel request matched no session")
             return
         }
@@ -113,10 +131,160 @@ public final class ProxyServer {
         return out
     }
 
+    static func detector(_ config: CutoverConfig) -> CrossSchemaDetector {
+        CrossSchemaDetector(knownSchemas: Set(config.routes.values.compactMap(\.legacySchema)))
+    }
+
+    // MARK: divergences
+
+    func recordDivergence(session: ClientSession, kind: DivergenceKind, statement: String?, leader: StatementOutcome?,
+                          follower: StatementOutcome?, leaderMs: Double?, followerMs: Double?, detail: String?) {
+        guard let route = session.route else { return }
+        route.stats.divergences[kind, default: 0] += 1
+        var fingerprint: String?
+        var text: String?
+        if let statement {
+            let a = analyzer.analyze(statement)
+            fingerprint = a.fingerprint
+            // Literal values can be personal data: log them only when configured to.
+            text = config.server.logLiterals ? statement : (a.normalized ?? "<statement that does not parse>")
+        }
+        divergences.record(Divergence(route: route.name, phase: session.sessionPhase, mirror: session.mirrorMode, session: session.id,
+                                      applicationName: session.applicationName, user: session.user, kind: kind,
+                                      fingerprint: fingerprint, statement: text, leader: leader, follower: follower,
+                                      leaderMs: leaderMs, followerMs: followerMs, detail: detail))
+    }
+
+    /// Reports statements naming another route's schema: they stop working once the schemas live apart.
+    func checkCrossSchema(_ unit: WorkUnit, session: ClientSession, route: RouteRuntime) {
+        for text in unit.statements + unit.parsed {
+            let foreign = crossSchema.foreignSchemas(in: text, own: route.config.legacySchema, analyzer: analyzer)
+            guard !foreign.isEmpty else { continue }
+            let key = analyzer.analyze(text).fingerprint ?? text
+            if route.crossSchemaSeen.contains(key) {
+                route.stats.divergences[.crossSchema, default: 0] += 1
+                continue
+            }
+            if route.crossSchemaSeen.count < 10_000 { route.crossSchemaSeen.insert(key) }
+            recordDivergence(session: session, kind: .crossSchema, statement: text, leader: nil, follower: nil, leaderMs: nil,
+                             followerMs: nil, detail: "names schema \(foreign.sorted().joined(separator: ", ")) from route \(route.name) (schema \(route.config.legacySchema ?? "-")); it cannot work once the schemas live on separate instances")
+        }
+    }
+
+    // MARK: phases
+
+    struct AdminError: Error {
+        var code: String
+        var message: String
+        var detail: String?
+    }
+
+    func persist() throws {
+        guard let path = config.server.stateFile else { return }
+        var s = PersistedState()
+        for (name, r) in routes { s.routes[name] = PersistedState.Route(phase: r.phase, mirror: r.mirror) }
+        do { try s.save(path: path) } catch {
+            throw AdminError(code: "58030", message: "cannot write the state file \(path): \(error)")
+        }
+    }
+
+    /// Flips a route. Without a leader change it takes effect per session at its next idle boundary; with one,
+    /// the route pauses, in-flight transactions finish, follower queues drain, then every session switches.
+    func setPhase(_ name: String, to target: Phase, force: Bool, reply: @escaping (Result<AdminResult, AdminError>) -> Void) {
+        guard let r = routes[name] else { return reply(.failure(AdminError(code: "42704", message: "no route named \"\(name)\""))) }
+        let from = r.phase
+        do { try from.transition(to: target, force: force) } catch {
+            return reply(.failure(AdminError(code: "55000", message: "cannot flip \(name): \(error)")))
+        }
+        if r.pause != nil { return reply(.failure(AdminError(code: "55006", message: "route \(name) is paused or already flipping; RESUME it or wait"))) }
+        let started = loop.now
+        if target.leader == from.leader {
+            r.phase = target
+            if target.follower == nil || from.follower == nil { r.inSync = true; r.outOfSyncReason = nil }
+            do { try persist() } catch let e as AdminError { r.phase = from; return reply(.failure(e)) } catch {}
+            r.stats.flips += 1
+            for s in r.sessions.values where s.isDrainedAtBoundary { s.applyRoutePhase() }
+            logger.notice("phase changed", metadata: ["route": "\(name)", "from": "\(from.rawValue)", "to": "\(target.rawValue)"])
+            return reply(.success(flipResult(name, from, target, r, stallMs: 0, started: started)))
+        }
+        if !r.inSync && !force {
+            return reply(.failure(AdminError(code: "55000", message: "route \(name) is out of sync (\(r.outOfSyncReason ?? "unknown")); changing the leader could lose writes",
+                                             detail: "Re-synchronize the new side and flip through the non-dual phase, or add FORCE.")))
+        }
+        logger.notice("leader flip started", metadata: ["route": "\(name)", "from": "\(from.rawValue)", "to": "\(target.rawValue)"])
+        startPause(r, reason: .flip(from: from, to: target), timeout: config.server.flipTimeout) { [unowned self] settled, pause in
+            if !settled {
+                let holdouts = r.sessions.values.filter { !$0.isDrainedAtBoundary }.map { "session \($0.id) (\($0.user), \($0.applicationName.isEmpty ? "-" : $0.applicationName), \($0.describeActivity))" }
+                self.endPause(r)
+                self.logger.warning("leader flip aborted", metadata: ["route": "\(name)", "holdouts": "\(holdouts)"])
+                reply(.failure(AdminError(code: "57014", message: "flip of \(name) to \(target.rawValue) aborted after \(self.config.server.flipTimeout) s; the route stays in \(from.rawValue)",
+                                          detail: "Still busy: " + holdouts.joined(separator: "; "))))
+                return
+            }
+            r.phase = target
+            do { try self.persist() } catch let e as AdminError {
+                r.phase = from
+                self.endPause(r)
+                return reply(.failure(e))
+            } catch {}
+            r.stats.flips += 1
+            for s in Array(r.sessions.values) { s.applyRoutePhase() }
+            let stall = self.endPause(r)
+            r.stats.lastFlipStallMs = stall
+            r.stats.maxFlipStallMs = max(r.stats.maxFlipStallMs, stall)
+            self.logger.notice("leader flip done", metadata: ["route": "\(name)", "to": "\(target.rawValue)", "longest_stall_ms": "\(stall)"])
+            reply(.success(self.flipResult(name, from, target, r, stallMs: stall, started: started)))
+        }
+    }
+
+    private func flipResult(_ name: String, _ from: Phase, _ to: Phase, _ r: RouteRuntime, stallMs: Double, started: UInt64) -> AdminResult {
+        AdminResult(columns: ["route", "from", "to", "sessions", "longest_stall_ms", "duration_ms"],
+                    rows: [[name, from.rawValue, to.rawValue, "\(r.sessions.count)", "\(Int(stallMs))", "\(loop.now - started)"]],
+                    tag: "SET PHASE")
+    }
+
+    func setMirror(_ name: String, to mode: MirrorMode) throws -> AdminResult {
+        guard let r = routes[name] else { throw AdminError(code: "42704", message: "no route named \"\(name)\"") }
+        let old = r.mirror
+        r.mirror = mode
+        do { try persist() } catch { r.mirror = old; throw error }
+        for s in r.sessions.values where s.isDrainedAtBoundary { s.applyRoutePhase() }
+        return AdminResult(columns: ["route", "mirror"], rows: [[name, mode.rawValue]], tag: "SET MIRROR")
+    }
+
+    /// Holds new transactions on `r` back; `onSettled(true)` once every session is drained at a boundary,
+    /// `onSettled(false)` at the deadline.
+    func startPause(_ r: RouteRuntime, reason: RoutePause.Reason, timeout: Double, onSettled: @escaping (Bool, RoutePause) -> Void) {
+        let p = RoutePause(reason: reason, startedAt: loop.now, deadline: loop.now + UInt64(timeout * 1000), onSettled: nil)
+        p.onSettled = { [unowned p] ok in onSettled(ok, p) }
+        r.pause = p
+        checkPause(r)
+    }
+
+    /// Settles a pause if every session of the route is drained at an idle boundary.
+    func checkPause(_ r: RouteRuntime) {
+        guard let p = r.pause, let settle = p.onSettled else { return }
+        guard r.sessions.values.allSatisfy({ $0.isDrainedAtBoundary }) else { return }
+        p.onSettled = nil
+        settle(true)
+    }
+
+    /// Lifts a pause; held input proceeds. Returns the longest time any client waited, in ms.
+    @discardableResult
+    func endPause(_ r: RouteRuntime) -> Double {
+        guard let p = r.pause else { return 0 }
+        r.pause = nil
+        var longest = p.longestStallMs
+        for s in Array(r.sessions.values) { longest = max(longest, s.unpark()) }
+        for s in Array(r.sessions.values) { s.reachedIdleBoundaryIfIdle() }
+        return longest
+    }
+
     // MARK: timeouts
 
     private func sweep() {
         let now = loop.now
+        let nowNs = loop.nanoseconds
         let s = config.server
         for session in Array(sessions.values) {
             switch session.state {
@@ -127,14 +295,19 @@ public final class ProxyServer {
                     session.failClient(ProxyError.backendUnavailable(b, "timed out after \(s.connectTimeout) s"))
                 }
             case .forwarding:
+                session.checkFollowerTimeout(nowMs: now, nowNs: nowNs)
                 if session.closeWhenIdle && session.isIdleAtBoundary {
                     session.failClient(ProxyError.shuttingDown())
-                } else if s.clientIdleTimeout > 0 && session.isIdleAtBoundary
+                } else if s.clientIdleTimeout > 0 && session.isIdleAtBoundary && session.parkedSince == nil
                             && now - session.lastActivity > UInt64(s.clientIdleTimeout * 1000) {
                     session.failClient(ProxyError.fatal("57P05", "terminating connection due to idle timeout of \(s.clientIdleTimeout) s"))
                 }
             default: break
             }
+        }
+        for r in routes.values {
+            guard let p = r.pause, let settle = p.onSettled else { continue }
+            if now >= p.deadline { p.onSettled = nil; settle(false) } else { checkPause(r) }
         }
         if let deadline = shutdownDeadline, now >= deadline {
             logger.warning("shutdown timeout reached, closing remaining sessions", metadata: ["sessions": "\(sessions.count)"])
@@ -144,11 +317,17 @@ public final class ProxyServer {
 
     // MARK: lifecycle
 
-    /// Replaces the config for new sessions; running sessions keep theirs.
+    /// Replaces the config for new sessions; running sessions keep theirs. Route phases stay as they are.
     public func reload(_ newConfig: CutoverConfig) {
         config = newConfig
         resolvedAddresses = Self.resolve(newConfig)
         saltedCache.removeAll()
+        for (name, rc) in newConfig.routes {
+            if let r = routes[name] { r.config = rc } else { routes[name] = RouteRuntime(config: rc, phase: rc.phase, mirror: rc.mirror) }
+        }
+        crossSchema = Self.detector(newConfig)
+        divergences.open(newConfig.server.divergenceLog)
+        divergences.setCapacity(newConfig.server.divergenceMemory)
         logger.info("configuration reloaded", metadata: ["routes": "\(newConfig.routes.keys.sorted())", "users": "\(newConfig.users.count)"])
     }
 

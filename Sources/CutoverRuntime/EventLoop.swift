@@ -27,6 +27,9 @@ public final class EventLoop {
     /// Milliseconds of the loop's cached clock (updated once per iteration): the session timers' time base.
     public var now: UInt64 { uv_now(loop) }
 
+    /// A monotonic clock in nanoseconds, for latencies finer than the loop's millisecond clock.
+    public var nanoseconds: UInt64 { uv_hrtime() }
+
     /// Runs until `stop()` or until nothing is left to do.
     public func run() { uv_run(loop, UV_RUN_DEFAULT) }
 

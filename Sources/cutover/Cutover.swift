@@ -11,7 +11,7 @@ struct Cutover: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cutover",
         abstract: "A PostgreSQL proxy that moves each service's schema to its own instance with no downtime.",
-        subcommands: [Serve.self, CheckConfig.self])
+        subcommands: [Serve.self, CheckConfig.self, Status.self, PhaseCommand.self])
 }
 
 struct ConfigOption: ParsableArguments {
@@ -72,7 +72,18 @@ struct Serve: ParsableCommand {
         }
 
         let loop = EventLoop()
-        let server = ProxyServer(loop: loop, config: config, logger: logger)
+        let server: ProxyServer
+        do { server = try ProxyServer(loop: loop, config: config, logger: logger) } catch {
+            logger.error("cannot restore route phases from the state file", metadata: ["file": "\(config.server.stateFile ?? "")", "error": "\(error)"])
+            throw ExitCode(1)
+        }
+        let path = options.config
+        let overridePort = port
+        server.reloader = {
+            var c = try ConfigLoader.load(path: path)
+            if let overridePort { c.server.listenPort = overridePort }
+            return c
+        }
         do { try server.start() } catch {
             logger.error("cannot start", metadata: ["error": "\(error)"])
             throw ExitCode(1)
@@ -86,13 +97,9 @@ struct Serve: ParsableCommand {
         }
         watchers.append(SignalWatcher(loop: loop, signal: SIGTERM, stop))
         watchers.append(SignalWatcher(loop: loop, signal: SIGINT, stop))
-        let path = options.config
-        let overridePort = port
         watchers.append(SignalWatcher(loop: loop, signal: SIGHUP) { _ in
             do {
-                var c = try ConfigLoader.load(path: path)
-                if let overridePort { c.server.listenPort = overridePort }
-                server.reload(c)
+                server.reload(try server.reloader!())
             } catch {
                 logger.error("reload failed; keeping the previous configuration", metadata: ["error": "\(error)"])
             }

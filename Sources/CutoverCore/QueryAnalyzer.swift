@@ -1,0 +1,72 @@
+// libpg_query, PostgreSQL's own parser: fingerprints, normalized text (literals as $n) and the schemas a
+// statement names. Results are cached by text so statements already seen cost a dictionary lookup.
+import CPGQuery
+
+/// What the parser says about one statement text.
+public struct QueryAnalysis: Sendable, Equatable {
+    public var fingerprint: String?
+    public var normalized: String?
+    /// Schema names qualifying relations in the statement (`onboarding.candidates` → "onboarding").
+    public var schemas: Set<String>
+    public var parseError: String?
+}
+
+/// Not thread-safe (one per event loop); libpg_query itself keeps per-thread memory contexts.
+public final class QueryAnalyzer {
+    private var cache: [String: QueryAnalysis] = [:]
+    private let capacity: Int
+    public private(set) var parses = 0
+
+    public init(capacity: Int = 4096) { self.capacity = capacity }
+
+    public func analyze(_ text: String) -> QueryAnalysis {
+        if let hit = cache[text] { return hit }
+        parses += 1
+        var result = QueryAnalysis(fingerprint: nil, normalized: nil, schemas: [], parseError: nil)
+        let fp = pg_query_fingerprint(text)
+        if let e = fp.error { result.parseError = String(cString: e.pointee.message) }
+        else if let s = fp.fingerprint_str { result.fingerprint = String(cString: s) }
+        pg_query_free_fingerprint_result(fp)
+        let norm = pg_query_normalize(text)
+        if norm.error == nil, let s = norm.normalized_query { result.normalized = String(cString: s) }
+        pg_query_free_normalize_result(norm)
+        let parsed = pg_query_parse(text)
+        if parsed.error == nil, let tree = parsed.parse_tree { result.schemas = Self.schemaNames(inJSON: String(cString: tree)) }
+        pg_query_free_parse_result(parsed)
+        if cache.count >= capacity { cache.removeAll(keepingCapacity: true) }
+        cache[text] = result
+        return result
+    }
+
+    /// Collects every `"schemaname":"x"` in libpg_query's JSON parse tree (RangeVar and friends).
+    static func schemaNames(inJSON json: String) -> Set<String> {
+        var out: Set<String> = []
+        let key = "\"schemaname\":\""
+        var rest = json[...]
+        while let r = rest.range(of: key) {
+            let after = rest[r.upperBound...]
+            guard let end = after.firstIndex(of: "\"") else { break }
+            out.insert(String(after[..<end]))
+            rest = after[end...]
+        }
+        return out
+    }
+}
+
+/// Cross-schema detection: a cheap byte scan first, the parser only for texts that might qualify a name
+/// with another route's schema.
+public struct CrossSchemaDetector: Sendable {
+    /// Every schema a route owns on the legacy side, lower-cased.
+    public let knownSchemas: Set<String>
+
+    public init(knownSchemas: Set<String>) { self.knownSchemas = Set(knownSchemas.map { $0.lowercased() }) }
+
+    /// Schemas other than `own` that `text` names, per the parser. Empty for most statements without parsing.
+    public func foreignSchemas(in text: String, own: String?, analyzer: QueryAnalyzer) -> Set<String> {
+        let lower = text.lowercased()
+        let own = own?.lowercased()
+        let candidates = knownSchemas.filter { s in s != own && (lower.contains(s + ".") || lower.contains("\"" + s + "\".")) }
+        guard !candidates.isEmpty else { return [] }
+        return analyzer.analyze(text).schemas.intersection(candidates)
+    }
+}

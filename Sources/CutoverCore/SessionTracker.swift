@@ -1,0 +1,127 @@
+// Follows what a client sends: units of work (up to each Query/Sync/FunctionCall) with their statement
+// texts, and the session state a follower joining later must be given (SETs, prepared statements).
+import CutoverProtocol
+
+/// One unit of work: the client messages answered by exactly one ReadyForQuery.
+public struct WorkUnit: Sendable, Equatable {
+    /// Statement texts in execution order (a Query's text; each Execute's prepared text).
+    public var statements: [String] = []
+    /// True if the unit ends a transaction with COMMIT (sync mirroring commits on the follower first).
+    public var commits = false
+    /// Texts of the statements prepared (Parse) in this unit: checked for cross-schema references.
+    public var parsed: [String] = []
+    public init() {}
+}
+
+/// Pure bookkeeping over the client's message stream. Feed it captured frontend messages in order.
+public struct SessionTracker: Sendable {
+    /// Frontend ids whose bodies the tracker reads.
+    public static let capturedIDs: [UInt8] = [
+        FrontendMessageID.query.rawValue, FrontendMessageID.parse.rawValue, FrontendMessageID.bind.rawValue,
+        FrontendMessageID.execute.rawValue, FrontendMessageID.close.rawValue,
+    ]
+
+    /// SET/RESET texts to replay, keyed by parameter name (last one wins).
+    public private(set) var settings: [(name: String, text: String)] = []
+    /// Named protocol-level prepared statements: the whole Parse message, to be re-sent verbatim.
+    public private(set) var preparedMessages: [String: [UInt8]] = [:]
+    /// SQL-level PREPARE texts by name.
+    public private(set) var sqlPrepared: [String: String] = [:]
+    public private(set) var unreplayable: UnreplayableState = []
+    /// Statement text by prepared statement name ("" is the unnamed one).
+    private var statementText: [String: String] = [:]
+    /// Prepared statement name by portal name.
+    private var portalStatement: [String: String] = [:]
+    /// The unit being assembled.
+    public private(set) var current = WorkUnit()
+    /// When false, only state that must be replayed is tracked (the cheap path outside dual phases).
+    public var recordUnits = false
+
+    public init() {}
+
+    /// Handles one message; returns the completed unit when `id` ends one.
+    public mutating func received(id: UInt8, body: UnsafeRawBufferPointer?) -> WorkUnit? {
+        switch id {
+        case FrontendMessageID.query.rawValue:
+            guard let body else { break }
+            let text = String(decoding: body.prefix { $0 != 0 }, as: UTF8.self)
+            track(sql: text)
+            if recordUnits { current.statements.append(text) }
+            return finishUnit()
+        case FrontendMessageID.parse.rawValue:
+            guard let body else { break }
+            var r = ByteReader(Array(body)[...], context: "Parse")
+            guard let name = try? r.readCString(), let text = try? r.readCString() else { break }
+            statementText[name] = text
+            current.parsed.append(text)
+            if !name.isEmpty {
+                var w = ByteWriter(capacity: body.count + 5)
+                w.beginMessage(FrontendMessageID.parse.rawValue); w.writeBytes(body); w.endMessage()
+                preparedMessages[name] = w.bytes
+            }
+            track(sql: text)
+        case FrontendMessageID.bind.rawValue:
+            guard recordUnits, let body else { break }
+            var r = ByteReader(Array(body.prefix(4096))[...], context: "Bind")
+            if let portal = try? r.readCString(), let statement = try? r.readCString() { portalStatement[portal] = statement }
+        case FrontendMessageID.execute.rawValue:
+            guard recordUnits, let body else { break }
+            let portal = String(decoding: body.prefix { $0 != 0 }, as: UTF8.self)
+            if let text = portalStatement[portal].flatMap({ statementText[$0] }) {
+                current.statements.append(text)
+                if SQLText.classify(text) == .commit { current.commits = true }
+            }
+        case FrontendMessageID.close.rawValue:
+            guard let body, body.count >= 2, body[0] == UInt8(ascii: "S") else { break }
+            let name = String(decoding: body.dropFirst().prefix { $0 != 0 }, as: UTF8.self)
+            preparedMessages[name] = nil
+            statementText[name] = nil
+        case FrontendMessageID.sync.rawValue, FrontendMessageID.functionCall.rawValue:
+            return finishUnit()
+        default: break
+        }
+        return nil
+    }
+
+    private mutating func finishUnit() -> WorkUnit {
+        defer { current = WorkUnit() }
+        return current
+    }
+
+    mutating func track(sql text: String) {
+        let kind = SQLText.classify(text)
+        if recordUnits && kind == .commit { current.commits = true }
+        switch kind {
+        case .setting:
+            let words = SQLText.leadingWords(text, count: 3)
+            guard words.count >= 2 else { break }
+            let name = (words[1] == "SESSION" && words.count > 2 ? words[2] : words[1]).lowercased()
+            settings.removeAll { $0.name == name }
+            if words[0] == "SET" { settings.append((name, text)) }
+        case .discardAll:
+            settings = []
+            if SQLText.leadingWords(text, count: 1).first == "DISCARD" { sqlPrepared = [:]; preparedMessages = [:]; unreplayable = [] }
+        case .prepare:
+            if let name = SQLText.preparedName(text) { sqlPrepared[name] = text }
+        case .deallocate:
+            if let name = SQLText.preparedName(text) { if name == "all" { sqlPrepared = [:] } else { sqlPrepared[name] = nil } }
+        default: break
+        }
+        unreplayable.formUnion(SQLText.unreplayableState(text))
+    }
+
+    /// Client messages that rebuild the tracked state on a fresh connection, and how many ReadyForQuery
+    /// answers they earn (so the caller can swallow them).
+    public func replayMessages() -> (bytes: [UInt8], readyForQueryCount: Int) {
+        var w = ByteWriter()
+        var count = 0
+        for s in settings { FrontendMessage.query(s.text).encode(into: &w); count += 1 }
+        for (_, text) in sqlPrepared.sorted(by: { $0.key < $1.key }) { FrontendMessage.query(text).encode(into: &w); count += 1 }
+        if !preparedMessages.isEmpty {
+            for (_, message) in preparedMessages.sorted(by: { $0.key < $1.key }) { w.writeBytes(message) }
+            w.beginMessage(FrontendMessageID.sync.rawValue); w.endMessage()
+            count += 1
+        }
+        return (w.bytes, count)
+    }
+}

@@ -1,0 +1,228 @@
+// Mirroring: the follower connection, async and lock-step (sync) dispatch, unit comparison, degrading to
+// out of sync, and phase changes applied at an idle boundary.
+import CutoverCore
+import CutoverProtocol
+import CutoverRuntime
+
+/// One unit of work on its way through leader and follower, until both answers are compared.
+struct PendingUnit {
+    var unit: WorkUnit
+    var leaderSentAt: UInt64
+    var followerSentAt: UInt64?
+    var leader: UnitDigest?
+    var leaderDoneAt: UInt64 = 0
+    var follower: UnitDigest?
+    var followerDoneAt: UInt64 = 0
+
+    var leaderMs: Double? { leader == nil ? nil : Double(leaderDoneAt &- leaderSentAt) / 1e6 }
+    var followerMs: Double? { follower == nil || followerSentAt == nil ? nil : Double(followerDoneAt &- followerSentAt!) / 1e6 }
+}
+
+extension ClientSession {
+    // MARK: unit bookkeeping
+
+    func registerUnit(_ unit: WorkUnit, followerSent: Bool) {
+        let now = server.loop.nanoseconds
+        units.append(PendingUnit(unit: unit, leaderSentAt: now, followerSentAt: followerSent ? now : nil))
+    }
+
+    func markFollowerSent() { if unitsHead < units.count { units[units.count - 1].followerSentAt = server.loop.nanoseconds } }
+    func markLeaderSent() { if unitsHead < units.count { units[units.count - 1].leaderSentAt = server.loop.nanoseconds } }
+
+    func leaderUnitDone(_ digest: UnitDigest) {
+        guard let i = units[unitsHead...].firstIndex(where: { $0.leader == nil }) else { return }
+        units[i].leader = digest
+        units[i].leaderDoneAt = server.loop.nanoseconds
+    }
+
+    func followerUnitDone(_ digest: UnitDigest) {
+        guard let i = units[unitsHead...].firstIndex(where: { $0.follower == nil }) else { return }
+        units[i].follower = digest
+        units[i].followerDoneAt = server.loop.nanoseconds
+    }
+
+    /// Compares every unit both sides have answered, oldest first, and records what differs.
+    func compareReadyUnits() {
+        guard let route else { return }
+        while unitsHead < units.count, let l = units[unitsHead].leader, let f = units[unitsHead].follower {
+            let u = units[unitsHead]
+            unitsHead += 1
+            route.stats.mirrored += 1
+            if let ms = u.leaderMs { route.stats.leaderMsTotal += ms; route.stats.leaderCount += 1 }
+            if let ms = u.followerMs { route.stats.followerMsTotal += ms; route.stats.followerCount += 1 }
+            for d in UnitDigest.differences(leader: l, follower: f) {
+                let text = d.index < u.unit.statements.count ? u.unit.statements[d.index] : u.unit.statements.joined(separator: "; ")
+                server.recordDivergence(session: self, kind: d.kind, statement: text.isEmpty ? nil : text,
+                                        leader: d.leader, follower: d.follower, leaderMs: u.leaderMs, followerMs: u.followerMs,
+                                        detail: "statement \(d.index + 1) of the unit")
+            }
+        }
+        if unitsHead == units.count {
+            units.removeAll(keepingCapacity: true)
+            unitsHead = 0
+        }
+    }
+
+    /// Async mode's bounds: too many bytes or statements waiting on the follower stop mirroring for this session.
+    func checkMirrorBounds() {
+        guard let follower else { return }
+        let s = server.config.server
+        let queued = follower.connection.queuedBytes + follower.queuedUntilReadyCount
+        let waiting = units.count - unitsHead
+        if queued > s.mirrorQueueBytes || waiting > s.mirrorQueueStatements {
+            stopMirroring(.queueOverflow, detail: "follower queue: \(queued) bytes, \(waiting) statements (limits \(s.mirrorQueueBytes) bytes, \(s.mirrorQueueStatements) statements)")
+        }
+    }
+
+    /// Past `follower_timeout` without an answer from the follower, the session degrades to out of sync.
+    func checkFollowerTimeout(nowMs: UInt64, nowNs: UInt64) {
+        guard follower != nil else { return }
+        let limit = server.config.server.followerTimeout
+        guard limit > 0 else { return }
+        var waitingSince: UInt64?
+        if let u = units[unitsHead...].first(where: { $0.follower == nil && $0.followerSentAt != nil }) { waitingSince = u.followerSentAt }
+        if let since = waitingSince, Double(nowNs &- since) / 1e9 > limit {
+            stopMirroring(.followerTimeout, detail: "no answer from the follower within \(limit) s")
+        }
+    }
+
+    // MARK: sync (lock-step) dispatch
+
+    /// Queues client bytes; units go out one at a time: leader then follower, or follower first for COMMIT.
+    func syncEnqueue(_ bytes: UnsafeRawBufferPointer, units completed: [(endOffset: Int, unit: WorkUnit)], flushAt: Int?) {
+        let base = syncBuffer.count
+        syncBuffer.append(contentsOf: bytes)
+        for (end, unit) in completed { syncUnitEnds.append((base + end, unit)) }
+        if let flushAt, syncUnitEnds.last.map({ $0.end < base + flushAt }) ?? true, syncStage == nil, syncUnitEnds.isEmpty {
+            // A Flush without Sync (e.g. Describe before binding): the client waits for an answer now.
+            // Nothing is executed by it, so both sides get it at once.
+            let partial = Array(syncBuffer[0..<(base + flushAt)])
+            syncBuffer.removeFirst(base + flushAt)
+            leader?.send(partial)
+            follower?.send(partial)
+        }
+        syncPump()
+    }
+
+    func syncPump() {
+        guard syncStage == nil, heldForClient == nil, !syncBuffer.isEmpty else { return }
+        guard let follower, mirrorMode == .sync else { return flushSyncBuffer() }
+        guard let first = syncUnitEnds.first else { return }
+        let unitBytes = Array(syncBuffer[0..<first.end])
+        syncBuffer.removeFirst(first.end)
+        syncUnitEnds.removeFirst()
+        for i in syncUnitEnds.indices { syncUnitEnds[i].end -= first.end }
+        registerUnit(first.unit, followerSent: false)
+        syncStageStartedAt = server.loop.now
+        if first.unit.commits {
+            // COMMIT on the follower first, the leader last: a conflicting transaction waiting on the leader's
+            // locks cannot reach the follower before this one has committed there.
+            syncStage = .followerFirst(unitBytes)
+            markFollowerSent()
+            follower.send(unitBytes)
+        } else {
+            syncStage = .leaderFirst(unitBytes)
+            leader?.send(unitBytes)
+        }
+    }
+
+    /// Without a follower (or leaving sync mode), queued client bytes simply go to the leader.
+    func flushSyncBuffer() {
+        guard !syncBuffer.isEmpty else { return }
+        let pending = syncBuffer
+        syncBuffer = []
+        syncUnitEnds = []
+        leader?.send(pending)
+    }
+
+    func releaseHeld() {
+        guard let held = heldForClient else { return }
+        heldForClient = nil
+        client.write(held)
+    }
+
+    // MARK: degrading
+
+    /// Ends mirroring for this session: records why, marks the route out of sync, and lets the client go on.
+    func stopMirroring(_ kind: DivergenceKind, detail: String) {
+        guard let f = follower else { return }
+        follower = nil
+        f.close() // closing rolls back whatever the follower had open
+        server.recordDivergence(session: self, kind: kind, statement: nil, leader: nil, follower: nil, leaderMs: nil, followerMs: nil, detail: detail)
+        route?.markOutOfSync("session \(id): \(kind.rawValue): \(detail)")
+        units.removeAll()
+        unitsHead = 0
+        switch syncStage {
+        case .followerFirst(let unitBytes)?:
+            syncStage = .leaderAfterFollower
+            leader?.send(unitBytes)
+        case .followerAfterLeader?:
+            syncStage = nil
+            releaseHeld()
+        default: break
+        }
+        if syncStage == nil { flushSyncBuffer() }
+        reachedIdleBoundaryIfIdle()
+    }
+
+    // MARK: phases
+
+    /// Connects a follower for the session's phase; a session that predates the flip gets its state replayed.
+    func startFollower(replay: Bool) {
+        guard let route, let side = sessionPhase.follower, let leader else { return }
+        let config = server.config
+        guard let backend = config.backends[side == .legacy ? route.config.legacy : route.config.new] else { return }
+        let link = openLink(to: backend, side: side, database: backend.database,
+                            searchPath: side == .legacy ? route.config.legacySchema : nil)
+        follower = link
+        link.setDigesting(true)
+        leader.setDigesting(true)
+        guard replay else { return }
+        let (bytes, answers) = tracker.replayMessages()
+        if answers > 0 {
+            link.swallowReadyForQuery = answers
+            link.send(bytes)
+        }
+        if !tracker.unreplayable.isEmpty {
+            server.recordDivergence(session: self, kind: .unreplayableState, statement: nil, leader: nil, follower: nil,
+                                    leaderMs: nil, followerMs: nil,
+                                    detail: "the follower joined without: \(tracker.unreplayable.names.joined(separator: ", "))")
+        }
+    }
+
+    /// Brings the session to its route's phase and mirror mode. Called only when drained at an idle boundary.
+    func applyRoutePhase() {
+        guard let route, let currentLeader = leader else { return }
+        let target = route.phase
+        if sessionPhase != target {
+            let from = sessionPhase
+            if target.leader != from.leader {
+                guard let f = follower, f.side == target.leader else {
+                    // Only a forced skip gets here (or a session that lost its follower): it cannot be carried over.
+                    failClient(ProxyError.fatal("57P01", "route \"\(route.name)\" moved from \(from.rawValue) to \(target.rawValue); this session cannot follow it, reconnect"))
+                    return
+                }
+                leader = f
+                follower = nil
+                if target.follower == currentLeader.side { follower = currentLeader } else { currentLeader.terminate() }
+                // Both read again: the new leader's answers go to the client, the new follower's are compared.
+                leaderPaused = false
+                leader?.connection.startReading()
+                follower?.connection.startReading()
+                sessionPhase = target
+            } else {
+                sessionPhase = target
+                if target.follower == nil, let f = follower {
+                    follower = nil
+                    f.terminate()
+                } else if target.follower != nil && follower == nil {
+                    startFollower(replay: true)
+                }
+            }
+            logger.info("session changed phase", metadata: ["from": "\(from.rawValue)", "to": "\(target.rawValue)",
+                                                            "leader": "\(leader?.backend.name ?? "-")", "follower": "\(follower?.backend.name ?? "-")"])
+        }
+        mirrorMode = route.mirror
+        leader?.setDigesting(follower != nil)
+    }
+}

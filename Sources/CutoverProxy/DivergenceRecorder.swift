@@ -1,0 +1,43 @@
+// Writes divergence records: JSON lines to the divergence log, the latest N in memory, counters per route.
+import CutoverCore
+import Foundation
+import Logging
+
+final class DivergenceRecorder {
+    private var file: FileHandle?
+    private(set) var path: String?
+    private(set) var recent: [Divergence] = []
+    private var capacity: Int
+    let logger: Logger
+
+    init(path: String?, capacity: Int, logger: Logger) {
+        self.capacity = capacity
+        self.logger = logger
+        open(path)
+    }
+
+    func open(_ newPath: String?) {
+        guard newPath != path else { return }
+        try? file?.close()
+        file = nil
+        path = newPath
+        guard let newPath else { return }
+        if !FileManager.default.fileExists(atPath: newPath) { FileManager.default.createFile(atPath: newPath, contents: nil) }
+        file = FileHandle(forWritingAtPath: newPath)
+        _ = try? file?.seekToEnd()
+        if file == nil { logger.error("cannot open divergence log", metadata: ["path": "\(newPath)"]) }
+    }
+
+    func setCapacity(_ n: Int) { capacity = n; trim() }
+
+    func record(_ d: Divergence) {
+        recent.append(d)
+        trim()
+        // One write per record: divergences are the exception, and a line must never be half-written.
+        if let file { try? file.write(contentsOf: Data((d.jsonLine() + "\n").utf8)) }
+        logger.warning("divergence", metadata: ["route": "\(d.route)", "kind": "\(d.kind.rawValue)", "session": "\(d.session)",
+                                                "statement": "\(d.statement ?? "")", "detail": "\(d.detail ?? "")"])
+    }
+
+    private func trim() { if recent.count > capacity { recent.removeFirst(recent.count - capacity) } }
+}

@@ -1,0 +1,64 @@
+// The run-time state of one route: its phase and mirror mode, whether it is in sync, its sessions,
+// counters, and a pause (manual, or for a flip that changes the leader) in progress.
+import CutoverCore
+import CutoverProtocol
+
+final class RouteRuntime {
+    let name: String
+    var config: RouteConfig
+    var phase: Phase
+    var mirror: MirrorMode
+    /// False once any session lost its follower, overflowed or timed out: the sides may differ.
+    var inSync = true
+    var outOfSyncReason: String?
+    var sessions: [Int: ClientSession] = [:]
+    var pause: RoutePause?
+    var stats = RouteStats()
+    /// Normalized statements already reported as cross-schema (reported once per route; counted always).
+    var crossSchemaSeen: Set<String> = []
+
+    init(config: RouteConfig, phase: Phase, mirror: MirrorMode) {
+        name = config.name
+        self.config = config
+        self.phase = phase
+        self.mirror = mirror
+    }
+
+    func markOutOfSync(_ reason: String) {
+        if inSync { outOfSyncReason = reason }
+        inSync = false
+    }
+}
+
+struct RouteStats {
+    var statements = 0
+    var mirrored = 0
+    var divergences: [DivergenceKind: Int] = [:]
+    var leaderMsTotal = 0.0
+    var leaderCount = 0
+    var followerMsTotal = 0.0
+    var followerCount = 0
+    var flips = 0
+    var lastFlipStallMs = 0.0
+    var maxFlipStallMs = 0.0
+
+    var divergenceTotal: Int { divergences.values.reduce(0, +) }
+}
+
+/// A route holding new transactions back: for an operator's PAUSE, or while a flip changes the leader.
+final class RoutePause {
+    enum Reason { case manual, flip(from: Phase, to: Phase) }
+    let reason: Reason
+    let startedAt: UInt64
+    let deadline: UInt64
+    /// Called once when every session is parked (true) or the deadline passed (false).
+    var onSettled: ((Bool) -> Void)?
+    /// Longest time a client waited with input held, in ms.
+    var longestStallMs = 0.0
+
+    init(reason: Reason, startedAt: UInt64, deadline: UInt64, onSettled: ((Bool) -> Void)?) {
+        self.reason = reason; self.startedAt = startedAt; self.deadline = deadline; self.onSettled = onSettled
+    }
+
+    var isFlip: Bool { if case .flip = reason { return true } else { return false } }
+}
