@@ -34,7 +34,8 @@ public struct SessionTracker: Sendable {
     private var portalStatement: [String: String] = [:]
     /// The unit being assembled.
     public private(set) var current = WorkUnit()
-    /// When false, only state that must be replayed is tracked (the cheap path outside dual phases).
+    /// When false, Bind/Execute are not followed (the cheap path outside dual phases): units then carry
+    /// only simple-protocol texts.
     public var recordUnits = false
 
     public init() {}
@@ -46,7 +47,7 @@ public struct SessionTracker: Sendable {
             guard let body else { break }
             let text = String(decoding: body.prefix { $0 != 0 }, as: UTF8.self)
             track(sql: text)
-            if recordUnits { current.statements.append(text) }
+            current.statements.append(text)
             return finishUnit()
         case FrontendMessageID.parse.rawValue:
             guard let body else { break }

@@ -163,6 +163,7 @@ extension ClientSession {
         }
         if syncStage == nil { flushSyncBuffer() }
         reachedIdleBoundaryIfIdle()
+        finishDrainingIfDone()
     }
 
     // MARK: phases
@@ -177,6 +178,7 @@ extension ClientSession {
         follower = link
         link.setDigesting(true)
         leader.setDigesting(true)
+        tracker.recordUnits = true
         guard replay else { return }
         let (bytes, answers) = tracker.replayMessages()
         if answers > 0 {
@@ -224,5 +226,6 @@ extension ClientSession {
         }
         mirrorMode = route.mirror
         leader?.setDigesting(follower != nil)
+        tracker.recordUnits = follower != nil
     }
 }

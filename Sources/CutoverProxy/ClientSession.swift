@@ -11,7 +11,7 @@ import Logging
 ///     forwarding: client bytes ─scan (SessionTracker)─► leader (+ follower, mirrored)
 ///                 leader bytes ─scan (ReadyForQuery, digests)─► client;  follower bytes ─digests─► compared, dropped
 final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
-    enum State { case handshake, connecting, forwarding, admin, closed }
+    enum State { case handshake, connecting, forwarding, admin, draining, closed }
 
     let id: Int
     let client: TCPConnection
@@ -66,6 +66,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// Client input held while the route is paused at this session's idle boundary.
     var parkedBytes: [UInt8] = []
     var parkedSince: UInt64?
+    private var wasActiveBeforeDraining = false
 
     enum SyncStage {
         case leaderFirst([UInt8])
@@ -101,7 +102,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         case .handshake, .admin: framedBytes(bytes)
         case .connecting: pendingClientBytes.append(contentsOf: bytes) // pipelined before AuthenticationOk
         case .forwarding: forwardFromClient(bytes)
-        case .closed: break
+        case .closed, .draining: break
         }
     }
 
@@ -261,6 +262,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     }
 
     func backendRead(_ link: BackendLink, _ bytes: UnsafeRawBufferPointer) {
+        if state == .draining, link === follower {
+            followerRead(link)
+            return finishDrainingIfDone()
+        }
         guard state == .forwarding else { return }
         if link === leader { leaderRead(link, bytes) } else if link === follower { followerRead(link) }
     }
@@ -324,6 +329,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     func backendLost(_ link: BackendLink, _ error: Int32?) {
         guard state != .closed else { return }
         if link === follower {
+            if state == .draining {
+                stopMirroring(.followerLost, detail: "follower connection closed before answering \(pendingUnitCount) statements")
+                return finishDrainingIfDone()
+            }
             stopMirroring(.followerLost, detail: "follower connection closed: \(error.map(uvErrorName) ?? "EOF")")
             return
         }
@@ -420,19 +429,37 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         end(reason: error.message ?? "error")
     }
 
+    /// Ends the client side. A follower still owing answers is kept until it has given them (or times out),
+    /// so the last statements are compared too and a flip never overtakes writes still in flight.
     func end(reason: String) {
-        guard state != .closed else { return }
+        guard state != .closed && state != .draining else { return }
         let wasActive = state == .forwarding || state == .admin
-        state = .closed
         leader?.terminate()
-        follower?.terminate()
         client.closeAfterWrites()
+        logger.debug("session ended", metadata: ["reason": "\(reason)"])
+        if follower != nil && pendingUnitCount > 0 {
+            state = .draining
+            wasActiveBeforeDraining = wasActive
+            return
+        }
+        state = .closed
+        finish(wasActive: wasActive)
+    }
+
+    /// Called when a draining session's follower has caught up (or gone).
+    func finishDrainingIfDone() {
+        guard state == .draining, follower == nil || pendingUnitCount == 0 else { return }
+        state = .closed
+        finish(wasActive: wasActiveBeforeDraining)
+    }
+
+    private func finish(wasActive: Bool) {
+        follower?.terminate()
         if let route {
             route.sessions[id] = nil
             if route.pause != nil { server.checkPause(route) }
         }
         server.sessionEnded(self, wasActive: wasActive)
-        logger.debug("session ended", metadata: ["reason": "\(reason)"])
     }
 
     // MARK: parking (route paused)
@@ -459,6 +486,7 @@ extension ClientSession {
         case .handshake: return "logging in"
         case .connecting: return "connecting to backend"
         case .admin: return "admin console"
+        case .draining: return "client gone, follower catching up"
         case .closed: return "closed"
         case .forwarding:
             if parkedSince != nil { return "held by pause" }
@@ -475,6 +503,7 @@ extension ClientSession {
         case .connecting: return "connecting"
         case .forwarding: return "active"
         case .admin: return "admin"
+        case .draining: return "draining"
         case .closed: return "closed"
         }
     }

@@ -294,6 +294,9 @@ public final class ProxyServer {
                 if let b = session.leader?.backend {
                     session.failClient(ProxyError.backendUnavailable(b, "timed out after \(s.connectTimeout) s"))
                 }
+            case .draining:
+                session.checkFollowerTimeout(nowMs: now, nowNs: nowNs)
+                session.finishDrainingIfDone()
             case .forwarding:
                 session.checkFollowerTimeout(nowMs: now, nowNs: nowNs)
                 if session.closeWhenIdle && session.isIdleAtBoundary {

@@ -9,6 +9,8 @@ enum FixtureSecrets {
     static let clientPassword = "client_pw"
     static let legacyPassword = "legacy_pw"
     static let onboardingPassword = "onboarding_db_pw"
+    static let recruitmentPassword = "recruitment_db_pw"
+    static let adminPassword = "ops_pw"
 }
 
 final class ProxyFixture: @unchecked Sendable {
@@ -65,6 +67,10 @@ final class ProxyFixture: @unchecked Sendable {
             """, database: "hexabuilders", user: "hexabuilders", password: FixtureSecrets.legacyPassword)
         try onboarding.createRole(name: "onboarding_user", password: FixtureSecrets.onboardingPassword)
         try onboarding.createDatabase(name: "onboarding", owner: "onboarding_user")
+        // The recruitment service's new database lives on the same new cluster; its route is the one the
+        // dual-write tests flip.
+        try onboarding.createRole(name: "recruitment_user", password: FixtureSecrets.recruitmentPassword)
+        try onboarding.createDatabase(name: "recruitment", owner: "recruitment_user")
 
         directory = legacy.baseDirectory
         configPath = "\(directory)/cutover.toml"
@@ -76,6 +82,9 @@ final class ProxyFixture: @unchecked Sendable {
             max_clients = 2500
             max_message_size = 67108864
             shutdown_timeout = 5
+            state_file = "cutover.state"
+            divergence_log = "divergences.jsonl"
+            follower_timeout = 3
             [[users]]
             name = "onboarding_user"
             password = "\(FixtureSecrets.clientPassword)"
@@ -86,6 +95,13 @@ final class ProxyFixture: @unchecked Sendable {
             [[users]]
             name = "trust_user"
             auth = "trust"
+            [[users]]
+            name = "ops"
+            password = "\(FixtureSecrets.adminPassword)"
+            admin = true
+            [[users]]
+            name = "recruitment_user"
+            password = "\(FixtureSecrets.clientPassword)"
             [backends.legacy]
             host = "127.0.0.1"
             port = \(legacy.port)
@@ -98,6 +114,16 @@ final class ProxyFixture: @unchecked Sendable {
             database = "onboarding"
             user = "onboarding_user"
             password_env = "ONBOARDING_DB_PASSWORD"
+            [backends.recruitment_new]
+            port = \(onboarding.port)
+            database = "recruitment"
+            user = "recruitment_user"
+            password = "\(FixtureSecrets.recruitmentPassword)"
+            [routes.recruitment]
+            legacy = "legacy"
+            legacy_schema = "recruitment"
+            new = "recruitment_new"
+            phase = "legacy"
             [routes.onboarding]
             legacy = "legacy"
             legacy_schema = "onboarding"
@@ -169,6 +195,25 @@ final class ProxyFixture: @unchecked Sendable {
             return Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) ?? -1
         }
         return -1
+    }
+
+    /// An admin console connection.
+    func admin() throws -> PQConnection {
+        try PQConnection("host=127.0.0.1 port=\(proxyPort) dbname=cutover user=ops password=\(FixtureSecrets.adminPassword) connect_timeout=10")
+    }
+
+    /// Direct connections to each side of the recruitment route (bypassing the proxy).
+    func recruitmentLegacy() throws -> PQConnection {
+        try PQConnection("host=127.0.0.1 port=\(legacy.port) dbname=hexabuilders user=hexabuilders password=\(FixtureSecrets.legacyPassword) options='-c search_path=recruitment'")
+    }
+    func recruitmentNew() throws -> PQConnection {
+        try PQConnection("host=127.0.0.1 port=\(onboarding.port) dbname=recruitment user=recruitment_user password=\(FixtureSecrets.recruitmentPassword)")
+    }
+
+    /// Divergence records written so far (the JSON-lines log).
+    func divergenceLines() -> [[String: Any]] {
+        guard let text = try? String(contentsOfFile: "\(directory)/divergences.jsonl", encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
     }
 
     var proxyLog: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
