@@ -34,15 +34,21 @@ final class BackendLink: TCPConnectionDelegate {
     /// Bytes written before login finished (a follower joining mid-session), sent right after it.
     private var queuedUntilReady: [UInt8] = []
     var queuedUntilReadyCount: Int { queuedUntilReady.count }
-    /// ReadyForQuery answers to swallow (replayed session state); not reported as boundaries.
-    var swallowReadyForQuery = 0
+    /// Units the proxy itself sent (replayed state, the implicit BEGIN/COMMIT of sync mirroring): their
+    /// answers are consumed here and never reach the client; their end is reported as an internal boundary.
+    var internalUnits = 0
+    /// Kept bytes of a chunk that had internal answers cut out of it.
+    private var scratch: [UInt8] = []
     /// When set, every answer is folded into unit digests for comparison (dual phases only: it costs a hash per row).
     private(set) var digest: DigestBuilder?
 
     struct Boundary {
+        /// Where the ReadyForQuery ends in the reported bytes.
         var endOffset: Int
         var status: TransactionStatus
         var digest: UnitDigest?
+        /// The end of a unit the proxy sent itself (its bytes are not in the report).
+        var isInternal = false
     }
     /// The ReadyForQuery messages of the chunk being reported (reused to avoid an allocation per chunk).
     private(set) var boundaries: [Boundary] = []
@@ -139,14 +145,30 @@ final class BackendLink: TCPConnectionDelegate {
 
     private func passThrough(_ bytes: UnsafeRawBufferPointer) {
         boundaries.removeAll(keepingCapacity: true)
+        // Cutting internal answers out: `kept` counts reported bytes, `dropped` says whether any were cut.
+        var lastEnd = 0, kept = 0, dropped = false
+        // Only chunks that may hold internal answers track ranges (no allocation on the common path).
+        let filtering = internalUnits > 0
+        var keptRanges: [Range<Int>] = []
         do {
             try scanner.scan(bytes) { id, body, endOffset in
+                let isInternal = internalUnits > 0
                 var unit: UnitDigest?
                 if digest != nil { unit = digest!.received(id: id, body: body) }
+                if isInternal { dropped = true } else {
+                    kept += endOffset - lastEnd
+                    if !filtering {} else if let last = keptRanges.last, last.upperBound == lastEnd { keptRanges[keptRanges.count - 1] = last.lowerBound..<endOffset }
+                    else { keptRanges.append(lastEnd..<endOffset) }
+                }
+                lastEnd = endOffset
                 if id == BackendMessageID.readyForQuery.rawValue, let body, body.count == 1,
                    let status = TransactionStatus(rawValue: body[0]) {
-                    if swallowReadyForQuery > 0 { swallowReadyForQuery -= 1; return }
-                    boundaries.append(Boundary(endOffset: endOffset, status: status, digest: unit))
+                    if isInternal {
+                        internalUnits -= 1
+                        boundaries.append(Boundary(endOffset: kept, status: status, digest: unit, isInternal: true))
+                    } else {
+                        boundaries.append(Boundary(endOffset: kept, status: status, digest: unit))
+                    }
                 }
             }
         } catch {
@@ -155,7 +177,17 @@ final class BackendLink: TCPConnectionDelegate {
             owner.backendLost(self, nil)
             return
         }
-        owner.backendRead(self, bytes)
+        // The partial message at the end belongs to whatever unit is current.
+        if filtering && lastEnd < bytes.count {
+            if internalUnits > 0 { dropped = true } else {
+                if let last = keptRanges.last, last.upperBound == lastEnd { keptRanges[keptRanges.count - 1] = last.lowerBound..<bytes.count }
+                else { keptRanges.append(lastEnd..<bytes.count) }
+            }
+        }
+        guard dropped else { return owner.backendRead(self, bytes) }
+        scratch.removeAll(keepingCapacity: true)
+        for r in keptRanges { scratch.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[r])) }
+        scratch.withUnsafeBytes { owner.backendRead(self, $0) }
     }
 
     private func fail(_ e: ErrorFields) {

@@ -90,6 +90,13 @@ extension ClientSession {
 
     /// Queues client bytes; units go out one at a time: leader then follower, or follower first for COMMIT.
     func syncEnqueue(_ bytes: UnsafeRawBufferPointer, units completed: [(endOffset: Int, unit: WorkUnit)], flushAt: Int?) {
+        if case .copyBoth? = syncStage, syncBuffer.isEmpty {
+            // COPY data (and CopyDone) go to both sides as they arrive.
+            for (_, unit) in completed { registerUnit(unit, followerSent: true) }
+            leader?.send(bytes)
+            follower?.send(bytes)
+            return
+        }
         let base = syncBuffer.count
         syncBuffer.append(contentsOf: bytes)
         for (end, unit) in completed { syncUnitEnds.append((base + end, unit)) }
@@ -104,6 +111,49 @@ extension ClientSession {
         syncPump()
     }
 
+    static let implicitBegin: [UInt8] = { var w = ByteWriter(); FrontendMessage.query("BEGIN").encode(into: &w); return w.bytes }()
+    static let implicitCommit: [UInt8] = { var w = ByteWriter(); FrontendMessage.query("COMMIT").encode(into: &w); return w.bytes }()
+    static let implicitRollback: [UInt8] = { var w = ByteWriter(); FrontendMessage.query("ROLLBACK").encode(into: &w); return w.bytes }()
+
+    /// A unit of plain DML run outside a transaction: sync mode wraps it in an implicit transaction.
+    static func isAutocommitWrite(_ unit: WorkUnit) -> Bool {
+        !unit.statements.isEmpty && !unit.commits && unit.statements.allSatisfy { text in
+            guard let w = SQLText.leadingWords(text, count: 1).first else { return false }
+            return w == "INSERT" || w == "UPDATE" || w == "DELETE" || w == "MERGE"
+        }
+    }
+
+    static func isCopyIn(_ unit: WorkUnit) -> Bool {
+        unit.statements.contains { SQLText.leadingWords($0, count: 1).first == "COPY" && $0.uppercased().contains("STDIN") }
+    }
+
+    /// The last step of a wrapped autocommit write: COMMIT (or ROLLBACK) on the leader, answer consumed.
+    func endImplicitTransactionOnLeader(failed: Bool) {
+        syncStage = .wrappedLeaderCommit
+        syncStageStartedAt = server.loop.now
+        leader?.internalUnits += 1
+        leader?.send(failed ? Self.implicitRollback : Self.implicitCommit)
+    }
+
+    /// The implicit transaction is over on both sides: the client gets its held ReadyForQuery, now idle.
+    func finishWrapped(leaderCommit: UnitDigest?) {
+        syncStage = nil
+        if var held = heldForClient, held.count >= 6, held[0] == BackendMessageID.readyForQuery.rawValue {
+            held[5] = TransactionStatus.idle.rawValue
+            if let failure = leaderCommit?.outcomes.first(where: { $0.sqlState != nil }) {
+                // The statement succeeded but its implicit COMMIT failed on the leader: the client must know.
+                var w = ByteWriter()
+                ErrorFields(severity: "ERROR", code: failure.sqlState ?? "XX000", message: failure.error ?? "commit failed").encode(into: &w)
+                held = w.bytes + held
+                server.recordDivergence(session: self, kind: .errorMismatch, statement: nil, leader: failure, follower: nil,
+                                        leaderMs: nil, followerMs: nil, detail: "the implicit COMMIT of an autocommit write failed on the leader after the follower committed")
+            }
+            heldForClient = held
+        }
+        transactionStatus = .idle
+        releaseHeld()
+    }
+
     func syncPump() {
         guard syncStage == nil, heldForClient == nil, !syncBuffer.isEmpty else { return }
         guard let follower, mirrorMode == .sync else { return flushSyncBuffer() }
@@ -112,9 +162,21 @@ extension ClientSession {
         syncBuffer.removeFirst(first.end)
         syncUnitEnds.removeFirst()
         for i in syncUnitEnds.indices { syncUnitEnds[i].end -= first.end }
-        registerUnit(first.unit, followerSent: false)
         syncStageStartedAt = server.loop.now
-        if first.unit.commits {
+        if Self.isCopyIn(first.unit) {
+            // COPY data arrives after this message; both sides take it as it comes.
+            registerUnit(first.unit, followerSent: true)
+            syncStage = .copyBoth
+            leader?.send(unitBytes)
+            follower.send(unitBytes)
+            return
+        }
+        registerUnit(first.unit, followerSent: false)
+        if transactionStatus == .idle && Self.isAutocommitWrite(first.unit) {
+            syncStage = .wrappedLeader(unitBytes)
+            leader?.internalUnits += 1
+            leader?.send(Self.implicitBegin + unitBytes)
+        } else if first.unit.commits {
             // COMMIT on the follower first, the leader last: a conflicting transaction waiting on the leader's
             // locks cannot reach the follower before this one has committed there.
             syncStage = .followerFirst(unitBytes)
@@ -159,7 +221,11 @@ extension ClientSession {
         case .followerAfterLeader?:
             syncStage = nil
             releaseHeld()
-        default: break
+        case .wrappedFollower(let failed)?, .wrappedFollowerCommit(let failed)?:
+            endImplicitTransactionOnLeader(failed: failed)
+        case .copyBoth?:
+            syncStage = nil
+        default: break // wrappedLeader finishes on the leader's answer; the rest need no follower
         }
         if syncStage == nil { flushSyncBuffer() }
         reachedIdleBoundaryIfIdle()
@@ -182,7 +248,7 @@ extension ClientSession {
         guard replay else { return }
         let (bytes, answers) = tracker.replayMessages()
         if answers > 0 {
-            link.swallowReadyForQuery = answers
+            link.internalUnits = answers
             link.send(bytes)
         }
         if !tracker.unreplayable.isEmpty {

@@ -37,7 +37,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// The pid the client was given (the first leader's); cancels must carry it even after a leader flip.
     private(set) var clientVisiblePID: Int32 = 0
     var leaderKey: CancelRequest? { leader?.key }
-    private(set) var transactionStatus = TransactionStatus.idle
+    var transactionStatus = TransactionStatus.idle
     /// Query, Sync and FunctionCall messages sent whose ReadyForQuery has not come back yet.
     var pendingReadyForQuery = 0
     let createdAt: UInt64
@@ -68,11 +68,23 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     var parkedSince: UInt64?
     private var wasActiveBeforeDraining = false
 
+    /// Where the unit in lock-step is (sync mirroring).
     enum SyncStage {
+        /// Sent to the leader; its ReadyForQuery will be held until the follower has run the unit too.
         case leaderFirst([UInt8])
         case followerAfterLeader([UInt8])
+        /// A COMMIT: the follower commits first, the leader last.
         case followerFirst([UInt8])
         case leaderAfterFollower
+        /// An autocommit write, wrapped in an implicit transaction so it holds its row locks on the leader
+        /// until the follower has applied it: BEGIN+unit on the leader, then on the follower, COMMIT on the
+        /// follower, COMMIT on the leader. The client sees only its own statement's answers.
+        case wrappedLeader([UInt8])
+        case wrappedFollower(leaderFailed: Bool)
+        case wrappedFollowerCommit(leaderFailed: Bool)
+        case wrappedLeaderCommit
+        /// COPY FROM STDIN: the data streams to both sides at once until the leader finishes.
+        case copyBoth
     }
 
     init(id: Int, client: TCPConnection, server: ProxyServer, config: CutoverConfig, proxySecret: Int32, logger: Logger,
@@ -273,6 +285,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     private func leaderRead(_ link: BackendLink, _ bytes: UnsafeRawBufferPointer) {
         var forwardFrom = 0
         for b in link.boundaries {
+            if b.isInternal {
+                if case .wrappedLeaderCommit? = syncStage { finishWrapped(leaderCommit: b.digest) }
+                continue
+            }
             transactionStatus = b.status
             if pendingReadyForQuery > 0 { pendingReadyForQuery -= 1 }
             if follower != nil, let digest = b.digest { leaderUnitDone(digest) }
@@ -286,7 +302,24 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 syncStageStartedAt = server.loop.now
                 markFollowerSent()
                 follower?.send(unitBytes)
+            } else if case .wrappedLeader(let unitBytes)? = syncStage {
+                let rfqStart = b.endOffset - 6
+                client.write(UnsafeRawBufferPointer(rebasing: bytes[forwardFrom..<rfqStart]))
+                forwardFrom = rfqStart
+                heldForClient = []
+                let failed = b.status == .failedTransaction
+                if let follower {
+                    syncStage = .wrappedFollower(leaderFailed: failed)
+                    syncStageStartedAt = server.loop.now
+                    markFollowerSent()
+                    follower.internalUnits += 1
+                    follower.send(Self.implicitBegin + unitBytes)
+                } else {
+                    endImplicitTransactionOnLeader(failed: failed)
+                }
             } else if case .leaderAfterFollower? = syncStage {
+                syncStage = nil
+            } else if case .copyBoth? = syncStage {
                 syncStage = nil
             }
         }
@@ -308,8 +341,16 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     private func followerRead(_ link: BackendLink) {
         guard !link.boundaries.isEmpty else { return }
         for b in link.boundaries {
+            if b.isInternal {
+                if case .wrappedFollowerCommit(let failed)? = syncStage { endImplicitTransactionOnLeader(failed: failed) }
+                continue
+            }
             if let digest = b.digest { followerUnitDone(digest) }
             switch syncStage {
+            case .wrappedFollower(let leaderFailed)?:
+                syncStage = .wrappedFollowerCommit(leaderFailed: leaderFailed)
+                link.internalUnits += 1
+                link.send(leaderFailed ? Self.implicitRollback : Self.implicitCommit)
             case .followerFirst(let unitBytes)?:
                 syncStage = .leaderAfterFollower
                 syncStageStartedAt = server.loop.now

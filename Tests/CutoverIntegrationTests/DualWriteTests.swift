@@ -128,6 +128,7 @@ extension ProxyFixture {
             BEGIN;
             UPDATE counters SET v = (v * 31 + :k) % 1000003 WHERE id = :id;
             COMMIT;
+            UPDATE counters SET v = (v * 7 + :k) % 1000003 WHERE id = :id;
             """.write(toFile: script, atomically: true, encoding: .utf8)
         let r = try f.pgbench(["-n", "-c", "8", "-j", "2", "-t", "150", "-f", script])
         #expect(r.succeeded && r.stdout.contains("number of failed transactions: 0 (0.000%)"), "\(r.stdout) \(r.stderr)")
