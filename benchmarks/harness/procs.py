@@ -88,11 +88,14 @@ def run(argv, log=None, check=True, env=None, input_path=None, stdout=None, time
 class Service:
     """A long-running process (server or proxy) started by the harness and stopped by its PID."""
 
-    def __init__(self, name, argv, log_path, env=None, cwd=None, stop_signal=signal.SIGTERM):
+    def __init__(self, name, argv, log_path, env=None, cwd=None, stop_signal=signal.SIGTERM, signal_child=False):
         self.name = name
         self.argv = argv
         self.log_path = log_path
         self.stop_signal = stop_signal
+        # Under a tracer that forks (strace), the server is the tracer's child: signal it, and the tracer
+        # writes its report and exits when the server does.
+        self.signal_child = signal_child
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, cwd=cwd, start_new_session=True)
@@ -108,7 +111,8 @@ class Service:
     def stop(self, timeout=60.0):
         if self.alive():
             try:
-                os.kill(self.proc.pid, self.stop_signal)
+                for pid in (self.children() if self.signal_child else []) or [self.proc.pid]:
+                    os.kill(pid, self.stop_signal)
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGKILL)
@@ -118,6 +122,13 @@ class Service:
         self._log.close()
         if self in _services:
             _services.remove(self)
+
+    def children(self):
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                return [int(x) for x in f.read().split()]
+        except OSError:
+            return []
 
     def cpu_seconds(self):
         return cpu_seconds(self.pid)

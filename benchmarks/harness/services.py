@@ -104,9 +104,9 @@ class PostgresCluster:
     def endpoint(self, key="direct", label="direct"):
         return Endpoint(key, label, self.port)
 
-    def stop(self):
+    def stop(self, timeout=60.0):
         if self.service:
-            self.service.stop()
+            self.service.stop(timeout)
 
 
 class PgBouncer:
@@ -145,16 +145,16 @@ ignore_startup_parameters = extra_float_digits
         self.pin = pin
         self.service = None
 
-    def start(self, wrapper=()):
+    def start(self, wrapper=(), signal_child=False):
         argv = list(wrapper) + ["/usr/sbin/pgbouncer", self.ini]
         self.service = procs.Service(self.name, self.pin.wrap(procs.as_pg_user(argv)),
-                                     os.path.join(self.dir, "stdout.log"), cwd=self.dir)
+                                     os.path.join(self.dir, "stdout.log"), cwd=self.dir, signal_child=signal_child)
         procs.wait_for_port(self.port, self.service.proc, timeout=60, what=self.name)
         return self
 
-    def stop(self):
+    def stop(self, timeout=60.0):
         if self.service:
-            self.service.stop()
+            self.service.stop(timeout)
 
 
 class Cutover:
@@ -207,12 +207,13 @@ mirror = "{mirror}"
 """)
         self.service = None
 
-    def start(self, wrapper=()):
+    def start(self, wrapper=(), signal_child=False):
         argv = list(wrapper) + [self.binary, "serve", self.config, "--log-level", "warning"]
-        self.service = procs.Service(self.name, self.pin.wrap(argv), os.path.join(self.dir, "cutover.log"), cwd=self.dir)
+        self.service = procs.Service(self.name, self.pin.wrap(argv), os.path.join(self.dir, "cutover.log"), cwd=self.dir,
+                                     signal_child=signal_child)
         procs.wait_for_port(self.port, self.service.proc, timeout=60, what=self.name)
         return self
 
-    def stop(self):
+    def stop(self, timeout=60.0):
         if self.service:
-            self.service.stop()
+            self.service.stop(timeout)

@@ -1,0 +1,376 @@
+"""The measurements: pgbench workloads in ABBA rounds, COPY, callgrind, idle-client memory, flip under load."""
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import pgbench, procs, services
+from .pgwire import IdleSessions
+
+
+@dataclass
+class Workload:
+    key: str
+    label: str
+    args: list
+    latency: bool = False            # keep pgbench's per-transaction log and compute percentiles
+    queries_per_tx: int = 1
+    skip_targets: tuple = ()
+    rate: bool = False               # a fixed-rate (-R) run: compare latency, not TPS
+
+    def applies(self, endpoint):
+        if self.key == "select_prepared" and not endpoint.prepared_ok:
+            return False
+        return endpoint.key not in self.skip_targets
+
+
+def workloads(mode):
+    c8 = ["-c", "8", "-j", "1"]
+    return [
+        Workload("select_simple", "select-only, -M simple, 8 clients", ["-S", "-M", "simple"] + c8),
+        Workload("select_extended", "select-only, -M extended, 8 clients", ["-S", "-M", "extended"] + c8),
+        Workload("select_prepared", "select-only, -M prepared, 8 clients", ["-S", "-M", "prepared"] + c8),
+        # tpcb-like: BEGIN, 3 UPDATEs, SELECT, INSERT, END = 7 statements.
+        Workload("tpcb", "TPC-B (tpcb-like), 8 clients", ["-M", "simple"] + c8, queries_per_tx=7),
+        Workload("latency_c1", "select-only, 1 client (latency)", ["-S", "-M", "simple", "-c", "1"], latency=True),
+        Workload("fixed_rate", f"TPC-B at {mode.rate} tx/s, 4 clients (latency)",
+                 ["-M", "simple", "-c", "4", "-j", "1", "-R", str(mode.rate)], latency=True, queries_per_tx=7,
+                 skip_targets=("pgbouncer_txn",), rate=True),
+    ]
+
+
+@dataclass
+class Recorder:
+    """Collects every run as a plain dict (saved to JSON as it goes) plus pooled latencies for the plot."""
+    path: str
+    runs: list = field(default_factory=list)
+    pooled: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    def add(self, run):
+        lat = run.pop("_latencies_us", None)
+        run.pop("_completions", None)
+        if lat is not None:
+            key = (run["workload"], run["target"])
+            self.pooled[key] = np.concatenate([self.pooled.get(key, np.empty(0)), lat])
+        run["load1"] = procs.load_average()
+        self.runs.append(run)
+
+    def note(self, key, value):
+        self.extra[key] = value
+
+
+def abba(targets, round_index):
+    """Forward order in even rounds, reverse in odd ones: over two rounds every pair runs A B B A."""
+    return list(targets) if round_index % 2 == 0 else list(reversed(targets))
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def warm_up(targets, pin):
+    for t in targets:
+        pgbench.run_pgbench(t, pin, ["-S", "-c", "8", "-j", "1", "-T", "1"])
+
+
+def throughput_rounds(mode, targets, pin, rec, work):
+    wls = workloads(mode)
+    for r in range(mode.rounds):
+        order = abba(targets, r)
+        log(f"round {r + 1}/{mode.rounds}: {' '.join(t.key for t in order)}")
+        for wl in wls:
+            for t in order:
+                if not wl.applies(t):
+                    continue
+                res = pgbench.run_pgbench(t, pin, wl.args + ["-T", str(mode.duration)],
+                                          log_dir=work if wl.latency else None, tag=f"{wl.key}-{t.key}",
+                                          timeout=mode.duration * 10 + 60)
+                res.update(workload=wl.key, target=t.key, round=r)
+                if res.get("proxy_cpu_s") is not None and res["transactions"]:
+                    res["proxy_cpu_us_per_query"] = round(res["proxy_cpu_s"] * 1e6 / (res["transactions"] * wl.queries_per_tx), 2)
+                rec.add(res)
+                lat = res.get("latency_us", {})
+                log(f"  {wl.key:16} {t.key:20} tps={res['tps']:9.1f}"
+                    + (f" cpu/q={res['proxy_cpu_us_per_query']:.1f}us" if "proxy_cpu_us_per_query" in res else "")
+                    + (f" p50={lat['p50']:.0f}us p99={lat['p99']:.0f}us" if lat else "")
+                    + (f" FAILED={res['failed']}+{res['aborted_clients']} exit={res['exit_code']}"
+                       if res["failed"] or res["aborted_clients"] or res["exit_code"] else ""))
+
+
+def copy_rounds(mode, targets, pin, rec, clusters, data_path, data_bytes):
+    """COPY out of pgbench_accounts and COPY back in (into copy_target), each `copy_repeat` times per run."""
+    direct = clusters["legacy"].endpoint()
+    for r in range(mode.rounds):
+        for t in abba(targets, r):
+            for direction in ("out", "in"):
+                if direction == "out" and t.key.startswith("cutover_dual"):
+                    continue                     # reads are not mirrored: same path as the legacy phase
+                seconds, cpu = 0.0, 0.0
+                for _ in range(mode.copy_repeat):
+                    if direction == "in":
+                        for c in clusters.values():
+                            procs.run(c.endpoint().psql("TRUNCATE copy_target"), env=direct.env())
+                        s, cp = pgbench.copy_run(t, pin, "COPY copy_target FROM STDIN", data_path)
+                    else:
+                        s, cp = pgbench.copy_run(t, pin, "COPY pgbench_accounts TO STDOUT")
+                    seconds += s
+                    cpu += cp or 0.0
+                mb = data_bytes * mode.copy_repeat / 1e6
+                run = dict(workload=f"copy_{direction}", target=t.key, round=r, seconds=round(seconds, 4),
+                           mb_per_s=round(mb / seconds, 1), bytes=data_bytes * mode.copy_repeat)
+                if t.service is not None:
+                    run["proxy_cpu_s"] = round(cpu, 3)
+                    run["proxy_cpu_ms_per_100mb"] = round(cpu * 1e3 * 100 / mb, 2)
+                rec.add(run)
+                log(f"  copy_{direction:3} {t.key:20} {run['mb_per_s']:8.1f} MB/s")
+
+
+# --- callgrind -------------------------------------------------------------------------------------
+
+_ANNOTATE_LINE = re.compile(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+(.+?)\s*$")
+
+
+def _total_instructions(path):
+    with open(path) as f:
+        for line in f:
+            if line.startswith("summary:") or line.startswith("totals:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no totals in {path}")
+
+
+def _per_function(path):
+    out = subprocess.run(["callgrind_annotate", "--threshold=100", path], capture_output=True, text=True).stdout
+    costs = {}
+    for line in out.splitlines():
+        m = _ANNOTATE_LINE.match(line)
+        if m and "PROGRAM TOTALS" not in line:
+            name = m.group(2)
+            name = name.split(":", 1)[1] if ":" in name.split(" [")[0] else name
+            costs[name] = costs.get(name, 0) + int(m.group(1).replace(",", ""))
+    return costs
+
+
+def _demangle(names):
+    tool = shutil.which("swift-demangle")
+    if not tool or not names:
+        return names
+    p = subprocess.run([tool, "--simplified"], input="\n".join(names), capture_output=True, text=True)
+    out = p.stdout.splitlines()
+    return out if p.returncode == 0 and len(out) == len(names) else names
+
+
+def _traced_proxy_run(kind, tool, n, pin, work, cutover_binary, legacy, new):
+    """One fresh proxy under `tool` (callgrind or strace) serving `pgbench -S -M simple -c 1 -t n`; returns the report file."""
+    name = f"{tool}-{kind}-{n}"
+    nopin = procs.Pinning(None)                  # the traced proxy is slow; let it use any CPU
+    if kind == "cutover":
+        proxy = services.Cutover(work, name, cutover_binary, legacy, new, "legacy", "async", nopin, 100)
+    else:
+        proxy = services.PgBouncer(work, name, legacy, "session", nopin, 100, 10)
+    out = os.path.join(proxy.dir, f"{tool}.out")
+    if tool == "callgrind":
+        proxy.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
+    else:
+        proxy.start(["strace", "-f", "-c", "-o", out], signal_child=True)
+    try:
+        res = pgbench.run_pgbench(services.Endpoint(kind, kind, proxy.port), pin,
+                                  ["-S", "-M", "simple", "-c", "1", "-t", str(n)], timeout=600)
+    finally:
+        proxy.stop(timeout=120)
+    if res["exit_code"] != 0 or res["transactions"] != n:
+        raise RuntimeError(f"{tool} run through {kind} failed: {res.get('stderr_tail', '')}")
+    return out
+
+
+def _strace_counts(path):
+    """Calls per syscall from `strace -c` output (columns: % time, seconds, usecs/call, calls, [errors], syscall)."""
+    counts = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) in (5, 6) and parts[3].isdigit() and parts[-1] != "total":
+                counts[parts[-1]] = int(parts[3])
+    return counts
+
+
+def _strip_cpp_noise(name):
+    """`swift::RefCounts<...>::doDecrementSlow<...>(...) const` -> `swift::RefCounts::doDecrementSlow`."""
+    if "::" not in name:
+        return name
+    out, depth = [], 0
+    for ch in name:
+        if ch in "<(":
+            depth += 1
+        elif ch in ">)":
+            depth = max(0, depth - 1)
+        elif depth == 0:
+            out.append(ch)
+    return "".join(out).replace(" const", "").strip()
+
+
+def _short_object(name):
+    """`f [/tmp/x/cutover-stripped]` -> `f [cutover]`: object paths as basenames; C++ names without templates."""
+    m = re.match(r"^(.*?)\s*(\[[^\]]*\])$", name)
+    if m and "::" in m.group(1):
+        name = f"{_strip_cpp_noise(m.group(1))} {m.group(2)}"
+    return re.sub(r"\[(?:[^\]]*/)?([^/\]]+)\]$", lambda m: f"[{m.group(1).replace('-stripped', '')}]", name)
+
+
+def callgrind(mode, pin, rec, work, cutover_binary, legacy, new):
+    """User-space instructions per select-only query: (I(n2) - I(n1)) / (n2 - n1), so start-up and login cancel out;
+    the same difference per function gives the hot spots. Also syscalls per query from `strace -c`, same method.
+
+    Valgrind 3.19 cannot read the DWARF 5 that Swift 6 emits, so Cutover runs from a copy with the debug
+    sections stripped (symbols stay, so functions are still named)."""
+    stripped = os.path.join(work, "cutover-stripped")
+    shutil.copy(cutover_binary, stripped)
+    subprocess.run(["strip", "--strip-debug", stripped], check=True)
+    n1, n2 = mode.callgrind
+    result = {}
+    for kind in ("cutover", "pgbouncer"):
+        files = {n: _traced_proxy_run(kind, "callgrind", n, pin, work, stripped, legacy, new) for n in (n1, n2)}
+        total = (_total_instructions(files[n2]) - _total_instructions(files[n1])) / (n2 - n1)
+        f1, f2 = _per_function(files[n1]), _per_function(files[n2])
+        diff = {k: (f2.get(k, 0) - f1.get(k, 0)) / (n2 - n1) for k in set(f1) | set(f2)}
+        top = sorted(diff.items(), key=lambda kv: -kv[1])[:20]
+        names = [_short_object(x) for x in _demangle([k for k, _ in top])]
+        result[kind] = dict(instr_per_query=round(total), runs=[n1, n2],
+                            top=[dict(function=nm, instr_per_query=round(v, 1)) for nm, (_, v) in zip(names, top)])
+        log(f"  callgrind {kind:10} {total:8.0f} instructions/query")
+        if shutil.which("strace"):
+            files = {n: _traced_proxy_run(kind, "strace", n, pin, work, cutover_binary, legacy, new) for n in (n1, n2)}
+            c1, c2 = _strace_counts(files[n1]), _strace_counts(files[n2])
+            per = {k: round((c2.get(k, 0) - c1.get(k, 0)) / (n2 - n1), 2) for k in set(c1) | set(c2)}
+            per = {k: v for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.01}
+            result[kind]["syscalls_per_query"] = per
+            log(f"  strace    {kind:10} {sum(per.values()):8.2f} syscalls/query: "
+                + ", ".join(f"{k} {v:g}" for k, v in list(per.items())[:5]))
+    rec.note("callgrind", result)
+
+
+# --- idle clients ------------------------------------------------------------------------------------
+
+def _backend_count(cluster):
+    p = subprocess.run(["psql", "-X", "-At", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres", "-d", "postgres",
+                        "-c", "SELECT count(*) FROM pg_stat_activity WHERE datname = 'bench'"],
+                       capture_output=True, text=True)
+    return int(p.stdout.strip() or 0)
+
+
+def _wait_backends(cluster, at_most, timeout=120):
+    """Waits until the cluster is back to `at_most` sessions on `bench` (the other proxies keep pooled ones)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _backend_count(cluster) > at_most:
+        time.sleep(0.5)
+
+
+def idle_clients(mode, pin, rec, work, cutover_binary, legacy, new):
+    """RSS growth of a fresh proxy per idle client. Each client logs in (trust) and runs `SELECT 1` once,
+    so both proxies hold a server connection for it (session mode); then it stays idle.
+    PgBouncer is also measured with clients that never ran a query (it then holds no server connection)."""
+    levels = mode.idle_levels
+    top = max(levels)
+    cases = [("cutover", True), ("pgbouncer", True), ("pgbouncer_login_only", False)]
+    result = {}
+    baseline = _backend_count(legacy)
+    for kind, query in cases:
+        name = f"idle-{kind}"
+        if kind == "cutover":
+            proxy = services.Cutover(work, name, cutover_binary, legacy, new, "legacy", "async", pin, top + 100)
+        else:
+            proxy = services.PgBouncer(work, name, legacy, "session", pin, top + 100, top + 10)
+        proxy.start()
+        sessions = IdleSessions(proxy.port, services.USER, services.DB, run_query=query, concurrency=16)
+        per_level = {}
+
+        async def measure():
+            await sessions.grow_to(1)                  # lazy start-up work (server parameters, caches) first
+            await asyncio.sleep(0.5)
+            base = proxy.service.rss_kb()
+            t0 = time.monotonic()
+            for n in levels:
+                await sessions.grow_to(n)
+                await asyncio.sleep(1.0)
+                rss = proxy.service.rss_kb()
+                per_level[n] = dict(rss_kb=rss, base_rss_kb=base, kb_per_client=round((rss - base) / (n - 1), 2),
+                                    open_s=round(time.monotonic() - t0, 1))
+                log(f"  idle {kind:22} {n:5} clients: RSS {rss} kB, {per_level[n]['kb_per_client']:.2f} kB/client")
+            await sessions.close()
+        try:
+            asyncio.run(measure())
+        finally:
+            proxy.stop()
+            _wait_backends(legacy, baseline)
+        result[kind] = per_level
+    rec.note("idle_clients", result)
+
+
+# --- flip under load -----------------------------------------------------------------------------------
+
+def supports_phase_command(binary):
+    out = subprocess.run([binary, "--help"], capture_output=True, text=True)
+    return re.search(r"^\s+phase\b", out.stdout + out.stderr, re.MULTILINE) is not None
+
+
+def _flip(proxy, phase):
+    """Flips route `bench` through the admin console (`SET PHASE`), else through `cutover phase`."""
+    admin = services.Endpoint("admin", "admin", proxy.port)
+    attempts = [admin.psql(f"SET PHASE {services.DB} TO {phase}", user=services.ADMIN_USER, db="cutover"),
+                admin.psql(f"SET PHASE {services.DB} TO '{phase}'", user=services.ADMIN_USER, db="cutover")]
+    help_text = subprocess.run([proxy.binary, "phase", "--help"], capture_output=True, text=True).stdout
+    cli = [proxy.binary, "phase", services.DB, phase]
+    if "--config" in help_text:
+        cli += ["--config", proxy.config]
+    elif "--port" in help_text:
+        cli += ["--port", str(proxy.port)] + (["--user", services.ADMIN_USER] if "--user" in help_text else [])
+    attempts.append(cli)
+    errors = []
+    for argv in attempts:
+        t0 = time.monotonic()
+        p = subprocess.run(argv, capture_output=True, text=True, env=admin.env(), timeout=120)
+        if p.returncode == 0:
+            return dict(phase=phase, command=" ".join(argv), seconds=round(time.monotonic() - t0, 3))
+        errors.append(f"{' '.join(argv[-4:])}: {(p.stderr or p.stdout).strip()[-200:]}")
+    raise RuntimeError(f"cannot flip to {phase}: " + " | ".join(errors))
+
+
+def flip_under_load(mode, pin, rec, work, cutover_binary, legacy, new):
+    """TPC-B at a fixed rate while the route goes legacy -> dual-legacy -> dual-new. With -R, a pause shows up
+    as latency (pgbench counts from the scheduled start), so the longest transaction is the longest stall."""
+    proxy = services.Cutover(work, "flip", cutover_binary, legacy, new, "legacy", "async", pin, 200).start()
+    ep = services.Endpoint("cutover_flip", "cutover flip", proxy.port, proxy.service)
+    d = mode.flip_duration
+    outcome = {}
+
+    def load():
+        outcome["run"] = pgbench.run_pgbench(ep, pin, ["-M", "simple", "-c", "8", "-j", "1", "-R", str(mode.rate), "-T", str(d)],
+                                             log_dir=work, tag="flip", timeout=d * 10 + 60)
+    th = threading.Thread(target=load)
+    t0 = time.monotonic()
+    th.start()
+    flips = []
+    try:
+        for phase, at in (("dual-legacy", d * 0.3), ("dual-new", d * 0.6)):
+            time.sleep(max(0.0, t0 + at - time.monotonic()))
+            flips.append(_flip(proxy, phase))
+            log(f"  flipped to {phase} in {flips[-1]['seconds']:.3f} s")
+    finally:
+        th.join()
+        proxy.stop()
+    run = outcome["run"]
+    lat = run.pop("_latencies_us")
+    done = run.pop("_completions")
+    result = dict(flips=flips, transactions=run["transactions"], failed=run["failed"], aborted_clients=run["aborted_clients"],
+                  exit_code=run["exit_code"], errors=run["failed"] + run["aborted_clients"] + (1 if run["exit_code"] else 0),
+                  max_stall_ms=round(float(lat.max()) / 1000, 2) if len(lat) else None,
+                  max_completion_gap_ms=round(pgbench.max_gap_s(done) * 1000, 2), latency_us=run.get("latency_us"),
+                  stderr_tail=run.get("stderr_tail"))
+    rec.note("flip", result)
+    log(f"  flip: errors={result['errors']} longest stall={result['max_stall_ms']} ms")
