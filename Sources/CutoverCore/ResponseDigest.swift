@@ -96,6 +96,11 @@ public enum DivergenceKind: String, Sendable, Codable, CaseIterable {
     case followerTimeout = "follower_timeout"
     case crossSchema = "cross_schema"
     case unreplayableState = "unreplayable_state"
+    /// Async mode: two sessions' writes reached the follower in the opposite order from the leader, so
+    /// non-commutative changes to the same rows may differ without any answer showing it.
+    case writeOrder = "write_order"
+    /// The route re-entered a dual phase after running without a follower: that side missed those writes.
+    case unmirroredWrites = "unmirrored_writes"
 }
 
 /// One statement whose answers differ.

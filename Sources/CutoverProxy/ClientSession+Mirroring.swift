@@ -13,6 +13,19 @@ struct PendingUnit {
     var leaderDoneAt: UInt64 = 0
     var follower: UnitDigest?
     var followerDoneAt: UInt64 = 0
+    /// Position among the route's write units in the order the leader finished them (async order check).
+    var leaderSeq: UInt64?
+    let isWrite: Bool
+
+    init(unit: WorkUnit, leaderSentAt: UInt64, followerSentAt: UInt64?) {
+        self.unit = unit
+        self.leaderSentAt = leaderSentAt
+        self.followerSentAt = followerSentAt
+        isWrite = unit.commits || unit.statements.contains { text in
+            guard let w = SQLText.leadingWords(text, count: 1).first else { return false }
+            return w == "INSERT" || w == "UPDATE" || w == "DELETE" || w == "MERGE" || w == "COPY"
+        }
+    }
 
     var leaderMs: Double? { leader == nil ? nil : Double(leaderDoneAt &- leaderSentAt) / 1e6 }
     var followerMs: Double? { follower == nil || followerSentAt == nil ? nil : Double(followerDoneAt &- followerSentAt!) / 1e6 }
@@ -33,12 +46,33 @@ extension ClientSession {
         guard let i = units[unitsHead...].firstIndex(where: { $0.leader == nil }) else { return }
         units[i].leader = digest
         units[i].leaderDoneAt = server.loop.nanoseconds
+        if units[i].isWrite, let route {
+            route.leaderWriteSeq += 1
+            units[i].leaderSeq = route.leaderWriteSeq
+        }
     }
 
     func followerUnitDone(_ digest: UnitDigest) {
         guard let i = units[unitsHead...].firstIndex(where: { $0.follower == nil }) else { return }
         units[i].follower = digest
         units[i].followerDoneAt = server.loop.nanoseconds
+        if let seq = units[i].leaderSeq, let route {
+            if seq < route.followerMaxLeaderSeq && mirrorMode == .async { writeOrderInverted(units[i], route) }
+            route.followerMaxLeaderSeq = max(route.followerMaxLeaderSeq, seq)
+        }
+    }
+
+    /// Records that a write overtook another session's on the follower (rate-limited to one record a second).
+    private func writeOrderInverted(_ u: PendingUnit, _ route: RouteRuntime) {
+        let now = server.loop.now
+        guard now - route.lastWriteOrderRecord >= 1000 else {
+            route.stats.divergences[.writeOrder, default: 0] += 1
+            return
+        }
+        route.lastWriteOrderRecord = now
+        server.recordDivergence(session: self, kind: .writeOrder, statement: u.unit.statements.first, leader: nil, follower: nil,
+                                leaderMs: u.leaderMs, followerMs: nil,
+                                detail: "another session's write, applied later on the leader, reached the follower first; non-commutative writes to the same rows may differ (sync mirroring orders them; further occurrences within a second are only counted)")
     }
 
     /// Compares every unit both sides have answered, oldest first, and records what differs.

@@ -415,6 +415,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         } catch { return failClient(ProxyError.protocolViolation("invalid message")) }
         if let route {
             route.stats.statements += chunkUnits.count
+            if route.phase.follower == nil { route.unmirroredStatements += chunkUnits.count }
             for (_, unit) in chunkUnits { server.checkCrossSchema(unit, session: self, route: route) }
         }
         if follower != nil && mirrorMode == .sync && !terminated {
@@ -452,7 +453,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if closeWhenIdle { return failClient(ProxyError.shuttingDown()) }
         if let e = endAtIdle { return failClient(e) }
         guard let route, isDrainedAtBoundary else { return }
-        if route.pause != nil {
+        if let pause = route.pause {
+            // During a leader flip the switch happens for all sessions at once; a manual pause still lets a
+            // parked session take a flip that keeps the leader.
+            if !pause.isFlip && (sessionPhase != route.phase || mirrorMode != route.mirror) { applyRoutePhase() }
             server.checkPause(route)
             return
         }

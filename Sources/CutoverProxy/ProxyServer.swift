@@ -155,6 +155,13 @@ public final class ProxyServer {
                                       leaderMs: leaderMs, followerMs: followerMs, detail: detail))
     }
 
+    /// A divergence of the route as a whole (not of one session's statement).
+    func recordRouteDivergence(_ route: RouteRuntime, kind: DivergenceKind, detail: String) {
+        route.stats.divergences[kind, default: 0] += 1
+        divergences.record(Divergence(route: route.name, phase: route.phase, mirror: route.mirror, session: 0, applicationName: "",
+                                      user: "", kind: kind, detail: detail))
+    }
+
     /// Reports statements naming another route's schema: they stop working once the schemas live apart.
     func checkCrossSchema(_ unit: WorkUnit, session: ClientSession, route: RouteRuntime) {
         for text in unit.statements + unit.parsed {
@@ -196,11 +203,28 @@ public final class ProxyServer {
         do { try from.transition(to: target, force: force) } catch {
             return reply(.failure(AdminError(code: "55000", message: "cannot flip \(name): \(error)")))
         }
-        if r.pause != nil { return reply(.failure(AdminError(code: "55006", message: "route \(name) is paused or already flipping; RESUME it or wait"))) }
+        // A manual PAUSE allows flips that keep the leader: PAUSE, backfill, SET PHASE dual-legacy, RESUME gives
+        // the follower a clean starting point. A flip already under way, or a leader change, must wait.
+        if let p = r.pause, p.isFlip || target.leader != from.leader {
+            return reply(.failure(AdminError(code: "55006", message: "route \(name) is paused or already flipping; RESUME it or wait")))
+        }
         let started = loop.now
         if target.leader == from.leader {
             r.phase = target
-            if target.follower == nil || from.follower == nil { r.inSync = true; r.outOfSyncReason = nil }
+            if target.follower == nil { r.inSync = true; r.outOfSyncReason = nil }
+            if from.follower == nil, let side = target.follower {
+                // Entering a dual phase: the follower is only as fresh as the last backfill. Going back from
+                // `new`, the proxy knows legacy missed every write made since; from `legacy`, the operator
+                // backfilled the new side before this flip (see the runbook).
+                r.inSync = true
+                r.outOfSyncReason = nil
+                if side == .legacy && r.unmirroredStatements > 0 {
+                    r.markOutOfSync("legacy missed \(r.unmirroredStatements) statements run while the route was in phase new")
+                    recordRouteDivergence(r, kind: .unmirroredWrites,
+                                          detail: "the route returned to \(target.rawValue) from \(from.rawValue); legacy missed \(r.unmirroredStatements) statements; re-sync it before making it the leader again")
+                }
+            }
+            if target.follower != nil { r.unmirroredStatements = 0 }
             do { try persist() } catch let e as AdminError { r.phase = from; return reply(.failure(e)) } catch {}
             r.stats.flips += 1
             for s in r.sessions.values where s.isDrainedAtBoundary { s.applyRoutePhase() }

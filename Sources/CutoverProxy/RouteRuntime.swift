@@ -16,6 +16,14 @@ final class RouteRuntime {
     var stats = RouteStats()
     /// Normalized statements already reported as cross-schema (reported once per route; counted always).
     var crossSchemaSeen: Set<String> = []
+    /// Async write-order check: the order in which write units finished on the leader, and the latest
+    /// leader position seen finishing on the follower.
+    var leaderWriteSeq: UInt64 = 0
+    var followerMaxLeaderSeq: UInt64 = 0
+    /// When the last write_order record was written (they are rate-limited; all are counted).
+    var lastWriteOrderRecord: UInt64 = 0
+    /// Statements run since the route last left a dual phase: the side that is not leader never saw them.
+    var unmirroredStatements = 0
 
     init(config: RouteConfig, phase: Phase, mirror: MirrorMode) {
         name = config.name

@@ -152,7 +152,9 @@ extension ProxyFixture {
         let q = "SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM counters"
         let same = try f.recruitmentLegacy().scalar(q) == f.recruitmentNew().scalar(q)
         // Identical, or the difference is on record. (A mismatch here means a divergence went unlogged.)
-        #expect(same || f.divergenceLines().count > before)
+        let orderRecords = f.divergenceLines().dropFirst(before).filter { ($0["kind"] as? String) == "write_order" }
+        print("async non-commutative updates: sides identical = \(same), write_order records = \(orderRecords.count)")
+        #expect(same || !orderRecords.isEmpty)
         try f.walk("recruitment", to: "legacy")
     }
 }

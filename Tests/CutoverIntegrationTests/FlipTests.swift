@@ -1,0 +1,178 @@
+// Integration: flips under load, rollback, a follower that dies mid-run, restarts mid-migration, the admin
+// console and the CLI, session state carried to a follower that joins late, cross-schema statements.
+import Foundation
+import Glibc
+import Testing
+
+@Suite(.serialized) struct FlipTests {
+    let f: ProxyFixture
+    init() throws { f = try ProxyFixture.shared() }
+
+    /// Fresh, identical pgbench tables on both sides of the recruitment route.
+    func freshPgbenchTables() throws {
+        try f.walk("recruitment", to: "legacy")
+        for (port, db, user, pw, opts) in [(f.legacy.port, "hexabuilders", "hexabuilders", FixtureSecrets.legacyPassword, "-c search_path=recruitment"),
+                                           (f.onboarding.port, "recruitment", "recruitment_user", FixtureSecrets.recruitmentPassword, "")] {
+            let r = try runProcess("pgbench", ["-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p", "\(port)", "-U", user, db],
+                                   environment: ["PGPASSWORD": pw, "PGOPTIONS": opts], timeout: 300)
+            #expect(r.succeeded, "\(r.stderr)")
+        }
+    }
+
+    /// Runs pgbench on the recruitment route for `seconds` while `flips` happen; returns the stall of each flip.
+    func flipsUnderLoad(_ flips: [String], seconds: Int, name: String) throws -> [Int] {
+        let bench = try startBackgroundProcess("pgbench", ["-n", "-c", "8", "-j", "2", "-T", "\(seconds)", "-M", "prepared",
+                                                         "-h", "127.0.0.1", "-p", "\(f.proxyPort)", "-U", "recruitment_user", "recruitment"],
+                                               environment: f.clientEnvironment, logPath: "\(f.directory)/\(name).log")
+        var stalls: [Int] = []
+        sleep(1)
+        for phase in flips {
+            let row = try f.adminRun("SET PHASE recruitment TO \(phase)").first ?? []
+            #expect(row[2]?.hasPrefix(phase.split(separator: " ").first.map(String.init) ?? phase) == true, "\(row)")
+            stalls.append(Int(row[4] ?? "") ?? -1)
+            usleep(1_200_000)
+        }
+        bench.waitUntilExit()
+        let log = (try? String(contentsOfFile: "\(f.directory)/\(name).log", encoding: .utf8)) ?? ""
+        #expect(bench.terminationStatus == 0, "\(log)")
+        #expect(log.contains("number of failed transactions: 0 (0.000%)"), "\(log)")
+        return stalls
+    }
+
+    @Test func walkingTheLadderAndBackUnderLoadLosesNoTransaction() throws {
+        try freshPgbenchTables()
+        // legacy → dual-legacy while writes flow: no client notices (the new side misses what ran before it).
+        var stalls = try flipsUnderLoad(["dual-legacy"], seconds: 3, name: "flip-mirror-on")
+        // Fresh identical tables with mirroring already on, then the leader flip under load: every write
+        // reaches both sides, so they end identical.
+        try f.waitForMirrorDrain("recruitment")
+        try f.walk("recruitment", to: "legacy")
+        try freshPgbenchTables()
+        try f.adminRun("SET PHASE recruitment TO dual-legacy")
+        stalls += try flipsUnderLoad(["dual-new"], seconds: 4, name: "flip-leader")
+        try f.waitForMirrorDrain("recruitment")
+        let q = "SELECT sum(abalance) || ':' || (SELECT sum(bbalance) FROM pgbench_branches) || ':' || (SELECT count(*) FROM pgbench_history) FROM pgbench_accounts"
+        #expect(try f.recruitmentLegacy().scalar(q) == f.recruitmentNew().scalar(q))
+        #expect(try f.routeRow("recruitment")[6] == "yes")
+        // On to new and back to dual-legacy, still under load. Legacy misses the writes made in `new`, so
+        // the proxy marks the route out of sync and the leader flip back needs FORCE.
+        stalls += try flipsUnderLoad(["new", "dual-new", "dual-legacy FORCE"], seconds: 6, name: "flip-back")
+        print("flip under load: stall per flip (ms) \(stalls); longest \(stalls.max() ?? -1) ms")
+        #expect(stalls.allSatisfy { $0 >= 0 && $0 < 1000 })
+        let row = try f.routeRow("recruitment")
+        #expect(row[1] == "dual-legacy" && row[6] == "no", "\(row)")
+        #expect(f.divergenceLines().contains { ($0["kind"] as? String) == "unmirrored_writes" })
+        try f.walk("recruitment", to: "legacy")
+    }
+
+    @Test func aFollowerKilledMidRunChangesNothingForClients() throws {
+        try freshPgbenchTables()
+        try f.adminRun("SET PHASE recruitment TO dual-legacy")
+        let before = f.divergenceLines().count
+        let bench = try startBackgroundProcess("pgbench", ["-n", "-c", "4", "-j", "2", "-T", "6", "-M", "extended",
+                                                         "-h", "127.0.0.1", "-p", "\(f.proxyPort)", "-U", "recruitment_user", "recruitment"],
+                                               environment: f.clientEnvironment, logPath: "\(f.directory)/kill-bench.log")
+        sleep(2)
+        f.onboarding.stop(mode: "immediate")
+        bench.waitUntilExit()
+        let log = (try? String(contentsOfFile: "\(f.directory)/kill-bench.log", encoding: .utf8)) ?? ""
+        #expect(bench.terminationStatus == 0 && log.contains("number of failed transactions: 0 (0.000%)"), "\(log)")
+        let kinds = Set(f.divergenceLines().dropFirst(before).compactMap { $0["kind"] as? String })
+        #expect(kinds.contains("follower_lost"), "\(kinds)")
+        let row = try f.routeRow("recruitment")
+        #expect(row[6] == "no", "route must show out of sync: \(row)")
+        // A leader flip of an out-of-sync route is refused without FORCE.
+        #expect(throws: PQError.self) { try f.adminRun("SET PHASE recruitment TO dual-new") }
+        // New sessions still work while the follower is down (and say so in the log).
+        let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
+        #expect(try c.scalar("SELECT count(*) FROM pgbench_branches") == "1")
+        try f.onboarding.restart()
+        try f.walk("recruitment", to: "legacy")
+        #expect(try f.routeRow("recruitment")[6] == nil) // no follower, no sync state to show
+    }
+
+    @Test func aRestartedProxyComesBackInThePhaseItHad() throws {
+        try f.walk("recruitment", to: "dual-new")
+        try f.adminRun("SET MIRROR recruitment TO sync")
+        try f.restartProxy()
+        let row = try f.routeRow("recruitment")
+        #expect(row[1] == "dual-new" && row[2] == "sync", "\(row)")
+        // And it routes as before: the leader is now the new instance.
+        let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
+        #expect(try c.scalar("SELECT current_database()") == "recruitment")
+        try f.adminRun("SET MIRROR recruitment TO async")
+        try f.walk("recruitment", to: "legacy")
+    }
+
+    @Test func aSessionThatPredatesTheFlipGetsItsStateReplayed() throws {
+        try f.walk("recruitment", to: "legacy")
+        try f.onBothRecruitmentSides("DROP TABLE IF EXISTS notes; CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        let before = f.divergenceLines().count
+        let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
+        try c.query("SET statement_timeout = '42s'")
+        try c.query("PREPARE add_note(int, text) AS INSERT INTO notes VALUES ($1, $2)")
+        try c.query("LISTEN some_channel")
+        try f.adminRun("SET PHASE recruitment TO dual-legacy")
+        // The session picks up its follower at its next idle boundary: now. Its prepared statement works on both sides.
+        try c.query("EXECUTE add_note(1, 'hello')")
+        #expect(try c.scalar("SHOW statement_timeout") == "42s")
+        try f.waitForMirrorDrain("recruitment")
+        #expect(try f.recruitmentNew().scalar("SELECT body FROM notes WHERE id = 1") == "hello")
+        let records = f.divergenceLines().dropFirst(before)
+        #expect(records.contains { ($0["kind"] as? String) == "unreplayable_state" && (($0["detail"] as? String) ?? "").contains("LISTEN") })
+        // Only the LISTEN is reported: SET and PREPARE were carried over, so nothing else diverged.
+        #expect(!records.contains { ["command_tag", "error_mismatch"].contains($0["kind"] as? String ?? "") }, "\(records)")
+        try f.walk("recruitment", to: "legacy")
+    }
+
+    @Test func crossSchemaStatementsAreReported() throws {
+        try f.legacy.psql("CREATE TABLE IF NOT EXISTS recruitment.job_titles (id int, title text); GRANT ALL ON recruitment.job_titles TO hexabuilders",
+                          database: "hexabuilders")
+        let before = f.divergenceLines().count
+        let c = try f.connect() // the onboarding route, schema onboarding
+        _ = try c.query("SELECT c.name, count(j.*) FROM candidates c LEFT JOIN recruitment.job_titles j ON j.id = c.id GROUP BY c.name LIMIT 1")
+        _ = try c.query("SELECT count(*) FROM candidates WHERE name LIKE 'recruitment.%'") // a string literal, not a reference
+        let records = f.divergenceLines().dropFirst(before).filter { ($0["kind"] as? String) == "cross_schema" }
+        #expect(records.count == 1, "\(records)")
+        #expect((records.first?["detail"] as? String)?.contains("recruitment") == true)
+        #expect((records.first?["statement"] as? String)?.contains("recruitment.job_titles") == true)
+    }
+
+    @Test func adminConsoleAnswersAndRefusesWithReasons() throws {
+        let a = try f.admin()
+        let routes = try a.query("SHOW ROUTES")
+        #expect(routes.contains { $0[0] == "onboarding" && $0[1] == "legacy" && $0[3] == "legacy/onboarding" })
+        #expect(try a.query("SHOW SESSIONS").contains { $0[2] == "ops" && $0[5] == "admin" })
+        #expect(try a.query("SHOW STATS").contains { $0[0] == "recruitment" })
+        func sqlState(_ command: String) -> String? {
+            do { try a.query(command); return nil } catch let e as PQError { return e.sqlState } catch { return "?" }
+        }
+        #expect(sqlState("SET PHASE recruitment TO dual-new") == "55000")           // a skip without FORCE
+        #expect(sqlState("SET PHASE nowhere TO new") == "42704")                   // unknown route
+        #expect(sqlState("SET PHASE recruitment TO sideways") == "22023")          // unknown phase
+        #expect(sqlState("DROP TABLE x") == "42601")                               // unknown command
+        #expect(sqlState("SET PHASE recruitment TO legacy") == "55000")            // already there
+        let paused = try a.query("PAUSE recruitment 1")
+        #expect(paused.first?[1] == "true")
+        #expect(sqlState("SET PHASE recruitment TO dual-new FORCE") == "55006")   // paused: no leader change
+        #expect(sqlState("SET PHASE recruitment TO dual-legacy") == nil)           // paused: PAUSE, backfill, flip, RESUME
+        #expect(sqlState("SET PHASE recruitment TO legacy") == nil)
+        #expect(try a.query("RESUME recruitment").first?[0] == "recruitment")
+        try a.query("RELOAD")
+        // A non-admin user cannot log in to the console.
+        #expect(throws: PQError.self) { try PQConnection(f.conninfo(database: "cutover")) }
+    }
+
+    @Test func cliStatusAndPhaseTalkToTheRunningProxy() throws {
+        let url = "host=127.0.0.1 port=\(f.proxyPort) dbname=cutover user=ops password=\(FixtureSecrets.adminPassword)"
+        let status = try runProcess(ProxyFixture.cutoverBinary, ["status", "--admin-url", url])
+        #expect(status.succeeded && status.stdout.contains("recruitment") && status.stdout.contains("phase"), "\(status.stdout)\(status.stderr)")
+        let flip = try runProcess(ProxyFixture.cutoverBinary, ["phase", "recruitment", "dual-legacy"], environment: ["CUTOVER_ADMIN_URL": url])
+        #expect(flip.succeeded && flip.stdout.contains("dual-legacy"), "\(flip.stdout)\(flip.stderr)")
+        let refused = try runProcess(ProxyFixture.cutoverBinary, ["phase", "recruitment", "new", "--admin-url", url])
+        #expect(refused.status == 1 && refused.stdout.contains("skips a step"), "\(refused.stdout)")
+        let unreachable = try runProcess(ProxyFixture.cutoverBinary, ["status", "--admin-url", "host=127.0.0.1 port=1 dbname=cutover user=ops"])
+        #expect(unreachable.status == 2)
+        try f.walk("recruitment", to: "legacy")
+    }
+}
