@@ -1,0 +1,188 @@
+// Pure tests of what mirroring decides on: statement classification, session tracking and replay,
+// unit digests and their comparison, admin command parsing and encoding, the state file, phase transitions.
+import Foundation
+import Testing
+import CutoverProtocol
+@testable import CutoverCore
+
+private func withBody<T>(_ bytes: [UInt8], _ body: (UnsafeRawBufferPointer) -> T) -> T { bytes.withUnsafeBytes(body) }
+
+private func queryBody(_ text: String) -> [UInt8] { Array(text.utf8) + [0] }
+
+@Suite struct SQLTextTests {
+    @Test func classifiesTransactionControlAndSessionState() {
+        #expect(SQLText.classify("  /* hi */ -- c\n commit") == .commit)
+        #expect(SQLText.classify("END") == .commit)
+        #expect(SQLText.classify("ROLLBACK TO SAVEPOINT a") == .other)
+        #expect(SQLText.classify("rollback") == .rollback)
+        #expect(SQLText.classify("SET search_path = x") == .setting)
+        #expect(SQLText.classify("SET LOCAL work_mem = '1MB'") == .other)
+        #expect(SQLText.classify("RESET ALL") == .discardAll)
+        #expect(SQLText.classify("PREPARE TRANSACTION 'x'") == .other)
+        #expect(SQLText.classify("prepare q AS SELECT 1") == .prepare)
+        #expect(SQLText.classify("(SELECT 1)") == .other)
+    }
+
+    @Test func findsStateThatCannotBeReplayed() {
+        #expect(SQLText.unreplayableState("CREATE TEMP TABLE t (x int)") == .temporaryTable)
+        #expect(SQLText.unreplayableState("create local temporary table t (x int)") == .temporaryTable)
+        #expect(SQLText.unreplayableState("LISTEN ch") == .listen)
+        #expect(SQLText.unreplayableState("SELECT pg_advisory_lock(1)") == .advisoryLock)
+        #expect(SQLText.unreplayableState("SELECT pg_advisory_xact_lock(1)") == [])
+        #expect(SQLText.unreplayableState("DECLARE c CURSOR WITH HOLD FOR SELECT 1") == .holdCursor)
+        #expect(SQLText.unreplayableState("CREATE TABLE t (x int)") == [])
+    }
+}
+
+@Suite struct SessionTrackerTests {
+    @Test func unitsEndAtQuerySyncAndFunctionCall() {
+        var t = SessionTracker()
+        t.recordUnits = true
+        #expect(withBody(queryBody("SELECT 1")) { t.received(id: FrontendMessageID.query.rawValue, body: $0) }?.statements == ["SELECT 1"])
+        // Extended protocol: Parse, Bind, Execute, Sync → one unit with the prepared text.
+        var parse = ByteWriter(); parse.writeCString("s1"); parse.writeCString("UPDATE t SET v = $1"); parse.writeInt16(0)
+        #expect(withBody(parse.bytes) { t.received(id: FrontendMessageID.parse.rawValue, body: $0) } == nil)
+        var bind = ByteWriter(); bind.writeCString(""); bind.writeCString("s1"); bind.writeInt16(0); bind.writeInt16(0); bind.writeInt16(0)
+        _ = withBody(bind.bytes) { t.received(id: FrontendMessageID.bind.rawValue, body: $0) }
+        var exec = ByteWriter(); exec.writeCString(""); exec.writeInt32(0)
+        _ = withBody(exec.bytes) { t.received(id: FrontendMessageID.execute.rawValue, body: $0) }
+        let unit = t.received(id: FrontendMessageID.sync.rawValue, body: nil)
+        #expect(unit?.statements == ["UPDATE t SET v = $1"] && unit?.parsed == ["UPDATE t SET v = $1"])
+        #expect(withBody(queryBody("COMMIT")) { t.received(id: FrontendMessageID.query.rawValue, body: $0) }?.commits == true)
+    }
+
+    @Test func replayCarriesSettingsAndPreparedStatements() throws {
+        var t = SessionTracker()
+        for q in ["SET statement_timeout = '5s'", "SET search_path = a", "SET search_path = b", "RESET statement_timeout",
+                  "PREPARE p1 AS SELECT 1", "PREPARE p2 AS SELECT 2", "DEALLOCATE p2", "LISTEN x"] {
+            _ = withBody(queryBody(q)) { t.received(id: FrontendMessageID.query.rawValue, body: $0) }
+        }
+        var parse = ByteWriter(); parse.writeCString("named"); parse.writeCString("SELECT $1"); parse.writeInt16(0)
+        _ = withBody(parse.bytes) { t.received(id: FrontendMessageID.parse.rawValue, body: $0) }
+        let (bytes, answers) = t.replayMessages()
+        #expect(answers == 3) // SET search_path, PREPARE p1, and one Sync after the Parse
+        var f = MessageFramer(); f.append(bytes)
+        var texts: [String] = []
+        var ids: [UInt8] = []
+        while let m = try f.next() {
+            ids.append(m.id!)
+            if m.id == FrontendMessageID.query.rawValue { texts.append(String(decoding: m.body.dropLast(), as: UTF8.self)) }
+        }
+        #expect(texts == ["SET search_path = b", "PREPARE p1 AS SELECT 1"])
+        #expect(ids == [0x51, 0x51, 0x50, 0x53])
+        #expect(t.unreplayable == .listen)
+        // DISCARD ALL forgets everything.
+        _ = withBody(queryBody("DISCARD ALL")) { t.received(id: FrontendMessageID.query.rawValue, body: $0) }
+        #expect(t.replayMessages().readyForQueryCount == 0 && t.unreplayable.isEmpty)
+    }
+}
+
+@Suite struct DigestTests {
+    func digest(_ messages: [BackendMessage], rows: [[UInt8]] = []) -> UnitDigest? {
+        var b = DigestBuilder()
+        for r in rows { _ = withBody(r) { b.received(id: BackendMessageID.dataRow.rawValue, body: $0) } }
+        var out: UnitDigest?
+        for m in messages {
+            var w = ByteWriter(); m.encode(into: &w)
+            let body = Array(w.bytes[5...])
+            if let d = withBody(body, { b.received(id: w.bytes[0], body: $0) }) { out = d }
+        }
+        return out
+    }
+
+    @Test func rowHashIsOrderInsensitiveButCountsDuplicates() {
+        let a = digest([.commandComplete(tag: "SELECT 3"), .readyForQuery(.idle)], rows: [[1], [2], [2]])!
+        let b = digest([.commandComplete(tag: "SELECT 3"), .readyForQuery(.idle)], rows: [[2], [1], [2]])!
+        let c = digest([.commandComplete(tag: "SELECT 3"), .readyForQuery(.idle)], rows: [[1], [1], [2]])!
+        #expect(a == b)
+        #expect(UnitDigest.differences(leader: a, follower: b).isEmpty)
+        // XOR would make [1,2,2] and [1,1,2] both hash to h(1)^h(2)^h(2) vs h(1)^h(1)^h(2): a sum tells them apart.
+        #expect(UnitDigest.differences(leader: a, follower: c).map(\.kind) == [.rowContent])
+    }
+
+    @Test func tagsErrorsAndCountsAreCompared() {
+        let ok = digest([.commandComplete(tag: "UPDATE 1"), .readyForQuery(.idle)])!
+        let zero = digest([.commandComplete(tag: "UPDATE 0"), .readyForQuery(.idle)])!
+        let err = digest([.errorResponse(ErrorFields(severity: "ERROR", code: "23505", message: "dup")), .readyForQuery(.idle)])!
+        let two = digest([.commandComplete(tag: "UPDATE 1"), .commandComplete(tag: "UPDATE 1"), .readyForQuery(.idle)])!
+        #expect(UnitDigest.differences(leader: ok, follower: zero).first?.kind == .commandTag)
+        #expect(UnitDigest.differences(leader: ok, follower: err).first?.kind == .errorMismatch)
+        #expect(UnitDigest.differences(leader: ok, follower: two).first?.kind == .statementCount)
+        #expect(err.outcomes.first?.sqlState == "23505")
+    }
+}
+
+@Suite struct AdminCommandTests {
+    @Test func parsesEveryCommand() throws {
+        #expect(try AdminCommand.parse("show routes;") == .showRoutes)
+        #expect(try AdminCommand.parse("SHOW DIVERGENCES onboarding") == .showDivergences(route: "onboarding"))
+        #expect(try AdminCommand.parse("SET PHASE onboarding TO dual-legacy") == .setPhase(route: "onboarding", phase: .dualLegacy, force: false))
+        #expect(try AdminCommand.parse("set phase onboarding to new force") == .setPhase(route: "onboarding", phase: .new, force: true))
+        #expect(try AdminCommand.parse("SET MIRROR r TO sync") == .setMirror(route: "r", mode: .sync))
+        #expect(try AdminCommand.parse("PAUSE r 2.5") == .pause(route: "r", timeout: 2.5))
+        #expect(try AdminCommand.parse("RESUME r") == .resume(route: "r"))
+        #expect(try AdminCommand.parse("RELOAD") == .reload)
+    }
+
+    @Test func refusesWithSQLStates() {
+        for (text, state) in [("DROP TABLE x", "42601"), ("SET PHASE r TO sideways", "22023"), ("SET MIRROR r TO maybe", "22023"),
+                              ("PAUSE r -1", "42601"), ("", "42601")] {
+            do { _ = try AdminCommand.parse(text); Issue.record("accepted \(text)") } catch { #expect(error.sqlState == state, "\(text)") }
+        }
+    }
+
+    @Test func resultEncodesAsRowDescriptionDataRowsAndTag() throws {
+        var w = ByteWriter()
+        AdminResult(columns: ["a", "b"], rows: [["x", nil]], tag: "SHOW").encode(into: &w)
+        var f = MessageFramer(); f.append(w.bytes)
+        var ids: [UInt8] = []
+        while let m = try f.next() { ids.append(m.id!) }
+        #expect(ids == [0x54, 0x44, 0x43])
+    }
+}
+
+@Suite struct StateFileTests {
+    @Test func roundTripsAtomicallyAndRejectsCorruption() throws {
+        let path = NSTemporaryDirectory() + "cutover-state-\(UUID().uuidString).json"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        #expect(try PersistedState.load(path: path) == PersistedState())
+        let s = PersistedState(routes: ["onboarding": .init(phase: .dualNew, mirror: .sync)])
+        try s.save(path: path)
+        #expect(try PersistedState.load(path: path) == s)
+        #expect(!FileManager.default.fileExists(atPath: path + ".tmp"))
+        try "{not json".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(throws: (any Error).self) { try PersistedState.load(path: path) }
+    }
+
+    @Test func transitionsGoOneStepUnlessForced() {
+        #expect(throws: Phase.TransitionError.skip(from: .legacy, to: .dualNew)) { try Phase.legacy.transition(to: .dualNew, force: false) }
+        #expect(throws: Never.self) { try Phase.legacy.transition(to: .dualNew, force: true) }
+        #expect(throws: Phase.TransitionError.same(.new)) { try Phase.new.transition(to: .new, force: true) }
+        #expect(throws: Never.self) { try Phase.new.transition(to: .dualNew, force: false) }
+    }
+}
+
+@Suite struct QueryAnalyzerTests {
+    @Test func fingerprintsNormalizesAndFindsSchemas() {
+        let a = QueryAnalyzer()
+        let x = a.analyze("SELECT * FROM onboarding.candidates c JOIN recruitment.job_titles j ON j.id = c.id WHERE c.name = 'bob'")
+        #expect(x.schemas == ["onboarding", "recruitment"])
+        #expect(x.normalized?.contains("$1") == true && x.normalized?.contains("bob") == false)
+        let y = a.analyze("SELECT * FROM onboarding.candidates c JOIN recruitment.job_titles j ON j.id = c.id WHERE c.name = 'alice'")
+        #expect(x.fingerprint == y.fingerprint && x.fingerprint != nil)
+        _ = a.analyze("SELECT * FROM onboarding.candidates c JOIN recruitment.job_titles j ON j.id = c.id WHERE c.name = 'bob'")
+        #expect(a.parses == 2) // the repeat came from the cache
+        #expect(a.analyze("SELEC garbage").parseError != nil)
+    }
+
+    @Test func crossSchemaDetectorIgnoresOwnSchemaAndLiterals() {
+        let a = QueryAnalyzer()
+        let d = CrossSchemaDetector(knownSchemas: ["onboarding", "recruitment", "public"])
+        #expect(d.foreignSchemas(in: "SELECT * FROM recruitment.job_titles", own: "onboarding", analyzer: a) == ["recruitment"])
+        #expect(d.foreignSchemas(in: "SELECT * FROM onboarding.candidates", own: "onboarding", analyzer: a).isEmpty)
+        #expect(d.foreignSchemas(in: "SELECT 'recruitment.x'", own: "onboarding", analyzer: a).isEmpty)
+        #expect(d.foreignSchemas(in: "SELECT * FROM candidates", own: "onboarding", analyzer: a).isEmpty)
+        // Only texts that mention another schema followed by a dot reach the parser (here: two of four).
+        #expect(a.parses == 2)
+    }
+}
