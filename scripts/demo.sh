@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The demo: a real cutover setup on local PostgreSQL instances it starts itself — the seed's shared
-# instance (four schemas) and one new instance per service — with the proxy in front, and a
-# service's queries going through it. Cleans up everything on exit.
+# The demo: a real cutover on local PostgreSQL instances it starts itself — the seed's shared instance
+# (four schemas) and one new instance per service — with the proxy in front. A small load of the
+# onboarding service runs through the proxy while its route walks legacy → dual-legacy → dual-new → new
+# and one step back; the routes, the stalls and the divergences are printed at each step.
+# Cleans up everything on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -62,6 +64,7 @@ PROXY_PORT=$(free_port)
     echo "[server]"
     echo "listen = \"127.0.0.1:$PROXY_PORT\""
     echo "state_file = \"$WORK/cutover.state\""
+    echo "divergence_log = \"$WORK/divergences.jsonl\""
     echo
     for s in "${SERVICES[@]}"; do
         printf '[[users]]\nname = "%s"\npassword = "%s_client_pw"\n\n' "${DBUSER[$s]}" "$s"
@@ -97,7 +100,33 @@ via_proxy onboarding -c "UPDATE candidates SET status = 'interviewing' WHERE id 
 via_proxy recruitment -c "SELECT current_schema() AS schema, sum(openings) AS open_positions FROM job_postings"
 via_proxy partner_management -c "SELECT tier, count(*) FROM partners GROUP BY tier ORDER BY tier"
 
-echo "== a short load of the onboarding service through the proxy (pgbench, 4 clients, 5 s)"
+export CUTOVER_ADMIN_URL="host=127.0.0.1 port=$PROXY_PORT dbname=cutover user=ops password=ops_pw"
+status() { echo "-- cutover status --stats"; "$CUTOVER" status --stats | sed 's/^/   /'; }
+step() { echo; echo "== $*"; }
+
+step "a Profile 360 join from the onboarding service reaches into another service's schema: recorded as cross_schema"
+via_proxy onboarding -c "SELECT c.name, p.name AS partner FROM candidates c JOIN public.partners p ON p.id = c.partner_id ORDER BY c.id LIMIT 2"
+
+step "backfill: PAUSE the route, copy onboarding's schema to its new instance, start mirroring, RESUME"
+ONB_NEW() { PGPASSWORD=onboarding_secure_password psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${PORT[onboarding]}" -U onboarding_user onboarding "$@"; }
+ONB_NEW -c "CREATE TABLE candidates (id serial PRIMARY KEY, partner_id int NOT NULL, name text NOT NULL, status text NOT NULL DEFAULT 'new')"
+psql "$CUTOVER_ADMIN_URL" -X -c "PAUSE onboarding 10"
+PGPASSWORD=hexabuilders_pw psql -X -q -h 127.0.0.1 -p "${PORT[legacy]}" -U hexabuilders hexabuilders -c "\\copy onboarding.candidates TO STDOUT" \
+    | ONB_NEW -c "\\copy candidates FROM STDIN"
+ONB_NEW -c "SELECT setval('candidates_id_seq', (SELECT max(id) FROM candidates))" >/dev/null
+"$CUTOVER" phase onboarding dual-legacy
+psql "$CUTOVER_ADMIN_URL" -X -c "RESUME onboarding"
+
+step "a row deleted on the new instance behind the proxy's back, then updated through the proxy: one divergence (UPDATE 1 vs UPDATE 0)"
+ONB_NEW -c "DELETE FROM candidates WHERE id = 7"
+via_proxy onboarding -c "UPDATE candidates SET status = 'hired' WHERE id = 7"
+sleep 0.5
+psql "$CUTOVER_ADMIN_URL" -X -c "SHOW DIVERGENCES onboarding"
+echo "   (repairing the new side: copying row 7 back)"
+PGPASSWORD=hexabuilders_pw psql -X -q -h 127.0.0.1 -p "${PORT[legacy]}" -U hexabuilders hexabuilders \
+    -c "\\copy (SELECT * FROM onboarding.candidates WHERE id = 7) TO STDOUT" | ONB_NEW -c "\\copy candidates FROM STDIN"
+
+step "a load of the onboarding service runs through the proxy (pgbench, 4 clients at 300 tx/s, 26 s) while the route walks the ladder"
 cat > "$WORK/onboarding.sql" <<'SQL'
 \set id random(1, 200)
 BEGIN;
@@ -105,10 +134,39 @@ UPDATE candidates SET status = CASE WHEN status = 'new' THEN 'screened' ELSE 'ne
 SELECT id, status FROM candidates WHERE id = :id;
 END;
 SQL
-PGPASSWORD=onboarding_client_pw pgbench -n -c 4 -j 2 -T 5 -f "$WORK/onboarding.sql" -h 127.0.0.1 -p "$PROXY_PORT" -U onboarding_user onboarding 2>&1 \
-    | grep -E "number of (transactions actually processed|failed)|tps|latency average"
+PGPASSWORD=onboarding_client_pw pgbench -n -c 4 -j 2 -R 300 -T 26 -f "$WORK/onboarding.sql" -h 127.0.0.1 -p "$PROXY_PORT" \
+    -U onboarding_user onboarding > "$WORK/pgbench.log" 2>&1 &
+BENCH_PID=$!
+sleep 3
+status
+for phase in dual-new dual-legacy dual-new new; do
+    if [[ $phase == dual-legacy ]]; then
+        step "roll back one step to dual-legacy (legacy received every write: nothing is lost), under load"
+    else
+        step "flip onboarding to $phase (under load)"
+    fi
+    "$CUTOVER" phase onboarding "$phase" | sed 's/^/   /'
+    sleep 4
+    status
+done
+wait "$BENCH_PID" || true
+step "the load, as the onboarding service saw it (no errors across five flips)"
+grep -E "number of (transactions actually processed|failed)|latency average|tps" "$WORK/pgbench.log"
 
+step "the new instance now serves onboarding; legacy's copy stopped at the flip to new"
+via_proxy onboarding -c "SELECT current_database() AS real_database, current_schema() AS schema, count(*) AS candidates FROM candidates"
+
+step "divergences by kind, and the last records of the divergence log ($WORK/divergences.jsonl)"
+python3 - "$WORK/divergences.jsonl" <<'PY'
+import json, sys, collections
+records = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+for kind, n in sorted(collections.Counter(r["kind"] for r in records).items()):
+    print(f"   {kind:20} {n}")
+for r in records[-3:]:
+    print("  ", json.dumps(r, sort_keys=True))
+PY
+
+step "final state"
+status
 echo
-echo "== proxy log"
-cat "$WORK/cutover.log"
 echo "== demo finished; stopping the proxy and the instances"
