@@ -1,0 +1,57 @@
+// Integration: a follower that stalls (sync mode) or a transaction that outlasts a leader flip: the client
+// waits at most the configured timeout, and the operator is told why.
+import Foundation
+import Testing
+
+@Suite(.serialized) struct FollowerTimeoutTests {
+    let f: ProxyFixture
+    init() throws { f = try ProxyFixture.shared() }
+
+    @Test func aBlockedFollowerInSyncModeDegradesTheSessionAfterTheTimeout() throws {
+        try f.walk("recruitment", to: "legacy")
+        try f.onBothRecruitmentSides("DROP TABLE IF EXISTS slots; CREATE TABLE slots (id int PRIMARY KEY, taken bool NOT NULL DEFAULT false); INSERT INTO slots VALUES (1)")
+        try f.adminRun("SET PHASE recruitment TO dual-legacy")
+        try f.adminRun("SET MIRROR recruitment TO sync")
+        let before = f.divergenceLines().count
+        // Someone holds the row's lock on the new instance, behind the proxy's back.
+        let blocker = try f.recruitmentNew()
+        try blocker.query("BEGIN")
+        try blocker.query("SELECT * FROM slots WHERE id = 1 FOR UPDATE")
+        let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
+        let started = Date()
+        try c.query("UPDATE slots SET taken = true WHERE id = 1")
+        let waited = Date().timeIntervalSince(started)
+        print("sync follower blocked: client answered after \(String(format: "%.2f", waited)) s (follower_timeout = 3 s)")
+        #expect(waited >= 2.5 && waited < 6, "waited \(waited) s")
+        #expect(try c.scalar("SELECT taken FROM slots WHERE id = 1") == "t") // the session goes on, on the leader
+        try blocker.query("ROLLBACK")
+        #expect(f.divergenceLines().dropFirst(before).contains { ($0["kind"] as? String) == "follower_timeout" })
+        #expect(try f.routeRow("recruitment")[6] == "no")
+        try f.adminRun("SET MIRROR recruitment TO async")
+        try f.walk("recruitment", to: "legacy")
+    }
+
+    @Test func aLeaderFlipHeldUpByALongTransactionAbortsAndNamesIt() throws {
+        try f.walk("recruitment", to: "legacy")
+        try f.onBothRecruitmentSides("DROP TABLE IF EXISTS slots; CREATE TABLE slots (id int PRIMARY KEY, taken bool NOT NULL DEFAULT false); INSERT INTO slots VALUES (1)")
+        try f.adminRun("SET PHASE recruitment TO dual-legacy")
+        let long = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user", extra: "application_name=long-report"))
+        try long.query("BEGIN")
+        try long.query("UPDATE slots SET taken = true WHERE id = 1")
+        let started = Date()
+        do {
+            try f.adminRun("SET PHASE recruitment TO dual-new")
+            Issue.record("the flip should have been aborted")
+        } catch let e as PQError {
+            #expect(e.sqlState == "57014")
+            #expect(e.message.contains("long-report") && e.message.contains("in transaction"), "\(e.message)")
+        }
+        #expect(Date().timeIntervalSince(started) < 8)
+        #expect(try f.routeRow("recruitment")[1] == "dual-legacy")
+        // The transaction was never disturbed; once it ends the flip goes through.
+        try long.query("COMMIT")
+        #expect(try f.adminRun("SET PHASE recruitment TO dual-new").first?[2] == "dual-new")
+        #expect(try long.scalar("SELECT taken FROM slots WHERE id = 1") == "t")
+        try f.walk("recruitment", to: "legacy")
+    }
+}
