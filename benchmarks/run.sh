@@ -8,16 +8,24 @@
 #   benchmarks/run.sh              # full: about 30 minutes
 #
 # Other options (passed to benchmarks/bench.py): --rounds N, --duration S, --cpu N, --no-pin,
-# --skip throughput,copy,callgrind,idle,flip, --keep. --no-build uses the existing release binary.
+# --skip throughput,copy,callgrind,idle,flip, --keep. --no-build uses the existing release binary;
+# --ref REV builds that commit (exported with git archive) instead of the working tree, so edits in
+# progress do not end up in the numbers.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cmdline="$*"
 repo=$(dirname "$here")
 build=1
+ref=""
 args=()
-for a in "$@"; do
+while (($# > 0)); do
+    a=$1
+    shift
     case "$a" in
         --no-build) build=0 ;;
+        --ref) ref=$1; shift ;;
+        --ref=*) ref=${a#--ref=} ;;
         -h|--help) sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exec python3 "$here/bench.py" --binary x --help ;;
         *) args+=("$a") ;;
     esac
@@ -35,11 +43,26 @@ if ((${#bench_pkgs[@]} > 0)); then
 fi
 
 scratch="$repo/.build-bench"
+src="$repo"
+label=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n "$ref" ]]; then
+    label=$(git -C "$repo" rev-parse --short "$ref")
+    src="$scratch/src"                       # a clean export of $ref, built with its own scratch folder
+    scratch="$scratch/ref"
+    if ((build)); then
+        rm -rf "$src"
+        mkdir -p "$src"
+        git -C "$repo" archive --format=tar "$ref" | tar -x -C "$src"
+        cp "$repo/Package.resolved" "$src/" 2>/dev/null || true
+    fi
+elif [[ -n $(git -C "$repo" status --porcelain -- Sources Package.swift 2>/dev/null) ]]; then
+    label="$label + uncommitted changes in Sources"
+fi
 if ((build)); then
     start=$(date +%s)
     log="$scratch/build.log"
     mkdir -p "$scratch"
-    if ! (cd "$repo" && swift build -c release --product cutover --scratch-path "$scratch") >"$log" 2>&1; then
+    if ! (cd "$src" && swift build -c release --product cutover --scratch-path "$scratch") >"$log" 2>&1; then
         tail -n 40 "$log" >&2
         echo "run.sh: release build failed (full log: $log)" >&2
         exit 1
@@ -49,4 +72,4 @@ fi
 binary="$scratch/release/cutover"
 [[ -x "$binary" ]] || { echo "run.sh: no $binary (drop --no-build)" >&2; exit 1; }
 
-exec python3 "$here/bench.py" --binary "$binary" --command "benchmarks/run.sh${*:+ $*}" "${args[@]}"
+exec python3 "$here/bench.py" --binary "$binary" --commit "$label" --command "benchmarks/run.sh${cmdline:+ $cmdline}" "${args[@]}"

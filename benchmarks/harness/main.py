@@ -5,7 +5,6 @@ import os
 import platform
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ class Mode:
 MODES = {
     "quick": Mode("quick", rounds=2, duration=2, scale=5, rate=300, copy_repeat=2, callgrind=(1000, 6000),
                   idle_levels=(1000,), flip_duration=10),
-    "full": Mode("full", rounds=4, duration=10, scale=10, rate=400, copy_repeat=3, callgrind=(2000, 12000),
+    "full": Mode("full", rounds=4, duration=8, scale=10, rate=400, copy_repeat=3, callgrind=(2000, 12000),
                  idle_levels=(1000, 5000), flip_duration=30),
 }
 
@@ -51,18 +50,9 @@ def parse_args(argv):
     p.add_argument("--skip", default="", help=f"comma-separated suites to skip: {','.join(SUITES)}")
     p.add_argument("--keep", action="store_true", help="keep the temporary clusters' directory")
     p.add_argument("--command", default="benchmarks/run.sh", help=argparse.SUPPRESS)
+    p.add_argument("--commit", default=None, help=argparse.SUPPRESS)
     p.add_argument("--results", default=os.path.join(HERE, "results"), help="results root folder")
     return p.parse_args(argv)
-
-
-def git_commit():
-    try:
-        head = subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", HERE, "status", "--porcelain", "--", "../Sources", "../Package.swift"],
-                               capture_output=True, text=True).stdout.strip()
-        return head + (" (+ uncommitted changes in Sources)" if dirty else "")
-    except OSError:
-        return "unknown"
 
 
 def machine():
@@ -136,7 +126,7 @@ def main(argv=None):
             procs.run(direct.psql("COPY pgbench_accounts TO STDOUT"), stdout=f, env=direct.env())
         data_bytes = os.path.getsize(data_path)
         meta.update(mode=mode.name, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), command=args.command,
-                    commit=git_commit(), machine=machine(),
+                    commit=args.commit or "unknown", machine=machine(),
                     pinning=f"every process (servers, proxies, pgbench) on CPU {pin.cpu} with taskset" if pin.cpu is not None else "none",
                     rounds=mode.rounds, duration=mode.duration, scale=mode.scale, dual=dual, copy_mb=data_bytes / 1e6,
                     copy_repeat=mode.copy_repeat, mode_settings=asdict(mode),

@@ -182,6 +182,11 @@ class Analysis:
                   "| instr/query | function |", "|---|---|"]
             for row in cg["cutover"]["top"][:15]:
                 L.append(f"| {row['instr_per_query']:.0f} | `{row['function'][:140]}` |")
+            if cg["cutover"].get("top_inclusive"):
+                L += ["", "Cutover's own functions by inclusive cost per query (with everything they call):", "",
+                      "| instr/query | function |", "|---|---|"]
+                for row in cg["cutover"]["top_inclusive"][:12]:
+                    L.append(f"| {row['instr_per_query']:.0f} | `{row['function'][:140]}` |")
             if "syscalls_per_query" in cg["cutover"]:
                 L += ["", "Syscalls per query (`strace -f -c`, same two run lengths and difference):", "",
                       "| proxy | total | top syscalls |", "|---|---|---|"]

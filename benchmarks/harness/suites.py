@@ -145,8 +145,9 @@ def _total_instructions(path):
     raise RuntimeError(f"no totals in {path}")
 
 
-def _per_function(path):
-    out = subprocess.run(["callgrind_annotate", "--threshold=100", path], capture_output=True, text=True).stdout
+def _per_function(path, inclusive=False):
+    out = subprocess.run(["callgrind_annotate", "--threshold=100", f"--inclusive={'yes' if inclusive else 'no'}", path],
+                         capture_output=True, text=True).stdout
     costs = {}
     for line in out.splitlines():
         m = _ANNOTATE_LINE.match(line)
@@ -187,6 +188,16 @@ def _traced_proxy_run(kind, tool, n, pin, work, cutover_binary, legacy, new):
     if res["exit_code"] != 0 or res["transactions"] != n:
         raise RuntimeError(f"{tool} run through {kind} failed: {res.get('stderr_tail', '')}")
     return out
+
+
+def _top_functions(file1, file2, runs_apart, inclusive=False, only_object=None, count=20):
+    """Per-query cost of each function: its cost in the longer run minus the shorter, over the extra queries."""
+    f1, f2 = _per_function(file1, inclusive), _per_function(file2, inclusive)
+    diff = {k: (f2.get(k, 0) - f1.get(k, 0)) / runs_apart for k in set(f1) | set(f2)
+            if only_object is None or k.endswith(f"/{only_object}]")}
+    top = sorted(diff.items(), key=lambda kv: -kv[1])[:count]
+    names = [_short_object(x) for x in _demangle([k for k, _ in top])]
+    return [dict(function=nm, instr_per_query=round(v, 1)) for nm, (_, v) in zip(names, top)]
 
 
 def _strace_counts(path):
@@ -237,12 +248,12 @@ def callgrind(mode, pin, rec, work, cutover_binary, legacy, new):
     for kind in ("cutover", "pgbouncer"):
         files = {n: _traced_proxy_run(kind, "callgrind", n, pin, work, stripped, legacy, new) for n in (n1, n2)}
         total = (_total_instructions(files[n2]) - _total_instructions(files[n1])) / (n2 - n1)
-        f1, f2 = _per_function(files[n1]), _per_function(files[n2])
-        diff = {k: (f2.get(k, 0) - f1.get(k, 0)) / (n2 - n1) for k in set(f1) | set(f2)}
-        top = sorted(diff.items(), key=lambda kv: -kv[1])[:20]
-        names = [_short_object(x) for x in _demangle([k for k, _ in top])]
         result[kind] = dict(instr_per_query=round(total), runs=[n1, n2],
-                            top=[dict(function=nm, instr_per_query=round(v, 1)) for nm, (_, v) in zip(names, top)])
+                            top=_top_functions(files[n1], files[n2], n2 - n1),
+                            top_inclusive=[row for row in _top_functions(
+                                files[n1], files[n2], n2 - n1, inclusive=True, count=40,
+                                only_object=os.path.basename(stripped) if kind == "cutover" else None)
+                                if row["instr_per_query"] < 0.9 * total][:20])
         log(f"  callgrind {kind:10} {total:8.0f} instructions/query")
         if shutil.which("strace"):
             files = {n: _traced_proxy_run(kind, "strace", n, pin, work, cutover_binary, legacy, new) for n in (n1, n2)}
@@ -320,25 +331,43 @@ def supports_phase_command(binary):
 
 
 def _flip(proxy, phase):
-    """Flips route `bench` through the admin console (`SET PHASE`), else through `cutover phase`."""
+    """Flips route `bench` the way an operator does: `cutover phase --admin-url ...`, else `SET PHASE` in psql."""
     admin = services.Endpoint("admin", "admin", proxy.port)
-    attempts = [admin.psql(f"SET PHASE {services.DB} TO {phase}", user=services.ADMIN_USER, db="cutover"),
-                admin.psql(f"SET PHASE {services.DB} TO '{phase}'", user=services.ADMIN_USER, db="cutover")]
+    url = f"host=127.0.0.1 port={proxy.port} dbname=cutover user={services.ADMIN_USER}"
     help_text = subprocess.run([proxy.binary, "phase", "--help"], capture_output=True, text=True).stdout
-    cli = [proxy.binary, "phase", services.DB, phase]
-    if "--config" in help_text:
-        cli += ["--config", proxy.config]
-    elif "--port" in help_text:
-        cli += ["--port", str(proxy.port)] + (["--user", services.ADMIN_USER] if "--user" in help_text else [])
-    attempts.append(cli)
+    attempts = []
+    if "--admin-url" in help_text:
+        attempts.append([proxy.binary, "phase", "--admin-url", url, services.DB, phase])
+    attempts.append(admin.psql(f"SET PHASE {services.DB} TO {phase}", user=services.ADMIN_USER, db="cutover"))
     errors = []
     for argv in attempts:
+        at = time.time()
         t0 = time.monotonic()
         p = subprocess.run(argv, capture_output=True, text=True, env=admin.env(), timeout=120)
         if p.returncode == 0:
-            return dict(phase=phase, command=" ".join(argv), seconds=round(time.monotonic() - t0, 3))
+            return dict(phase=phase, command=" ".join(argv), at_epoch=at, seconds=round(time.monotonic() - t0, 3),
+                        output=(p.stdout + p.stderr).strip()[-300:])
         errors.append(f"{' '.join(argv[-4:])}: {(p.stderr or p.stdout).strip()[-200:]}")
     raise RuntimeError(f"cannot flip to {phase}: " + " | ".join(errors))
+
+
+def _admin_status(proxy):
+    """`cutover status --stats` of the proxy (divergence and mirroring counters), if the command exists."""
+    url = f"host=127.0.0.1 port={proxy.port} dbname=cutover user={services.ADMIN_USER}"
+    p = subprocess.run([proxy.binary, "status", "--admin-url", url, "--stats"], capture_output=True, text=True, timeout=60)
+    return (p.stdout + p.stderr).strip()
+
+
+def _timeline(latencies_us, completions, start_epoch, step=0.5):
+    """Per `step` seconds from the start of the load: transactions completed, their median and longest latency."""
+    rel = completions - start_epoch
+    rows = []
+    for b in range(int(np.ceil(rel.max() / step)) if len(rel) else 0):
+        sel = latencies_us[(rel >= b * step) & (rel < (b + 1) * step)]
+        rows.append(dict(t=round(b * step, 2), tx=int(len(sel)),
+                         p50_ms=round(float(np.median(sel)) / 1000, 2) if len(sel) else None,
+                         max_ms=round(float(sel.max()) / 1000, 2) if len(sel) else None))
+    return rows
 
 
 def flip_under_load(mode, pin, rec, work, cutover_binary, legacy, new):
@@ -354,6 +383,7 @@ def flip_under_load(mode, pin, rec, work, cutover_binary, legacy, new):
                                              log_dir=work, tag="flip", timeout=d * 10 + 60)
     th = threading.Thread(target=load)
     t0 = time.monotonic()
+    start_epoch = time.time()
     th.start()
     flips = []
     try:
@@ -361,6 +391,8 @@ def flip_under_load(mode, pin, rec, work, cutover_binary, legacy, new):
             time.sleep(max(0.0, t0 + at - time.monotonic()))
             flips.append(_flip(proxy, phase))
             log(f"  flipped to {phase} in {flips[-1]['seconds']:.3f} s")
+        th.join()
+        status = _admin_status(proxy)
     finally:
         th.join()
         proxy.stop()
@@ -371,6 +403,8 @@ def flip_under_load(mode, pin, rec, work, cutover_binary, legacy, new):
                   exit_code=run["exit_code"], errors=run["failed"] + run["aborted_clients"] + (1 if run["exit_code"] else 0),
                   max_stall_ms=round(float(lat.max()) / 1000, 2) if len(lat) else None,
                   max_completion_gap_ms=round(pgbench.max_gap_s(done) * 1000, 2), latency_us=run.get("latency_us"),
-                  stderr_tail=run.get("stderr_tail"))
+                  stderr_tail=run.get("stderr_tail"), status=status, timeline=_timeline(lat, done, start_epoch))
+    for f in flips:
+        f["at_s"] = round(f.pop("at_epoch") - start_epoch, 2)
     rec.note("flip", result)
     log(f"  flip: errors={result['errors']} longest stall={result['max_stall_ms']} ms")
