@@ -58,14 +58,27 @@ public final class QueryAnalyzer {
 public struct CrossSchemaDetector: Sendable {
     /// Every schema a route owns on the legacy side, lower-cased.
     public let knownSchemas: Set<String>
+    /// `schema.` and `"schema".` as lower-case bytes, for the allocation-free pre-check.
+    private let patterns: [(schema: String, plain: [UInt8], quoted: [UInt8])]
 
-    public init(knownSchemas: Set<String>) { self.knownSchemas = Set(knownSchemas.map { $0.lowercased() }) }
+    public init(knownSchemas: Set<String>) {
+        self.knownSchemas = Set(knownSchemas.map { $0.lowercased() })
+        patterns = self.knownSchemas.sorted().map { ($0, Array(($0 + ".").utf8), Array(("\"" + $0 + "\".").utf8)) }
+    }
 
-    /// Schemas other than `own` that `text` names, per the parser. Empty for most statements without parsing.
+    /// The schemas other than `own` whose qualified form appears in the bytes (a cheap over-approximation).
+    public func candidates(in text: UnsafeRawBufferPointer, own: String?) -> [String] {
+        var out: [String] = []
+        for p in patterns where p.schema != own && (SQLBytes.contains(text, lowercased: p.plain) || SQLBytes.contains(text, lowercased: p.quoted)) {
+            out.append(p.schema)
+        }
+        return out
+    }
+
+    /// Schemas other than `own` that `text` names, per the parser. Most statements are dismissed without parsing.
     public func foreignSchemas(in text: String, own: String?, analyzer: QueryAnalyzer) -> Set<String> {
-        let lower = text.lowercased()
-        let own = own?.lowercased()
-        let candidates = knownSchemas.filter { s in s != own && (lower.contains(s + ".") || lower.contains("\"" + s + "\".")) }
+        var t = text
+        let candidates = t.withUTF8 { self.candidates(in: UnsafeRawBufferPointer($0), own: own?.lowercased()) }
         guard !candidates.isEmpty else { return [] }
         return analyzer.analyze(text).schemas.intersection(candidates)
     }

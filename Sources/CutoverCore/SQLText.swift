@@ -96,9 +96,8 @@ public enum SQLText {
             || (w.count > 2 && (w[1] == "LOCAL" || w[1] == "GLOBAL") && (w[2] == "TEMP" || w[2] == "TEMPORARY"))) {
             s.insert(.temporaryTable)
         }
-        let upper = text.uppercased()
-        if w.first == "DECLARE" && upper.contains("WITH HOLD") { s.insert(.holdCursor) }
-        if upper.contains("PG_ADVISORY_LOCK") && !upper.contains("PG_ADVISORY_XACT_LOCK") { s.insert(.advisoryLock) }
+        if w.first == "DECLARE" && SQLBytes.contains(text, lowercased: Array("with hold".utf8)) { s.insert(.holdCursor) }
+        if SQLBytes.contains(text, lowercased: Array("pg_advisory_lock".utf8)) { s.insert(.advisoryLock) }
         return s
     }
 

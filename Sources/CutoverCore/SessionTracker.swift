@@ -34,33 +34,63 @@ public struct SessionTracker: Sendable {
     private var portalStatement: [String: String] = [:]
     /// The unit being assembled.
     public private(set) var current = WorkUnit()
-    /// When false, Bind/Execute are not followed (the cheap path outside dual phases): units then carry
-    /// only simple-protocol texts.
+    /// When false (outside dual phases) units carry no texts and Bind/Execute are not followed, except
+    /// for statements that touch session state or might name another route's schema: the common
+    /// statement then costs a keyword check and a byte scan, and no String.
     public var recordUnits = false
+    /// Flags statements that may name another route's schema, so their text is kept for the check.
+    public var crossSchemaProbe: CrossSchemaDetector?
+    public var ownSchema: String?
 
     public init() {}
+
+    /// Whether a statement's text must become a String: always when recording units, else only when
+    /// it may change tracked state, take an advisory lock, or name another schema.
+    private func needsText(_ raw: UnsafeRawBufferPointer, _ keyword: LeadingKeyword) -> Bool {
+        if recordUnits || keyword.affectsSessionState { return true }
+        if SQLBytes.contains(raw, lowercased: SQLBytes.advisory) { return true }
+        if let probe = crossSchemaProbe, !probe.candidates(in: raw, own: ownSchema).isEmpty { return true }
+        return false
+    }
+
+    /// The bytes up to the first NUL.
+    private static func cString(_ body: UnsafeRawBufferPointer, from start: Int = 0) -> (UnsafeRawBufferPointer, next: Int) {
+        var end = start
+        while end < body.count && body[end] != 0 { end += 1 }
+        return (UnsafeRawBufferPointer(rebasing: body[start..<end]), end + 1)
+    }
 
     /// Handles one message; returns the completed unit when `id` ends one.
     public mutating func received(id: UInt8, body: UnsafeRawBufferPointer?) -> WorkUnit? {
         switch id {
         case FrontendMessageID.query.rawValue:
             guard let body else { break }
-            let text = String(decoding: body.prefix { $0 != 0 }, as: UTF8.self)
-            track(sql: text)
-            current.statements.append(text)
+            let (raw, _) = Self.cString(body)
+            let keyword = SQLBytes.leadingKeyword(raw)
+            if keyword.endsTransaction { current.commits = true }
+            if needsText(raw, keyword) {
+                let text = String(decoding: raw, as: UTF8.self)
+                track(sql: text)
+                current.statements.append(text)
+            }
             return finishUnit()
         case FrontendMessageID.parse.rawValue:
             guard let body else { break }
-            var r = ByteReader(Array(body)[...], context: "Parse")
-            guard let name = try? r.readCString(), let text = try? r.readCString() else { break }
-            statementText[name] = text
-            current.parsed.append(text)
-            if !name.isEmpty {
+            let (rawName, next) = Self.cString(body)
+            let (raw, _) = Self.cString(body, from: next)
+            let keyword = SQLBytes.leadingKeyword(raw)
+            if !rawName.isEmpty {
                 var w = ByteWriter(capacity: body.count + 5)
                 w.beginMessage(FrontendMessageID.parse.rawValue); w.writeBytes(body); w.endMessage()
-                preparedMessages[name] = w.bytes
+                preparedMessages[String(decoding: rawName, as: UTF8.self)] = w.bytes
             }
-            track(sql: text)
+            if !rawName.isEmpty || needsText(raw, keyword) {
+                let name = String(decoding: rawName, as: UTF8.self)
+                let text = String(decoding: raw, as: UTF8.self)
+                statementText[name] = text
+                current.parsed.append(text)
+                track(sql: text)
+            }
         case FrontendMessageID.bind.rawValue:
             guard recordUnits, let body else { break }
             var r = ByteReader(Array(body.prefix(4096))[...], context: "Bind")
@@ -91,7 +121,6 @@ public struct SessionTracker: Sendable {
 
     mutating func track(sql text: String) {
         let kind = SQLText.classify(text)
-        if recordUnits && kind == .commit { current.commits = true }
         switch kind {
         case .setting:
             let words = SQLText.leadingWords(text, count: 3)

@@ -196,6 +196,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 route = r
                 mirrorMode = r.mirror
                 r.sessions[id] = self
+                tracker.crossSchemaProbe = server.crossSchema
+                tracker.ownSchema = r.config.legacySchema?.lowercased()
             }
             connectLeader(target)
         }
@@ -416,7 +418,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if let route {
             route.stats.statements += chunkUnits.count
             if route.phase.follower == nil { route.unmirroredStatements += chunkUnits.count }
-            for (_, unit) in chunkUnits { server.checkCrossSchema(unit, session: self, route: route) }
+            for (_, unit) in chunkUnits where !unit.statements.isEmpty || !unit.parsed.isEmpty {
+                server.checkCrossSchema(unit, session: self, route: route)
+            }
         }
         if follower != nil && mirrorMode == .sync && !terminated {
             syncEnqueue(bytes, units: chunkUnits, flushAt: flushAt)

@@ -23,7 +23,7 @@ public final class ProxyServer {
     /// Run-time state of every route, restored from the state file.
     private(set) var routes: [String: RouteRuntime] = [:]
     let analyzer = QueryAnalyzer()
-    private var crossSchema = CrossSchemaDetector(knownSchemas: [])
+    private(set) var crossSchema = CrossSchemaDetector(knownSchemas: [])
     let divergences: DivergenceRecorder
     private(set) lazy var admin = AdminConsole(server: self)
     /// Re-reads the config file (set by `cutover serve`); used by SIGHUP and the admin RELOAD command.
@@ -164,7 +164,7 @@ public final class ProxyServer {
 
     /// Reports statements naming another route's schema: they stop working once the schemas live apart.
     func checkCrossSchema(_ unit: WorkUnit, session: ClientSession, route: RouteRuntime) {
-        for text in unit.statements + unit.parsed {
+        for text in [unit.statements, unit.parsed].joined() {
             let foreign = crossSchema.foreignSchemas(in: text, own: route.config.legacySchema, analyzer: analyzer)
             guard !foreign.isEmpty else { continue }
             let key = analyzer.analyze(text).fingerprint ?? text
