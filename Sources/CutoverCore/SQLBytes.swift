@@ -1,6 +1,10 @@
 // Allocation-free looks at raw SQL text in a message body: the first keyword and case-insensitive
 // substring search. The hot path decides with these whether a statement needs a String at all.
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The leading keywords that matter to the proxy; everything else is `.other`.
 public enum LeadingKeyword: Sendable, Equatable {
     case begin, start, commit, end, rollback, abort, set, reset, prepare, deallocate, discard, listen, create, declare
@@ -29,6 +33,8 @@ public enum SQLBytes {
     @inline(__always) static func upper(_ c: UInt8) -> UInt8 { c >= 0x61 && c <= 0x7A ? c - 0x20 : c }
     @inline(__always) static func lower(_ c: UInt8) -> UInt8 { c >= 0x41 && c <= 0x5A ? c + 0x20 : c }
 
+    static let deallocate = Array("DEALLOCATE".utf8)
+
     /// The first keyword, skipping whitespace, `--` and `/* */` comments and opening parentheses.
     public static func leadingKeyword(_ text: UnsafeRawBufferPointer) -> LeadingKeyword {
         var i = 0
@@ -46,30 +52,62 @@ public enum SQLBytes {
             break
         }
         var end = i
-        while end < n && SQLText.isWordByte(text[end]) { end += 1 }
+        var packed: UInt64 = 0
+        while end < n && SQLText.isWordByte(text[end]) {
+            if end - i < 8 { packed |= UInt64(upper(text[end])) << (8 * UInt64(end - i)) }
+            end += 1
+        }
         let length = end - i
         guard length >= 3 && length <= 10 else { return .other }
-        outer: for (word, keyword) in keywords where word.count == length {
-            for j in 0..<length where upper(text[i + j]) != word[j] { continue outer }
-            return keyword
+        if length == 10 {
+            for j in 0..<10 where upper(text[i + j]) != deallocate[j] { return .other }
+            return .deallocate
         }
-        return .other
+        guard length <= 8 else { return .other }
+        // Little-endian packed, upper-case keywords (generated from `keywords`; SQLBytesTests checks they agree).
+        switch packed {
+        case 0x4E49474542: return .begin // BEGIN
+        case 0x5452415453: return .start // START
+        case 0x54494D4D4F43: return .commit // COMMIT
+        case 0x444E45: return .end // END
+        case 0x4B4341424C4C4F52: return .rollback // ROLLBACK
+        case 0x54524F4241: return .abort // ABORT
+        case 0x544553: return .set // SET
+        case 0x5445534552: return .reset // RESET
+        case 0x45524150455250: return .prepare // PREPARE
+        case 0x44524143534944: return .discard // DISCARD
+        case 0x4E455453494C: return .listen // LISTEN
+        case 0x455441455243: return .create // CREATE
+        case 0x4552414C434544: return .declare // DECLARE
+        case 0x545245534E49: return .insert // INSERT
+        case 0x455441445055: return .update // UPDATE
+        case 0x4554454C4544: return .delete // DELETE
+        case 0x454752454D: return .merge // MERGE
+        case 0x59504F43: return .copy // COPY
+        default: return .other
+        }
     }
 
     /// Case-insensitive search for `pattern` (given in lower case).
     public static func contains(_ text: UnsafeRawBufferPointer, lowercased pattern: [UInt8]) -> Bool {
         let m = pattern.count, n = text.count
-        guard m > 0, n >= m, let first = pattern.first else { return m == 0 }
-        var i = 0
-        while i <= n - m {
-            if lower(text[i]) == first {
-                var j = 1
-                while j < m && lower(text[i + j]) == pattern[j] { j += 1 }
-                if j == m { return true }
+        guard m > 0, n >= m, let first = pattern.first, let base = text.baseAddress else { return m == 0 }
+        return pattern.withUnsafeBufferPointer { pat -> Bool in
+            let p = base.assumingMemoryBound(to: UInt8.self)
+            let firstUpper = upper(first)
+            var i = 0
+            let last = n - m
+            while i <= last {
+                let c = p[i]
+                if c == first || c == firstUpper {
+                    var j = 1
+                    while j < m && lower(p[i + j]) == pat[j] { j += 1 }
+                    if j == m { return true }
+                }
+                i += 1
             }
-            i += 1
+            return false
         }
-        return false
     }
 
     public static func contains(_ text: String, lowercased pattern: [UInt8]) -> Bool {
@@ -78,4 +116,31 @@ public enum SQLBytes {
     }
 
     static let advisory = Array("advisory".utf8)
+
+    /// Whether the text may call an advisory-lock function: memchr finds each `v`/`V` (rare in SQL), and
+    /// only there is `advisory` compared, case-insensitively.
+    public static func mayTakeAdvisoryLock(_ text: UnsafeRawBufferPointer) -> Bool {
+        guard let base = text.baseAddress, text.count >= 8 else { return false }
+        let p = base.assumingMemoryBound(to: UInt8.self)
+        for v: Int32 in [0x76, 0x56] {
+            var from = 1
+            while from < text.count, let hit = memchr(base + from, v, text.count - from) {
+                let at = base.distance(to: UnsafeRawPointer(hit))
+                // "advisory": the v is at index 2.
+                if at >= 2 && at + 6 <= text.count {
+                    var j = 0
+                    while j < 8 && lower(p[at - 2 + j]) == advisory[j] { j += 1 }
+                    if j == 8 { return true }
+                }
+                from = at + 1
+            }
+        }
+        return false
+    }
+
+    /// Whether `byte` occurs (memchr).
+    public static func containsByte(_ text: UnsafeRawBufferPointer, _ byte: UInt8) -> Bool {
+        guard let base = text.baseAddress, text.count > 0 else { return false }
+        return memchr(base, Int32(byte), text.count) != nil
+    }
 }

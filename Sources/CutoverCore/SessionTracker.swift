@@ -1,6 +1,9 @@
 // Follows what a client sends: units of work (up to each Query/Sync/FunctionCall) with their statement
 // texts, and the session state a follower joining later must be given (SETs, prepared statements).
 import CutoverProtocol
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One unit of work: the client messages answered by exactly one ReadyForQuery.
 public struct WorkUnit: Sendable, Equatable {
@@ -48,15 +51,17 @@ public struct SessionTracker: Sendable {
     /// it may change tracked state, take an advisory lock, or name another schema.
     private func needsText(_ raw: UnsafeRawBufferPointer, _ keyword: LeadingKeyword) -> Bool {
         if recordUnits || keyword.affectsSessionState { return true }
-        if SQLBytes.contains(raw, lowercased: SQLBytes.advisory) { return true }
-        if let probe = crossSchemaProbe, !probe.candidates(in: raw, own: ownSchema).isEmpty { return true }
+        if SQLBytes.mayTakeAdvisoryLock(raw) { return true }
+        // A schema-qualified name needs a dot: most statements are dismissed by one memchr.
+        if let probe = crossSchemaProbe, SQLBytes.containsByte(raw, 0x2E), !probe.candidates(in: raw, own: ownSchema).isEmpty { return true }
         return false
     }
 
-    /// The bytes up to the first NUL.
+    /// The bytes up to the first NUL (memchr: message bodies can be long).
     private static func cString(_ body: UnsafeRawBufferPointer, from start: Int = 0) -> (UnsafeRawBufferPointer, next: Int) {
-        var end = start
-        while end < body.count && body[end] != 0 { end += 1 }
+        guard start < body.count, let base = body.baseAddress else { return (UnsafeRawBufferPointer(start: nil, count: 0), body.count) }
+        let end: Int
+        if let p = memchr(base + start, 0, body.count - start) { end = base.distance(to: UnsafeRawPointer(p)) } else { end = body.count }
         return (UnsafeRawBufferPointer(rebasing: body[start..<end]), end + 1)
     }
 

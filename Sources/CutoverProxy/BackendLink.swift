@@ -22,7 +22,8 @@ final class BackendLink: TCPConnectionDelegate {
     let backend: BackendConfig
     let address: String
     let connection: TCPConnection
-    unowned let owner: BackendLinkOwner
+    // unowned(unsafe): the session owns its links and outlives them; a checked unowned costs a retain per access.
+    unowned(unsafe) let owner: BackendLinkOwner
     private(set) var state = State.connecting
     private var handshake: BackendHandshake
     private var framer: MessageFramer

@@ -15,7 +15,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
 
     let id: Int
     let client: TCPConnection
-    unowned let server: ProxyServer
+    // unowned(unsafe): the server outlives every session (it removes them before it goes); checked unowned costs a retain per access.
+    unowned(unsafe) let server: ProxyServer
     var logger: Logger
     private(set) var state = State.handshake
     private var handshake: ClientHandshake

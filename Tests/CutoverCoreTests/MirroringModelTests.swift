@@ -186,3 +186,24 @@ private func queryBody(_ text: String) -> [UInt8] { Array(text.utf8) + [0] }
         #expect(a.parses == 2)
     }
 }
+
+@Suite struct SQLBytesTests {
+    @Test func everyKeywordIsRecognizedWhateverItsCase() {
+        for (word, keyword) in SQLBytes.keywords {
+            for spelling in [String(decoding: word, as: UTF8.self), String(decoding: word, as: UTF8.self).lowercased()] {
+                let text = "  /* c */ -- x\n (\(spelling) rest"
+                #expect(withBody(Array(text.utf8)) { SQLBytes.leadingKeyword($0) } == keyword, "\(spelling)")
+            }
+        }
+        #expect(withBody(Array("SELECT 1".utf8)) { SQLBytes.leadingKeyword($0) } == .other)
+        #expect(withBody(Array("SETTING".utf8)) { SQLBytes.leadingKeyword($0) } == .other)
+        #expect(withBody(Array("".utf8)) { SQLBytes.leadingKeyword($0) } == .other)
+    }
+
+    @Test func advisoryLocksAndBytesAreFound() {
+        #expect(withBody(Array("select PG_Advisory_Lock(1)".utf8)) { SQLBytes.mayTakeAdvisoryLock($0) })
+        #expect(!withBody(Array("select * from pgbench_accounts where aid = 1".utf8)) { SQLBytes.mayTakeAdvisoryLock($0) })
+        #expect(withBody(Array("a.b".utf8)) { SQLBytes.containsByte($0, 0x2E) })
+        #expect(withBody(Array("x FROM Recruitment.t".utf8)) { SQLBytes.contains($0, lowercased: Array("recruitment.".utf8)) })
+    }
+}
