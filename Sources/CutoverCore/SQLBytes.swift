@@ -36,9 +36,10 @@ public enum SQLBytes {
     static let deallocate = Array("DEALLOCATE".utf8)
 
     /// The first keyword, skipping whitespace, `--` and `/* */` comments and opening parentheses.
-    public static func leadingKeyword(_ text: UnsafeRawBufferPointer) -> LeadingKeyword {
+    public static func leadingKeyword(_ raw: UnsafeRawBufferPointer) -> LeadingKeyword {
         var i = 0
-        let n = text.count
+        let n = raw.count
+        guard n > 0, let text = raw.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return .other }
         while i < n {
             let c = text[i]
             if c == 0x20 || c == 0x09 || c == 0x0A || c == 0x0D || c == 0x28 { i += 1; continue }

@@ -53,11 +53,13 @@ public struct MessageScanner: Sendable {
                               _ visit: (UInt8, UnsafeRawBufferPointer?, Int) throws -> Void) throws {
         var i = 0
         let n = chunk.count
+        guard n > 0, let base = chunk.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return }
         while i < n {
             if bodyRemaining == 0 && headerFill == 0 && !capturing && n - i >= 5 {
                 // Fast path: a whole header in the chunk.
-                let id = chunk[i]
-                let length = Int(readBigEndianInt32(chunk, i + 1))
+                let id = base[i]
+                let length = Int(Int32(bitPattern: UInt32(base[i + 1]) << 24 | UInt32(base[i + 2]) << 16
+                    | UInt32(base[i + 3]) << 8 | UInt32(base[i + 4])))
                 try check(length)
                 let bodyStart = i + 5, bodyLen = length - 4
                 if bodyStart + bodyLen <= n {

@@ -74,6 +74,8 @@ final class BackendLink: TCPConnectionDelegate {
         boundaries.reserveCapacity(4)
     }
 
+    deinit { connection.delegate = nil }
+
     /// Turns unit digests on or off. Only at a message boundary (the session switches phases when idle).
     func setDigesting(_ on: Bool) {
         guard on != (digest != nil) else { return }
@@ -145,7 +147,7 @@ final class BackendLink: TCPConnectionDelegate {
     }
 
     private func passThrough(_ bytes: UnsafeRawBufferPointer) {
-        boundaries.removeAll(keepingCapacity: true)
+        if !boundaries.isEmpty { boundaries.removeAll(keepingCapacity: true) }
         // Cutting internal answers out: `kept` counts reported bytes, `dropped` says whether any were cut.
         var lastEnd = 0, kept = 0, dropped = false
         // Only chunks that may hold internal answers track ranges (no allocation on the common path).

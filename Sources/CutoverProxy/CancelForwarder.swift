@@ -19,6 +19,8 @@ final class CancelForwarder: TCPConnectionDelegate {
         if connection.connect(host: address, port: port) != nil { finish() }
     }
 
+    deinit { connection.delegate = nil }
+
     func connection(_ c: TCPConnection, didConnect error: Int32?) {
         if error != nil { return finish() }
         connection.write(packet)

@@ -35,17 +35,17 @@ extension ClientSession {
     // MARK: unit bookkeeping
 
     func registerUnit(_ unit: WorkUnit, followerSent: Bool) {
-        let now = server.loop.nanoseconds
+        let now = loop.nanoseconds
         units.append(PendingUnit(unit: unit, leaderSentAt: now, followerSentAt: followerSent ? now : nil))
     }
 
-    func markFollowerSent() { if unitsHead < units.count { units[units.count - 1].followerSentAt = server.loop.nanoseconds } }
-    func markLeaderSent() { if unitsHead < units.count { units[units.count - 1].leaderSentAt = server.loop.nanoseconds } }
+    func markFollowerSent() { if unitsHead < units.count { units[units.count - 1].followerSentAt = loop.nanoseconds } }
+    func markLeaderSent() { if unitsHead < units.count { units[units.count - 1].leaderSentAt = loop.nanoseconds } }
 
     func leaderUnitDone(_ digest: UnitDigest) {
         guard let i = units[unitsHead...].firstIndex(where: { $0.leader == nil }) else { return }
         units[i].leader = digest
-        units[i].leaderDoneAt = server.loop.nanoseconds
+        units[i].leaderDoneAt = loop.nanoseconds
         if units[i].isWrite, let route {
             route.leaderWriteSeq += 1
             units[i].leaderSeq = route.leaderWriteSeq
@@ -55,7 +55,7 @@ extension ClientSession {
     func followerUnitDone(_ digest: UnitDigest) {
         guard let i = units[unitsHead...].firstIndex(where: { $0.follower == nil }) else { return }
         units[i].follower = digest
-        units[i].followerDoneAt = server.loop.nanoseconds
+        units[i].followerDoneAt = loop.nanoseconds
         if let seq = units[i].leaderSeq, let route {
             if seq < route.followerMaxLeaderSeq && mirrorMode == .async { writeOrderInverted(units[i], route) }
             route.followerMaxLeaderSeq = max(route.followerMaxLeaderSeq, seq)
@@ -64,7 +64,7 @@ extension ClientSession {
 
     /// Records that a write overtook another session's on the follower (rate-limited to one record a second).
     private func writeOrderInverted(_ u: PendingUnit, _ route: RouteRuntime) {
-        let now = server.loop.now
+        let now = loop.now
         guard now - route.lastWriteOrderRecord >= 1000 else {
             route.stats.divergences[.writeOrder, default: 0] += 1
             return
@@ -164,7 +164,7 @@ extension ClientSession {
     /// The last step of a wrapped autocommit write: COMMIT (or ROLLBACK) on the leader, answer consumed.
     func endImplicitTransactionOnLeader(failed: Bool) {
         syncStage = .wrappedLeaderCommit
-        syncStageStartedAt = server.loop.now
+        syncStageStartedAt = loop.now
         leader?.internalUnits += 1
         leader?.send(failed ? Self.implicitRollback : Self.implicitCommit)
     }
@@ -196,7 +196,7 @@ extension ClientSession {
         syncBuffer.removeFirst(first.end)
         syncUnitEnds.removeFirst()
         for i in syncUnitEnds.indices { syncUnitEnds[i].end -= first.end }
-        syncStageStartedAt = server.loop.now
+        syncStageStartedAt = loop.now
         if Self.isCopyIn(first.unit) {
             // COPY data arrives after this message; both sides take it as it comes.
             registerUnit(first.unit, followerSent: true)

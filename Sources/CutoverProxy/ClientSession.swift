@@ -17,6 +17,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     let client: TCPConnection
     // unowned(unsafe): the server outlives every session (it removes them before it goes); checked unowned costs a retain per access.
     unowned(unsafe) let server: ProxyServer
+    /// Cached from the server: read on every chunk (a `server.config` read copies the whole config struct).
+    unowned(unsafe) let loop: EventLoop
+    let writeHighWater: Int
     var logger: Logger
     private(set) var state = State.handshake
     private var handshake: ClientHandshake
@@ -94,6 +97,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         self.client = client
         self.server = server
         self.proxySecret = proxySecret
+        loop = server.loop
+        writeHighWater = config.server.writeHighWater
         var logger = logger
         logger[metadataKey: "session"] = "\(id)"
         self.logger = logger
@@ -101,16 +106,18 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         handshake.refusal = refusal
         framer = MessageFramer(untyped: true, maxMessageSize: min(config.server.maxMessageSize, 1 << 20))
         clientScanner = MessageScanner(captured: .init(SessionTracker.capturedIDs), maxMessageSize: config.server.maxMessageSize)
-        createdAt = server.loop.now
+        createdAt = loop.now
         lastActivity = createdAt
         client.delegate = self
         client.startReading()
     }
 
+    deinit { client.delegate = nil }
+
     // MARK: client events
 
     func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) {
-        lastActivity = server.loop.now
+        lastActivity = loop.now
         switch state {
         case .handshake, .admin: framedBytes(bytes)
         case .connecting: pendingClientBytes.append(contentsOf: bytes) // pipelined before AuthenticationOk
@@ -302,7 +309,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 forwardFrom = rfqStart
                 heldForClient = []
                 syncStage = .followerAfterLeader(unitBytes)
-                syncStageStartedAt = server.loop.now
+                syncStageStartedAt = loop.now
                 markFollowerSent()
                 follower?.send(unitBytes)
             } else if case .wrappedLeader(let unitBytes)? = syncStage {
@@ -313,7 +320,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 let failed = b.status == .failedTransaction
                 if let follower {
                     syncStage = .wrappedFollower(leaderFailed: failed)
-                    syncStageStartedAt = server.loop.now
+                    syncStageStartedAt = loop.now
                     markFollowerSent()
                     follower.internalUnits += 1
                     follower.send(Self.implicitBegin + unitBytes)
@@ -328,13 +335,13 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         }
         let rest = UnsafeRawBufferPointer(rebasing: bytes[forwardFrom...])
         if heldForClient != nil { heldForClient!.append(contentsOf: rest) } else { client.write(rest) }
-        if client.queuedBytes > server.config.server.writeHighWater, !leaderPaused {
+        if client.queuedBytes > writeHighWater, !leaderPaused {
             // A slow client: stop reading the leader until the client drains (bounded memory).
             leaderPaused = true
             link.connection.stopReading()
         }
         if !link.boundaries.isEmpty {
-            lastActivity = server.loop.now
+            lastActivity = loop.now
             compareReadyUnits()
             if syncStage == nil { syncPump() }
             reachedIdleBoundaryIfIdle()
@@ -356,7 +363,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 link.send(leaderFailed ? Self.implicitRollback : Self.implicitCommit)
             case .followerFirst(let unitBytes)?:
                 syncStage = .leaderAfterFollower
-                syncStageStartedAt = server.loop.now
+                syncStageStartedAt = loop.now
                 markLeaderSent()
                 leader?.send(unitBytes)
             case .followerAfterLeader?:
@@ -398,13 +405,13 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         guard let leader else { return }
         if parkedSince != nil || (route?.pause != nil && isDrainedAtBoundary) {
             // The route is paused and this session is between transactions: hold the new one back.
-            if parkedSince == nil { parkedSince = server.loop.now }
+            if parkedSince == nil { parkedSince = loop.now }
             parkedBytes.append(contentsOf: bytes)
             return
         }
         var terminated = false
         var flushAt: Int?
-        chunkUnits.removeAll(keepingCapacity: true)
+        if !chunkUnits.isEmpty { chunkUnits.removeAll(keepingCapacity: true) }
         do {
             try clientScanner.scan(bytes) { id, body, endOffset in
                 if let unit = tracker.received(id: id, body: body) {
@@ -435,7 +442,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             }
         }
         if terminated { return end(reason: "client terminated") }
-        if leader.connection.queuedBytes > server.config.server.writeHighWater, !clientPaused {
+        if leader.connection.queuedBytes > writeHighWater, !clientPaused {
             clientPaused = true
             client.stopReading()
         }
@@ -519,7 +526,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     func unpark() -> Double {
         guard let since = parkedSince else { return 0 }
         parkedSince = nil
-        let waited = Double(server.loop.now - since)
+        let waited = Double(loop.now - since)
         let held = parkedBytes
         parkedBytes = []
         if !held.isEmpty, state == .forwarding { held.withUnsafeBytes { forwardFromClient($0) } }

@@ -21,7 +21,9 @@ public protocol TCPConnectionDelegate: AnyObject {
 public final class TCPConnection: HandleOwner {
     let handle: UnsafeMutablePointer<uv_tcp_t>
     let loop: EventLoop
-    public weak var delegate: TCPConnectionDelegate?
+    /// Not retained and not weak (a weak load costs a side-table lookup per callback): every owner sets
+    /// it to nil in its deinit, and the connection (kept alive by libuv until its close callback) checks it.
+    public unowned(unsafe) var delegate: TCPConnectionDelegate?
     public private(set) var isClosing = false
     public private(set) var isReading = false
     private var connectRequest: UnsafeMutablePointer<uv_connect_t>?

@@ -7,6 +7,7 @@ final class EchoPeer: TCPConnectionDelegate {
     let connection: TCPConnection
     var pausedCount = 0
     init(_ c: TCPConnection) { connection = c; c.delegate = self; c.startReading() }
+    deinit { connection.delegate = nil }
     func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) {
         c.write(bytes)
         if c.queuedBytes > 64 << 10 { pausedCount += 1; c.stopReading() }
@@ -24,6 +25,7 @@ final class Sender: TCPConnectionDelegate {
     var connectError: Int32?? = nil
     var failed = false
     init(_ c: TCPConnection, payload: [UInt8]) { connection = c; self.payload = payload; c.delegate = self }
+    deinit { connection.delegate = nil }
     func connection(_ c: TCPConnection, didConnect error: Int32?) {
         connectError = .some(error)
         guard error == nil else { return }
