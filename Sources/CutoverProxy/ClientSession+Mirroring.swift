@@ -122,60 +122,35 @@ extension ClientSession {
 
     // MARK: sync (lock-step) dispatch
 
-    /// Queues client bytes; units go out one at a time: leader then follower, or follower first for COMMIT.
-    func syncEnqueue(_ bytes: UnsafeRawBufferPointer, units completed: [(endOffset: Int, unit: WorkUnit)], flushAt: Int?) {
-        if case .copyBoth? = syncStage, syncBuffer.isEmpty {
-            // COPY data (and CopyDone) go to both sides as they arrive.
-            for (_, unit) in completed { registerUnit(unit, followerSent: true) }
-            leader?.send(bytes)
-            follower?.send(bytes)
-            return
-        }
-        let base = syncBuffer.count
-        syncBuffer.append(contentsOf: bytes)
-        for (end, unit) in completed { syncUnitEnds.append((base + end, unit)) }
-        if let flushAt, syncUnitEnds.last.map({ $0.end < base + flushAt }) ?? true, syncStage == nil, syncUnitEnds.isEmpty {
-            // A Flush without Sync (e.g. Describe before binding): the client waits for an answer now.
-            // Nothing is executed by it, so both sides get it at once.
-            let partial = Array(syncBuffer[0..<(base + flushAt)])
-            syncBuffer.removeFirst(base + flushAt)
-            leader?.send(partial)
-            follower?.send(partial)
-        }
-        syncPump()
-    }
-
-    static let implicitBegin: [UInt8] = { var w = ByteWriter(); FrontendMessage.query("BEGIN").encode(into: &w); return w.bytes }()
-    static let implicitCommit: [UInt8] = { var w = ByteWriter(); FrontendMessage.query("COMMIT").encode(into: &w); return w.bytes }()
-    static let implicitRollback: [UInt8] = { var w = ByteWriter(); FrontendMessage.query("ROLLBACK").encode(into: &w); return w.bytes }()
-
-    /// A unit of plain DML run outside a transaction: sync mode wraps it in an implicit transaction.
-    static func isAutocommitWrite(_ unit: WorkUnit) -> Bool {
-        !unit.statements.isEmpty && !unit.commits && unit.statements.allSatisfy { text in
-            guard let w = SQLText.leadingWords(text, count: 1).first else { return false }
-            return w == "INSERT" || w == "UPDATE" || w == "DELETE" || w == "MERGE"
+    /// Runs what the lock-step decided (`.holdClient` is handled where the leader's bytes are split).
+    func runLockStep(_ actions: [LockStep.Action]) {
+        for action in actions {
+            switch action {
+            case .toLeader(let bytes): leader?.send(bytes)
+            case .toFollower(let bytes): follower?.send(bytes)
+            case .toLeaderInternal(let bytes):
+                leader?.internalUnits += 1
+                leader?.send(bytes)
+            case .toFollowerInternal(let bytes):
+                guard let follower else { continue }
+                follower.internalUnits += 1
+                follower.send(bytes)
+            case .unitStarted(let unit, let followerSent):
+                if follower != nil { registerUnit(unit, followerSent: followerSent) }
+            case .followerStarted: markFollowerSent()
+            case .leaderStarted: markLeaderSent()
+            case .holdClient: break
+            case .releaseClient(let asIdle, let commitError): releaseClient(asIdle: asIdle, commitError: commitError)
+            }
         }
     }
 
-    static func isCopyIn(_ unit: WorkUnit) -> Bool {
-        unit.statements.contains { SQLText.leadingWords($0, count: 1).first == "COPY" && $0.uppercased().contains("STDIN") }
-    }
-
-    /// The last step of a wrapped autocommit write: COMMIT (or ROLLBACK) on the leader, answer consumed.
-    func endImplicitTransactionOnLeader(failed: Bool) {
-        syncStage = .wrappedLeaderCommit
-        syncStageStartedAt = loop.now
-        leader?.internalUnits += 1
-        leader?.send(failed ? Self.implicitRollback : Self.implicitCommit)
-    }
-
-    /// The implicit transaction is over on both sides: the client gets its held ReadyForQuery, now idle.
-    func finishWrapped(leaderCommit: UnitDigest?) {
-        syncStage = nil
-        if var held = heldForClient, held.count >= 6, held[0] == BackendMessageID.readyForQuery.rawValue {
+    /// The follower has finished the unit too: the client gets the held ReadyForQuery. After an implicit
+    /// transaction it says idle, and a failed implicit COMMIT on the leader is reported first.
+    func releaseClient(asIdle: Bool, commitError: StatementOutcome?) {
+        if asIdle, var held = heldForClient, held.count >= 6, held[0] == BackendMessageID.readyForQuery.rawValue {
             held[5] = TransactionStatus.idle.rawValue
-            if let failure = leaderCommit?.outcomes.first(where: { $0.sqlState != nil }) {
-                // The statement succeeded but its implicit COMMIT failed on the leader: the client must know.
+            if let failure = commitError {
                 var w = ByteWriter()
                 ErrorFields(severity: "ERROR", code: failure.sqlState ?? "XX000", message: failure.error ?? "commit failed").encode(into: &w)
                 held = w.bytes + held
@@ -184,51 +159,8 @@ extension ClientSession {
             }
             heldForClient = held
         }
-        transactionStatus = .idle
+        if asIdle { transactionStatus = .idle }
         releaseHeld()
-    }
-
-    func syncPump() {
-        guard syncStage == nil, heldForClient == nil, !syncBuffer.isEmpty else { return }
-        guard let follower, mirrorMode == .sync else { return flushSyncBuffer() }
-        guard let first = syncUnitEnds.first else { return }
-        let unitBytes = Array(syncBuffer[0..<first.end])
-        syncBuffer.removeFirst(first.end)
-        syncUnitEnds.removeFirst()
-        for i in syncUnitEnds.indices { syncUnitEnds[i].end -= first.end }
-        syncStageStartedAt = loop.now
-        if Self.isCopyIn(first.unit) {
-            // COPY data arrives after this message; both sides take it as it comes.
-            registerUnit(first.unit, followerSent: true)
-            syncStage = .copyBoth
-            leader?.send(unitBytes)
-            follower.send(unitBytes)
-            return
-        }
-        registerUnit(first.unit, followerSent: false)
-        if transactionStatus == .idle && Self.isAutocommitWrite(first.unit) {
-            syncStage = .wrappedLeader(unitBytes)
-            leader?.internalUnits += 1
-            leader?.send(Self.implicitBegin + unitBytes)
-        } else if first.unit.commits {
-            // COMMIT on the follower first, the leader last: a conflicting transaction waiting on the leader's
-            // locks cannot reach the follower before this one has committed there.
-            syncStage = .followerFirst(unitBytes)
-            markFollowerSent()
-            follower.send(unitBytes)
-        } else {
-            syncStage = .leaderFirst(unitBytes)
-            leader?.send(unitBytes)
-        }
-    }
-
-    /// Without a follower (or leaving sync mode), queued client bytes simply go to the leader.
-    func flushSyncBuffer() {
-        guard !syncBuffer.isEmpty else { return }
-        let pending = syncBuffer
-        syncBuffer = []
-        syncUnitEnds = []
-        leader?.send(pending)
     }
 
     func releaseHeld() {
@@ -248,20 +180,9 @@ extension ClientSession {
         route?.markOutOfSync("session \(id): \(kind.rawValue): \(detail)")
         units.removeAll()
         unitsHead = 0
-        switch syncStage {
-        case .followerFirst(let unitBytes)?:
-            syncStage = .leaderAfterFollower
-            leader?.send(unitBytes)
-        case .followerAfterLeader?:
-            syncStage = nil
-            releaseHeld()
-        case .wrappedFollower(let failed)?, .wrappedFollowerCommit(let failed)?:
-            endImplicitTransactionOnLeader(failed: failed)
-        case .copyBoth?:
-            syncStage = nil
-        default: break // wrappedLeader finishes on the leader's answer; the rest need no follower
+        if !lockStep.isQuiet || mirrorMode == .sync {
+            runLockStep(lockStep.followerGone(status: transactionStatus, now: loop.now))
         }
-        if syncStage == nil { flushSyncBuffer() }
         reachedIdleBoundaryIfIdle()
         finishDrainingIfDone()
     }
@@ -325,6 +246,7 @@ extension ClientSession {
                                                             "leader": "\(leader?.backend.name ?? "-")", "follower": "\(follower?.backend.name ?? "-")"])
         }
         mirrorMode = route.mirror
+        lockStep = LockStep() // quiet here: a drained idle boundary
         leader?.setDigesting(follower != nil)
         tracker.recordUnits = follower != nil
     }

@@ -60,36 +60,14 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     var unitsHead = 0
     /// Reused per client chunk: units that completed in it and where they end.
     private var chunkUnits: [(endOffset: Int, unit: WorkUnit)] = []
-    /// Sync mirroring: client bytes not yet dispatched, and the unit in lock-step.
-    var syncBuffer: [UInt8] = []
-    var syncUnitEnds: [(end: Int, unit: WorkUnit)] = []
-    var syncStage: SyncStage?
-    var syncStageStartedAt: UInt64 = 0
+    /// Sync mirroring: the unit in lock-step and the client bytes queued behind it.
+    var lockStep = LockStep()
     /// Leader bytes held from the client until the follower has finished the same unit (sync mode).
     var heldForClient: [UInt8]?
     /// Client input held while the route is paused at this session's idle boundary.
     var parkedBytes: [UInt8] = []
     var parkedSince: UInt64?
     private var wasActiveBeforeDraining = false
-
-    /// Where the unit in lock-step is (sync mirroring).
-    enum SyncStage {
-        /// Sent to the leader; its ReadyForQuery will be held until the follower has run the unit too.
-        case leaderFirst([UInt8])
-        case followerAfterLeader([UInt8])
-        /// A COMMIT: the follower commits first, the leader last.
-        case followerFirst([UInt8])
-        case leaderAfterFollower
-        /// An autocommit write, wrapped in an implicit transaction so it holds its row locks on the leader
-        /// until the follower has applied it: BEGIN+unit on the leader, then on the follower, COMMIT on the
-        /// follower, COMMIT on the leader. The client sees only its own statement's answers.
-        case wrappedLeader([UInt8])
-        case wrappedFollower(leaderFailed: Bool)
-        case wrappedFollowerCommit(leaderFailed: Bool)
-        case wrappedLeaderCommit
-        /// COPY FROM STDIN: the data streams to both sides at once until the leader finishes.
-        case copyBoth
-    }
 
     init(id: Int, client: TCPConnection, server: ProxyServer, config: CutoverConfig, proxySecret: Int32, logger: Logger,
          refusal: ErrorFields? = nil) {
@@ -296,42 +274,22 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         var forwardFrom = 0
         for b in link.boundaries {
             if b.isInternal {
-                if case .wrappedLeaderCommit? = syncStage { finishWrapped(leaderCommit: b.digest) }
+                runLockStep(lockStep.leaderInternalReady(commitOutcome: b.digest?.outcomes.first, status: b.status, now: loop.now))
                 continue
             }
             transactionStatus = b.status
             if pendingReadyForQuery > 0 { pendingReadyForQuery -= 1 }
             if follower != nil, let digest = b.digest { leaderUnitDone(digest) }
-            if case .leaderFirst(let unitBytes)? = syncStage {
+            guard lockStep.stage != nil else { continue }
+            let actions = lockStep.leaderReady(status: b.status, now: loop.now)
+            if actions.first == .holdClient {
                 // Lock-step: the client gets everything but this ReadyForQuery now, the rest after the follower.
                 let rfqStart = b.endOffset - 6
                 client.write(UnsafeRawBufferPointer(rebasing: bytes[forwardFrom..<rfqStart]))
                 forwardFrom = rfqStart
                 heldForClient = []
-                syncStage = .followerAfterLeader(unitBytes)
-                syncStageStartedAt = loop.now
-                markFollowerSent()
-                follower?.send(unitBytes)
-            } else if case .wrappedLeader(let unitBytes)? = syncStage {
-                let rfqStart = b.endOffset - 6
-                client.write(UnsafeRawBufferPointer(rebasing: bytes[forwardFrom..<rfqStart]))
-                forwardFrom = rfqStart
-                heldForClient = []
-                let failed = b.status == .failedTransaction
-                if let follower {
-                    syncStage = .wrappedFollower(leaderFailed: failed)
-                    syncStageStartedAt = loop.now
-                    markFollowerSent()
-                    follower.internalUnits += 1
-                    follower.send(Self.implicitBegin + unitBytes)
-                } else {
-                    endImplicitTransactionOnLeader(failed: failed)
-                }
-            } else if case .leaderAfterFollower? = syncStage {
-                syncStage = nil
-            } else if case .copyBoth? = syncStage {
-                syncStage = nil
             }
+            runLockStep(actions)
         }
         let rest = UnsafeRawBufferPointer(rebasing: bytes[forwardFrom...])
         if heldForClient != nil { heldForClient!.append(contentsOf: rest) } else { client.write(rest) }
@@ -343,7 +301,6 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if !link.boundaries.isEmpty {
             lastActivity = loop.now
             compareReadyUnits()
-            if syncStage == nil { syncPump() }
             reachedIdleBoundaryIfIdle()
         }
     }
@@ -352,28 +309,13 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         guard !link.boundaries.isEmpty else { return }
         for b in link.boundaries {
             if b.isInternal {
-                if case .wrappedFollowerCommit(let failed)? = syncStage { endImplicitTransactionOnLeader(failed: failed) }
+                runLockStep(lockStep.followerInternalReady(now: loop.now))
                 continue
             }
             if let digest = b.digest { followerUnitDone(digest) }
-            switch syncStage {
-            case .wrappedFollower(let leaderFailed)?:
-                syncStage = .wrappedFollowerCommit(leaderFailed: leaderFailed)
-                link.internalUnits += 1
-                link.send(leaderFailed ? Self.implicitRollback : Self.implicitCommit)
-            case .followerFirst(let unitBytes)?:
-                syncStage = .leaderAfterFollower
-                syncStageStartedAt = loop.now
-                markLeaderSent()
-                leader?.send(unitBytes)
-            case .followerAfterLeader?:
-                releaseHeld()
-                syncStage = nil
-            default: break
-            }
+            if lockStep.stage != nil { runLockStep(lockStep.followerReady(status: transactionStatus, now: loop.now)) }
         }
         compareReadyUnits()
-        if syncStage == nil { syncPump() }
         reachedIdleBoundaryIfIdle()
     }
 
@@ -430,10 +372,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 server.checkCrossSchema(unit, session: self, route: route)
             }
         }
-        if follower != nil && mirrorMode == .sync && !terminated {
-            syncEnqueue(bytes, units: chunkUnits, flushAt: flushAt)
+        if (follower != nil && mirrorMode == .sync && !terminated) || !lockStep.isQuiet {
+            // Lock-step; also after mirroring stopped mid-unit, so nothing overtakes what is queued.
+            runLockStep(lockStep.clientSent(Array(bytes), units: chunkUnits, flushAt: flushAt, status: transactionStatus, now: loop.now))
         } else {
-            if !syncBuffer.isEmpty { flushSyncBuffer() }
             leader.send(bytes)
             if let follower {
                 for (_, unit) in chunkUnits { registerUnit(unit, followerSent: true) }
@@ -451,7 +393,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// True at an idle transaction boundary with nothing in flight: the session can be ended here.
     var isIdleAtBoundary: Bool {
         state == .forwarding && transactionStatus == .idle && pendingReadyForQuery == 0 && clientScanner.atMessageBoundary
-            && (leader?.scanner.atMessageBoundary ?? true) && syncStage == nil && heldForClient == nil && syncBuffer.isEmpty
+            && (leader?.scanner.atMessageBoundary ?? true) && lockStep.isQuiet && heldForClient == nil
     }
 
     /// Idle, and the follower has answered everything: the session can change phase or leader here.

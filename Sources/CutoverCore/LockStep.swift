@@ -1,0 +1,220 @@
+// Sync mirroring as a pure state machine: one unit of work at a time, leader then follower (COMMIT the
+// other way round), autocommit writes wrapped in an implicit transaction. Events in, actions out; no I/O.
+import CutoverProtocol
+
+/// The lock-step of one session. The session feeds it client bytes (cut into units by `SessionTracker`)
+/// and the ReadyForQuery answers of both sides, and runs the actions it returns.
+public struct LockStep: Sendable {
+    public enum Stage: Equatable, Sendable {
+        /// Sent to the leader; its ReadyForQuery will be held until the follower has run the unit too.
+        case leaderFirst([UInt8])
+        case followerAfterLeader
+        /// A COMMIT: the follower commits first, the leader last, so a conflicting transaction blocked on
+        /// the leader's locks cannot reach the follower before this one has committed there.
+        case followerFirst([UInt8])
+        case leaderAfterFollower
+        /// An autocommit write inside an implicit transaction, so it keeps its row locks on the leader until
+        /// the follower has applied it: BEGIN+unit on the leader, then on the follower, COMMIT on the
+        /// follower, COMMIT on the leader. The client sees only its own statement's answers.
+        case wrappedLeader([UInt8])
+        case wrappedFollower(leaderFailed: Bool)
+        case wrappedFollowerCommit(leaderFailed: Bool)
+        case wrappedLeaderCommit
+        /// COPY FROM STDIN: the data streams to both sides at once until the leader finishes.
+        case copyBoth
+    }
+
+    public enum Action: Equatable, Sendable {
+        case toLeader([UInt8])
+        case toFollower([UInt8])
+        /// Statements the proxy sends itself; their answers must be consumed, not forwarded.
+        case toLeaderInternal([UInt8])
+        case toFollowerInternal([UInt8])
+        /// A unit went out: register it for comparison (`followerSent`: it went to the follower too).
+        case unitStarted(WorkUnit, followerSent: Bool)
+        case followerStarted
+        case leaderStarted
+        /// Hold the leader's ReadyForQuery that caused this action, and everything after it, from the client.
+        case holdClient
+        /// Let the held bytes go; `asIdle` rewrites the held ReadyForQuery's status to idle (the implicit
+        /// transaction is over), `commitError` is the implicit COMMIT's failure to report first.
+        case releaseClient(asIdle: Bool, commitError: StatementOutcome?)
+    }
+
+    public private(set) var stage: Stage?
+    /// When the current stage began (the caller's clock, for the follower timeout).
+    public private(set) var stageStartedAt: UInt64 = 0
+    private var buffer: [UInt8] = []
+    private var unitEnds: [(end: Int, unit: WorkUnit)] = []
+    /// False once mirroring stopped: whatever is queued goes to the leader alone.
+    public private(set) var hasFollower = true
+
+    public init() {}
+
+    /// Nothing in flight and nothing queued.
+    public var isQuiet: Bool { stage == nil && buffer.isEmpty }
+
+    public static let begin: [UInt8] = encoded("BEGIN")
+    public static let commit: [UInt8] = encoded("COMMIT")
+    public static let rollback: [UInt8] = encoded("ROLLBACK")
+    static func encoded(_ q: String) -> [UInt8] { var w = ByteWriter(); FrontendMessage.query(q).encode(into: &w); return w.bytes }
+
+    /// A unit of plain DML run outside a transaction: wrapped in an implicit transaction.
+    public static func isAutocommitWrite(_ unit: WorkUnit) -> Bool {
+        !unit.statements.isEmpty && !unit.commits && unit.statements.allSatisfy { text in
+            guard let w = SQLText.leadingWords(text, count: 1).first else { return false }
+            return w == "INSERT" || w == "UPDATE" || w == "DELETE" || w == "MERGE"
+        }
+    }
+
+    public static func isCopyIn(_ unit: WorkUnit) -> Bool {
+        unit.statements.contains { SQLText.leadingWords($0, count: 1).first == "COPY" && SQLBytes.contains($0, lowercased: Array("stdin".utf8)) }
+    }
+
+    // MARK: events
+
+    /// Client bytes; `units` are the units that end in them (end offsets), `flushAt` the end of a Flush
+    /// after the last of them, `status` the session's transaction status now.
+    public mutating func clientSent(_ bytes: [UInt8], units: [(endOffset: Int, unit: WorkUnit)], flushAt: Int?,
+                                    status: TransactionStatus, now: UInt64) -> [Action] {
+        if stage == .copyBoth && buffer.isEmpty {
+            // COPY data (and CopyDone) go to both sides as they arrive.
+            return units.map { .unitStarted($0.unit, followerSent: true) } + [.toLeader(bytes), .toFollower(bytes)]
+        }
+        let base = buffer.count
+        buffer.append(contentsOf: bytes)
+        for (end, unit) in units { unitEnds.append((base + end, unit)) }
+        var actions: [Action] = []
+        if let flushAt, stage == nil, unitEnds.isEmpty {
+            // A Flush without Sync (Describe before binding): the client waits for an answer now. Nothing
+            // runs because of it, so both sides get it at once.
+            let partial = Array(buffer[0..<(base + flushAt)])
+            buffer.removeFirst(base + flushAt)
+            actions += [.toLeader(partial), .toFollower(partial)]
+        }
+        return actions + pump(status: status, now: now)
+    }
+
+    /// The leader's ReadyForQuery for the unit in flight.
+    public mutating func leaderReady(status: TransactionStatus, now: UInt64) -> [Action] {
+        switch stage {
+        case .leaderFirst(let unit)?:
+            stage = .followerAfterLeader
+            stageStartedAt = now
+            return [.holdClient, .followerStarted, .toFollower(unit)]
+        case .wrappedLeader(let unit)?:
+            let failed = status == .failedTransaction
+            guard hasFollower else { return [.holdClient] + endOnLeader(failed: failed, now: now) }
+            stage = .wrappedFollower(leaderFailed: failed)
+            stageStartedAt = now
+            return [.holdClient, .followerStarted, .toFollowerInternal(Self.begin), .toFollower(unit)]
+        case .leaderAfterFollower?, .copyBoth?:
+            stage = nil
+            return pump(status: status, now: now)
+        default:
+            return []
+        }
+    }
+
+    /// The answer to the leader's implicit COMMIT/ROLLBACK.
+    public mutating func leaderInternalReady(commitOutcome: StatementOutcome?, status: TransactionStatus, now: UInt64) -> [Action] {
+        guard stage == .wrappedLeaderCommit else { return [] }
+        stage = nil
+        let failure = commitOutcome?.sqlState == nil ? nil : commitOutcome
+        return [.releaseClient(asIdle: true, commitError: failure)] + pump(status: .idle, now: now)
+    }
+
+    /// The follower's ReadyForQuery for the unit in flight.
+    public mutating func followerReady(status: TransactionStatus, now: UInt64) -> [Action] {
+        switch stage {
+        case .followerFirst(let unit)?:
+            stage = .leaderAfterFollower
+            stageStartedAt = now
+            return [.leaderStarted, .toLeader(unit)]
+        case .followerAfterLeader?:
+            stage = nil
+            return [.releaseClient(asIdle: false, commitError: nil)] + pump(status: status, now: now)
+        case .wrappedFollower(let leaderFailed)?:
+            stage = .wrappedFollowerCommit(leaderFailed: leaderFailed)
+            stageStartedAt = now
+            return [.toFollowerInternal(leaderFailed ? Self.rollback : Self.commit)]
+        default:
+            return []
+        }
+    }
+
+    /// The answer to the follower's implicit COMMIT/ROLLBACK.
+    public mutating func followerInternalReady(now: UInt64) -> [Action] {
+        guard case .wrappedFollowerCommit(let failed)? = stage else { return [] }
+        return endOnLeader(failed: failed, now: now)
+    }
+
+    /// Mirroring stopped (follower lost, timed out, overflowed): finish the unit on the leader alone and
+    /// send everything queued straight to it from now on.
+    public mutating func followerGone(status: TransactionStatus, now: UInt64) -> [Action] {
+        hasFollower = false
+        var actions: [Action] = []
+        switch stage {
+        case .followerFirst(let unit)?:
+            stage = .leaderAfterFollower
+            actions = [.leaderStarted, .toLeader(unit)]
+        case .followerAfterLeader?:
+            stage = nil
+            actions = [.releaseClient(asIdle: false, commitError: nil)]
+        case .wrappedFollower(let failed)?, .wrappedFollowerCommit(let failed)?:
+            actions = endOnLeader(failed: failed, now: now)
+        case .copyBoth?:
+            stage = nil
+        default:
+            break
+        }
+        return actions + pump(status: status, now: now)
+    }
+
+    // MARK: dispatch
+
+    private mutating func endOnLeader(failed: Bool, now: UInt64) -> [Action] {
+        stage = .wrappedLeaderCommit
+        stageStartedAt = now
+        return [.toLeaderInternal(failed ? Self.rollback : Self.commit)]
+    }
+
+    /// Starts the next complete unit, if none is in flight.
+    private mutating func pump(status: TransactionStatus, now: UInt64) -> [Action] {
+        guard stage == nil, !buffer.isEmpty else { return [] }
+        guard hasFollower else {
+            let all = buffer
+            buffer = []
+            unitEnds = []
+            return [.toLeader(all)]
+        }
+        guard let first = unitEnds.first else { return [] }
+        let unit = Array(buffer[0..<first.end])
+        buffer.removeFirst(first.end)
+        unitEnds.removeFirst()
+        for i in unitEnds.indices { unitEnds[i].end -= first.end }
+        stageStartedAt = now
+        if Self.isCopyIn(first.unit) {
+            stage = .copyBoth
+            return [.unitStarted(first.unit, followerSent: true), .toLeader(unit), .toFollower(unit)]
+        }
+        if status == .idle && Self.isAutocommitWrite(first.unit) {
+            stage = .wrappedLeader(unit)
+            return [.unitStarted(first.unit, followerSent: false), .toLeaderInternal(Self.begin), .toLeader(unit)]
+        }
+        if first.unit.commits {
+            stage = .followerFirst(unit)
+            return [.unitStarted(first.unit, followerSent: false), .followerStarted, .toFollower(unit)]
+        }
+        stage = .leaderFirst(unit)
+        return [.unitStarted(first.unit, followerSent: false), .toLeader(unit)]
+    }
+}
+
+extension WorkUnit {
+    public init(statements: [String], commits: Bool = false) {
+        self.init()
+        self.statements = statements
+        self.commits = commits
+    }
+}

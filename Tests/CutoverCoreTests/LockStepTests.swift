@@ -1,0 +1,105 @@
+// LockStep transcripts: sync mirroring as events in, actions out, with injected time and no sockets.
+import Testing
+import CutoverProtocol
+@testable import CutoverCore
+
+private func q(_ text: String) -> [UInt8] { var w = ByteWriter(); FrontendMessage.query(text).encode(into: &w); return w.bytes }
+
+/// Client bytes holding one simple Query, as the session reports it.
+private func send(_ m: inout LockStep, _ text: String, status: TransactionStatus = .idle, now: UInt64 = 0) -> [LockStep.Action] {
+    let bytes = q(text)
+    var unit = WorkUnit(statements: [text])
+    unit.commits = SQLText.classify(text) == .commit
+    return m.clientSent(bytes, units: [(bytes.count, unit)], flushAt: nil, status: status, now: now)
+}
+
+@Suite struct LockStepTests {
+    @Test func aStatementRunsOnTheLeaderThenTheFollowerBeforeTheClientHearsBack() {
+        var m = LockStep()
+        let select = q("SELECT 1")
+        #expect(send(&m, "SELECT 1") == [.unitStarted(WorkUnit(statements: ["SELECT 1"]), followerSent: false), .toLeader(select)])
+        #expect(m.leaderReady(status: .idle, now: 5) == [.holdClient, .followerStarted, .toFollower(select)])
+        #expect(m.stage == .followerAfterLeader && m.stageStartedAt == 5)
+        #expect(m.followerReady(status: .idle, now: 7) == [.releaseClient(asIdle: false, commitError: nil)])
+        #expect(m.isQuiet)
+    }
+
+    @Test func commitGoesToTheFollowerFirst() {
+        var m = LockStep()
+        let commit = q("COMMIT")
+        #expect(send(&m, "COMMIT", status: .inTransaction) == [.unitStarted(WorkUnit(statements: ["COMMIT"], commits: true), followerSent: false),
+                                                               .followerStarted, .toFollower(commit)])
+        #expect(m.followerReady(status: .inTransaction, now: 1) == [.leaderStarted, .toLeader(commit)])
+        #expect(m.leaderReady(status: .idle, now: 2) == [])
+        #expect(m.isQuiet)
+    }
+
+    @Test func anAutocommitWriteIsWrappedInAnImplicitTransaction() {
+        var m = LockStep()
+        let update = q("UPDATE t SET v = v * 2 WHERE id = 1")
+        #expect(send(&m, "UPDATE t SET v = v * 2 WHERE id = 1") == [
+            .unitStarted(WorkUnit(statements: ["UPDATE t SET v = v * 2 WHERE id = 1"]), followerSent: false),
+            .toLeaderInternal(LockStep.begin), .toLeader(update)])
+        #expect(m.leaderReady(status: .inTransaction, now: 1) == [.holdClient, .followerStarted, .toFollowerInternal(LockStep.begin), .toFollower(update)])
+        #expect(m.followerReady(status: .inTransaction, now: 2) == [.toFollowerInternal(LockStep.commit)])
+        #expect(m.followerInternalReady(now: 3) == [.toLeaderInternal(LockStep.commit)])
+        #expect(m.leaderInternalReady(commitOutcome: StatementOutcome(tag: "COMMIT"), status: .idle, now: 4)
+                == [.releaseClient(asIdle: true, commitError: nil)])
+        #expect(m.isQuiet)
+    }
+
+    @Test func aFailedWriteRollsBackOnBothSides() {
+        var m = LockStep()
+        _ = send(&m, "INSERT INTO t VALUES (1)")
+        _ = m.leaderReady(status: .failedTransaction, now: 1)
+        #expect(m.followerReady(status: .failedTransaction, now: 2) == [.toFollowerInternal(LockStep.rollback)])
+        #expect(m.followerInternalReady(now: 3) == [.toLeaderInternal(LockStep.rollback)])
+        let failed = StatementOutcome(sqlState: "40001", error: "could not serialize")
+        #expect(m.leaderInternalReady(commitOutcome: failed, status: .idle, now: 4) == [.releaseClient(asIdle: true, commitError: failed)])
+    }
+
+    @Test func insideATransactionWritesAreNotWrapped() {
+        var m = LockStep()
+        let update = q("UPDATE t SET v = 1")
+        #expect(send(&m, "UPDATE t SET v = 1", status: .inTransaction).last == .toLeader(update))
+        #expect(m.stage == .leaderFirst(update))
+    }
+
+    @Test func unitsQueueBehindTheOneInFlight() {
+        var m = LockStep()
+        _ = send(&m, "SELECT 1")
+        #expect(send(&m, "SELECT 2") == []) // pipelined: waits its turn
+        _ = m.leaderReady(status: .idle, now: 1)
+        let next = m.followerReady(status: .idle, now: 2)
+        #expect(next == [.releaseClient(asIdle: false, commitError: nil),
+                         .unitStarted(WorkUnit(statements: ["SELECT 2"]), followerSent: false), .toLeader(q("SELECT 2"))])
+    }
+
+    @Test func losingTheFollowerMidUnitReleasesTheClientAndFlushesTheQueue() {
+        var m = LockStep()
+        _ = send(&m, "SELECT 1")
+        _ = send(&m, "SELECT 2")
+        _ = m.leaderReady(status: .idle, now: 1)
+        #expect(m.followerGone(status: .idle, now: 2) == [.releaseClient(asIdle: false, commitError: nil), .toLeader(q("SELECT 2"))])
+        #expect(m.isQuiet && !m.hasFollower)
+    }
+
+    @Test func losingTheFollowerDuringAnImplicitTransactionCommitsOnTheLeader() {
+        var m = LockStep()
+        _ = send(&m, "DELETE FROM t")
+        _ = m.leaderReady(status: .inTransaction, now: 1)
+        #expect(m.followerGone(status: .inTransaction, now: 2) == [.toLeaderInternal(LockStep.commit)])
+        #expect(m.leaderInternalReady(commitOutcome: StatementOutcome(tag: "COMMIT"), status: .idle, now: 3)
+                == [.releaseClient(asIdle: true, commitError: nil)])
+    }
+
+    @Test func copyFromStdinStreamsToBothSides() {
+        var m = LockStep()
+        let copy = "COPY t FROM STDIN"
+        #expect(send(&m, copy).suffix(2) == [.toLeader(q(copy)), .toFollower(q(copy))])
+        let data: [UInt8] = [0x64, 0, 0, 0, 6, 0x31, 0x0A]
+        #expect(m.clientSent(data, units: [], flushAt: nil, status: .idle, now: 1) == [.toLeader(data), .toFollower(data)])
+        #expect(m.leaderReady(status: .idle, now: 2) == [])
+        #expect(m.isQuiet)
+    }
+}
