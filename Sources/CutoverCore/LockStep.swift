@@ -51,8 +51,18 @@ public struct LockStep: Sendable {
 
     public init() {}
 
-    /// Nothing in flight and nothing queued.
-    public var isQuiet: Bool { stage == nil && buffer.isEmpty }
+    /// Nothing in flight and nothing queued. (Pattern matching, not `==`: this runs on every chunk, and
+    /// Equatable on the payload-carrying enum is a generic call.)
+    @inline(__always) public var isQuiet: Bool {
+        if case .none = stage { return buffer.isEmpty }
+        return false
+    }
+
+    /// A unit is in flight.
+    @inline(__always) public var isBusy: Bool {
+        if case .none = stage { return false }
+        return true
+    }
 
     public static let begin: [UInt8] = encoded("BEGIN")
     public static let commit: [UInt8] = encoded("COMMIT")

@@ -280,7 +280,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             transactionStatus = b.status
             if pendingReadyForQuery > 0 { pendingReadyForQuery -= 1 }
             if follower != nil, let digest = b.digest { leaderUnitDone(digest) }
-            guard lockStep.stage != nil else { continue }
+            guard lockStep.isBusy else { continue }
             let actions = lockStep.leaderReady(status: b.status, now: loop.now)
             if actions.first == .holdClient {
                 // Lock-step: the client gets everything but this ReadyForQuery now, the rest after the follower.
@@ -313,7 +313,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 continue
             }
             if let digest = b.digest { followerUnitDone(digest) }
-            if lockStep.stage != nil { runLockStep(lockStep.followerReady(status: transactionStatus, now: loop.now)) }
+            if lockStep.isBusy { runLockStep(lockStep.followerReady(status: transactionStatus, now: loop.now)) }
         }
         compareReadyUnits()
         reachedIdleBoundaryIfIdle()

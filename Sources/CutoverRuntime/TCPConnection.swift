@@ -212,13 +212,16 @@ private func connection(_ data: UnsafeMutableRawPointer?) -> TCPConnection {
     Unmanaged<TCPConnection>.fromOpaque(data!).takeUnretainedValue()
 }
 
+// The hot callbacks borrow the connection without a retain/release pair: libuv's +1 keeps it alive for
+// the duration of every callback.
 private func onAlloc(_ handle: UnsafeMutablePointer<uv_handle_t>?, _ suggested: Int, _ buf: UnsafeMutablePointer<uv_buf_t>?) {
-    let c = connection(handle!.pointee.data)
-    buf!.pointee = uv_buf_t(base: c.loop.readBuffer.assumingMemoryBound(to: CChar.self), len: c.loop.readBufferSize)
+    Unmanaged<TCPConnection>.fromOpaque(handle!.pointee.data!)._withUnsafeGuaranteedRef { c in
+        buf!.pointee = uv_buf_t(base: c.loop.readBuffer.assumingMemoryBound(to: CChar.self), len: c.loop.readBufferSize)
+    }
 }
 
 private func onRead(_ stream: UnsafeMutablePointer<uv_stream_t>?, _ nread: Int, _ buf: UnsafePointer<uv_buf_t>?) {
-    connection(stream!.pointee.data).read(nread)
+    Unmanaged<TCPConnection>.fromOpaque(stream!.pointee.data!)._withUnsafeGuaranteedRef { $0.read(nread) }
 }
 
 private func onWrite(_ req: UnsafeMutablePointer<uv_write_t>?, _ status: Int32) {
