@@ -78,7 +78,11 @@ public struct CrossSchemaDetector: Sendable {
     /// Schemas other than `own` that `text` names, per the parser. Most statements are dismissed without parsing.
     public func foreignSchemas(in text: String, own: String?, analyzer: QueryAnalyzer) -> Set<String> {
         var t = text
-        let candidates = t.withUTF8 { self.candidates(in: UnsafeRawBufferPointer($0), own: own?.lowercased()) }
+        let candidates = t.withUTF8 { utf8 -> [String] in
+            let raw = UnsafeRawBufferPointer(utf8)
+            // A qualified name needs a dot: one memchr dismisses most statements.
+            return SQLBytes.containsByte(raw, 0x2E) ? self.candidates(in: raw, own: own?.lowercased()) : []
+        }
         guard !candidates.isEmpty else { return [] }
         return analyzer.analyze(text).schemas.intersection(candidates)
     }
