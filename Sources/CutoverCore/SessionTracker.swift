@@ -49,9 +49,8 @@ public struct SessionTracker: Sendable {
 
     /// Whether a statement's text must become a String: always when recording units, else only when
     /// it may change tracked state, take an advisory lock, or name another schema.
-    private func needsText(_ raw: UnsafeRawBufferPointer, _ keyword: LeadingKeyword) -> Bool {
-        if recordUnits || keyword.affectsSessionState { return true }
-        if SQLBytes.mayTakeAdvisoryLock(raw) { return true }
+    private func needsText(_ raw: UnsafeRawBufferPointer, _ keyword: LeadingKeyword, tracked: Bool) -> Bool {
+        if recordUnits || tracked { return true }
         // A schema-qualified name needs a dot: most statements are dismissed by one memchr.
         if let probe = crossSchemaProbe, SQLBytes.containsByte(raw, 0x2E), !probe.candidates(in: raw, own: ownSchema).isEmpty { return true }
         return false
@@ -73,9 +72,11 @@ public struct SessionTracker: Sendable {
             let (raw, _) = Self.cString(body)
             let keyword = SQLBytes.leadingKeyword(raw)
             if keyword.endsTransaction { current.commits = true }
-            if needsText(raw, keyword) {
+            // Only statements that may change tracked state are classified (the rest cost a keyword check).
+            let tracked = keyword.affectsSessionState || SQLBytes.mayTakeAdvisoryLock(raw)
+            if needsText(raw, keyword, tracked: tracked) {
                 let text = String(decoding: raw, as: UTF8.self)
-                track(sql: text)
+                if tracked { track(sql: text) }
                 current.statements.append(text)
             }
             return finishUnit()
@@ -89,12 +90,13 @@ public struct SessionTracker: Sendable {
                 w.beginMessage(FrontendMessageID.parse.rawValue); w.writeBytes(body); w.endMessage()
                 preparedMessages[String(decoding: rawName, as: UTF8.self)] = w.bytes
             }
-            if !rawName.isEmpty || needsText(raw, keyword) {
+            let tracked = keyword.affectsSessionState || SQLBytes.mayTakeAdvisoryLock(raw)
+            if !rawName.isEmpty || needsText(raw, keyword, tracked: tracked) {
                 let name = String(decoding: rawName, as: UTF8.self)
                 let text = String(decoding: raw, as: UTF8.self)
                 statementText[name] = text
                 current.parsed.append(text)
-                track(sql: text)
+                if tracked { track(sql: text) }
             }
         case FrontendMessageID.bind.rawValue:
             guard recordUnits, let body else { break }
@@ -105,7 +107,8 @@ public struct SessionTracker: Sendable {
             let portal = String(decoding: body.prefix { $0 != 0 }, as: UTF8.self)
             if let text = portalStatement[portal].flatMap({ statementText[$0] }) {
                 current.statements.append(text)
-                if SQLText.classify(text) == .commit { current.commits = true }
+                var t = text
+                if t.withUTF8({ SQLBytes.leadingKeyword(UnsafeRawBufferPointer($0)) }).endsTransaction { current.commits = true }
             }
         case FrontendMessageID.close.rawValue:
             guard let body, body.count >= 2, body[0] == UInt8(ascii: "S") else { break }
