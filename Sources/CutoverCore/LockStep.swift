@@ -46,6 +46,11 @@ public struct LockStep: Sendable {
     public private(set) var stageStartedAt: UInt64 = 0
     private var buffer: [UInt8] = []
     private var unitEnds: [(end: Int, unit: WorkUnit)] = []
+    /// End of a Flush queued behind the unit in flight (the client waits for an answer to it).
+    private var flushEnd: Int?
+
+    /// Client bytes queued behind the unit in flight (the session stops reading the client past a bound).
+    public var queuedBytes: Int { buffer.count }
     /// False once mirroring stopped: whatever is queued goes to the leader alone.
     public private(set) var hasFollower = true
 
@@ -94,21 +99,19 @@ public struct LockStep: Sendable {
         let base = buffer.count
         buffer.append(contentsOf: bytes)
         for (end, unit) in units { unitEnds.append((base + end, unit)) }
-        var actions: [Action] = []
-        if let flushAt, stage == nil, unitEnds.isEmpty {
-            // A Flush without Sync (Describe before binding): the client waits for an answer now. Nothing
-            // runs because of it, so both sides get it at once.
-            let partial = Array(buffer[0..<(base + flushAt)])
-            buffer.removeFirst(base + flushAt)
-            actions += [.toLeader(partial), .toFollower(partial)]
-        }
-        return actions + pump(status: status, now: now)
+        if let flushAt, unitEnds.last.map({ $0.end < base + flushAt }) ?? true { flushEnd = base + flushAt }
+        return pump(status: status, now: now)
     }
 
     /// The leader's ReadyForQuery for the unit in flight.
     public mutating func leaderReady(status: TransactionStatus, now: UInt64) -> [Action] {
         switch stage {
         case .leaderFirst(let unit)?:
+            guard hasFollower else {
+                // The follower went away while the leader ran this unit: nothing to wait for.
+                stage = nil
+                return pump(status: status, now: now)
+            }
             stage = .followerAfterLeader
             stageStartedAt = now
             return [.holdClient, .followerStarted, .toFollower(unit)]
@@ -181,6 +184,13 @@ public struct LockStep: Sendable {
         return actions + pump(status: status, now: now)
     }
 
+    /// The client left: what it queued never reached either side, so it is dropped on both.
+    public mutating func dropQueued() {
+        buffer = []
+        unitEnds = []
+        flushEnd = nil
+    }
+
     // MARK: dispatch
 
     private mutating func endOnLeader(failed: Bool, now: UInt64) -> [Action] {
@@ -196,13 +206,23 @@ public struct LockStep: Sendable {
             let all = buffer
             buffer = []
             unitEnds = []
+            flushEnd = nil
             return [.toLeader(all)]
         }
-        guard let first = unitEnds.first else { return [] }
+        guard let first = unitEnds.first else {
+            // A Flush without Sync (Describe before binding): the client waits for an answer now. Nothing
+            // runs because of it, so both sides get it at once.
+            guard let end = flushEnd else { return [] }
+            flushEnd = nil
+            let partial = Array(buffer[0..<end])
+            buffer.removeFirst(end)
+            return [.toLeader(partial), .toFollower(partial)]
+        }
         let unit = Array(buffer[0..<first.end])
         buffer.removeFirst(first.end)
         unitEnds.removeFirst()
         for i in unitEnds.indices { unitEnds[i].end -= first.end }
+        if let end = flushEnd { flushEnd = end > first.end ? end - first.end : nil }
         stageStartedAt = now
         if Self.isCopyIn(first.unit) {
             stage = .copyBoth

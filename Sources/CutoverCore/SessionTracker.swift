@@ -142,7 +142,10 @@ public struct SessionTracker: Sendable {
         case .prepare:
             if let name = SQLText.preparedName(text) { sqlPrepared[name] = text }
         case .deallocate:
-            if let name = SQLText.preparedName(text) { if name == "all" { sqlPrepared = [:] } else { sqlPrepared[name] = nil } }
+            // SQL DEALLOCATE also drops protocol-level statements: they share one namespace.
+            if let name = SQLText.preparedName(text) {
+                if name == "all" { sqlPrepared = [:]; preparedMessages = [:] } else { sqlPrepared[name] = nil; preparedMessages[name] = nil }
+            }
         default: break
         }
         unreplayable.formUnion(SQLText.unreplayableState(text))
@@ -155,8 +158,9 @@ public struct SessionTracker: Sendable {
         var count = 0
         for s in settings { FrontendMessage.query(s.text).encode(into: &w); count += 1 }
         for (_, text) in sqlPrepared.sorted(by: { $0.key < $1.key }) { FrontendMessage.query(text).encode(into: &w); count += 1 }
-        if !preparedMessages.isEmpty {
-            for (_, message) in preparedMessages.sorted(by: { $0.key < $1.key }) { w.writeBytes(message) }
+        // One Sync per Parse: a statement that fails to prepare must not make the follower skip the rest.
+        for (_, message) in preparedMessages.sorted(by: { $0.key < $1.key }) {
+            w.writeBytes(message)
             w.beginMessage(FrontendMessageID.sync.rawValue); w.endMessage()
             count += 1
         }

@@ -50,13 +50,15 @@ final class BackendLink: TCPConnectionDelegate {
         var digest: UnitDigest?
         /// The end of a unit the proxy sent itself (its bytes are not in the report).
         var isInternal = false
+        /// Not a ReadyForQuery but a CopyInResponse: the backend now ignores Sync until the copy ends.
+        var isCopyIn = false
     }
     /// The ReadyForQuery messages of the chunk being reported (reused to avoid an allocation per chunk).
     private(set) var boundaries: [Boundary] = []
 
     /// Decoded during pass-through: ReadyForQuery drives the session's boundaries.
-    static let captured = MessageScanner.IDSet([BackendMessageID.readyForQuery.rawValue])
-    static let capturedDigesting = MessageScanner.IDSet(DigestBuilder.capturedIDs)
+    static let captured = MessageScanner.IDSet([BackendMessageID.readyForQuery.rawValue, BackendMessageID.copyInResponse.rawValue])
+    static let capturedDigesting = MessageScanner.IDSet(DigestBuilder.capturedIDs + [BackendMessageID.copyInResponse.rawValue])
 
     init(loop: EventLoop, backend: BackendConfig, address: String, side: Side?, owner: BackendLinkOwner,
          saltedPassword: @escaping (String, [UInt8], Int) -> [UInt8]) {
@@ -164,6 +166,10 @@ final class BackendLink: TCPConnectionDelegate {
                     else { keptRanges.append(lastEnd..<endOffset) }
                 }
                 lastEnd = endOffset
+                if id == BackendMessageID.copyInResponse.rawValue {
+                    boundaries.append(Boundary(endOffset: kept, status: .idle, digest: nil, isInternal: isInternal, isCopyIn: true))
+                    return
+                }
                 if id == BackendMessageID.readyForQuery.rawValue, let body, body.count == 1,
                    let status = TransactionStatus(rawValue: body[0]) {
                     if isInternal {

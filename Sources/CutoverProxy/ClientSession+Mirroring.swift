@@ -113,9 +113,13 @@ extension ClientSession {
         guard follower != nil else { return }
         let limit = server.config.server.followerTimeout
         guard limit > 0 else { return }
-        var waitingSince: UInt64?
-        if let u = units[unitsHead...].first(where: { $0.follower == nil && $0.followerSentAt != nil }) { waitingSince = u.followerSentAt }
-        if let since = waitingSince, Double(nowNs &- since) / 1e9 > limit {
+        // The clock starts when the leader has answered (a long statement is slow on both sides, not a
+        // lagging follower), or when the follower went first (a COMMIT in lock-step).
+        guard let u = units[unitsHead...].first(where: { $0.follower == nil && $0.followerSentAt != nil }),
+              let sent = u.followerSentAt else { return }
+        let since: UInt64
+        if u.leader != nil { since = max(sent, u.leaderDoneAt) } else if lockStep.isBusy { since = sent } else { return }
+        if Double(nowNs &- since) / 1e9 > limit {
             stopMirroring(.followerTimeout, detail: "no answer from the follower within \(limit) s")
         }
     }
@@ -148,12 +152,15 @@ extension ClientSession {
     /// The follower has finished the unit too: the client gets the held ReadyForQuery. After an implicit
     /// transaction it says idle, and a failed implicit COMMIT on the leader is reported first.
     func releaseClient(asIdle: Bool, commitError: StatementOutcome?) {
-        if asIdle, var held = heldForClient, held.count >= 6, held[0] == BackendMessageID.readyForQuery.rawValue {
-            held[5] = TransactionStatus.idle.rawValue
+        if asIdle, var held = heldForClient, heldStatusIndex >= 0, heldStatusIndex < held.count {
+            held[heldStatusIndex] = TransactionStatus.idle.rawValue
             if let failure = commitError {
-                var w = ByteWriter()
-                ErrorFields(severity: "ERROR", code: failure.sqlState ?? "XX000", message: failure.error ?? "commit failed").encode(into: &w)
-                held = w.bytes + held
+                // The error must come before the ReadyForQuery; if part of it already went out, it cannot.
+                if heldStatusIndex == 5 && held[0] == BackendMessageID.readyForQuery.rawValue {
+                    var w = ByteWriter()
+                    ErrorFields(severity: "ERROR", code: failure.sqlState ?? "XX000", message: failure.error ?? "commit failed").encode(into: &w)
+                    held = w.bytes + held
+                }
                 server.recordDivergence(session: self, kind: .errorMismatch, statement: nil, leader: failure, follower: nil,
                                         leaderMs: nil, followerMs: nil, detail: "the implicit COMMIT of an autocommit write failed on the leader after the follower committed")
             }

@@ -64,6 +64,16 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     var lockStep = LockStep()
     /// Leader bytes held from the client until the follower has finished the same unit (sync mode).
     var heldForClient: [UInt8]?
+    /// Where the held ReadyForQuery's status byte is in `heldForClient` (its start may have gone out
+    /// already when the message straddled two reads).
+    var heldStatusIndex = 5
+    /// Syncs the client sent since its last Execute/Query: if the backend answers that Execute with
+    /// CopyInResponse, it ignores them (it ignores Sync during COPY IN), so they earn no ReadyForQuery.
+    private var syncsSinceExecute = 0
+    /// The client is streaming COPY data: its Syncs are ignored by the backend until CopyDone/CopyFail.
+    private var clientCopyIn = false
+    /// Draining: whether the leader was already let go.
+    private var leaderReleased = false
     /// Client input held while the route is paused at this session's idle boundary.
     var parkedBytes: [UInt8] = []
     var parkedSince: UInt64?
@@ -262,17 +272,18 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     }
 
     func backendRead(_ link: BackendLink, _ bytes: UnsafeRawBufferPointer) {
-        if state == .draining, link === follower {
-            followerRead(link)
-            return finishDrainingIfDone()
-        }
-        guard state == .forwarding else { return }
+        guard state == .forwarding || state == .draining else { return }
         if link === leader { leaderRead(link, bytes) } else if link === follower { followerRead(link) }
+        if state == .draining { finishDrainingIfDone() }
     }
 
     private func leaderRead(_ link: BackendLink, _ bytes: UnsafeRawBufferPointer) {
         var forwardFrom = 0
         for b in link.boundaries {
+            if b.isCopyIn {
+                if !b.isInternal { copyInStarted() }
+                continue
+            }
             if b.isInternal {
                 runLockStep(lockStep.leaderInternalReady(commitOutcome: b.digest?.outcomes.first, status: b.status, now: loop.now))
                 continue
@@ -284,16 +295,18 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             let actions = lockStep.leaderReady(status: b.status, now: loop.now)
             if actions.first == .holdClient {
                 // Lock-step: the client gets everything but this ReadyForQuery now, the rest after the follower.
-                let rfqStart = b.endOffset - 6
+                // (Its first bytes may have arrived, and gone out, with the previous read.)
+                let rfqStart = max(forwardFrom, b.endOffset - 6)
                 client.write(UnsafeRawBufferPointer(rebasing: bytes[forwardFrom..<rfqStart]))
                 forwardFrom = rfqStart
                 heldForClient = []
+                heldStatusIndex = b.endOffset - 1 - rfqStart
             }
             runLockStep(actions)
         }
         let rest = UnsafeRawBufferPointer(rebasing: bytes[forwardFrom...])
         if heldForClient != nil { heldForClient!.append(contentsOf: rest) } else { client.write(rest) }
-        if client.queuedBytes > writeHighWater, !leaderPaused {
+        if client.queuedBytes > writeHighWater, !leaderPaused, state == .forwarding {
             // A slow client: stop reading the leader until the client drains (bounded memory).
             leaderPaused = true
             link.connection.stopReading()
@@ -301,8 +314,22 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if !link.boundaries.isEmpty {
             lastActivity = loop.now
             compareReadyUnits()
+            maybeResumeClient()
             reachedIdleBoundaryIfIdle()
         }
+    }
+
+    /// The backend entered COPY IN for the client's last Execute: the Syncs sent after it are ignored.
+    private func copyInStarted() {
+        clientCopyIn = true
+        guard syncsSinceExecute > 0 else { return }
+        pendingReadyForQuery = max(0, pendingReadyForQuery - syncsSinceExecute)
+        // Their units will get no answer of their own: the copy's ReadyForQuery answers a later Sync.
+        for _ in 0..<syncsSinceExecute {
+            guard units.count > unitsHead, let last = units.last, last.leader == nil else { break }
+            units.removeLast()
+        }
+        syncsSinceExecute = 0
     }
 
     private func followerRead(_ link: BackendLink) {
@@ -316,6 +343,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             if lockStep.isBusy { runLockStep(lockStep.followerReady(status: transactionStatus, now: loop.now)) }
         }
         compareReadyUnits()
+        maybeResumeClient()
         reachedIdleBoundaryIfIdle()
     }
 
@@ -330,15 +358,23 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             return
         }
         guard link === leader else { return }
+        if state == .draining {
+            // The leader died with a unit in lock-step: the follower may hold what the leader lost.
+            if lockStep.isBusy { route?.markOutOfSync("session \(id): leader lost mid-unit after the client left") }
+            return forceFinish()
+        }
         logger.warning("backend connection lost", metadata: ["backend": "\(link.backend.name)", "error": "\(error.map(uvErrorName) ?? "closed")"])
         failClient(ProxyError.fatal("08006", "lost the connection to backend \"\(link.backend.name)\""))
     }
 
-    func backendDrained(_ link: BackendLink) {
-        if link === leader && clientPaused {
-            clientPaused = false
-            client.startReading()
-        }
+    func backendDrained(_ link: BackendLink) { maybeResumeClient() }
+
+    /// Reads the client again once every queue it was paused for is back under its bound.
+    func maybeResumeClient() {
+        guard clientPaused, state == .forwarding else { return }
+        guard (leader?.connection.queuedBytes ?? 0) <= writeHighWater, lockStep.queuedBytes <= writeHighWater / 2 else { return }
+        clientPaused = false
+        client.startReading()
     }
 
     // MARK: forwarding
@@ -356,11 +392,20 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if !chunkUnits.isEmpty { chunkUnits.removeAll(keepingCapacity: true) }
         do {
             try clientScanner.scan(bytes) { id, body, endOffset in
-                if let unit = tracker.received(id: id, body: body) {
-                    pendingReadyForQuery += 1
-                    chunkUnits.append((endOffset, unit))
-                } else if id == FrontendMessageID.terminate.rawValue { terminated = true }
-                else if id == FrontendMessageID.flush.rawValue { flushAt = endOffset }
+                let unit = tracker.received(id: id, body: body)
+                switch id {
+                case FrontendMessageID.execute.rawValue, FrontendMessageID.query.rawValue: syncsSinceExecute = 0
+                case FrontendMessageID.copyDone.rawValue, FrontendMessageID.copyFail.rawValue: clientCopyIn = false
+                case FrontendMessageID.terminate.rawValue: terminated = true
+                case FrontendMessageID.flush.rawValue: flushAt = endOffset
+                default: break
+                }
+                guard let unit else { return }
+                // During COPY IN the backend ignores Sync: no ReadyForQuery will answer it.
+                if clientCopyIn && id == FrontendMessageID.sync.rawValue { return }
+                if id == FrontendMessageID.sync.rawValue { syncsSinceExecute += 1 }
+                pendingReadyForQuery += 1
+                chunkUnits.append((endOffset, unit))
             }
         } catch let e as ProtocolError {
             return failClient(ProxyError.describe(e))
@@ -375,6 +420,12 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if (follower != nil && mirrorMode == .sync && !terminated) || !lockStep.isQuiet {
             // Lock-step; also after mirroring stopped mid-unit, so nothing overtakes what is queued.
             runLockStep(lockStep.clientSent(Array(bytes), units: chunkUnits, flushAt: flushAt, status: transactionStatus, now: loop.now))
+            checkMirrorBounds()
+            if lockStep.queuedBytes > writeHighWater, !clientPaused {
+                // Lock-step queues what the client pipelines; past the bound, stop reading it.
+                clientPaused = true
+                client.stopReading()
+            }
         } else {
             leader.send(bytes)
             if let follower {
@@ -398,7 +449,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
 
     /// Idle, and the follower has answered everything: the session can change phase or leader here.
     var isDrainedAtBoundary: Bool {
-        isIdleAtBoundary && unitsHead == units.count && (follower?.scanner.atMessageBoundary ?? true)
+        isIdleAtBoundary && unitsHead == units.count
+            && (follower.map { $0.isReady && $0.internalUnits == 0 && $0.scanner.atMessageBoundary } ?? true)
     }
 
     /// Runs whatever waits for an idle boundary: shutdown, a forced re-route, phase changes, a route pause.
@@ -428,27 +480,46 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         end(reason: error.message ?? "error")
     }
 
-    /// Ends the client side. A follower still owing answers is kept until it has given them (or times out),
-    /// so the last statements are compared too and a flip never overtakes writes still in flight.
+    /// Ends the client side. A unit in lock-step is finished on both sides first (else the follower could
+    /// commit what the leader rolls back), and a follower still owing answers is kept until it has given
+    /// them (or times out), so the last statements are compared and a flip never overtakes writes in flight.
     func end(reason: String) {
         guard state != .closed && state != .draining else { return }
         let wasActive = state == .forwarding || state == .admin
-        leader?.terminate()
         client.closeAfterWrites()
         logger.debug("session ended", metadata: ["reason": "\(reason)"])
-        if follower != nil && pendingUnitCount > 0 {
+        lockStep.dropQueued()
+        if follower != nil && (lockStep.isBusy || pendingUnitCount > 0) {
             state = .draining
             wasActiveBeforeDraining = wasActive
+            finishDrainingIfDone()
             return
         }
         state = .closed
+        leader?.terminate()
         finish(wasActive: wasActive)
     }
 
-    /// Called when a draining session's follower has caught up (or gone).
+    /// Called as a draining session's backends answer: lets the leader go once no unit is in lock-step,
+    /// and finishes once the follower has caught up (or gone).
     func finishDrainingIfDone() {
-        guard state == .draining, follower == nil || pendingUnitCount == 0 else { return }
+        guard state == .draining else { return }
+        if !lockStep.isBusy && !leaderReleased {
+            // Units the leader had not answered will never be compared: the client is gone.
+            while units.count > unitsHead, let last = units.last, last.leader == nil { units.removeLast() }
+            leaderReleased = true
+            leader?.terminate()
+        }
+        guard !lockStep.isBusy, follower == nil || pendingUnitCount == 0 else { return }
         state = .closed
+        finish(wasActive: wasActiveBeforeDraining)
+    }
+
+    /// Ends a draining session now (shutdown deadline, leader lost).
+    func forceFinish() {
+        guard state == .draining else { return }
+        state = .closed
+        leader?.terminate()
         finish(wasActive: wasActiveBeforeDraining)
     }
 

@@ -203,62 +203,72 @@ public final class ProxyServer {
         do { try from.transition(to: target, force: force) } catch {
             return reply(.failure(AdminError(code: "55000", message: "cannot flip \(name): \(error)")))
         }
-        // A manual PAUSE allows flips that keep the leader: PAUSE, backfill, SET PHASE dual-legacy, RESUME gives
-        // the follower a clean starting point. A flip already under way, or a leader change, must wait.
-        if let p = r.pause, p.isFlip || target.leader != from.leader {
+        if let p = r.pause, p.isFlip || target.leader != from.leader || p.onSettled != nil {
             return reply(.failure(AdminError(code: "55006", message: "route \(name) is paused or already flipping; RESUME it or wait")))
         }
-        let started = loop.now
-        if target.leader == from.leader {
-            r.phase = target
-            if target.follower == nil { r.inSync = true; r.outOfSyncReason = nil }
-            if from.follower == nil, let side = target.follower {
-                // Entering a dual phase: the follower is only as fresh as the last backfill. Going back from
-                // `new`, the proxy knows legacy missed every write made since; from `legacy`, the operator
-                // backfilled the new side before this flip (see the runbook).
-                r.inSync = true
-                r.outOfSyncReason = nil
-                if side == .legacy && r.unmirroredStatements > 0 {
-                    r.markOutOfSync("legacy missed \(r.unmirroredStatements) statements run while the route was in phase new")
-                    recordRouteDivergence(r, kind: .unmirroredWrites,
-                                          detail: "the route returned to \(target.rawValue) from \(from.rawValue); legacy missed \(r.unmirroredStatements) statements; re-sync it before making it the leader again")
-                }
-            }
-            if target.follower != nil { r.unmirroredStatements = 0 }
-            do { try persist() } catch let e as AdminError { r.phase = from; return reply(.failure(e)) } catch {}
-            r.stats.flips += 1
-            for s in r.sessions.values where s.isDrainedAtBoundary { s.applyRoutePhase() }
-            logger.notice("phase changed", metadata: ["route": "\(name)", "from": "\(from.rawValue)", "to": "\(target.rawValue)"])
-            return reply(.success(flipResult(name, from, target, r, stallMs: 0, started: started)))
-        }
-        if !r.inSync && !force {
+        if target.leader != from.leader && !r.inSync && !force {
             return reply(.failure(AdminError(code: "55000", message: "route \(name) is out of sync (\(r.outOfSyncReason ?? "unknown")); changing the leader could lose writes",
                                              detail: "Re-synchronize the new side and flip through the non-dual phase, or add FORCE.")))
         }
-        logger.notice("leader flip started", metadata: ["route": "\(name)", "from": "\(from.rawValue)", "to": "\(target.rawValue)"])
-        startPause(r, reason: .flip(from: from, to: target), timeout: config.server.flipTimeout) { [unowned self] settled, pause in
+        let started = loop.now
+        if r.pause != nil {
+            // A settled manual PAUSE: every session is parked at an idle boundary, so the flip (one that
+            // keeps the leader: PAUSE, backfill, SET PHASE dual-legacy, RESUME) applies at once.
+            do { try switchPhase(r, from: from, to: target) } catch let e as AdminError { return reply(.failure(e)) } catch {}
+            return reply(.success(flipResult(name, from, target, r, stallMs: 0, started: started)))
+        }
+        // Every flip pauses the route: new transactions wait, in-flight ones finish, follower queues drain,
+        // then all sessions switch at once, so none runs in the old phase after the flip (no write escapes
+        // the new follower) and no transaction spans two phases.
+        logger.notice("flip started", metadata: ["route": "\(name)", "from": "\(from.rawValue)", "to": "\(target.rawValue)"])
+        startPause(r, reason: .flip(from: from, to: target), timeout: config.server.flipTimeout) { [unowned self] settled, _ in
             if !settled {
                 let holdouts = r.sessions.values.filter { !$0.isDrainedAtBoundary }.map { "session \($0.id) (\($0.user), \($0.applicationName.isEmpty ? "-" : $0.applicationName), \($0.describeActivity))" }
                 self.endPause(r)
-                self.logger.warning("leader flip aborted", metadata: ["route": "\(name)", "holdouts": "\(holdouts)"])
+                self.logger.warning("flip aborted", metadata: ["route": "\(name)", "holdouts": "\(holdouts)"])
                 reply(.failure(AdminError(code: "57014", message: "flip of \(name) to \(target.rawValue) aborted after \(self.config.server.flipTimeout) s; the route stays in \(from.rawValue)",
                                           detail: "Still busy: " + holdouts.joined(separator: "; "))))
                 return
             }
-            r.phase = target
-            do { try self.persist() } catch let e as AdminError {
-                r.phase = from
+            do { try self.switchPhase(r, from: from, to: target) } catch let e as AdminError {
                 self.endPause(r)
                 return reply(.failure(e))
             } catch {}
-            r.stats.flips += 1
-            for s in Array(r.sessions.values) { s.applyRoutePhase() }
             let stall = self.endPause(r)
             r.stats.lastFlipStallMs = stall
             r.stats.maxFlipStallMs = max(r.stats.maxFlipStallMs, stall)
-            self.logger.notice("leader flip done", metadata: ["route": "\(name)", "to": "\(target.rawValue)", "longest_stall_ms": "\(stall)"])
+            self.logger.notice("flip done", metadata: ["route": "\(name)", "to": "\(target.rawValue)", "longest_stall_ms": "\(stall)"])
             reply(.success(self.flipResult(name, from, target, r, stallMs: stall, started: started)))
         }
+    }
+
+    /// Moves a quiet route (every session drained at an idle boundary) to `target`: sync state, persist,
+    /// then each session adds, drops or swaps its follower.
+    private func switchPhase(_ r: RouteRuntime, from: Phase, to target: Phase) throws {
+        let wasInSync = r.inSync, reason = r.outOfSyncReason
+        r.phase = target
+        if target.follower == nil { r.inSync = true; r.outOfSyncReason = nil }
+        if from.follower == nil, let side = target.follower {
+            // Entering a dual phase: the follower is only as fresh as the last backfill. Going back from
+            // `new`, the proxy knows legacy missed every write made since; from `legacy`, the operator
+            // backfilled the new side before this flip (see the runbook).
+            r.inSync = true
+            r.outOfSyncReason = nil
+            if side == .legacy && r.unmirroredStatements > 0 {
+                r.markOutOfSync("legacy missed \(r.unmirroredStatements) statements run while the route was in phase new")
+                recordRouteDivergence(r, kind: .unmirroredWrites,
+                                      detail: "the route returned to \(target.rawValue) from \(from.rawValue); legacy missed \(r.unmirroredStatements) statements; re-sync it before making it the leader again")
+            }
+        }
+        if target.follower != nil { r.unmirroredStatements = 0 }
+        do { try persist() } catch {
+            r.phase = from
+            r.inSync = wasInSync
+            r.outOfSyncReason = reason
+            throw error
+        }
+        r.stats.flips += 1
+        for s in Array(r.sessions.values) { s.applyRoutePhase() }
     }
 
     private func flipResult(_ name: String, _ from: Phase, _ to: Phase, _ r: RouteRuntime, stallMs: Double, started: UInt64) -> AdminResult {
@@ -338,7 +348,9 @@ public final class ProxyServer {
         }
         if let deadline = shutdownDeadline, now >= deadline {
             logger.warning("shutdown timeout reached, closing remaining sessions", metadata: ["sessions": "\(sessions.count)"])
-            for session in Array(sessions.values) { session.failClient(ProxyError.shuttingDown()) }
+            for session in Array(sessions.values) {
+                if session.state == .draining { session.forceFinish() } else { session.failClient(ProxyError.shuttingDown()) }
+            }
         }
     }
 
