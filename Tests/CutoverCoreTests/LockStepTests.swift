@@ -103,3 +103,26 @@ private func send(_ m: inout LockStep, _ text: String, status: TransactionStatus
         #expect(m.isQuiet)
     }
 }
+
+@Suite struct LockStepReviewTests {
+    @Test func losingTheFollowerWhileTheLeaderRunsDoesNotHoldTheClient() {
+        var m = LockStep()
+        _ = send(&m, "SELECT pg_sleep(2)")
+        #expect(m.followerGone(status: .idle, now: 1) == [])
+        #expect(m.leaderReady(status: .idle, now: 2) == []) // no .holdClient: nobody would release it
+        #expect(m.isQuiet)
+    }
+
+    @Test func aFlushQueuedBehindARunningUnitGoesOutWhenItIsDone() {
+        var m = LockStep()
+        _ = send(&m, "SELECT pg_sleep(0.3)")
+        var parse = ByteWriter()
+        parse.beginMessage(FrontendMessageID.parse.rawValue); parse.writeCString(""); parse.writeCString("SELECT 1"); parse.writeInt16(0); parse.endMessage()
+        parse.beginMessage(FrontendMessageID.flush.rawValue); parse.endMessage()
+        let partial = parse.bytes
+        #expect(m.clientSent(partial, units: [], flushAt: partial.count, status: .idle, now: 1) == [])
+        _ = m.leaderReady(status: .idle, now: 2)
+        #expect(m.followerReady(status: .idle, now: 3) == [.releaseClient(asIdle: false, commitError: nil), .toLeader(partial), .toFollower(partial)])
+        #expect(m.isQuiet)
+    }
+}

@@ -98,3 +98,30 @@ final class PQConnection {
         return (state, Date().timeIntervalSince(sentAt))
     }
 }
+
+extension PQConnection {
+    /// Sends a query and closes the connection without waiting for the answer (a client that goes away).
+    func sendAndVanish(_ sql: String) {
+        PQsendQuery(conn, sql)
+        PQflush(conn)
+    }
+
+    /// COPY ... FROM STDIN through the extended protocol (PQexecParams), as drivers do.
+    func copyInExtended(_ sql: String, rows: [String]) throws -> String {
+        guard let res = PQexecParams(conn, sql, 0, nil, nil, nil, nil, 0) else { throw PQError(message: "no result") }
+        guard PQresultStatus(res) == PGRES_COPY_IN else {
+            defer { PQclear(res) }
+            throw PQError(message: String(cString: PQresultErrorMessage(res)))
+        }
+        PQclear(res)
+        for row in rows { _ = PQputCopyData(conn, row + "\n", Int32((row + "\n").utf8.count)) }
+        PQputCopyEnd(conn, nil)
+        var tag = ""
+        while let r = PQgetResult(conn) {
+            if PQresultStatus(r) != PGRES_COMMAND_OK { let m = String(cString: PQresultErrorMessage(r)); PQclear(r); throw PQError(message: m) }
+            tag = String(cString: PQcmdStatus(r))
+            PQclear(r)
+        }
+        return tag
+    }
+}
