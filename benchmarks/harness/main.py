@@ -115,9 +115,11 @@ def main(argv=None):
                    services.Endpoint(report.PGBOUNCER, "PgBouncer session", pgb_s.port, pgb_s.service),
                    services.Endpoint("pgbouncer_txn", "PgBouncer transaction", pgb_t.port, pgb_t.service, prepared_ok=False),
                    services.Endpoint(report.CUTOVER, "Cutover legacy", co.port, co.service)]
+        duals = {}
         if dual:
             for m in ("async", "sync"):
                 d = services.Cutover(work, f"cutover-dual-{m}", binary, legacy, new, "dual-legacy", m, pin, 1000).start()
+                duals[f"cutover_dual_{m}"] = d
                 targets.append(services.Endpoint(f"cutover_dual_{m}", f"Cutover dual-legacy {m}", d.port, d.service))
 
         data_path = os.path.join(work, "accounts.copy")
@@ -136,6 +138,8 @@ def main(argv=None):
         suites.warm_up(targets, pin)
         if "throughput" not in skip:
             suites.throughput_rounds(mode, targets, pin, rec, work)
+            # What the dual-phase proxies mirrored over all the workloads (statements vs mirrored, divergences).
+            rec.note("dual_status", {key: suites.admin_status(d) for key, d in duals.items()})
             save(rec, meta, out_dir, targets)
         if "copy" not in skip:
             suites.log("COPY")

@@ -210,7 +210,19 @@ class Analysis:
                   f"{flip['transactions']} transactions, {flip['errors']} client errors, longest stall "
                   f"{flip['max_stall_ms']} ms, longest gap between completions {flip['max_completion_gap_ms']} ms.", ""]
             for f in flip["flips"]:
-                L.append(f"- `{f['command']}` took {f['seconds']} s")
+                L.append(f"- at {f['at_s']} s: `{f['command']}` took {f['seconds']} s")
+            slow = sorted((r for r in flip.get("timeline", []) if r["max_ms"] is not None), key=lambda r: -r["max_ms"])[:4]
+            if slow:
+                L.append("- slowest half-second windows (start of window: longest transaction): "
+                         + ", ".join(f"{r['t']} s: {r['max_ms']} ms" for r in slow))
+            if flip.get("status"):
+                L += ["", "`cutover status --stats` after the flips:", "", "```", flip["status"], "```"]
+        dual_status = self.extra.get("dual_status")
+        if dual_status:
+            L += ["", "## Mirroring counters of the dual-phase targets", "",
+                  "`cutover status --stats` of each dual-legacy proxy after all throughput and latency workloads:", ""]
+            for key, text in dual_status.items():
+                L += [f"{key}:", "", "```", text, "```", ""]
         L += ["", "## Targets", "", "| target | measured | limit | met |", "|---|---|---|---|"]
         for c in checks:
             L.append(f"| {c['target']} | {c['value']} | {c['limit']} | {'yes' if c['met'] else '**no**'} |")

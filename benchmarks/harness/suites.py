@@ -345,13 +345,14 @@ def _flip(proxy, phase):
         t0 = time.monotonic()
         p = subprocess.run(argv, capture_output=True, text=True, env=admin.env(), timeout=120)
         if p.returncode == 0:
-            return dict(phase=phase, command=" ".join(argv), at_epoch=at, seconds=round(time.monotonic() - t0, 3),
+            shown = ["cutover" if a == proxy.binary else a for a in argv]
+            return dict(phase=phase, command=" ".join(shown), at_epoch=at, seconds=round(time.monotonic() - t0, 3),
                         output=(p.stdout + p.stderr).strip()[-300:])
         errors.append(f"{' '.join(argv[-4:])}: {(p.stderr or p.stdout).strip()[-200:]}")
     raise RuntimeError(f"cannot flip to {phase}: " + " | ".join(errors))
 
 
-def _admin_status(proxy):
+def admin_status(proxy):
     """`cutover status --stats` of the proxy (divergence and mirroring counters), if the command exists."""
     url = f"host=127.0.0.1 port={proxy.port} dbname=cutover user={services.ADMIN_USER}"
     p = subprocess.run([proxy.binary, "status", "--admin-url", url, "--stats"], capture_output=True, text=True, timeout=60)
@@ -392,7 +393,7 @@ def flip_under_load(mode, pin, rec, work, cutover_binary, legacy, new):
             flips.append(_flip(proxy, phase))
             log(f"  flipped to {phase} in {flips[-1]['seconds']:.3f} s")
         th.join()
-        status = _admin_status(proxy)
+        status = admin_status(proxy)
     finally:
         th.join()
         proxy.stop()
