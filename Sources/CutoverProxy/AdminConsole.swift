@@ -77,7 +77,7 @@ final class AdminConsole {
 
     private func sessions() -> AdminResult {
         let rows: [[String?]] = server.sessions.values.sorted { $0.id < $1.id }.map { s in
-            ["\(s.id)", s.route?.name ?? (s.target == nil ? nil : "*"), s.user, s.applicationName, s.route == nil ? nil : s.sessionPhase.rawValue,
+            ["\(s.id)", s.route?.name ?? (s.isWildcard ? "*" : nil), s.user, s.applicationName, s.route == nil ? nil : s.sessionPhase.rawValue,
              s.stateName, s.describeActivity, s.leader?.backend.name, s.leader?.key.map { "\($0.processID)" }, s.follower?.backend.name,
              "\(s.pendingUnitCount)", s.client.peerDescription]
         }

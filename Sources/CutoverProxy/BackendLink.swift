@@ -25,7 +25,8 @@ final class BackendLink: TCPConnectionDelegate {
     // unowned(unsafe): the session owns its links and outlives them; a checked unowned costs a retain per access.
     unowned(unsafe) let owner: BackendLinkOwner
     private(set) var state = State.connecting
-    private var handshake: BackendHandshake
+    /// Login only; dropped once logged in (it holds the backend's parameters).
+    private var handshake: BackendHandshake?
     private var framer: MessageFramer
     var scanner: MessageScanner
     private(set) var key: CancelRequest?
@@ -73,7 +74,6 @@ final class BackendLink: TCPConnectionDelegate {
         scanner = MessageScanner(captured: Self.captured, maxMessageSize: Int(Int32.max))
         startedAt = loop.now
         connection.delegate = self
-        boundaries.reserveCapacity(4)
     }
 
     deinit { connection.delegate = nil }
@@ -126,13 +126,17 @@ final class BackendLink: TCPConnectionDelegate {
         do {
             while state == .loggingIn, let frame = try framer.next() {
                 let message = try BackendMessage.decode(id: frame.id!, body: frame.body)
-                switch handshake.received(message) {
+                guard var h = handshake else { return }
+                let action = h.received(message)
+                handshake = h
+                switch action {
                 case .send(let out): connection.write(out)
                 case .wait: break
                 case .fail(let e): return fail(e)
                 case .ready(let parameters, let key, _):
                     state = .ready
                     self.key = key
+                    handshake = nil
                     owner.backendReady(self, parameters: parameters, key: key)
                     if !queuedUntilReady.isEmpty, state == .ready {
                         connection.write(queuedUntilReady)

@@ -20,14 +20,17 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// Cached from the server: read on every chunk (a `server.config` read copies the whole config struct).
     unowned(unsafe) let loop: EventLoop
     let writeHighWater: Int
-    var logger: Logger
     private(set) var state = State.handshake
-    private var handshake: ClientHandshake
+    /// Login only; dropped once the session is connected (an idle session should cost little memory).
+    private var handshake: ClientHandshake?
+    /// SASLFinal, owed to the client with AuthenticationOk once the backend is ready.
+    private var loginPrefix: [UInt8] = []
     private var framer: MessageFramer
     private var clientScanner: MessageScanner
     var leader: BackendLink?
     var follower: BackendLink?
-    private(set) var target: RouteTarget?
+    /// On the wildcard route (no `RouteRuntime`).
+    private(set) var isWildcard = false
     private(set) var startup = StartupMessage(parameters: [])
     /// The route this session belongs to (nil on the wildcard route).
     var route: RouteRuntime?
@@ -79,7 +82,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     var parkedSince: UInt64?
     private var wasActiveBeforeDraining = false
 
-    init(id: Int, client: TCPConnection, server: ProxyServer, config: CutoverConfig, proxySecret: Int32, logger: Logger,
+    init(id: Int, client: TCPConnection, server: ProxyServer, config: CutoverConfig, proxySecret: Int32,
          refusal: ErrorFields? = nil) {
         self.id = id
         self.client = client
@@ -87,11 +90,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         self.proxySecret = proxySecret
         loop = server.loop
         writeHighWater = config.server.writeHighWater
-        var logger = logger
-        logger[metadataKey: "session"] = "\(id)"
-        self.logger = logger
-        handshake = ClientHandshake(config: config, phaseOf: { [unowned server] in server.routes[$0]?.phase })
+        var handshake = ClientHandshake(config: config, phaseOf: { [unowned server] in server.routes[$0]?.phase })
         handshake.refusal = refusal
+        self.handshake = handshake
         framer = MessageFramer(untyped: true, maxMessageSize: min(config.server.maxMessageSize, 1 << 20))
         clientScanner = MessageScanner(captured: .init(SessionTracker.capturedIDs), maxMessageSize: config.server.maxMessageSize)
         createdAt = loop.now
@@ -101,6 +102,15 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     }
 
     deinit { client.delegate = nil }
+
+    /// Built when something is logged (rarely), not stored: an idle session should cost little memory.
+    var logger: Logger {
+        var l = server.logger
+        l[metadataKey: "session"] = "\(id)"
+        if let route { l[metadataKey: "route"] = "\(route.name)" } else if isWildcard { l[metadataKey: "route"] = "*" }
+        if !user.isEmpty { l[metadataKey: "user"] = "\(user)" }
+        return l
+    }
 
     // MARK: client events
 
@@ -136,6 +146,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         do {
             while state == .handshake || state == .admin, let frame = try framer.next() {
                 if state == .admin { adminMessage(frame); continue }
+                guard var handshake else { return }
                 let action: ClientHandshake.Action
                 if frame.id == nil {
                     action = handshake.startupPacketReceived(frame.body)
@@ -147,6 +158,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                     action = .fail(ProxyError.protocolViolation("expected an authentication message, got '\(Character(Unicode.Scalar(frame.id!)))'"))
                 }
                 framer.expectUntyped = handshake.expectsUntyped
+                self.handshake = handshake // before run(): it may take the SASLFinal prefix and drop the handshake
                 run(action)
             }
         } catch let e as ProtocolError {
@@ -169,7 +181,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             applicationName = startup["application_name"] ?? ""
             state = .admin
             var w = ByteWriter(capacity: 256)
-            w.writeBytes(handshake.takePendingPrefix())
+            w.writeBytes(handshake?.takePendingPrefix() ?? [])
+            handshake = nil
             BackendMessage.authentication(.ok).encode(into: &w)
             for (name, value) in [("server_version", "15.0 (cutover admin)"), ("server_encoding", "UTF8"), ("client_encoding", "UTF8"),
                                   ("DateStyle", "ISO, MDY"), ("integer_datetimes", "on"), ("standard_conforming_strings", "on"),
@@ -181,13 +194,14 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             client.write(w.bytes)
             logger.info("admin session started", metadata: ["user": "\(user)"])
         case .connect(let target, let startup, let user):
-            self.target = target
             self.startup = startup
             self.user = user
             applicationName = startup["application_name"] ?? ""
             sessionPhase = target.phase
-            logger[metadataKey: "route"] = "\(target.route ?? "*")"
-            logger[metadataKey: "user"] = "\(user)"
+            isWildcard = target.route == nil
+            loginPrefix = handshake?.takePendingPrefix() ?? []
+            handshake = nil
+            framer = MessageFramer() // the login buffer is not needed any more
             if let name = target.route, let r = server.routes[name] {
                 route = r
                 mirrorMode = r.mirror
@@ -239,7 +253,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     func backendReady(_ link: BackendLink, parameters: [(String, String)], key: CancelRequest?) {
         guard link === leader, state == .connecting else { return }
         var w = ByteWriter(capacity: 512)
-        w.writeBytes(handshake.takePendingPrefix())
+        w.writeBytes(loginPrefix)
+        loginPrefix = []
         BackendMessage.authentication(.ok).encode(into: &w)
         for (name, value) in parameters { BackendMessage.parameterStatus(name: name, value: value).encode(into: &w) }
         // The leader's real process id (pg_backend_pid() agrees) and the proxy's own secret.

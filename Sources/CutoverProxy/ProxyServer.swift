@@ -82,7 +82,7 @@ public final class ProxyServer {
         nextSessionID += 1
         var secret: Int32
         repeat { secret = Int32(bitPattern: UInt32.random(in: 1...UInt32.max)) } while sessionsBySecret[secret] != nil
-        let session = ClientSession(id: id, client: c, server: self, config: config, proxySecret: secret, logger: logger,
+        let session = ClientSession(id: id, client: c, server: self, config: config, proxySecret: secret,
                                     refusal: refusal)
         sessions[id] = session
         sessionsBySecret[secret] = session
