@@ -8,6 +8,14 @@ struct AdminOptions: ParsableArguments {
             help: "libpq connection string of the proxy's admin database (default: $CUTOVER_ADMIN_URL).")
     var adminURL: String?
 
+    /// Connects, or exits with status 2 (the proxy could not be reached) and says why.
+    func connect() throws -> AdminClient {
+        do { return try AdminClient(try connectionString()) } catch let e as AdminClient.Failure {
+            print("cutover: \(e)")
+            throw ExitCode(2)
+        }
+    }
+
     func connectionString() throws -> String {
         if let adminURL { return adminURL }
         if let env = ProcessInfo.processInfo.environment["CUTOVER_ADMIN_URL"], !env.isEmpty { return env }
@@ -72,10 +80,7 @@ struct Status: ParsableCommand {
     @Flag(help: "Also list per-route statistics.") var stats = false
 
     func run() throws {
-        let client: AdminClient
-        do { client = try AdminClient(try admin.connectionString()) } catch let e as AdminClient.Failure {
-            print("cutover: \(e)"); throw ExitCode(2)
-        }
+        let client = try admin.connect()
         defer { client.close() }
         do {
             let routes = try client.run("SHOW ROUTES")
@@ -105,10 +110,7 @@ struct PhaseCommand: ParsableCommand {
     }
 
     func run() throws {
-        let client: AdminClient
-        do { client = try AdminClient(try admin.connectionString()) } catch let e as AdminClient.Failure {
-            print("cutover: \(e)"); throw ExitCode(2)
-        }
+        let client = try admin.connect()
         defer { client.close() }
         do {
             if let mirror { _ = try client.run("SET MIRROR \(route) TO \(mirror)") }
