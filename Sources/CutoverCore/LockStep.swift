@@ -49,8 +49,23 @@ public struct LockStep: Sendable {
     /// End of a Flush queued behind the unit in flight (the client waits for an answer to it).
     private var flushEnd: Int?
 
+    /// Bytes of `buffer` already sent (consumed from the front lazily: no quadratic shifting when a
+    /// pipelining client queues many units).
+    private var head = 0
+
     /// Client bytes queued behind the unit in flight (the session stops reading the client past a bound).
-    public var queuedBytes: Int { buffer.count }
+    public var queuedBytes: Int { buffer.count - head }
+
+    /// Takes `count` bytes from the front of the queue; offsets in `unitEnds`/`flushEnd` are relative to `head`.
+    private mutating func take(_ count: Int) -> [UInt8] {
+        let out = Array(buffer[head..<(head + count)])
+        head += count
+        for i in unitEnds.indices { unitEnds[i].end -= count }
+        if let end = flushEnd { flushEnd = end > count ? end - count : nil }
+        if head == buffer.count { buffer.removeAll(keepingCapacity: true); head = 0 }
+        else if head > 65536 && head * 2 > buffer.count { buffer.removeFirst(head); head = 0 }
+        return out
+    }
     /// False once mirroring stopped: whatever is queued goes to the leader alone.
     public private(set) var hasFollower = true
 
@@ -59,7 +74,7 @@ public struct LockStep: Sendable {
     /// Nothing in flight and nothing queued. (Pattern matching, not `==`: this runs on every chunk, and
     /// Equatable on the payload-carrying enum is a generic call.)
     @inline(__always) public var isQuiet: Bool {
-        if case .none = stage { return buffer.isEmpty }
+        if case .none = stage { return buffer.count == head }
         return false
     }
 
@@ -92,11 +107,11 @@ public struct LockStep: Sendable {
     /// after the last of them, `status` the session's transaction status now.
     public mutating func clientSent(_ bytes: [UInt8], units: [(endOffset: Int, unit: WorkUnit)], flushAt: Int?,
                                     status: TransactionStatus, now: UInt64) -> [Action] {
-        if stage == .copyBoth && buffer.isEmpty {
+        if stage == .copyBoth && queuedBytes == 0 {
             // COPY data (and CopyDone) go to both sides as they arrive.
             return units.map { .unitStarted($0.unit, followerSent: true) } + [.toLeader(bytes), .toFollower(bytes)]
         }
-        let base = buffer.count
+        let base = buffer.count - head
         buffer.append(contentsOf: bytes)
         for (end, unit) in units { unitEnds.append((base + end, unit)) }
         if let flushAt, unitEnds.last.map({ $0.end < base + flushAt }) ?? true { flushEnd = base + flushAt }
@@ -187,6 +202,7 @@ public struct LockStep: Sendable {
     /// The client left: what it queued never reached either side, so it is dropped on both.
     public mutating func dropQueued() {
         buffer = []
+        head = 0
         unitEnds = []
         flushEnd = nil
     }
@@ -201,10 +217,9 @@ public struct LockStep: Sendable {
 
     /// Starts the next complete unit, if none is in flight.
     private mutating func pump(status: TransactionStatus, now: UInt64) -> [Action] {
-        guard stage == nil, !buffer.isEmpty else { return [] }
+        guard stage == nil, queuedBytes > 0 else { return [] }
         guard hasFollower else {
-            let all = buffer
-            buffer = []
+            let all = take(queuedBytes)
             unitEnds = []
             flushEnd = nil
             return [.toLeader(all)]
@@ -213,16 +228,12 @@ public struct LockStep: Sendable {
             // A Flush without Sync (Describe before binding): the client waits for an answer now. Nothing
             // runs because of it, so both sides get it at once.
             guard let end = flushEnd else { return [] }
+            let partial = take(end)
             flushEnd = nil
-            let partial = Array(buffer[0..<end])
-            buffer.removeFirst(end)
             return [.toLeader(partial), .toFollower(partial)]
         }
-        let unit = Array(buffer[0..<first.end])
-        buffer.removeFirst(first.end)
         unitEnds.removeFirst()
-        for i in unitEnds.indices { unitEnds[i].end -= first.end }
-        if let end = flushEnd { flushEnd = end > first.end ? end - first.end : nil }
+        let unit = take(first.end)
         stageStartedAt = now
         if Self.isCopyIn(first.unit) {
             stage = .copyBoth
