@@ -27,17 +27,18 @@ def run_pgbench(endpoint, pin, args, log_dir=None, tag=None, timeout=None):
             os.remove(old)
         argv += ["--log", f"--log-prefix={prefix}"]
     argv.append(DB)
-    cpu0 = endpoint.service.cpu_seconds() if endpoint.service else None
+    cpu0 = endpoint.service.cpu_times() if endpoint.service else None
     t0 = time.monotonic()
     p = subprocess.run(pin.wrap(argv), capture_output=True, text=True, env=endpoint.env(), timeout=timeout)
     wall = time.monotonic() - t0
-    cpu1 = endpoint.service.cpu_seconds() if endpoint.service else None
+    cpu1 = endpoint.service.cpu_times() if endpoint.service else None
     result = parse_summary(p.stdout, p.stderr)
     result.update(exit_code=p.returncode, wall_s=round(wall, 3))
     if cpu0 is not None:
-        result["proxy_cpu_s"] = round(cpu1 - cpu0, 3)
+        user, system = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+        result.update(proxy_cpu_s=round(user + system, 3), proxy_user_s=round(user, 3), proxy_sys_s=round(system, 3))
         if result.get("transactions"):
-            result["proxy_cpu_us_per_tx"] = round((cpu1 - cpu0) * 1e6 / result["transactions"], 2)
+            result["proxy_cpu_us_per_tx"] = round((user + system) * 1e6 / result["transactions"], 2)
     if p.returncode != 0 or result.get("aborted_clients"):
         result["stderr_tail"] = p.stderr[-600:]
     if prefix:

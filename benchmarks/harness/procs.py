@@ -133,6 +133,9 @@ class Service:
     def cpu_seconds(self):
         return cpu_seconds(self.pid)
 
+    def cpu_times(self):
+        return cpu_times(self.pid)
+
     def rss_kb(self):
         return rss_kb(self.pid)
 
@@ -145,12 +148,17 @@ def stop_all():
             print(f"warning: could not stop {s.name} (pid {s.pid}): {e}")
 
 
-def cpu_seconds(pid):
-    """utime + stime of the whole process (all threads) from /proc/PID/stat, in seconds."""
+def cpu_times(pid):
+    """(utime, stime) of the whole process (all threads) from /proc/PID/stat, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     # fields[0] is state (field 3); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def cpu_seconds(pid):
+    """utime + stime of the whole process (all threads), in seconds."""
+    return sum(cpu_times(pid))
 
 
 def rss_kb(pid):

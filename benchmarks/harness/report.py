@@ -55,6 +55,11 @@ class Analysis:
                 seen.append(r["workload"])
         return seen
 
+    def user_sys(self, workload, target):
+        user = spread(self.values(workload, target, "proxy_user_us_per_query"))
+        system = spread(self.values(workload, target, "proxy_sys_us_per_query"))
+        return f"{user['median']:.1f} / {system['median']:.1f}" if user and system else "–"
+
     def targets_of(self, workload):
         return [t for t in self.targets if (workload, t.key) in self.by]
 
@@ -136,8 +141,8 @@ class Analysis:
              "Values are `median [min–max]` over rounds; ratios are computed per round (same round, adjacent runs) "
              "and then summarized.", ""]
         L += ["## Throughput", "",
-              "| workload | target | TPS | vs direct | vs PgBouncer session | proxy CPU µs/query |",
-              "|---|---|---|---|---|---|"]
+              "| workload | target | TPS | vs direct | vs PgBouncer session | proxy CPU µs/query | of which user / kernel |",
+              "|---|---|---|---|---|---|---|"]
         for wl in self.workloads():
             if wl.startswith("copy_") or wl == "fixed_rate":
                 continue
@@ -145,7 +150,7 @@ class Analysis:
                 tps = spread(self.values(wl, t.key, "tps"))
                 L.append(f"| {wl} | {t.label} | {fmt(tps, 0)} | {fmt(self.pair(wl, t.key, DIRECT, 'tps'))} | "
                          f"{fmt(self.pair(wl, t.key, PGBOUNCER, 'tps'))} | "
-                         f"{fmt(spread(self.values(wl, t.key, 'proxy_cpu_us_per_query')), 1)} |")
+                         f"{fmt(spread(self.values(wl, t.key, 'proxy_cpu_us_per_query')), 1)} | {self.user_sys(wl, t.key)} |")
         L += ["", "## Latency (µs)", "",
               "Percentiles pooled over all rounds (pgbench per-transaction logs). `added p50` is the per-round "
               "difference to the direct p50. In the fixed-rate run latency counts from the scheduled start.", "",
@@ -208,7 +213,9 @@ class Analysis:
             L += ["", "## Flip under load", "",
                   f"TPC-B at a fixed rate, 8 clients, route `legacy → dual-legacy → dual-new`: "
                   f"{flip['transactions']} transactions, {flip['errors']} client errors, longest stall "
-                  f"{flip['max_stall_ms']} ms, longest gap between completions {flip['max_completion_gap_ms']} ms.", ""]
+                  f"{flip['max_stall_ms']} ms, longest gap between completions {flip['max_completion_gap_ms']} ms "
+                  f"(both before the run's last 0.25 s, when pgbench disconnects; including that tail the longest "
+                  f"transaction took {flip.get('max_latency_incl_shutdown_ms')} ms).", ""]
             for f in flip["flips"]:
                 L.append(f"- at {f['at_s']} s: `{f['command']}` took {f['seconds']} s")
             slow = sorted((r for r in flip.get("timeline", []) if r["max_ms"] is not None), key=lambda r: -r["max_ms"])[:4]

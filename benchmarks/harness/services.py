@@ -40,7 +40,16 @@ class Endpoint:
         return argv
 
 
-class PostgresCluster:
+class Managed:
+    """Something the harness runs as one `procs.Service` (set by `start`)."""
+    service = None
+
+    def stop(self, timeout=60.0):
+        if self.service:
+            self.service.stop(timeout)
+
+
+class PostgresCluster(Managed):
     """A throwaway cluster in `root/<name>`, run as the PostgreSQL OS user, tuned for benchmarking not safety."""
 
     def __init__(self, root, name, pin, max_connections):
@@ -50,7 +59,6 @@ class PostgresCluster:
         self.port = procs.free_port()
         self.pin = pin
         self.max_connections = max_connections
-        self.service = None
         os.makedirs(self.dir, exist_ok=True)
         procs.chown_to_pg(self.dir)
 
@@ -104,12 +112,8 @@ class PostgresCluster:
     def endpoint(self, key="direct", label="direct"):
         return Endpoint(key, label, self.port)
 
-    def stop(self, timeout=60.0):
-        if self.service:
-            self.service.stop(timeout)
 
-
-class PgBouncer:
+class PgBouncer(Managed):
     """PgBouncer 1.18 from Debian in front of the legacy cluster. Clients log in with `auth_type = trust`,
     as they do at Cutover, so neither proxy spends client-side SCRAM in a measurement."""
 
@@ -143,7 +147,6 @@ ignore_startup_parameters = extra_float_digits
         for p in (self.dir, self.ini, os.path.join(self.dir, "userlist.txt")):
             procs.chown_to_pg(p)
         self.pin = pin
-        self.service = None
 
     def start(self, wrapper=(), signal_child=False):
         argv = list(wrapper) + ["/usr/sbin/pgbouncer", self.ini]
@@ -152,12 +155,8 @@ ignore_startup_parameters = extra_float_digits
         procs.wait_for_port(self.port, self.service.proc, timeout=60, what=self.name)
         return self
 
-    def stop(self, timeout=60.0):
-        if self.service:
-            self.service.stop(timeout)
 
-
-class Cutover:
+class Cutover(Managed):
     """One `cutover serve` instance with a route `bench` (legacy + new) in a given phase and mirror mode."""
 
     def __init__(self, root, name, binary, legacy, new, phase, mirror, pin, max_clients):
@@ -205,7 +204,6 @@ new = "new"
 phase = "{phase}"
 mirror = "{mirror}"
 """)
-        self.service = None
 
     def start(self, wrapper=(), signal_child=False):
         argv = list(wrapper) + [self.binary, "serve", self.config, "--log-level", "warning"]
@@ -213,7 +211,3 @@ mirror = "{mirror}"
                                      signal_child=signal_child)
         procs.wait_for_port(self.port, self.service.proc, timeout=60, what=self.name)
         return self
-
-    def stop(self, timeout=60.0):
-        if self.service:
-            self.service.stop(timeout)
