@@ -26,7 +26,7 @@ while (($# > 0)); do
         --no-build) build=0 ;;
         --ref) ref=$1; shift ;;
         --ref=*) ref=${a#--ref=} ;;
-        -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exec python3 "$here/bench.py" --binary x --help ;;
+        -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exec python3 "$here/bench.py" --binary x --help ;;
         *) args+=("$a") ;;
     esac
 done
