@@ -27,9 +27,11 @@ let package = Package(
 
         // Pure wire protocol: messages, framer, encoder. No I/O.
         .target(name: "CutoverProtocol", swiftSettings: hotPathSettings),
+        // The C libraries other than libuv behind safe Swift: libcrypto (SCRAM, md5) and libpg_query.
+        .target(name: "CutoverNative", dependencies: ["COpenSSL", "CPGQuery"]),
         // Pure domain: config, routes, phases, authentication exchanges, session state machines.
         .target(name: "CutoverCore", dependencies: [
-            "CutoverProtocol", "COpenSSL", "CPGQuery",
+            "CutoverProtocol", "CutoverNative",
             .product(name: "TOMLKit", package: "TOMLKit"),
         ], swiftSettings: hotPathSettings),
         // The only layer with unsafe pointers and C callbacks: libuv loop, TCP, timers, signals.

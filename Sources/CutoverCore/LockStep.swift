@@ -91,14 +91,13 @@ public struct LockStep: Sendable {
 
     /// A unit of plain DML run outside a transaction: wrapped in an implicit transaction.
     public static func isAutocommitWrite(_ unit: WorkUnit) -> Bool {
-        !unit.statements.isEmpty && !unit.commits && unit.statements.allSatisfy { text in
-            guard let w = SQLText.leadingWords(text, count: 1).first else { return false }
-            return w == "INSERT" || w == "UPDATE" || w == "DELETE" || w == "MERGE"
-        }
+        !unit.statements.isEmpty && !unit.commits && unit.statements.allSatisfy { SQLBytes.leadingKeyword($0).isDML }
     }
 
+    static let stdin = Array("stdin".utf8)
+
     public static func isCopyIn(_ unit: WorkUnit) -> Bool {
-        unit.statements.contains { SQLText.leadingWords($0, count: 1).first == "COPY" && SQLBytes.contains($0, lowercased: Array("stdin".utf8)) }
+        unit.statements.contains { SQLBytes.leadingKeyword($0) == .copy && SQLBytes.contains($0, lowercased: stdin) }
     }
 
     // MARK: events

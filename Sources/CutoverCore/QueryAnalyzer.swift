@@ -1,6 +1,6 @@
 // libpg_query, PostgreSQL's own parser: fingerprints, normalized text (literals as $n) and the schemas a
 // statement names. Results are cached by text so statements already seen cost a dictionary lookup.
-import CPGQuery
+import CutoverNative
 
 /// What the parser says about one statement text.
 public struct QueryAnalysis: Sendable, Equatable {
@@ -22,17 +22,9 @@ public final class QueryAnalyzer {
     public func analyze(_ text: String) -> QueryAnalysis {
         if let hit = cache[text] { return hit }
         parses += 1
-        var result = QueryAnalysis(fingerprint: nil, normalized: nil, schemas: [], parseError: nil)
-        let fp = pg_query_fingerprint(text)
-        if let e = fp.error { result.parseError = String(cString: e.pointee.message) }
-        else if let s = fp.fingerprint_str { result.fingerprint = String(cString: s) }
-        pg_query_free_fingerprint_result(fp)
-        let norm = pg_query_normalize(text)
-        if norm.error == nil, let s = norm.normalized_query { result.normalized = String(cString: s) }
-        pg_query_free_normalize_result(norm)
-        let parsed = pg_query_parse(text)
-        if parsed.error == nil, let tree = parsed.parse_tree { result.schemas = Self.schemaNames(inJSON: String(cString: tree)) }
-        pg_query_free_parse_result(parsed)
+        let parsed = PostgresParser.parse(text)
+        let result = QueryAnalysis(fingerprint: parsed.fingerprint, normalized: parsed.normalized,
+                                   schemas: parsed.parseTreeJSON.map(Self.schemaNames(inJSON:)) ?? [], parseError: parsed.error)
         if cache.count >= capacity { cache.removeAll(keepingCapacity: true) }
         cache[text] = result
         return result

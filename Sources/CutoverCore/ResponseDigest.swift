@@ -51,18 +51,14 @@ public struct DigestBuilder: Sendable {
             rows += 1
             if let body { rowHash &+= Self.hash(body) }
         case BackendMessageID.commandComplete.rawValue:
-            let tag = body.map { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            outcomes.append(StatementOutcome(tag: tag, rows: rows, rowHash: rowHash))
-            rows = 0; rowHash = 0
+            close(StatementOutcome(tag: body.map { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }))
         case BackendMessageID.emptyQueryResponse.rawValue:
-            outcomes.append(StatementOutcome(tag: "EMPTY"))
+            close(StatementOutcome(tag: "EMPTY"))
         case BackendMessageID.portalSuspended.rawValue:
-            outcomes.append(StatementOutcome(tag: "SUSPENDED", rows: rows, rowHash: rowHash))
-            rows = 0; rowHash = 0
+            close(StatementOutcome(tag: "SUSPENDED"))
         case BackendMessageID.errorResponse.rawValue:
             let fields = body.flatMap { try? ErrorFields.decode(body: Array($0)[...]) }
-            outcomes.append(StatementOutcome(sqlState: fields?.sqlState ?? "XX000", error: fields?.message, rows: rows, rowHash: rowHash))
-            rows = 0; rowHash = 0
+            close(StatementOutcome(sqlState: fields?.sqlState ?? "XX000", error: fields?.message))
         case BackendMessageID.readyForQuery.rawValue:
             let status = body.flatMap { $0.first }.flatMap(TransactionStatus.init(rawValue:)) ?? .idle
             defer { outcomes = []; rows = 0; rowHash = 0 }
@@ -70,6 +66,16 @@ public struct DigestBuilder: Sendable {
         default: break
         }
         return nil
+    }
+
+    /// Ends one statement's outcome with the rows seen since the previous one.
+    private mutating func close(_ outcome: StatementOutcome) {
+        var o = outcome
+        o.rows = rows
+        o.rowHash = rowHash
+        outcomes.append(o)
+        rows = 0
+        rowHash = 0
     }
 
     /// FNV-1a over the row's bytes, then a SplitMix64 finalizer so that sums of hashes mix well.

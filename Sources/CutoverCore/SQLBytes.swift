@@ -1,10 +1,6 @@
 // Allocation-free looks at raw SQL text in a message body: the first keyword and case-insensitive
 // substring search. The hot path decides with these whether a statement needs a String at all.
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// The leading keywords that matter to the proxy; everything else is `.other`.
 public enum LeadingKeyword: Sendable, Equatable {
     case begin, start, commit, end, rollback, abort, set, reset, prepare, deallocate, discard, listen, create, declare
@@ -20,6 +16,12 @@ public enum LeadingKeyword: Sendable, Equatable {
     }
 
     public var endsTransaction: Bool { self == .commit || self == .end }
+
+    /// Plain DML: what sync mirroring wraps in an implicit transaction outside one.
+    public var isDML: Bool { self == .insert || self == .update || self == .delete || self == .merge }
+
+    /// Statements that write (for the async write-order check).
+    public var writes: Bool { isDML || self == .copy }
 }
 
 public enum SQLBytes {
@@ -89,6 +91,12 @@ public enum SQLBytes {
         }
     }
 
+    /// The first keyword of a String's text (no allocation: the String's UTF-8 is read in place).
+    public static func leadingKeyword(_ text: String) -> LeadingKeyword {
+        var t = text
+        return t.withUTF8 { leadingKeyword(UnsafeRawBufferPointer($0)) }
+    }
+
     /// Case-insensitive search for `pattern` (given in lower case).
     public static func contains(_ text: UnsafeRawBufferPointer, lowercased pattern: [UInt8]) -> Bool {
         let m = pattern.count, n = text.count
@@ -123,10 +131,9 @@ public enum SQLBytes {
     public static func mayTakeAdvisoryLock(_ text: UnsafeRawBufferPointer) -> Bool {
         guard let base = text.baseAddress, text.count >= 8 else { return false }
         let p = base.assumingMemoryBound(to: UInt8.self)
-        for v: Int32 in [0x76, 0x56] {
+        for v: UInt8 in [0x76, 0x56] {
             var from = 1
-            while from < text.count, let hit = memchr(base + from, v, text.count - from) {
-                let at = base.distance(to: UnsafeRawPointer(hit))
+            while let at = RawBytes.index(of: v, in: text, from: from) {
                 // "advisory": the v is at index 2.
                 if at >= 2 && at + 6 <= text.count {
                     var j = 0
@@ -141,7 +148,6 @@ public enum SQLBytes {
 
     /// Whether `byte` occurs (memchr).
     public static func containsByte(_ text: UnsafeRawBufferPointer, _ byte: UInt8) -> Bool {
-        guard let base = text.baseAddress, text.count > 0 else { return false }
-        return memchr(base, Int32(byte), text.count) != nil
+        RawBytes.index(of: byte, in: text) != nil
     }
 }

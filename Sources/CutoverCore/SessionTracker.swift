@@ -1,9 +1,7 @@
 // Follows what a client sends: units of work (up to each Query/Sync/FunctionCall) with their statement
 // texts, and the session state a follower joining later must be given (SETs, prepared statements).
 import CutoverProtocol
-#if canImport(Glibc)
-import Glibc
-#endif
+
 
 /// One unit of work: the client messages answered by exactly one ReadyForQuery.
 public struct WorkUnit: Sendable, Equatable {
@@ -58,9 +56,8 @@ public struct SessionTracker: Sendable {
 
     /// The bytes up to the first NUL (memchr: message bodies can be long).
     private static func cString(_ body: UnsafeRawBufferPointer, from start: Int = 0) -> (UnsafeRawBufferPointer, next: Int) {
-        guard start < body.count, let base = body.baseAddress else { return (UnsafeRawBufferPointer(start: nil, count: 0), body.count) }
-        let end: Int
-        if let p = memchr(base + start, 0, body.count - start) { end = base.distance(to: UnsafeRawPointer(p)) } else { end = body.count }
+        guard start < body.count else { return (UnsafeRawBufferPointer(start: nil, count: 0), body.count) }
+        let end = RawBytes.index(of: 0, in: body, from: start) ?? body.count
         return (UnsafeRawBufferPointer(rebasing: body[start..<end]), end + 1)
     }
 
@@ -107,8 +104,7 @@ public struct SessionTracker: Sendable {
             let portal = String(decoding: body.prefix { $0 != 0 }, as: UTF8.self)
             if let text = portalStatement[portal].flatMap({ statementText[$0] }) {
                 current.statements.append(text)
-                var t = text
-                if t.withUTF8({ SQLBytes.leadingKeyword(UnsafeRawBufferPointer($0)) }).endsTransaction { current.commits = true }
+                if SQLBytes.leadingKeyword(text).endsTransaction { current.commits = true }
             }
         case FrontendMessageID.close.rawValue:
             guard let body, body.count >= 2, body[0] == UInt8(ascii: "S") else { break }

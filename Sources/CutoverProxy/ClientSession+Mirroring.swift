@@ -21,10 +21,7 @@ struct PendingUnit {
         self.unit = unit
         self.leaderSentAt = leaderSentAt
         self.followerSentAt = followerSentAt
-        isWrite = unit.commits || unit.statements.contains { text in
-            guard let w = SQLText.leadingWords(text, count: 1).first else { return false }
-            return w == "INSERT" || w == "UPDATE" || w == "DELETE" || w == "MERGE" || w == "COPY"
-        }
+        isWrite = unit.commits || unit.statements.contains { SQLBytes.leadingKeyword($0).writes }
     }
 
     var leaderMs: Double? { leader == nil ? nil : Double(leaderDoneAt &- leaderSentAt) / 1e6 }

@@ -1,4 +1,5 @@
 // The cryptographic primitives authentication needs, from OpenSSL's libcrypto (one crypto library for the project).
+// Lives with the other C wrappers; CutoverCore re-exports it.
 import COpenSSL
 import Foundation
 
