@@ -11,3 +11,8 @@ static inline uv_handle_t *uvshim_async_handle(uv_async_t *t) { return (uv_handl
 static inline int uvshim_eagain(void) { return UV_EAGAIN; }
 static inline int uvshim_eof(void) { return UV_EOF; }
 static inline int uvshim_ecanceled(void) { return UV_ECANCELED; }
+static inline uv_handle_t *uvshim_poll_handle(uv_poll_t *t) { return (uv_handle_t *)t; }
+/* glibc declares accept4 only under _GNU_SOURCE, which would make these headers differ from Glibc's module. */
+extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
+/* Accepts as a non-blocking, close-on-exec socket in one call. */
+static inline int uvshim_accept_nonblocking(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }

@@ -1,4 +1,5 @@
-// One TCP stream: reads into the loop's shared buffer, writes with uv_try_write first and owned copies after.
+// One TCP stream: libuv polls its socket; reads land in the loop's shared buffer, writes go straight to the kernel
+// and only what the kernel refuses is copied into a queue of the connection's own.
 import CLibUV
 import Glibc
 
@@ -14,235 +15,259 @@ public protocol TCPConnectionDelegate: AnyObject {
     func connection(_ connection: TCPConnection, didFail error: Int32?)
 }
 
-/// A libuv TCP handle with its memory, its queued writes and its one libuv-held reference.
+/// A non-blocking TCP socket watched by a libuv poll handle, with its queued writes and its one libuv-held reference.
 ///
-/// Ownership: libuv holds +1 on this object from `init` until the close callback; the handle's memory is freed
-/// in `deinit`, which therefore runs only after libuv is done with it. Each queued write owns its bytes.
+/// Why a poll handle and not a libuv stream: the proxy reads every chunk into one shared buffer and writes
+/// synchronously, so libuv's stream layer (allocation callbacks, write requests, its own queue) was only
+/// overhead — about a fifth of the proxy's user-space instructions per query — and a `uv_tcp_t` is a
+/// hundred bytes larger than a `uv_poll_t` on every connection.
+///
+/// Ownership: libuv holds +1 on this object from the moment its socket is attached until the close callback,
+/// which also closes the socket; the handle's memory is freed in `deinit`, which therefore runs only after
+/// libuv is done with it. Error codes are negative errno values (libuv's codes on Unix).
 public final class TCPConnection: HandleOwner {
-    let handle: UnsafeMutablePointer<uv_tcp_t>
+    let handle: UnsafeMutablePointer<uv_poll_t>
     let loop: EventLoop
     /// Not retained and not weak (a weak load costs a side-table lookup per callback): every owner sets
     /// it to nil in its deinit, and the connection (kept alive by libuv until its close callback) checks it.
     public unowned(unsafe) var delegate: TCPConnectionDelegate?
     public private(set) var isClosing = false
     public private(set) var isReading = false
-    private var connectRequest: UnsafeMutablePointer<uv_connect_t>?
     /// An opaque tag for the owner (e.g. which side of a session this is).
     public var tag: Int = 0
+    private var fd: Int32 = -1
+    /// The socket is attached to the poll handle (libuv holds +1 until the close callback).
+    private var isAttached = false
+    private var isConnecting = false
+    /// A connect that failed at once: reported from the first poll, so callers see one path for every outcome.
+    private var immediateConnectError: Int32 = 0
+    private var closeWhenFlushed = false
+    /// The events libuv polls for now (changing them costs an epoll_ctl, so only real changes are made).
+    private var polledEvents: Int32 = 0
+    /// Bytes the kernel did not take yet, from `pendingHead` on. Empty (no capacity) when caught up.
+    private var pending: [UInt8] = []
+    private var pendingHead = 0
 
     public init(loop: EventLoop) {
         self.loop = loop
         handle = .allocate(capacity: 1)
-        uv_tcp_init(loop.loop, handle)
+    }
+
+    /// Wraps a socket accepted by a listener. Returns nil (and closes the socket) if libuv cannot poll it.
+    init?(loop: EventLoop, acceptedSocket fd: Int32) {
+        self.loop = loop
+        handle = .allocate(capacity: 1)
+        Socket.setNoDelay(fd)
+        guard attach(fd) == 0 else {
+            Glibc.close(fd)
+            return nil
+        }
+    }
+
+    deinit { handle.deallocate() }
+
+    private func attach(_ socket: Int32) -> Int32 {
+        let rc = uv_poll_init_socket(loop.loop, handle, socket)
+        guard rc == 0 else { return rc }
+        fd = socket
+        isAttached = true
         handle.pointee.data = Unmanaged.passRetained(self).toOpaque()
+        return 0
     }
 
-    deinit {
-        connectRequest?.deallocate()
-        handle.deallocate()
-    }
-
-    var stream: UnsafeMutablePointer<uv_stream_t> { uvshim_stream(handle) }
-
-    /// Starts an outbound connection to an IPv4/IPv6 literal address.
+    /// Starts an outbound connection to an IPv4/IPv6 literal address. Nil means the outcome will be
+    /// reported to `connection(_:didConnect:)`.
     public func connect(host: String, port: Int) -> Int32? {
-        var storage = sockaddr_storage()
-        let rc: Int32 = withUnsafeMutableBytes(of: &storage) { raw in
-            if host.contains(":") {
-                return uv_ip6_addr(host, Int32(port), raw.baseAddress!.assumingMemoryBound(to: sockaddr_in6.self))
-            }
-            return uv_ip4_addr(host, Int32(port), raw.baseAddress!.assumingMemoryBound(to: sockaddr_in.self))
+        guard !isAttached, !isClosing else { return -EINVAL }
+        guard let (storage, length) = Socket.address(host: host, port: port) else { return -EINVAL }
+        let socket = Socket.open(family: storage.ss_family)
+        guard socket >= 0 else { return socket }
+        Socket.setNoDelay(socket)
+        immediateConnectError = Socket.connect(socket, to: storage, length: length)
+        let rc = attach(socket)
+        guard rc == 0 else {
+            Glibc.close(socket)
+            return rc
         }
-        if rc != 0 { return rc }
-        let req = UnsafeMutablePointer<uv_connect_t>.allocate(capacity: 1)
-        connectRequest = req
-        req.pointee.data = Unmanaged.passUnretained(self).toOpaque() // the handle's +1 keeps self alive
-        let r = withUnsafeBytes(of: &storage) { raw in
-            uv_tcp_connect(req, handle, raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), onConnect)
-        }
-        return r == 0 ? nil : r
-    }
-
-    func connected(_ status: Int32) {
-        if status == 0 { uv_tcp_nodelay(handle, 1) }
-        delegate?.connection(self, didConnect: status == 0 ? nil : status)
+        isConnecting = true
+        updatePolling()
+        return nil
     }
 
     public func startReading() {
         guard !isReading, !isClosing else { return }
         isReading = true
-        uv_read_start(stream, onAlloc, onRead)
+        updatePolling()
     }
 
     public func stopReading() {
         guard isReading, !isClosing else { return }
         isReading = false
-        uv_read_stop(stream)
+        updatePolling()
     }
 
-    /// Bytes handed to libuv but not yet to the kernel.
-    public var queuedBytes: Int { uv_stream_get_write_queue_size(stream) }
+    /// Bytes accepted by `write` but not yet by the kernel.
+    public var queuedBytes: Int { pending.count - pendingHead }
 
-    /// Writes `bytes`: straight to the kernel when possible, else an owned copy is queued.
+    /// Writes `bytes`: straight to the kernel when possible, else what is left is copied into the queue.
     /// Returns false if the connection is closing or the write failed (the failure is also reported).
     @discardableResult
     public func write(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        guard !isClosing else { return false }
+        guard !isClosing, isAttached else { return false }
         guard bytes.count > 0 else { return true }
         var offset = 0
-        if queuedBytes == 0 {
-            var buf = uv_buf_t(base: UnsafeMutablePointer(mutating: bytes.baseAddress!.assumingMemoryBound(to: CChar.self)), len: bytes.count)
-            let n = Int(uv_try_write(stream, &buf, 1))
-            if n == bytes.count { return true }
-            if n < 0 && n != Int(uvshim_eagain()) { fail(Int32(n)); return false }
-            offset = max(n, 0)
+        if pending.isEmpty && !isConnecting {
+            while true {
+                let n = Glibc.write(fd, bytes.baseAddress, bytes.count)
+                if n == bytes.count { return true }
+                if n >= 0 { offset = n; break }
+                let e = errno
+                if e == EINTR { continue }
+                if e == EAGAIN { break }
+                fail(-e)
+                return false
+            }
         }
-        let request = WriteRequest(copying: UnsafeRawBufferPointer(rebasing: bytes[offset...]), connection: self)
-        let rc = request.submit(stream)
-        if rc != 0 { fail(rc); return false }
+        if pendingHead > 0 && pendingHead >= queuedBytes {
+            // Keep the queue at most twice what it holds: drop the part already written.
+            pending.removeFirst(pendingHead)
+            pendingHead = 0
+        }
+        pending.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[offset...]))
+        updatePolling()
         return true
     }
 
     @discardableResult
     public func write(_ bytes: [UInt8]) -> Bool { bytes.withUnsafeBytes { write($0) } }
 
-    func writeFinished(_ status: Int32) {
-        if status < 0 {
-            if status != uvshim_ecanceled() { fail(status) }
-            return
-        }
-        if queuedBytes == 0 { delegate?.connectionDidDrain(self) }
-    }
-
-    func read(_ nread: Int) {
-        if nread > 0 {
-            delegate?.connection(self, didRead: UnsafeRawBufferPointer(start: loop.readBuffer, count: nread))
-        } else if nread < 0 {
-            fail(nread == Int(uvshim_eof()) ? nil : Int32(nread))
-        }
-    }
-
-    func fail(_ error: Int32?) {
-        guard !isClosing else { return }
-        let d = delegate
-        close()
-        d?.connection(self, didFail: error)
-    }
-
-    /// Closes the handle. Queued writes are cancelled; use `closeAfterWrites` to let them go out first.
+    /// Closes the socket. Queued writes are dropped; use `closeAfterWrites` to let them go out first.
     public func close() {
         guard !isClosing else { return }
         isClosing = true
         isReading = false
-        uv_close(uvshim_tcp_handle(handle), onClose)
+        pending = []
+        pendingHead = 0
+        // The close callback closes the socket: libuv stops polling it first, here.
+        if isAttached { uv_close(uvshim_poll_handle(handle), onClose) }
     }
 
     /// Lets queued writes reach the kernel, then closes (used after sending a final ErrorResponse).
     public func closeAfterWrites() {
         guard !isClosing else { return }
         stopReading()
-        if queuedBytes == 0 { close(); return }
-        let req = UnsafeMutablePointer<uv_shutdown_t>.allocate(capacity: 1)
-        req.pointee.data = Unmanaged.passUnretained(self).toOpaque()
-        if uv_shutdown(req, stream, onShutdown) != 0 { req.deallocate(); close() }
+        if pending.isEmpty && !isConnecting { return shutdownAndClose() }
+        closeWhenFlushed = true
     }
 
     func handleClosed() {
-        Unmanaged.passUnretained(self).release() // libuv's +1 from init
+        if fd >= 0 { Glibc.close(fd) }
+        fd = -1
+        Unmanaged.passUnretained(self).release() // libuv's +1 from attach
     }
 
-    /// Accepts a pending connection from `server` into this (fresh) handle.
-    func accept(from server: UnsafeMutablePointer<uv_stream_t>) -> Bool {
-        guard uv_accept(server, stream) == 0 else { return false }
-        uv_tcp_nodelay(handle, 1)
-        return true
-    }
-
-    /// The file descriptor, for diagnostics.
+    /// "host:port" of the peer, for logs.
     public var peerDescription: String {
-        var storage = sockaddr_storage()
-        var len = Int32(MemoryLayout<sockaddr_storage>.size)
-        let rc = withUnsafeMutableBytes(of: &storage) { uv_tcp_getpeername(handle, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), &len) }
-        guard rc == 0 else { return "?" }
-        var name = [CChar](repeating: 0, count: 64)
-        return withUnsafeBytes(of: &storage) { raw -> String in
-            let family = raw.load(as: sockaddr.self).sa_family
-            if family == sa_family_t(AF_INET) {
-                var a = raw.load(as: sockaddr_in.self)
-                uv_ip4_name(&a, &name, 64)
-                return "\(cString(name)):\(UInt16(bigEndian: a.sin_port))"
-            }
-            var a = raw.load(as: sockaddr_in6.self)
-            uv_ip6_name(&a, &name, 64)
-            return "[\(cString(name))]:\(UInt16(bigEndian: a.sin6_port))"
+        guard let (host, port) = Socket.name(fd, peer: true) else { return "?" }
+        return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
+
+    // MARK: poll events
+
+    private func updatePolling() {
+        guard isAttached, !isClosing else { return }
+        var events: Int32 = 0
+        if isConnecting || !pending.isEmpty { events |= Int32(UV_WRITABLE.rawValue) }
+        if isReading && !isConnecting { events |= Int32(UV_READABLE.rawValue) }
+        guard events != polledEvents else { return }
+        polledEvents = events
+        if events == 0 { uv_poll_stop(handle) } else { uv_poll_start(handle, events, onPoll) }
+    }
+
+    @inline(__always)
+    func polled(status: Int32, events: Int32) {
+        if status < 0 { polledEvents = 0 } // libuv stopped the handle (the socket reported an error)
+        if isConnecting { return connectFinished(status: status) }
+        if events & Int32(UV_READABLE.rawValue) != 0 && isReading {
+            readAvailable()
+            if isClosing { return }
+        }
+        if status < 0 {
+            // A reset or another socket error: the socket says which.
+            let e = Socket.pendingError(fd)
+            return fail(e != 0 ? e : status)
+        }
+        if events & Int32(UV_WRITABLE.rawValue) != 0 { flush() }
+    }
+
+    private func connectFinished(status: Int32) {
+        isConnecting = false
+        var e = immediateConnectError
+        if e == 0 { e = Socket.pendingError(fd) }
+        if e == 0 && status < 0 { e = status }
+        if e != 0 {
+            delegate?.connection(self, didConnect: e)
+            return
+        }
+        updatePolling()
+        delegate?.connection(self, didConnect: nil)
+        if !pending.isEmpty && !isClosing { flush() }
+    }
+
+    @inline(__always)
+    private func readAvailable() {
+        let n = Glibc.read(fd, loop.readBuffer, loop.readBufferSize)
+        if n > 0 {
+            delegate?.connection(self, didRead: UnsafeRawBufferPointer(start: loop.readBuffer, count: n))
+        } else if n == 0 {
+            fail(nil)
+        } else {
+            let e = errno
+            if e != EAGAIN && e != EINTR { fail(-e) }
         }
     }
-}
 
-/// One queued write and the bytes it owns until libuv's callback.
-final class WriteRequest {
-    let request: UnsafeMutablePointer<uv_write_t>
-    let storage: UnsafeMutableRawBufferPointer
-    let connection: TCPConnection
-
-    init(copying bytes: UnsafeRawBufferPointer, connection: TCPConnection) {
-        request = .allocate(capacity: 1)
-        storage = .allocate(byteCount: bytes.count, alignment: 1)
-        storage.copyMemory(from: bytes)
-        self.connection = connection
+    private func flush() {
+        while !pending.isEmpty {
+            let n = pending.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + pendingHead, $0.count - pendingHead) }
+            if n < 0 {
+                let e = errno
+                if e == EINTR { continue }
+                if e == EAGAIN { return }
+                return fail(-e)
+            }
+            pendingHead += n
+            if pendingHead == pending.count {
+                // Caught up: an idle connection keeps no buffer.
+                pending = []
+                pendingHead = 0
+            }
+        }
+        if closeWhenFlushed { return shutdownAndClose() }
+        updatePolling()
+        delegate?.connectionDidDrain(self)
     }
 
-    deinit {
-        storage.deallocate()
-        request.deallocate()
+    private func shutdownAndClose() {
+        if fd >= 0 { shutdown(fd, Int32(SHUT_WR)) }
+        close()
     }
 
-    func submit(_ stream: UnsafeMutablePointer<uv_stream_t>) -> Int32 {
-        request.pointee.data = Unmanaged.passRetained(self).toOpaque() // +1 until the callback
-        var buf = uv_buf_t(base: storage.baseAddress!.assumingMemoryBound(to: CChar.self), len: storage.count)
-        let rc = uv_write(request, stream, &buf, 1, onWrite)
-        if rc != 0 { Unmanaged.passUnretained(self).release() }
-        return rc
-    }
-}
-
-// C callbacks: capture-free functions that recover the owner from `data` and call one method.
-
-private func connection(_ data: UnsafeMutableRawPointer?) -> TCPConnection {
-    Unmanaged<TCPConnection>.fromOpaque(data!).takeUnretainedValue()
-}
-
-// The hot callbacks borrow the connection without a retain/release pair: libuv's +1 keeps it alive for
-// the duration of every callback.
-private func onAlloc(_ handle: UnsafeMutablePointer<uv_handle_t>?, _ suggested: Int, _ buf: UnsafeMutablePointer<uv_buf_t>?) {
-    Unmanaged<TCPConnection>.fromOpaque(handle!.pointee.data!)._withUnsafeGuaranteedRef { c in
-        buf!.pointee = uv_buf_t(base: c.loop.readBuffer.assumingMemoryBound(to: CChar.self), len: c.loop.readBufferSize)
+    private func fail(_ error: Int32?) {
+        guard !isClosing else { return }
+        let d = delegate
+        close()
+        d?.connection(self, didFail: error)
     }
 }
 
-private func onRead(_ stream: UnsafeMutablePointer<uv_stream_t>?, _ nread: Int, _ buf: UnsafePointer<uv_buf_t>?) {
-    Unmanaged<TCPConnection>.fromOpaque(stream!.pointee.data!)._withUnsafeGuaranteedRef { $0.read(nread) }
-}
+// The C callbacks: capture-free functions that recover the owner from `data`. They borrow the connection
+// without a retain/release pair: libuv's +1 keeps it alive for the duration of every callback.
 
-private func onWrite(_ req: UnsafeMutablePointer<uv_write_t>?, _ status: Int32) {
-    let w = Unmanaged<WriteRequest>.fromOpaque(req!.pointee.data).takeRetainedValue()
-    w.connection.writeFinished(status)
-}
-
-private func onConnect(_ req: UnsafeMutablePointer<uv_connect_t>?, _ status: Int32) {
-    connection(req!.pointee.data).connected(status)
-}
-
-private func onShutdown(_ req: UnsafeMutablePointer<uv_shutdown_t>?, _ status: Int32) {
-    let c = connection(req!.pointee.data)
-    req!.deallocate()
-    c.close()
+private func onPoll(_ handle: UnsafeMutablePointer<uv_poll_t>?, _ status: Int32, _ events: Int32) {
+    Unmanaged<TCPConnection>.fromOpaque(handle!.pointee.data!)._withUnsafeGuaranteedRef { $0.polled(status: status, events: events) }
 }
 
 private func onClose(_ handle: UnsafeMutablePointer<uv_handle_t>?) {
-    connection(handle!.pointee.data).handleClosed()
-}
-
-private func cString(_ chars: [CChar]) -> String {
-    String(decoding: chars.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    Unmanaged<TCPConnection>.fromOpaque(handle!.pointee.data!).takeUnretainedValue().handleClosed()
 }

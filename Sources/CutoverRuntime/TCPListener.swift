@@ -3,11 +3,15 @@ import CLibUV
 import Glibc
 
 public final class TCPListener: HandleOwner {
-    let handle: UnsafeMutablePointer<uv_tcp_t>
+    let handle: UnsafeMutablePointer<uv_poll_t>
     let loop: EventLoop
     let onAccept: (TCPConnection) -> Void
-    public private(set) var port: Int = 0
+    let fd: Int32
+    public let port: Int
     private var closed = false
+    /// A descriptor held back for the moment the process runs out of them: closing it lets one pending
+    /// client be accepted and closed at once, instead of the listener spinning on a connection it cannot take.
+    private var reserveFD: Int32
 
     public struct BindError: Error, CustomStringConvertible {
         public let code: Int32
@@ -17,50 +21,61 @@ public final class TCPListener: HandleOwner {
 
     /// Binds and listens; port 0 picks a free port (read it from `port`).
     public init(loop: EventLoop, host: String, port: Int, backlog: Int32 = 1024, onAccept: @escaping (TCPConnection) -> Void) throws {
+        let socket = Socket.listen(host: host, port: port, backlog: backlog)
+        guard socket >= 0 else { throw BindError(code: socket, address: "\(host):\(port)") }
+        handle = .allocate(capacity: 1)
+        let rc = uv_poll_init_socket(loop.loop, handle, socket)
+        guard rc == 0 else {
+            Glibc.close(socket)
+            handle.deallocate()
+            throw BindError(code: rc, address: "\(host):\(port)")
+        }
         self.loop = loop
         self.onAccept = onAccept
-        handle = .allocate(capacity: 1)
-        uv_tcp_init(loop.loop, handle)
+        fd = socket
+        self.port = Socket.name(socket, peer: false)?.port ?? port
+        reserveFD = open("/dev/null", O_RDONLY | O_CLOEXEC)
         handle.pointee.data = Unmanaged.passRetained(self).toOpaque()
-        var storage = sockaddr_storage()
-        let address = "\(host):\(port)"
-        var rc: Int32 = withUnsafeMutableBytes(of: &storage) { raw in
-            host.contains(":") ? uv_ip6_addr(host, Int32(port), raw.baseAddress!.assumingMemoryBound(to: sockaddr_in6.self))
-                : uv_ip4_addr(host, Int32(port), raw.baseAddress!.assumingMemoryBound(to: sockaddr_in.self))
-        }
-        if rc == 0 { rc = withUnsafeBytes(of: &storage) { uv_tcp_bind(handle, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), 0) } }
-        if rc == 0 { rc = uv_listen(uvshim_stream(handle), backlog, onConnection) }
-        if rc != 0 { close(); throw BindError(code: rc, address: address) }
-        var bound = sockaddr_storage()
-        var len = Int32(MemoryLayout<sockaddr_storage>.size)
-        _ = withUnsafeMutableBytes(of: &bound) { uv_tcp_getsockname(handle, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), &len) }
-        self.port = withUnsafeBytes(of: &bound) { raw in
-            raw.load(as: sockaddr.self).sa_family == sa_family_t(AF_INET6)
-                ? Int(UInt16(bigEndian: raw.load(as: sockaddr_in6.self).sin6_port))
-                : Int(UInt16(bigEndian: raw.load(as: sockaddr_in.self).sin_port))
-        }
+        uv_poll_start(handle, Int32(UV_READABLE.rawValue), onAcceptable)
     }
 
     deinit { handle.deallocate() }
 
-    func accepted(_ status: Int32) {
-        guard status == 0, !closed else { return }
-        let c = TCPConnection(loop: loop)
-        if c.accept(from: uvshim_stream(handle)) { onAccept(c) } else { c.close() }
+    func acceptable() {
+        // Bounded per wake-up, so a connection storm cannot starve the sessions already running.
+        for _ in 0..<64 where !closed {
+            let socket = Socket.accept(fd)
+            if socket >= 0 {
+                if let c = TCPConnection(loop: loop, acceptedSocket: socket) { onAccept(c) }
+                continue
+            }
+            if (socket == -EMFILE || socket == -ENFILE) && reserveFD >= 0 {
+                Glibc.close(reserveFD)
+                let s = Socket.accept(fd)
+                if s >= 0 { Glibc.close(s) }
+                reserveFD = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            }
+            return
+        }
     }
 
     /// Stops accepting. Connections already accepted are unaffected.
     public func close() {
         guard !closed else { return }
         closed = true
-        uv_close(uvshim_tcp_handle(handle), onListenerClose)
+        uv_close(uvshim_poll_handle(handle), onListenerClose)
     }
 
-    func handleClosed() { Unmanaged.passUnretained(self).release() }
+    func handleClosed() {
+        Glibc.close(fd)
+        if reserveFD >= 0 { Glibc.close(reserveFD) }
+        reserveFD = -1
+        Unmanaged.passUnretained(self).release()
+    }
 }
 
-private func onConnection(_ server: UnsafeMutablePointer<uv_stream_t>?, _ status: Int32) {
-    Unmanaged<TCPListener>.fromOpaque(server!.pointee.data!).takeUnretainedValue().accepted(status)
+private func onAcceptable(_ handle: UnsafeMutablePointer<uv_poll_t>?, _ status: Int32, _ events: Int32) {
+    Unmanaged<TCPListener>.fromOpaque(handle!.pointee.data!).takeUnretainedValue().acceptable()
 }
 
 private func onListenerClose(_ handle: UnsafeMutablePointer<uv_handle_t>?) {
