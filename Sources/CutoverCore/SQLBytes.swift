@@ -54,14 +54,19 @@ public enum SQLBytes {
             }
             break
         }
-        var end = i
+        // Keywords are letters only: `& 0xDF` upper-cases a letter and maps nothing else into A–Z.
+        var length = 0
         var packed: UInt64 = 0
-        while end < n && SQLText.isWordByte(text[end]) {
-            if end - i < 8 { packed |= UInt64(upper(text[end])) << (8 * UInt64(end - i)) }
-            end += 1
+        while i + length < n {
+            let u = text[i + length] & 0xDF
+            guard u >= 0x41 && u <= 0x5A else { break }
+            if length == 10 { return .other } // longer than DEALLOCATE
+            if length < 8 { packed |= UInt64(u) << (8 * UInt64(length)) }
+            length += 1
         }
-        let length = end - i
-        guard length >= 3 && length <= 10 else { return .other }
+        // A digit or underscore right after the letters makes it an identifier (SET_x), not a keyword.
+        if i + length < n, SQLText.isWordByte(text[i + length]) { return .other }
+        guard length >= 3 else { return .other }
         if length == 10 {
             for j in 0..<10 where upper(text[i + j]) != deallocate[j] { return .other }
             return .deallocate

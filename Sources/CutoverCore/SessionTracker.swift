@@ -63,10 +63,31 @@ public struct SessionTracker: Sendable {
 
     /// Handles one message; returns the completed unit when `id` ends one.
     public mutating func received(id: UInt8, body: UnsafeRawBufferPointer?) -> WorkUnit? {
+        messageEndsUnit(id: id, body: body) ? takeUnit() : nil
+    }
+
+    /// Whether the unit being assembled carries statement texts (it does only when recording, or for the
+    /// rare statement that touches session state or may name another schema).
+    public var currentHasTexts: Bool { !current.statements.isEmpty || !current.parsed.isEmpty }
+
+    /// The completed unit; the next one starts empty.
+    public mutating func takeUnit() -> WorkUnit {
+        defer { current = WorkUnit() }
+        return current
+    }
+
+    /// Starts the next unit without handing this one over (a single-side phase needs only the count).
+    public mutating func skipUnit() {
+        if currentHasTexts { current = WorkUnit() } else { current.commits = false }
+    }
+
+    /// Handles one message; true when `id` ends a unit, which the caller then takes or skips.
+    public mutating func messageEndsUnit(id: UInt8, body: UnsafeRawBufferPointer?) -> Bool {
         switch id {
         case FrontendMessageID.query.rawValue:
             guard let body else { break }
-            let (raw, _) = Self.cString(body)
+            // A Query is one string and its NUL (PostgreSQL rejects anything after it): no search needed.
+            let raw = body.last == 0 ? UnsafeRawBufferPointer(rebasing: body.dropLast()) : Self.cString(body).0
             let keyword = SQLBytes.leadingKeyword(raw)
             if keyword.endsTransaction { current.commits = true }
             // Only statements that may change tracked state are classified (the rest cost a keyword check).
@@ -76,7 +97,7 @@ public struct SessionTracker: Sendable {
                 if tracked { track(sql: text) }
                 current.statements.append(text)
             }
-            return finishUnit()
+            return true
         case FrontendMessageID.parse.rawValue:
             guard let body else { break }
             let (rawName, next) = Self.cString(body)
@@ -112,15 +133,10 @@ public struct SessionTracker: Sendable {
             preparedMessages[name] = nil
             statementText[name] = nil
         case FrontendMessageID.sync.rawValue, FrontendMessageID.functionCall.rawValue:
-            return finishUnit()
+            return true
         default: break
         }
-        return nil
-    }
-
-    private mutating func finishUnit() -> WorkUnit {
-        defer { current = WorkUnit() }
-        return current
+        return false
     }
 
     mutating func track(sql text: String) {

@@ -6,7 +6,7 @@
 public struct MessageScanner: Sendable {
     /// A set of message ids as a 256-bit map.
     public struct IDSet: Sendable {
-        var bits: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        @usableFromInline var bits: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
         public init(_ ids: [UInt8]) { for id in ids { insert(id) } }
         public mutating func insert(_ id: UInt8) {
             let bit = UInt64(1) << UInt64(id & 63)
@@ -17,7 +17,7 @@ public struct MessageScanner: Sendable {
             default: bits.3 |= bit
             }
         }
-        @inline(__always) public func contains(_ id: UInt8) -> Bool {
+        @inlinable @inline(__always) public func contains(_ id: UInt8) -> Bool {
             let bit = UInt64(1) << UInt64(id & 63)
             switch id >> 6 {
             case 0: return bits.0 & bit != 0
@@ -28,15 +28,16 @@ public struct MessageScanner: Sendable {
         }
     }
 
+    // Internal and @usableFromInline: `scan` is inlined into its callers so their per-message closure is too.
     public let captured: IDSet
     public let maxMessageSize: Int
-    private var header: (UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0)
-    private var headerFill = 0
-    private var bodyRemaining = 0
-    private var bodyLength = 0
-    private var currentID: UInt8 = 0
-    private var capturing = false
-    private var capture: [UInt8] = []
+    @usableFromInline var header: (UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0)
+    @usableFromInline var headerFill = 0
+    @usableFromInline var bodyRemaining = 0
+    @usableFromInline var bodyLength = 0
+    @usableFromInline var currentID: UInt8 = 0
+    @usableFromInline var capturing = false
+    @usableFromInline var capture: [UInt8] = []
 
     public init(captured: IDSet, maxMessageSize: Int) {
         self.captured = captured
@@ -44,12 +45,12 @@ public struct MessageScanner: Sendable {
     }
 
     /// True between messages: the stream can be cut or switched here.
-    public var atMessageBoundary: Bool { headerFill == 0 && bodyRemaining == 0 && !capturing }
+    @inlinable public var atMessageBoundary: Bool { headerFill == 0 && bodyRemaining == 0 && !capturing }
 
     /// Scans `chunk`. `visit(id, body, endOffset)` runs for each message that completes in it; `body` is
     /// non-nil only for captured ids and is valid only during the call; `endOffset` is where the
     /// message ends within `chunk`. A length over `maxMessageSize` (or under 4) throws before its body is read.
-    public mutating func scan(_ chunk: UnsafeRawBufferPointer,
+    @inlinable public mutating func scan(_ chunk: UnsafeRawBufferPointer,
                               _ visit: (UInt8, UnsafeRawBufferPointer?, Int) throws -> Void) throws {
         var i = 0
         let n = chunk.count
@@ -94,12 +95,12 @@ public struct MessageScanner: Sendable {
         }
     }
 
-    @inline(__always) private func check(_ length: Int) throws {
+    @inlinable @inline(__always) func check(_ length: Int) throws {
         guard length >= 4 else { throw ProtocolError.invalidLength(length) }
         guard length <= maxMessageSize else { throw ProtocolError.messageTooLarge(length: length, limit: maxMessageSize) }
     }
 
-    private mutating func begin(id: UInt8, length: Int) {
+    @usableFromInline mutating func begin(id: UInt8, length: Int) {
         currentID = id
         bodyLength = length - 4
         bodyRemaining = bodyLength
@@ -107,7 +108,7 @@ public struct MessageScanner: Sendable {
         if capturing { capture.removeAll(keepingCapacity: true); capture.reserveCapacity(bodyLength) }
     }
 
-    private mutating func finish(_ visit: (UInt8, UnsafeRawBufferPointer?, Int) throws -> Void, at offset: Int) throws {
+    @usableFromInline mutating func finish(_ visit: (UInt8, UnsafeRawBufferPointer?, Int) throws -> Void, at offset: Int) throws {
         let wasCapturing = capturing
         capturing = false
         if wasCapturing {
@@ -119,7 +120,7 @@ public struct MessageScanner: Sendable {
         }
     }
 
-    private mutating func setHeaderByte(_ i: Int, _ b: UInt8) {
+    @usableFromInline mutating func setHeaderByte(_ i: Int, _ b: UInt8) {
         switch i {
         case 0: header.0 = b
         case 1: header.1 = b

@@ -54,8 +54,8 @@ final class BackendLink: TCPConnectionDelegate {
         /// Not a ReadyForQuery but a CopyInResponse: the backend now ignores Sync until the copy ends.
         var isCopyIn = false
     }
-    /// The ReadyForQuery messages of the chunk being reported (reused to avoid an allocation per chunk).
-    private(set) var boundaries: [Boundary] = []
+    /// The ReadyForQuery messages of the chunk being reported.
+    private(set) var boundaries = BoundaryList()
 
     /// Decoded during pass-through: ReadyForQuery drives the session's boundaries.
     static let captured = MessageScanner.IDSet([BackendMessageID.readyForQuery.rawValue, BackendMessageID.copyInResponse.rawValue])
@@ -153,7 +153,7 @@ final class BackendLink: TCPConnectionDelegate {
     }
 
     private func passThrough(_ bytes: UnsafeRawBufferPointer) {
-        if !boundaries.isEmpty { boundaries.removeAll(keepingCapacity: true) }
+        boundaries.removeAll()
         // Cutting internal answers out: `kept` counts reported bytes, `dropped` says whether any were cut.
         var lastEnd = 0, kept = 0, dropped = false
         // Only chunks that may hold internal answers track ranges (no allocation on the common path).
@@ -238,5 +238,26 @@ final class BackendLink: TCPConnectionDelegate {
     func close() {
         state = .closed
         connection.close()
+    }
+}
+
+/// The boundaries of one chunk: almost always none or one, so the first is stored inline and only a
+/// pipelined chunk touches an array (clearing an array per chunk cost more than the rest of the bookkeeping).
+struct BoundaryList: RandomAccessCollection {
+    private var first_: BackendLink.Boundary?
+    private var rest: [BackendLink.Boundary] = []
+
+    var startIndex: Int { 0 }
+    var endIndex: Int { first_ == nil ? 0 : 1 + rest.count }
+    subscript(i: Int) -> BackendLink.Boundary { i == 0 ? first_! : rest[i - 1] }
+
+    mutating func append(_ b: BackendLink.Boundary) {
+        if first_ == nil { first_ = b } else { rest.append(b) }
+    }
+
+    mutating func removeAll() {
+        guard first_ != nil else { return }
+        first_ = nil
+        if !rest.isEmpty { rest.removeAll(keepingCapacity: true) }
     }
 }

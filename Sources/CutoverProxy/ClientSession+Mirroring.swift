@@ -74,7 +74,7 @@ extension ClientSession {
 
     /// Compares every unit both sides have answered, oldest first, and records what differs.
     func compareReadyUnits() {
-        guard let route else { return }
+        guard !units.isEmpty, let route else { return }
         while unitsHead < units.count, let l = units[unitsHead].leader, let f = units[unitsHead].follower {
             let u = units[unitsHead]
             unitsHead += 1

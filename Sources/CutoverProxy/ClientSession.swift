@@ -404,10 +404,13 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         }
         var terminated = false
         var flushAt: Int?
-        if !chunkUnits.isEmpty { chunkUnits.removeAll(keepingCapacity: true) }
+        // Units are collected only for mirroring and lock-step; a single-side phase just counts them.
+        let collecting = follower != nil || !lockStep.isQuiet
+        var unitCount = 0
+        if collecting && !chunkUnits.isEmpty { chunkUnits.removeAll(keepingCapacity: true) }
         do {
             try clientScanner.scan(bytes) { id, body, endOffset in
-                let unit = tracker.received(id: id, body: body)
+                let endsUnit = tracker.messageEndsUnit(id: id, body: body)
                 switch id {
                 case FrontendMessageID.execute.rawValue, FrontendMessageID.query.rawValue: syncsSinceExecute = 0
                 case FrontendMessageID.copyDone.rawValue, FrontendMessageID.copyFail.rawValue: clientCopyIn = false
@@ -415,20 +418,28 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 case FrontendMessageID.flush.rawValue: flushAt = endOffset
                 default: break
                 }
-                guard let unit else { return }
+                guard endsUnit else { return }
                 // During COPY IN the backend ignores Sync: no ReadyForQuery will answer it.
-                if clientCopyIn && id == FrontendMessageID.sync.rawValue { return }
+                if clientCopyIn && id == FrontendMessageID.sync.rawValue { return tracker.skipUnit() }
                 if id == FrontendMessageID.sync.rawValue { syncsSinceExecute += 1 }
                 pendingReadyForQuery += 1
-                chunkUnits.append((endOffset, unit))
+                unitCount += 1
+                if collecting {
+                    chunkUnits.append((endOffset, tracker.takeUnit()))
+                } else if tracker.currentHasTexts {
+                    let unit = tracker.takeUnit()
+                    if let route { server.checkCrossSchema(unit, session: self, route: route) }
+                } else {
+                    tracker.skipUnit()
+                }
             }
         } catch let e as ProtocolError {
             return failClient(ProxyError.describe(e))
         } catch { return failClient(ProxyError.protocolViolation("invalid message")) }
-        if let route {
-            route.stats.statements += chunkUnits.count
-            if route.phase.follower == nil { route.unmirroredStatements += chunkUnits.count }
-            for (_, unit) in chunkUnits where !unit.statements.isEmpty || !unit.parsed.isEmpty {
+        if unitCount > 0, let route {
+            route.stats.statements += unitCount
+            if route.phase.follower == nil { route.unmirroredStatements += unitCount }
+            for (_, unit) in chunkUnits where collecting && (!unit.statements.isEmpty || !unit.parsed.isEmpty) {
                 server.checkCrossSchema(unit, session: self, route: route)
             }
         }
