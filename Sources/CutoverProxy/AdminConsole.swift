@@ -78,7 +78,7 @@ final class AdminConsole {
     private func sessions() -> AdminResult {
         let rows: [[String?]] = server.sessions.values.sorted { $0.id < $1.id }.map { s in
             ["\(s.id)", s.route?.name ?? (s.isWildcard ? "*" : nil), s.user, s.applicationName, s.route == nil ? nil : s.sessionPhase.rawValue,
-             s.stateName, s.describeActivity, s.leader?.backend.name, s.leader?.key.map { "\($0.processID)" }, s.follower?.backend.name,
+             s.stateName, s.describeActivity, s.leader?.backendName, s.leader?.key.map { "\($0.processID)" }, s.follower?.backendName,
              "\(s.pendingUnitCount)", s.client.peerDescription]
         }
         return AdminResult(columns: ["id", "route", "user", "application_name", "phase", "state", "activity", "leader", "leader_pid",

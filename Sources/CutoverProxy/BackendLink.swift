@@ -19,15 +19,26 @@ protocol BackendLinkOwner: AnyObject {
 final class BackendLink: TCPConnectionDelegate {
     enum State { case connecting, loggingIn, ready, closed }
 
-    let backend: BackendConfig
-    let address: String
+    /// The backend's name, for logs and the admin console (its whole config is needed only to log in).
+    let backendName: String
     let connection: TCPConnection
     // unowned(unsafe): the session owns its links and outlives them; a checked unowned costs a retain per access.
     unowned(unsafe) let owner: BackendLinkOwner
     private(set) var state = State.connecting
-    /// Login only; dropped once logged in (it holds the backend's parameters).
-    private var handshake: BackendHandshake?
-    private var framer: MessageFramer
+    /// What only the login needs, boxed and dropped once logged in: an idle link should cost little memory.
+    private final class Login {
+        let backend: BackendConfig
+        let address: String
+        var handshake: BackendHandshake
+        var framer = MessageFramer(maxMessageSize: 1 << 30) // a backend row can be large; this only guards corruption
+        var startup: [UInt8] = []
+        init(backend: BackendConfig, address: String, handshake: BackendHandshake) {
+            self.backend = backend
+            self.address = address
+            self.handshake = handshake
+        }
+    }
+    private var login: Login?
     var scanner: MessageScanner
     private(set) var key: CancelRequest?
     let startedAt: UInt64
@@ -64,13 +75,10 @@ final class BackendLink: TCPConnectionDelegate {
     init(loop: EventLoop, backend: BackendConfig, address: String, side: Side?, owner: BackendLinkOwner,
          saltedPassword: @escaping (String, [UInt8], Int) -> [UInt8]) {
         self.side = side
-        self.backend = backend
-        self.address = address
+        backendName = backend.name
         self.owner = owner
         connection = TCPConnection(loop: loop)
-        handshake = BackendHandshake(backend: backend, saltedPassword: saltedPassword)
-        // Backend messages can be large (a multi-megabyte row); the limit only guards against corruption.
-        framer = MessageFramer(maxMessageSize: 1 << 30)
+        login = Login(backend: backend, address: address, handshake: BackendHandshake(backend: backend, saltedPassword: saltedPassword))
         scanner = MessageScanner(captured: Self.captured, maxMessageSize: Int(Int32.max))
         startedAt = loop.now
         connection.delegate = self
@@ -97,38 +105,37 @@ final class BackendLink: TCPConnectionDelegate {
 
     /// Connects and sends the startup packet once connected.
     func start(startup: [UInt8]) {
-        pendingStartup = startup
-        if let rc = connection.connect(host: address, port: backend.port) {
-            fail(ProxyError.backendUnavailable(backend, uvErrorName(rc)))
+        guard let login else { return }
+        login.startup = startup
+        if let rc = connection.connect(host: login.address, port: login.backend.port) {
+            fail(ProxyError.backendUnavailable(login.backend, uvErrorName(rc)))
         }
     }
-    private var pendingStartup: [UInt8] = []
 
     func connection(_ c: TCPConnection, didConnect error: Int32?) {
-        guard state == .connecting else { return }
-        if let error { return fail(ProxyError.backendUnavailable(backend, uvErrorName(error))) }
+        guard state == .connecting, let login else { return }
+        if let error { return fail(ProxyError.backendUnavailable(login.backend, uvErrorName(error))) }
         state = .loggingIn
         connection.startReading()
-        connection.write(pendingStartup)
-        pendingStartup = []
+        connection.write(login.startup)
+        login.startup = []
     }
 
     func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) {
         switch state {
-        case .loggingIn: login(bytes)
+        case .loggingIn: loginRead(bytes)
         case .ready: passThrough(bytes)
         case .connecting, .closed: break
         }
     }
 
-    private func login(_ bytes: UnsafeRawBufferPointer) {
-        framer.append(bytes)
+    private func loginRead(_ bytes: UnsafeRawBufferPointer) {
+        guard let login else { return }
+        login.framer.append(bytes)
         do {
-            while state == .loggingIn, let frame = try framer.next() {
+            while state == .loggingIn, let frame = try login.framer.next() {
                 let message = try BackendMessage.decode(id: frame.id!, body: frame.body)
-                guard var h = handshake else { return }
-                let action = h.received(message)
-                handshake = h
+                let action = login.handshake.received(message)
                 switch action {
                 case .send(let out): connection.write(out)
                 case .wait: break
@@ -136,19 +143,19 @@ final class BackendLink: TCPConnectionDelegate {
                 case .ready(let parameters, let key, _):
                     state = .ready
                     self.key = key
-                    handshake = nil
+                    self.login = nil
                     owner.backendReady(self, parameters: parameters, key: key)
                     if !queuedUntilReady.isEmpty, state == .ready {
                         connection.write(queuedUntilReady)
                         queuedUntilReady = []
                     }
                     // Anything after the first ReadyForQuery (nothing, normally) is ordinary traffic.
-                    let rest = framer.takeRemainder()
+                    let rest = login.framer.takeRemainder()
                     if !rest.isEmpty, state == .ready { rest.withUnsafeBytes { passThrough($0) } }
                 }
             }
         } catch {
-            fail(ProxyError.fatal("08P01", "backend \"\(backend.name)\" sent a malformed message during login"))
+            fail(ProxyError.fatal("08P01", "backend \"\(backendName)\" sent a malformed message during login"))
         }
     }
 
@@ -217,14 +224,20 @@ final class BackendLink: TCPConnectionDelegate {
         state = .closed
         switch was {
         case .connecting:
-            owner.backendLoginFailed(self, ProxyError.backendUnavailable(backend, error.map(uvErrorName) ?? "connection closed"))
+            owner.backendLoginFailed(self, unavailable(error.map(uvErrorName) ?? "connection closed"))
         case .loggingIn:
-            owner.backendLoginFailed(self, ProxyError.backendUnavailable(backend, "connection closed during login"))
+            owner.backendLoginFailed(self, unavailable("connection closed during login"))
         case .ready:
             owner.backendLost(self, error)
         case .closed:
             break
         }
+    }
+
+    /// Connecting or logging in failed (the login state names the backend's address).
+    func unavailable(_ reason: String) -> ErrorFields {
+        if let login { return ProxyError.backendUnavailable(login.backend, reason) }
+        return ProxyError.fatal("08006", "cannot connect to backend \"\(backendName)\": \(reason)")
     }
 
     /// Politely ends the backend session (Terminate) and closes once it is written.

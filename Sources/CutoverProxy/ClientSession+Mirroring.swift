@@ -247,7 +247,7 @@ extension ClientSession {
                 }
             }
             logger.info("session changed phase", metadata: ["from": "\(from.rawValue)", "to": "\(target.rawValue)",
-                                                            "leader": "\(leader?.backend.name ?? "-")", "follower": "\(follower?.backend.name ?? "-")"])
+                                                            "leader": "\(leader?.backendName ?? "-")", "follower": "\(follower?.backendName ?? "-")"])
         }
         mirrorMode = route.mirror
         lockStep = LockStep() // quiet here: a drained idle boundary

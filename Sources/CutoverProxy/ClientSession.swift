@@ -22,7 +22,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     let writeHighWater: Int
     private(set) var state = State.handshake
     /// Login only; dropped once the session is connected (an idle session should cost little memory).
-    private var handshake: ClientHandshake?
+    private var handshake: Boxed<ClientHandshake>?
     /// SASLFinal, owed to the client with AuthenticationOk once the backend is ready.
     private var loginPrefix: [UInt8] = []
     private var framer: MessageFramer
@@ -92,7 +92,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         writeHighWater = config.server.writeHighWater
         var handshake = ClientHandshake(config: config, phaseOf: { [unowned server] in server.routes[$0]?.phase })
         handshake.refusal = refusal
-        self.handshake = handshake
+        self.handshake = Boxed(handshake)
         framer = MessageFramer(untyped: true, maxMessageSize: min(config.server.maxMessageSize, 1 << 20))
         clientScanner = MessageScanner(captured: .init(SessionTracker.capturedIDs), maxMessageSize: config.server.maxMessageSize)
         createdAt = loop.now
@@ -146,19 +146,18 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         do {
             while state == .handshake || state == .admin, let frame = try framer.next() {
                 if state == .admin { adminMessage(frame); continue }
-                guard var handshake else { return }
+                guard let handshake else { return }
                 let action: ClientHandshake.Action
                 if frame.id == nil {
-                    action = handshake.startupPacketReceived(frame.body)
+                    action = handshake.value.startupPacketReceived(frame.body)
                 } else if frame.id == FrontendMessageID.password.rawValue {
-                    action = handshake.passwordMessageReceived(frame.body)
+                    action = handshake.value.passwordMessageReceived(frame.body)
                 } else if frame.id == FrontendMessageID.terminate.rawValue {
                     return end(reason: "client terminated during login")
                 } else {
                     action = .fail(ProxyError.protocolViolation("expected an authentication message, got '\(Character(Unicode.Scalar(frame.id!)))'"))
                 }
-                framer.expectUntyped = handshake.expectsUntyped
-                self.handshake = handshake // before run(): it may take the SASLFinal prefix and drop the handshake
+                framer.expectUntyped = handshake.value.expectsUntyped
                 run(action)
             }
         } catch let e as ProtocolError {
@@ -181,7 +180,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             applicationName = startup["application_name"] ?? ""
             state = .admin
             var w = ByteWriter(capacity: 256)
-            w.writeBytes(handshake?.takePendingPrefix() ?? [])
+            w.writeBytes(handshake?.value.takePendingPrefix() ?? [])
             handshake = nil
             BackendMessage.authentication(.ok).encode(into: &w)
             for (name, value) in [("server_version", "15.0 (cutover admin)"), ("server_encoding", "UTF8"), ("client_encoding", "UTF8"),
@@ -199,7 +198,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             applicationName = startup["application_name"] ?? ""
             sessionPhase = target.phase
             isWildcard = target.route == nil
-            loginPrefix = handshake?.takePendingPrefix() ?? []
+            loginPrefix = handshake?.value.takePendingPrefix() ?? []
             handshake = nil
             framer = MessageFramer() // the login buffer is not needed any more
             if let name = target.route, let r = server.routes[name] {
@@ -263,7 +262,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         BackendMessage.readyForQuery(.idle).encode(into: &w)
         state = .forwarding
         server.sessionStarted(self)
-        logger.info("session started", metadata: ["backend": "\(link.backend.name)", "backend.pid": "\(key?.processID ?? 0)",
+        logger.info("session started", metadata: ["backend": "\(link.backendName)", "backend.pid": "\(key?.processID ?? 0)",
                                                   "phase": "\(sessionPhase.rawValue)", "application_name": "\(applicationName)"])
         client.write(w.bytes)
         if !pendingClientBytes.isEmpty {
@@ -281,7 +280,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             return
         }
         guard link === leader else { return }
-        logger.warning("backend login failed", metadata: ["backend": "\(link.backend.name)", "sqlstate": "\(error.sqlState ?? "")",
+        logger.warning("backend login failed", metadata: ["backend": "\(link.backendName)", "sqlstate": "\(error.sqlState ?? "")",
                                                          "error": "\(error.message ?? "")"])
         failClient(error)
     }
@@ -378,8 +377,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             if lockStep.isBusy { route?.markOutOfSync("session \(id): leader lost mid-unit after the client left") }
             return forceFinish()
         }
-        logger.warning("backend connection lost", metadata: ["backend": "\(link.backend.name)", "error": "\(error.map(uvErrorName) ?? "closed")"])
-        failClient(ProxyError.fatal("08006", "lost the connection to backend \"\(link.backend.name)\""))
+        logger.warning("backend connection lost", metadata: ["backend": "\(link.backendName)", "error": "\(error.map(uvErrorName) ?? "closed")"])
+        failClient(ProxyError.fatal("08006", "lost the connection to backend \"\(link.backendName)\""))
     }
 
     func backendDrained(_ link: BackendLink) { maybeResumeClient() }
@@ -571,6 +570,13 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if !held.isEmpty, state == .forwarding { held.withUnsafeBytes { forwardFromClient($0) } }
         return waited
     }
+}
+
+/// A value kept on the heap: login-only state (a `ClientHandshake` is 650 bytes) then costs an idle
+/// session one pointer instead of its whole size.
+final class Boxed<Value> {
+    var value: Value
+    init(_ value: Value) { self.value = value }
 }
 
 extension ClientSession {

@@ -105,8 +105,9 @@ public final class ProxyServer {
             logger.info("cancel request matched no session")
             return
         }
-        logger.info("forwarding cancel", metadata: ["session": "\(s.id)", "backend": "\(leader.backend.name)"])
-        _ = CancelForwarder(loop: loop, address: leader.address, port: leader.backend.port, key: real)
+        guard let backend = config.backends[leader.backendName] else { return }
+        logger.info("forwarding cancel", metadata: ["session": "\(s.id)", "backend": "\(backend.name)"])
+        _ = CancelForwarder(loop: loop, address: address(of: backend), port: backend.port, key: real)
     }
 
     // MARK: backends
@@ -324,9 +325,7 @@ public final class ProxyServer {
             case .handshake where s.authTimeout > 0 && now - session.createdAt > UInt64(s.authTimeout * 1000):
                 session.failClient(ProxyError.fatal("08006", "authentication timed out after \(Int(s.authTimeout)) s"))
             case .connecting where s.connectTimeout > 0 && now - (session.leader?.startedAt ?? now) > UInt64(s.connectTimeout * 1000):
-                if let b = session.leader?.backend {
-                    session.failClient(ProxyError.backendUnavailable(b, "timed out after \(s.connectTimeout) s"))
-                }
+                if let leader = session.leader { session.failClient(leader.unavailable("timed out after \(s.connectTimeout) s")) }
             case .draining:
                 session.checkFollowerTimeout(nowMs: now, nowNs: nowNs)
                 session.finishDrainingIfDone()
