@@ -31,13 +31,13 @@ public struct MessageScanner: Sendable {
     // Internal and @usableFromInline: `scan` is inlined into its callers so their per-message closure is too.
     public let captured: IDSet
     public let maxMessageSize: Int
-    @usableFromInline var header: (UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0)
-    @usableFromInline var headerFill = 0
+    // Ordered largest first and kept narrow: every connection holds a scanner (64 bytes).
     @usableFromInline var bodyRemaining = 0
-    @usableFromInline var bodyLength = 0
+    @usableFromInline var capture: [UInt8] = []
+    @usableFromInline var header: (UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0)
+    @usableFromInline var headerFill: UInt8 = 0
     @usableFromInline var currentID: UInt8 = 0
     @usableFromInline var capturing = false
-    @usableFromInline var capture: [UInt8] = []
 
     public init(captured: IDSet, maxMessageSize: Int) {
         self.captured = captured
@@ -76,7 +76,7 @@ public struct MessageScanner: Sendable {
             }
             if bodyRemaining == 0 && !capturing {
                 // Slow path: the header straddles chunks.
-                setHeaderByte(headerFill, chunk[i]); headerFill += 1; i += 1
+                setHeaderByte(Int(headerFill), chunk[i]); headerFill += 1; i += 1
                 if headerFill == 5 {
                     headerFill = 0
                     let length = Int(Int32(bitPattern: UInt32(header.1) << 24 | UInt32(header.2) << 16
@@ -102,10 +102,9 @@ public struct MessageScanner: Sendable {
 
     @usableFromInline mutating func begin(id: UInt8, length: Int) {
         currentID = id
-        bodyLength = length - 4
-        bodyRemaining = bodyLength
+        bodyRemaining = length - 4
         capturing = captured.contains(id)
-        if capturing { capture.removeAll(keepingCapacity: true); capture.reserveCapacity(bodyLength) }
+        if capturing { capture.removeAll(keepingCapacity: true); capture.reserveCapacity(bodyRemaining) }
     }
 
     @usableFromInline mutating func finish(_ visit: (UInt8, UnsafeRawBufferPointer?, Int) throws -> Void, at offset: Int) throws {

@@ -57,10 +57,28 @@ public enum StartupPacket: Equatable, Sendable {
 
 /// Protocol 3.0 StartupMessage: ordered key/value parameters (`user`, `database`, GUCs such as `DateStyle`).
 public struct StartupMessage: Equatable, Sendable {
-    /// Kept as ordered pairs: the backend sees them in the order the client sent them.
-    public var parameters: [(String, String)]
+    /// The pairs as they came on the wire (`key NUL value NUL`...): one allocation, where an array of String
+    /// pairs cost several per session, and a session keeps its startup message for follower logins.
+    private var raw: [UInt8]
 
-    public init(parameters: [(String, String)]) { self.parameters = parameters }
+    public init(parameters: [(String, String)]) {
+        raw = []
+        for (k, v) in parameters {
+            raw.append(contentsOf: k.utf8); raw.append(0)
+            raw.append(contentsOf: v.utf8); raw.append(0)
+        }
+    }
+
+    /// Ordered pairs: the backend sees them in the order the client sent them.
+    public var parameters: [(String, String)] {
+        var pairs: [(String, String)] = []
+        var fields = raw.split(separator: 0, omittingEmptySubsequences: false).makeIterator()
+        // A value may be empty, so fields are taken two at a time (the last split piece is the final NUL's).
+        while let k = fields.next(), let v = fields.next(), !k.isEmpty {
+            pairs.append((String(decoding: k, as: UTF8.self), String(decoding: v, as: UTF8.self)))
+        }
+        return pairs
+    }
 
     public subscript(key: String) -> String? { parameters.first { $0.0 == key }?.1 }
 
@@ -68,9 +86,6 @@ public struct StartupMessage: Equatable, Sendable {
     /// The database defaults to the user name, as in PostgreSQL.
     public var database: String? { self["database"].flatMap { $0.isEmpty ? nil : $0 } ?? user }
 
-    public static func == (a: StartupMessage, b: StartupMessage) -> Bool {
-        a.parameters.elementsEqual(b.parameters) { $0.0 == $1.0 && $0.1 == $1.1 }
-    }
 }
 
 /// A CancelRequest: the key a client got in BackendKeyData.

@@ -32,13 +32,14 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// On the wildcard route (no `RouteRuntime`).
     private(set) var isWildcard = false
     private(set) var startup = StartupMessage(parameters: [])
+    /// Read from the startup message when needed (logs, the admin console), not stored twice.
+    var applicationName: String { startup["application_name"] ?? "" }
     /// The route this session belongs to (nil on the wildcard route).
     var route: RouteRuntime?
     /// The phase this session runs in; catches up with the route's at idle boundaries.
     var sessionPhase = Phase.legacy
     var mirrorMode = MirrorMode.async
     private(set) var user = ""
-    private(set) var applicationName = ""
     /// The secret this client got in BackendKeyData; the proxy's own, never the backend's.
     let proxySecret: Int32
     /// The pid the client was given (the first leader's); cancels must carry it even after a leader flip.
@@ -177,7 +178,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             end(reason: "cancel request")
         case .admin(let startup, let user):
             self.user = user
-            applicationName = startup["application_name"] ?? ""
+            self.startup = startup
             state = .admin
             var w = ByteWriter(capacity: 256)
             w.writeBytes(handshake?.value.takePendingPrefix() ?? [])
@@ -195,7 +196,6 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         case .connect(let target, let startup, let user):
             self.startup = startup
             self.user = user
-            applicationName = startup["application_name"] ?? ""
             sessionPhase = target.phase
             isWildcard = target.route == nil
             loginPrefix = handshake?.value.takePendingPrefix() ?? []
