@@ -24,7 +24,6 @@ final class BackendLink: TCPConnectionDelegate {
     let connection: TCPConnection
     // unowned(unsafe): the session owns its links and outlives them; a checked unowned costs a retain per access.
     unowned(unsafe) let owner: BackendLinkOwner
-    private(set) var state = State.connecting
     /// What only the login needs, boxed and dropped once logged in: an idle link should cost little memory.
     private final class Login {
         let backend: BackendConfig
@@ -40,10 +39,7 @@ final class BackendLink: TCPConnectionDelegate {
     }
     private var login: Login?
     var scanner: MessageScanner
-    private(set) var key: CancelRequest?
     let startedAt: UInt64
-    /// Which side of the route this link talks to.
-    let side: Side?
     /// Bytes written before login finished (a follower joining mid-session), sent right after it.
     private var queuedUntilReady: [UInt8] = []
     var queuedUntilReadyCount: Int { queuedUntilReady.count }
@@ -67,6 +63,11 @@ final class BackendLink: TCPConnectionDelegate {
     }
     /// The ReadyForQuery messages of the chunk being reported.
     private(set) var boundaries = BoundaryList()
+    // Narrow fields last (declaration order is layout order).
+    private(set) var key: CancelRequest?
+    private(set) var state = State.connecting
+    /// Which side of the route this link talks to.
+    let side: Side?
 
     /// Decoded during pass-through: ReadyForQuery drives the session's boundaries.
     static let captured = MessageScanner.IDSet([BackendMessageID.readyForQuery.rawValue, BackendMessageID.copyInResponse.rawValue])

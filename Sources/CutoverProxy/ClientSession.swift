@@ -20,7 +20,6 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// Cached from the server: read on every chunk (a `server.config` read copies the whole config struct).
     unowned(unsafe) let loop: EventLoop
     let writeHighWater: Int
-    private(set) var state = State.handshake
     /// Login only; dropped once the session is connected (an idle session should cost little memory).
     private var handshake: Boxed<ClientHandshake>?
     /// SASLFinal, owed to the client with AuthenticationOk once the backend is ready.
@@ -29,34 +28,20 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     private var clientScanner: MessageScanner
     var leader: BackendLink?
     var follower: BackendLink?
-    /// On the wildcard route (no `RouteRuntime`).
-    private(set) var isWildcard = false
     private(set) var startup = StartupMessage(parameters: [])
     /// Read from the startup message when needed (logs, the admin console), not stored twice.
     var applicationName: String { startup["application_name"] ?? "" }
     /// The route this session belongs to (nil on the wildcard route).
     var route: RouteRuntime?
-    /// The phase this session runs in; catches up with the route's at idle boundaries.
-    var sessionPhase = Phase.legacy
-    var mirrorMode = MirrorMode.async
     private(set) var user = ""
-    /// The secret this client got in BackendKeyData; the proxy's own, never the backend's.
-    let proxySecret: Int32
-    /// The pid the client was given (the first leader's); cancels must carry it even after a leader flip.
-    private(set) var clientVisiblePID: Int32 = 0
     var leaderKey: CancelRequest? { leader?.key }
-    var transactionStatus = TransactionStatus.idle
     /// Query, Sync and FunctionCall messages sent whose ReadyForQuery has not come back yet.
     var pendingReadyForQuery = 0
     let createdAt: UInt64
     private(set) var lastActivity: UInt64
-    /// Set by a graceful shutdown: end the session at its next idle boundary.
-    var closeWhenIdle = false
     /// Set when a forced flip moves the leader to a side this session has no connection to.
     var endAtIdle: ErrorFields?
     private var pendingClientBytes: [UInt8] = []
-    private var clientPaused = false
-    var leaderPaused = false
 
     var tracker = SessionTracker()
     /// Units awaiting comparison (dual phases), oldest first.
@@ -64,8 +49,6 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     var unitsHead = 0
     /// Reused per client chunk: units that completed in it and where they end.
     private var chunkUnits: [(endOffset: Int, unit: WorkUnit)] = []
-    /// Sync mirroring: the unit in lock-step and the client bytes queued behind it.
-    var lockStep = LockStep()
     /// Leader bytes held from the client until the follower has finished the same unit (sync mode).
     var heldForClient: [UInt8]?
     /// Where the held ReadyForQuery's status byte is in `heldForClient` (its start may have gone out
@@ -74,13 +57,33 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// Syncs the client sent since its last Execute/Query: if the backend answers that Execute with
     /// CopyInResponse, it ignores them (it ignores Sync during COPY IN), so they earn no ReadyForQuery.
     private var syncsSinceExecute = 0
+    /// Client input held while the route is paused at this session's idle boundary.
+    var parkedBytes: [UInt8] = []
+
+    /// Sync mirroring: the unit in lock-step and the client bytes queued behind it.
+    var lockStep = LockStep()
+    // Narrow fields last and together: declaration order is layout order, and a Bool between two
+    // 8-byte fields costs 8 bytes in every session.
+    /// The secret this client got in BackendKeyData; the proxy's own, never the backend's.
+    let proxySecret: Int32
+    /// The pid the client was given (the first leader's); cancels must carry it even after a leader flip.
+    private(set) var clientVisiblePID: Int32 = 0
+    var parkedSince: UInt64?
+    private(set) var state = State.handshake
+    /// On the wildcard route (no `RouteRuntime`).
+    private(set) var isWildcard = false
+    /// The phase this session runs in; catches up with the route's at idle boundaries.
+    var sessionPhase = Phase.legacy
+    var mirrorMode = MirrorMode.async
+    var transactionStatus = TransactionStatus.idle
+    /// Set by a graceful shutdown: end the session at its next idle boundary.
+    var closeWhenIdle = false
+    private var clientPaused = false
+    var leaderPaused = false
     /// The client is streaming COPY data: its Syncs are ignored by the backend until CopyDone/CopyFail.
     private var clientCopyIn = false
     /// Draining: whether the leader was already let go.
     private var leaderReleased = false
-    /// Client input held while the route is paused at this session's idle boundary.
-    var parkedBytes: [UInt8] = []
-    var parkedSince: UInt64?
     private var wasActiveBeforeDraining = false
 
     init(id: Int, client: TCPConnection, server: ProxyServer, config: CutoverConfig, proxySecret: Int32,

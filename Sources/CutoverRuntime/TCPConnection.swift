@@ -33,22 +33,21 @@ public final class TCPConnection: HandleOwner {
     /// Not retained and not weak (a weak load costs a side-table lookup per callback): every owner sets
     /// it to nil in its deinit, and the connection (kept alive by libuv until its close callback) checks it.
     public unowned(unsafe) var delegate: TCPConnectionDelegate?
-    public private(set) var isClosing = false
-    public private(set) var isReading = false
-    /// An opaque tag for the owner (e.g. which side of a session this is).
-    public var tag: Int = 0
-    private var fd: Int32 = -1
-    /// The socket is attached to the poll handle (libuv holds +1 until the close callback).
-    private var isAttached = false
-    private var isConnecting = false
-    /// A connect that failed at once: reported from the first poll, so callers see one path for every outcome.
-    private var immediateConnectError: Int32 = 0
-    private var closeWhenFlushed = false
-    /// The events libuv polls for now (changing them costs an epoll_ctl, so only real changes are made).
-    private var polledEvents: Int32 = 0
     /// Bytes the kernel did not take yet, from `pendingHead` on. Empty (no capacity) when caught up.
     private var pending: [UInt8] = []
     private var pendingHead = 0
+    // Narrow fields last (declaration order is layout order; every connection pays for padding).
+    private var fd: Int32 = -1
+    /// A connect that failed at once: reported from the first poll, so callers see one path for every outcome.
+    private var immediateConnectError: Int32 = 0
+    /// The events libuv polls for now (changing them costs an epoll_ctl, so only real changes are made).
+    private var polledEvents: Int32 = 0
+    public private(set) var isClosing = false
+    public private(set) var isReading = false
+    /// The socket is attached to the poll handle (libuv holds +1 until the close callback).
+    private var isAttached = false
+    private var isConnecting = false
+    private var closeWhenFlushed = false
 
     public init(loop: EventLoop) {
         self.loop = loop
