@@ -39,8 +39,27 @@ extension ClientSession {
     func markFollowerSent() { if unitsHead < units.count { units[units.count - 1].followerSentAt = loop.nanoseconds } }
     func markLeaderSent() { if unitsHead < units.count { units[units.count - 1].leaderSentAt = loop.nanoseconds } }
 
+    /// The first unit at or after `cursor` still waiting for `side`'s answer. Each side answers in order,
+    /// so the search starts where the last answer went and is O(1); a search from the head was O(backlog)
+    /// per answer, which made a lagging follower slow the leader's path down.
+    private func nextUnanswered(from cursor: Int32, leader: Bool) -> Int? {
+        var i = max(Int(cursor), unitsHead)
+        while i < units.count {
+            if leader ? units[i].leader == nil : units[i].follower == nil { return i }
+            i += 1
+        }
+        return nil
+    }
+
+    /// After units were dropped from the end, the cursors must not point past them.
+    func clampUnitCursors() {
+        leaderCursor = min(leaderCursor, Int32(units.count))
+        followerCursor = min(followerCursor, Int32(units.count))
+    }
+
     func leaderUnitDone(_ digest: UnitDigest) {
-        guard let i = units[unitsHead...].firstIndex(where: { $0.leader == nil }) else { return }
+        guard let i = nextUnanswered(from: leaderCursor, leader: true) else { return }
+        leaderCursor = Int32(i + 1)
         units[i].leader = digest
         units[i].leaderDoneAt = loop.nanoseconds
         if units[i].isWrite, let route {
@@ -50,7 +69,8 @@ extension ClientSession {
     }
 
     func followerUnitDone(_ digest: UnitDigest) {
-        guard let i = units[unitsHead...].firstIndex(where: { $0.follower == nil }) else { return }
+        guard let i = nextUnanswered(from: followerCursor, leader: false) else { return }
+        followerCursor = Int32(i + 1)
         units[i].follower = digest
         units[i].followerDoneAt = loop.nanoseconds
         if let seq = units[i].leaderSeq, let route {
@@ -89,7 +109,16 @@ extension ClientSession {
             }
         }
         if unitsHead == units.count {
-            units.removeAll(keepingCapacity: true)
+            // A session that once had a long backlog does not keep its buffer.
+            units.removeAll(keepingCapacity: units.capacity <= 64)
+            unitsHead = 0
+            leaderCursor = 0
+            followerCursor = 0
+        } else if unitsHead >= 256 && unitsHead * 2 >= units.count {
+            // Under steady load the follower may never be fully caught up: drop the compared prefix.
+            units.removeFirst(unitsHead)
+            leaderCursor = max(0, leaderCursor - Int32(unitsHead))
+            followerCursor = max(0, followerCursor - Int32(unitsHead))
             unitsHead = 0
         }
     }
@@ -183,6 +212,8 @@ extension ClientSession {
         server.recordDivergence(session: self, kind: kind, statement: nil, leader: nil, follower: nil, leaderMs: nil, followerMs: nil, detail: detail)
         route?.markOutOfSync("session \(id): \(kind.rawValue): \(detail)")
         units.removeAll()
+        leaderCursor = 0
+        followerCursor = 0
         unitsHead = 0
         if !lockStep.isQuiet || mirrorMode == .sync {
             runLockStep(lockStep.followerGone(status: transactionStatus, now: loop.now))

@@ -66,6 +66,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     // 8-byte fields costs 8 bytes in every session.
     /// The secret this client got in BackendKeyData; the proxy's own, never the backend's.
     let proxySecret: Int32
+    /// Where the next leader / follower answer goes in `units` (each side answers in order).
+    var leaderCursor: Int32 = 0
+    var followerCursor: Int32 = 0
     /// The pid the client was given (the first leader's); cancels must carry it even after a leader flip.
     private(set) var clientVisiblePID: Int32 = 0
     var parkedSince: UInt64?
@@ -346,6 +349,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             guard units.count > unitsHead, let last = units.last, last.leader == nil else { break }
             units.removeLast()
         }
+        clampUnitCursors()
         syncsSinceExecute = 0
     }
 
@@ -535,6 +539,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if !lockStep.isBusy && !leaderReleased {
             // Units the leader had not answered will never be compared: the client is gone.
             while units.count > unitsHead, let last = units.last, last.leader == nil { units.removeLast() }
+            clampUnitCursors()
             leaderReleased = true
             leader?.terminate()
         }

@@ -116,6 +116,30 @@ extension ProxyFixture {
         try f.walk("recruitment", to: "legacy")
     }
 
+    @Test func aFollowerHeldBackForHundredsOfStatementsCatchesUpAndEveryOneIsCompared() throws {
+        try f.walk("recruitment", to: "legacy")
+        try f.onBothRecruitmentSides("DROP TABLE IF EXISTS backlog; CREATE TABLE backlog (id int PRIMARY KEY)")
+        try f.adminRun("SET PHASE recruitment TO dual-legacy")
+        try f.adminRun("SET MIRROR recruitment TO async")
+        func stats() throws -> [String?] { try f.adminRun("SHOW STATS").first { $0[0] == "recruitment" } ?? [] }
+        let mirroredBefore = Int(try stats()[2] ?? "") ?? -1
+        let divergencesBefore = f.divergenceLines().count
+        // The follower's first INSERT waits on this lock; the rest queue behind it while the leader answers.
+        let blocker = try f.recruitmentNew()
+        try blocker.query("BEGIN")
+        try blocker.query("LOCK TABLE backlog IN ACCESS EXCLUSIVE MODE")
+        let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
+        for i in 1...600 { try c.query("INSERT INTO backlog VALUES (\(i))") }
+        #expect((Int(try stats()[5] ?? "") ?? 0) >= 590, "statements waiting on the follower")
+        try blocker.query("COMMIT")
+        try f.waitForMirrorDrain("recruitment", timeout: 30)
+        #expect((Int(try stats()[2] ?? "") ?? 0) - mirroredBefore == 600, "every statement compared once")
+        #expect(f.divergenceLines().count == divergencesBefore)
+        #expect(try f.recruitmentNew().scalar("SELECT count(*) FROM backlog") == "600")
+        #expect(try f.routeRow("recruitment")[6] == "yes")
+        try f.walk("recruitment", to: "legacy")
+    }
+
     @Test func concurrentNonCommutativeUpdatesInSyncModeLeaveBothSidesIdentical() throws {
         try f.walk("recruitment", to: "legacy")
         try f.onBothRecruitmentSides("DROP TABLE IF EXISTS counters; CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL); INSERT INTO counters SELECT g, g FROM generate_series(1, 4) g")

@@ -137,7 +137,7 @@ def main(argv=None):
         suites.log("warm-up")
         suites.warm_up(targets, pin)
         if "throughput" not in skip:
-            suites.throughput_rounds(mode, targets, pin, rec, work)
+            suites.throughput_rounds(mode, targets, pin, rec, work, follower_cluster=new)
             # What the dual-phase proxies mirrored over all the workloads (statements vs mirrored, divergences).
             rec.note("dual_status", {key: suites.admin_status(d) for key, d in duals.items()})
             save(rec, meta, out_dir, targets)

@@ -172,3 +172,29 @@ def rss_kb(pid):
 def load_average():
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])
+
+
+
+def process_tree(root_pid):
+    """A process and its direct children (a postmaster and its backends)."""
+    pids = [root_pid]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == root_pid:
+            pids.append(int(entry))
+    return pids
+
+
+def set_affinity_tree(root_pid, cpu):
+    """Moves a postmaster and its backends to `cpu`; backends forked later inherit the postmaster's affinity."""
+    for pid in process_tree(root_pid):
+        try:
+            os.sched_setaffinity(pid, {cpu})
+        except (ProcessLookupError, PermissionError):
+            pass
