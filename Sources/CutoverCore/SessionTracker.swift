@@ -14,6 +14,16 @@ public struct WorkUnit: Sendable, Equatable {
     public init() {}
 }
 
+/// The cross-schema pre-check of one route: the detector and the route's own schema (lower-cased).
+public final class CrossSchemaScope: Sendable {
+    public let detector: CrossSchemaDetector
+    public let ownSchema: String?
+    public init(detector: CrossSchemaDetector, ownSchema: String?) {
+        self.detector = detector
+        self.ownSchema = ownSchema
+    }
+}
+
 /// Pure bookkeeping over the client's message stream. Feed it captured frontend messages in order.
 public struct SessionTracker: Sendable {
     /// Frontend ids whose bodies the tracker reads.
@@ -40,8 +50,8 @@ public struct SessionTracker: Sendable {
     /// statement then costs a keyword check and a byte scan, and no String.
     public var recordUnits = false
     /// Flags statements that may name another route's schema, so their text is kept for the check.
-    public var crossSchemaProbe: CrossSchemaDetector?
-    public var ownSchema: String?
+    /// A reference shared by the route's sessions (inline it cost every session 32 bytes).
+    public var crossSchema: CrossSchemaScope?
 
     public init() {}
 
@@ -50,7 +60,8 @@ public struct SessionTracker: Sendable {
     private func needsText(_ raw: UnsafeRawBufferPointer, _ keyword: LeadingKeyword, tracked: Bool) -> Bool {
         if recordUnits || tracked { return true }
         // A schema-qualified name needs a dot: most statements are dismissed by one memchr.
-        if let probe = crossSchemaProbe, SQLBytes.containsByte(raw, 0x2E), !probe.candidates(in: raw, own: ownSchema).isEmpty { return true }
+        if let scope = crossSchema, SQLBytes.containsByte(raw, 0x2E),
+           !scope.detector.candidates(in: raw, own: scope.ownSchema).isEmpty { return true }
         return false
     }
 

@@ -63,6 +63,7 @@ public struct StartupMessage: Equatable, Sendable {
 
     public init(parameters: [(String, String)]) {
         raw = []
+        raw.reserveCapacity(parameters.reduce(0) { $0 + $1.0.utf8.count + $1.1.utf8.count + 2 })
         for (k, v) in parameters {
             raw.append(contentsOf: k.utf8); raw.append(0)
             raw.append(contentsOf: v.utf8); raw.append(0)

@@ -49,7 +49,8 @@ final class BackendLink: TCPConnectionDelegate {
     /// Kept bytes of a chunk that had internal answers cut out of it.
     private var scratch: [UInt8] = []
     /// When set, every answer is folded into unit digests for comparison (dual phases only: it costs a hash per row).
-    private(set) var digest: DigestBuilder?
+    /// Boxed: 8 bytes on every link instead of 24, and only dual-phase links have one.
+    private var digest: Boxed<DigestBuilder>?
 
     struct Boundary {
         /// Where the ReadyForQuery ends in the reported bytes.
@@ -90,7 +91,7 @@ final class BackendLink: TCPConnectionDelegate {
     /// Turns unit digests on or off. Only at a message boundary (the session switches phases when idle).
     func setDigesting(_ on: Bool) {
         guard on != (digest != nil) else { return }
-        digest = on ? DigestBuilder() : nil
+        digest = on ? Boxed(DigestBuilder()) : nil
         scanner = MessageScanner(captured: on ? Self.capturedDigesting : Self.captured, maxMessageSize: Int(Int32.max))
     }
 
@@ -171,7 +172,7 @@ final class BackendLink: TCPConnectionDelegate {
             try scanner.scan(bytes) { id, body, endOffset in
                 let isInternal = internalUnits > 0
                 var unit: UnitDigest?
-                if digest != nil { unit = digest!.received(id: id, body: body) }
+                if let digest { unit = digest.value.received(id: id, body: body) }
                 if isInternal { dropped = true } else {
                     kept += endOffset - lastEnd
                     if !filtering {} else if let last = keptRanges.last, last.upperBound == lastEnd { keptRanges[keptRanges.count - 1] = last.lowerBound..<endOffset }

@@ -24,7 +24,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     private var handshake: Boxed<ClientHandshake>?
     /// SASLFinal, owed to the client with AuthenticationOk once the backend is ready.
     private var loginPrefix: [UInt8] = []
-    private var framer: MessageFramer
+    /// Whole-message framing for the login and the admin console; nil while forwarding (boxed: 8 bytes, not 32).
+    private var framer: Boxed<MessageFramer>?
     private var clientScanner: MessageScanner
     var leader: BackendLink?
     var follower: BackendLink?
@@ -100,7 +101,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         var handshake = ClientHandshake(config: config, phaseOf: { [unowned server] in server.routes[$0]?.phase })
         handshake.refusal = refusal
         self.handshake = Boxed(handshake)
-        framer = MessageFramer(untyped: true, maxMessageSize: min(config.server.maxMessageSize, 1 << 20))
+        framer = Boxed(MessageFramer(untyped: true, maxMessageSize: min(config.server.maxMessageSize, 1 << 20)))
         clientScanner = MessageScanner(captured: .init(SessionTracker.capturedIDs), maxMessageSize: config.server.maxMessageSize)
         createdAt = loop.now
         lastActivity = createdAt
@@ -149,9 +150,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     // MARK: handshake and admin console (whole messages)
 
     private func framedBytes(_ bytes: UnsafeRawBufferPointer) {
-        framer.append(bytes)
+        guard let framer else { return }
+        framer.value.append(bytes)
         do {
-            while state == .handshake || state == .admin, let frame = try framer.next() {
+            while state == .handshake || state == .admin, let frame = try framer.value.next() {
                 if state == .admin { adminMessage(frame); continue }
                 guard let handshake else { return }
                 let action: ClientHandshake.Action
@@ -164,7 +166,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 } else {
                     action = .fail(ProxyError.protocolViolation("expected an authentication message, got '\(Character(Unicode.Scalar(frame.id!)))'"))
                 }
-                framer.expectUntyped = handshake.value.expectsUntyped
+                framer.value.expectUntyped = handshake.value.expectsUntyped
                 run(action)
             }
         } catch let e as ProtocolError {
@@ -206,13 +208,12 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             isWildcard = target.route == nil
             loginPrefix = handshake?.value.takePendingPrefix() ?? []
             handshake = nil
-            framer = MessageFramer() // the login buffer is not needed any more
+            framer = nil // the login buffer is not needed any more
             if let name = target.route, let r = server.routes[name] {
                 route = r
                 mirrorMode = r.mirror
                 r.sessions[id] = self
-                tracker.crossSchemaProbe = server.crossSchema
-                tracker.ownSchema = r.config.legacySchema?.lowercased()
+                tracker.crossSchema = r.crossSchemaScope(server.crossSchema)
             }
             connectLeader(target)
         }

@@ -10,8 +10,8 @@ public final class ProxyServer {
     public private(set) var config: CutoverConfig
     let logger: Logger
     private var listener: TCPListener?
-    private(set) var sessions: [Int: ClientSession] = [:]
-    private var sessionsBySecret: [Int32: ClientSession] = [:]
+    /// Every session by the secret its client got in BackendKeyData (unique: a cancel request finds its session here).
+    private(set) var sessions: [Int32: ClientSession] = [:]
     private var nextSessionID = 1
     private var janitor: LoopTimer?
     private var resolvedAddresses: [String: String] = [:]
@@ -80,19 +80,17 @@ public final class ProxyServer {
         let id = nextSessionID
         nextSessionID += 1
         var secret: Int32
-        repeat { secret = Int32(bitPattern: UInt32.random(in: 1...UInt32.max)) } while sessionsBySecret[secret] != nil
+        repeat { secret = Int32(bitPattern: UInt32.random(in: 1...UInt32.max)) } while sessions[secret] != nil
         let session = ClientSession(id: id, client: c, server: self, config: config, proxySecret: secret,
                                     refusal: refusal)
-        sessions[id] = session
-        sessionsBySecret[secret] = session
+        sessions[secret] = session
     }
 
     func sessionStarted(_ s: ClientSession) { activeSessions += 1 }
 
     func sessionEnded(_ s: ClientSession, wasActive: Bool) {
         if wasActive { activeSessions -= 1 }
-        sessions[s.id] = nil
-        sessionsBySecret[s.proxySecret] = nil
+        sessions[s.proxySecret] = nil
         if shutdownDeadline != nil && sessions.isEmpty { finishShutdown() }
     }
 
@@ -100,7 +98,7 @@ public final class ProxyServer {
 
     /// A client's CancelRequest carries the pid it was given and the proxy's secret; the leader gets its real key.
     func forwardCancel(_ key: CancelRequest) {
-        guard let s = sessionsBySecret[key.secretKey], s.clientVisiblePIDMatches(key.processID),
+        guard let s = sessions[key.secretKey], s.clientVisiblePIDMatches(key.processID),
               let leader = s.leader, let real = leader.key else {
             logger.info("cancel request matched no session")
             return

@@ -32,6 +32,17 @@ final class RouteRuntime {
         self.mirror = mirror
     }
 
+    private var crossSchemaScope: CrossSchemaScope?
+
+    /// The cross-schema pre-check its sessions share; rebuilt when a reload changed the schemas.
+    func crossSchemaScope(_ detector: CrossSchemaDetector) -> CrossSchemaScope {
+        let own = config.legacySchema?.lowercased()
+        if let scope = crossSchemaScope, scope.ownSchema == own, scope.detector.knownSchemas == detector.knownSchemas { return scope }
+        let scope = CrossSchemaScope(detector: detector, ownSchema: own)
+        crossSchemaScope = scope
+        return scope
+    }
+
     func markOutOfSync(_ reason: String) {
         if inSync { outOfSyncReason = reason }
         inSync = false
