@@ -144,7 +144,7 @@ extension ClientSession {
         guard let u = units[unitsHead...].first(where: { $0.follower == nil && $0.followerSentAt != nil }),
               let sent = u.followerSentAt else { return }
         let since: UInt64
-        if u.leader != nil { since = max(sent, u.leaderDoneAt) } else if lockStep.isBusy { since = sent } else { return }
+        if u.leader != nil { since = max(sent, u.leaderDoneAt) } else if lockStepIsBusy { since = sent } else { return }
         if Double(nowNs &- since) / 1e9 > limit {
             stopMirroring(.followerTimeout, detail: "no answer from the follower within \(limit) s")
         }
@@ -215,7 +215,7 @@ extension ClientSession {
         leaderCursor = 0
         followerCursor = 0
         unitsHead = 0
-        if !lockStep.isQuiet || mirrorMode == .sync {
+        if !lockStepIsQuiet || mirrorMode == .sync {
             runLockStep(lockStep.followerGone(status: transactionStatus, now: loop.now))
         }
         reachedIdleBoundaryIfIdle()

@@ -19,11 +19,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     unowned(unsafe) let server: ProxyServer
     /// Cached from the server: read on every chunk (a `server.config` read copies the whole config struct).
     unowned(unsafe) let loop: EventLoop
-    let writeHighWater: Int
     /// Login only; dropped once the session is connected (an idle session should cost little memory).
     private var handshake: Boxed<ClientHandshake>?
-    /// SASLFinal, owed to the client with AuthenticationOk once the backend is ready.
-    private var loginPrefix: [UInt8] = []
     /// Whole-message framing for the login and the admin console; nil while forwarding (boxed: 8 bytes, not 32).
     private var framer: Boxed<MessageFramer>?
     private var clientScanner: MessageScanner
@@ -34,7 +31,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     var applicationName: String { startup["application_name"] ?? "" }
     /// The route this session belongs to (nil on the wildcard route).
     var route: RouteRuntime?
-    private(set) var user = ""
+    /// The authenticated user: the startup message's (read when needed, not stored twice).
+    var user: String { startup.user ?? "" }
     var leaderKey: CancelRequest? { leader?.key }
     /// Query, Sync and FunctionCall messages sent whose ReadyForQuery has not come back yet.
     var pendingReadyForQuery = 0
@@ -42,37 +40,19 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     private(set) var lastActivity: UInt64
     /// Set when a forced flip moves the leader to a side this session has no connection to.
     var endAtIdle: ErrorFields?
-    private var pendingClientBytes: [UInt8] = []
 
     var tracker = SessionTracker()
-    /// Units awaiting comparison (dual phases), oldest first.
-    var units: [PendingUnit] = []
-    var unitsHead = 0
-    /// Reused per client chunk: units that completed in it and where they end.
-    private var chunkUnits: [(endOffset: Int, unit: WorkUnit)] = []
-    /// Leader bytes held from the client until the follower has finished the same unit (sync mode).
-    var heldForClient: [UInt8]?
-    /// Where the held ReadyForQuery's status byte is in `heldForClient` (its start may have gone out
-    /// already when the message straddled two reads).
-    var heldStatusIndex = 5
+    /// Mirroring, pause and login leftovers, allocated on first use (see SessionColdState).
+    var cold: SessionColdState?
     /// Syncs the client sent since its last Execute/Query: if the backend answers that Execute with
     /// CopyInResponse, it ignores them (it ignores Sync during COPY IN), so they earn no ReadyForQuery.
     private var syncsSinceExecute = 0
-    /// Client input held while the route is paused at this session's idle boundary.
-    var parkedBytes: [UInt8] = []
-
-    /// Sync mirroring: the unit in lock-step and the client bytes queued behind it.
-    var lockStep = LockStep()
     // Narrow fields last and together: declaration order is layout order, and a Bool between two
     // 8-byte fields costs 8 bytes in every session.
     /// The secret this client got in BackendKeyData; the proxy's own, never the backend's.
     let proxySecret: Int32
-    /// Where the next leader / follower answer goes in `units` (each side answers in order).
-    var leaderCursor: Int32 = 0
-    var followerCursor: Int32 = 0
     /// The pid the client was given (the first leader's); cancels must carry it even after a leader flip.
     private(set) var clientVisiblePID: Int32 = 0
-    var parkedSince: UInt64?
     private(set) var state = State.handshake
     /// On the wildcard route (no `RouteRuntime`).
     private(set) var isWildcard = false
@@ -97,7 +77,6 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         self.server = server
         self.proxySecret = proxySecret
         loop = server.loop
-        writeHighWater = config.server.writeHighWater
         var handshake = ClientHandshake(config: config, phaseOf: { [unowned server] in server.routes[$0]?.phase })
         handshake.refusal = refusal
         self.handshake = Boxed(handshake)
@@ -185,7 +164,6 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             server.forwardCancel(key)
             end(reason: "cancel request")
         case .admin(let startup, let user):
-            self.user = user
             self.startup = startup
             state = .admin
             var w = ByteWriter(capacity: 256)
@@ -203,10 +181,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             logger.info("admin session started", metadata: ["user": "\(user)"])
         case .connect(let target, let startup, let user):
             self.startup = startup
-            self.user = user
             sessionPhase = target.phase
             isWildcard = target.route == nil
-            loginPrefix = handshake?.value.takePendingPrefix() ?? []
+            if let prefix = handshake?.value.takePendingPrefix(), !prefix.isEmpty { loginPrefix = prefix }
             handshake = nil
             framer = nil // the login buffer is not needed any more
             if let name = target.route, let r = server.routes[name] {
@@ -259,8 +236,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     func backendReady(_ link: BackendLink, parameters: [(String, String)], key: CancelRequest?) {
         guard link === leader, state == .connecting else { return }
         var w = ByteWriter(capacity: 512)
-        w.writeBytes(loginPrefix)
-        loginPrefix = []
+        if cold != nil {
+            w.writeBytes(loginPrefix)
+            loginPrefix = []
+        }
         BackendMessage.authentication(.ok).encode(into: &w)
         for (name, value) in parameters { BackendMessage.parameterStatus(name: name, value: value).encode(into: &w) }
         // The leader's real process id (pg_backend_pid() agrees) and the proxy's own secret.
@@ -312,7 +291,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             transactionStatus = b.status
             if pendingReadyForQuery > 0 { pendingReadyForQuery -= 1 }
             if follower != nil, let digest = b.digest { leaderUnitDone(digest) }
-            guard lockStep.isBusy else { continue }
+            guard lockStepIsBusy else { continue }
             let actions = lockStep.leaderReady(status: b.status, now: loop.now)
             if actions.first == .holdClient {
                 // Lock-step: the client gets everything but this ReadyForQuery now, the rest after the follower.
@@ -327,7 +306,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         }
         let rest = UnsafeRawBufferPointer(rebasing: bytes[forwardFrom...])
         if heldForClient != nil { heldForClient!.append(contentsOf: rest) } else { client.write(rest) }
-        if client.queuedBytes > writeHighWater, !leaderPaused, state == .forwarding {
+        if client.queuedBytes > server.writeHighWater, !leaderPaused, state == .forwarding {
             // A slow client: stop reading the leader until the client drains (bounded memory).
             leaderPaused = true
             link.connection.stopReading()
@@ -362,7 +341,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 continue
             }
             if let digest = b.digest { followerUnitDone(digest) }
-            if lockStep.isBusy { runLockStep(lockStep.followerReady(status: transactionStatus, now: loop.now)) }
+            if lockStepIsBusy { runLockStep(lockStep.followerReady(status: transactionStatus, now: loop.now)) }
         }
         compareReadyUnits()
         maybeResumeClient()
@@ -382,7 +361,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         guard link === leader else { return }
         if state == .draining {
             // The leader died with a unit in lock-step: the follower may hold what the leader lost.
-            if lockStep.isBusy { route?.markOutOfSync("session \(id): leader lost mid-unit after the client left") }
+            if lockStepIsBusy { route?.markOutOfSync("session \(id): leader lost mid-unit after the client left") }
             return forceFinish()
         }
         logger.warning("backend connection lost", metadata: ["backend": "\(link.backendName)", "error": "\(error.map(uvErrorName) ?? "closed")"])
@@ -394,7 +373,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// Reads the client again once every queue it was paused for is back under its bound.
     func maybeResumeClient() {
         guard clientPaused, state == .forwarding else { return }
-        guard (leader?.connection.queuedBytes ?? 0) <= writeHighWater, lockStep.queuedBytes <= writeHighWater / 2 else { return }
+        guard (leader?.connection.queuedBytes ?? 0) <= server.writeHighWater, lockStep.queuedBytes <= server.writeHighWater / 2 else { return }
         clientPaused = false
         client.startReading()
     }
@@ -412,7 +391,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         var terminated = false
         var flushAt: Int?
         // Units are collected only for mirroring and lock-step; a single-side phase just counts them.
-        let collecting = follower != nil || !lockStep.isQuiet
+        let collecting = follower != nil || !lockStepIsQuiet
         var unitCount = 0
         if collecting && !chunkUnits.isEmpty { chunkUnits.removeAll(keepingCapacity: true) }
         do {
@@ -450,11 +429,11 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 server.checkCrossSchema(unit, session: self, route: route)
             }
         }
-        if (follower != nil && mirrorMode == .sync && !terminated) || !lockStep.isQuiet {
+        if (follower != nil && mirrorMode == .sync && !terminated) || !lockStepIsQuiet {
             // Lock-step; also after mirroring stopped mid-unit, so nothing overtakes what is queued.
             runLockStep(lockStep.clientSent(Array(bytes), units: chunkUnits, flushAt: flushAt, status: transactionStatus, now: loop.now))
             checkMirrorBounds()
-            if lockStep.queuedBytes > writeHighWater, !clientPaused {
+            if lockStep.queuedBytes > server.writeHighWater, !clientPaused {
                 // Lock-step queues what the client pipelines; past the bound, stop reading it.
                 clientPaused = true
                 client.stopReading()
@@ -468,7 +447,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             }
         }
         if terminated { return end(reason: "client terminated") }
-        if leader.connection.queuedBytes > writeHighWater, !clientPaused {
+        if leader.connection.queuedBytes > server.writeHighWater, !clientPaused {
             clientPaused = true
             client.stopReading()
         }
@@ -477,7 +456,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// True at an idle transaction boundary with nothing in flight: the session can be ended here.
     var isIdleAtBoundary: Bool {
         state == .forwarding && transactionStatus == .idle && pendingReadyForQuery == 0 && clientScanner.atMessageBoundary
-            && (leader?.scanner.atMessageBoundary ?? true) && lockStep.isQuiet && heldForClient == nil
+            && (leader?.scanner.atMessageBoundary ?? true) && lockStepIsQuiet && heldForClient == nil
     }
 
     /// Idle, and the follower has answered everything: the session can change phase or leader here.
@@ -521,8 +500,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         let wasActive = state == .forwarding || state == .admin
         client.closeAfterWrites()
         logger.debug("session ended", metadata: ["reason": "\(reason)"])
-        lockStep.dropQueued()
-        if follower != nil && (lockStep.isBusy || pendingUnitCount > 0) {
+        if cold != nil { lockStep.dropQueued() }
+        if follower != nil && (lockStepIsBusy || pendingUnitCount > 0) {
             state = .draining
             wasActiveBeforeDraining = wasActive
             finishDrainingIfDone()
@@ -537,14 +516,14 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// and finishes once the follower has caught up (or gone).
     func finishDrainingIfDone() {
         guard state == .draining else { return }
-        if !lockStep.isBusy && !leaderReleased {
+        if !lockStepIsBusy && !leaderReleased {
             // Units the leader had not answered will never be compared: the client is gone.
             while units.count > unitsHead, let last = units.last, last.leader == nil { units.removeLast() }
             clampUnitCursors()
             leaderReleased = true
             leader?.terminate()
         }
-        guard !lockStep.isBusy, follower == nil || pendingUnitCount == 0 else { return }
+        guard !lockStepIsBusy, follower == nil || pendingUnitCount == 0 else { return }
         state = .closed
         finish(wasActive: wasActiveBeforeDraining)
     }

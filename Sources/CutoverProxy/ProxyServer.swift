@@ -7,7 +7,11 @@ import Logging
 
 public final class ProxyServer {
     public let loop: EventLoop
-    public private(set) var config: CutoverConfig
+    public private(set) var config: CutoverConfig {
+        didSet { writeHighWater = config.server.writeHighWater }
+    }
+    /// Read by sessions on every chunk (a `config` read copies the whole struct).
+    private(set) var writeHighWater: Int
     let logger: Logger
     private var listener: TCPListener?
     /// Every session by the secret its client got in BackendKeyData (unique: a cancel request finds its session here).
@@ -32,6 +36,7 @@ public final class ProxyServer {
     public init(loop: EventLoop, config: CutoverConfig, logger: Logger) throws {
         self.loop = loop
         self.config = config
+        writeHighWater = config.server.writeHighWater
         self.logger = logger
         divergences = DivergenceRecorder(path: config.server.divergenceLog, capacity: config.server.divergenceMemory, logger: logger)
         resolvedAddresses = Self.resolve(config)
