@@ -28,18 +28,19 @@ final class BackendLink: TCPConnectionDelegate {
     private final class Login {
         let backend: BackendConfig
         let address: String
+        let startedAt: UInt64
         var handshake: BackendHandshake
         var framer = MessageFramer(maxMessageSize: 1 << 30) // a backend row can be large; this only guards corruption
         var startup: [UInt8] = []
-        init(backend: BackendConfig, address: String, handshake: BackendHandshake) {
+        init(backend: BackendConfig, address: String, startedAt: UInt64, handshake: BackendHandshake) {
             self.backend = backend
             self.address = address
+            self.startedAt = startedAt
             self.handshake = handshake
         }
     }
     private var login: Login?
     var scanner: MessageScanner
-    let startedAt: UInt64
     /// Bytes written before login finished (a follower joining mid-session), sent right after it.
     private var queuedUntilReady: [UInt8] = []
     var queuedUntilReadyCount: Int { queuedUntilReady.count }
@@ -55,8 +56,8 @@ final class BackendLink: TCPConnectionDelegate {
     struct Boundary {
         /// Where the ReadyForQuery ends in the reported bytes.
         var endOffset: Int
-        var status: TransactionStatus
         var digest: UnitDigest?
+        var status: TransactionStatus
         /// The end of a unit the proxy sent itself (its bytes are not in the report).
         var isInternal = false
         /// Not a ReadyForQuery but a CopyInResponse: the backend now ignores Sync until the copy ends.
@@ -80,9 +81,8 @@ final class BackendLink: TCPConnectionDelegate {
         backendName = backend.name
         self.owner = owner
         connection = TCPConnection(loop: loop)
-        login = Login(backend: backend, address: address, handshake: BackendHandshake(backend: backend, saltedPassword: saltedPassword))
+        login = Login(backend: backend, address: address, startedAt: loop.now, handshake: BackendHandshake(backend: backend, saltedPassword: saltedPassword))
         scanner = MessageScanner(captured: Self.captured, maxMessageSize: Int(Int32.max))
-        startedAt = loop.now
         connection.delegate = self
     }
 
@@ -180,16 +180,16 @@ final class BackendLink: TCPConnectionDelegate {
                 }
                 lastEnd = endOffset
                 if id == BackendMessageID.copyInResponse.rawValue {
-                    boundaries.append(Boundary(endOffset: kept, status: .idle, digest: nil, isInternal: isInternal, isCopyIn: true))
+                    boundaries.append(Boundary(endOffset: kept, digest: nil, status: .idle, isInternal: isInternal, isCopyIn: true))
                     return
                 }
                 if id == BackendMessageID.readyForQuery.rawValue, let body, body.count == 1,
                    let status = TransactionStatus(rawValue: body[0]) {
                     if isInternal {
                         internalUnits -= 1
-                        boundaries.append(Boundary(endOffset: kept, status: status, digest: unit, isInternal: true))
+                        boundaries.append(Boundary(endOffset: kept, digest: unit, status: status, isInternal: true))
                     } else {
-                        boundaries.append(Boundary(endOffset: kept, status: status, digest: unit))
+                        boundaries.append(Boundary(endOffset: kept, digest: unit, status: status))
                     }
                 }
             }
@@ -237,6 +237,9 @@ final class BackendLink: TCPConnectionDelegate {
     }
 
     /// Connecting or logging in failed (the login state names the backend's address).
+    /// When the connect started; nil once logged in (the connect timeout applies only until then).
+    var connectStartedAt: UInt64? { login?.startedAt }
+
     func unavailable(_ reason: String) -> ErrorFields {
         if let login { return ProxyError.backendUnavailable(login.backend, reason) }
         return ProxyError.fatal("08006", "cannot connect to backend \"\(backendName)\": \(reason)")

@@ -327,7 +327,7 @@ public final class ProxyServer {
             switch session.state {
             case .handshake where s.authTimeout > 0 && now - session.createdAt > UInt64(s.authTimeout * 1000):
                 session.failClient(ProxyError.fatal("08006", "authentication timed out after \(Int(s.authTimeout)) s"))
-            case .connecting where s.connectTimeout > 0 && now - (session.leader?.startedAt ?? now) > UInt64(s.connectTimeout * 1000):
+            case .connecting where s.connectTimeout > 0 && now - (session.leader?.connectStartedAt ?? now) > UInt64(s.connectTimeout * 1000):
                 if let leader = session.leader { session.failClient(leader.unavailable("timed out after \(s.connectTimeout) s")) }
             case .draining:
                 session.checkFollowerTimeout(nowMs: now, nowNs: nowNs)
