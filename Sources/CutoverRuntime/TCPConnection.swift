@@ -27,9 +27,8 @@ public protocol TCPConnectionDelegate: AnyObject {
 /// libuv is done with it. Error codes are negative errno values (libuv's codes on Unix).
 public final class TCPConnection: HandleOwner {
     let handle: UnsafeMutablePointer<uv_poll_t>
-    /// unowned(unsafe): a loop outlives its handles (it is shut down only after they close), and a strong
-    /// load would cost a retain/release pair on every read.
-    unowned(unsafe) let loop: EventLoop
+    /// A strong `let`: read without a retain (an unowned(unsafe) read costs a retain/release pair).
+    let loop: EventLoop
     /// Not retained and not weak (a weak load costs a side-table lookup per callback): every owner sets
     /// it to nil in its deinit, and the connection (kept alive by libuv until its close callback) checks it.
     public unowned(unsafe) var delegate: TCPConnectionDelegate?
