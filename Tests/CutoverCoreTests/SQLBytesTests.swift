@@ -12,4 +12,15 @@ import Testing
         #expect(SQLBytes.leadingKeyword("  /* c */ (UPDATE t") == .update)
         #expect(SQLBytes.leadingKeyword("/* unterminated") == .other)
     }
+
+    @Test func selectIsRecognizedAsNoneOfOursAndAdvisoryLocksNeedACall() {
+        #expect(SQLBytes.leadingKeyword("select 1") == .other)
+        #expect(SQLBytes.leadingKeyword("SELECTX") == .other)
+        #expect(SQLBytes.leadingKeyword("SET x = 1") == .set)
+        func advisory(_ s: String) -> Bool { var t = s; return t.withUTF8 { SQLBytes.mayTakeAdvisoryLock(UnsafeRawBufferPointer($0)) } }
+        #expect(advisory("SELECT pg_advisory_lock(42)"))
+        #expect(advisory("select PG_TRY_ADVISORY_LOCK (1, 2)"))
+        #expect(!advisory("SELECT advisory FROM notes"))
+        #expect(!advisory("SELECT count(*) FROM advisories_v"))
+    }
 }
