@@ -17,6 +17,20 @@ final class EchoPeer: TCPConnectionDelegate {
     func connection(_ c: TCPConnection, didFail error: Int32?) {}
 }
 
+/// Collects what it reads once told to start, and how the stream ended.
+final class Collector: TCPConnectionDelegate {
+    let connection: TCPConnection
+    var received: [UInt8] = []
+    var ended = false
+    var endError: Int32?
+    init(_ c: TCPConnection) { connection = c; c.delegate = self }
+    deinit { connection.delegate = nil }
+    func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) { received.append(contentsOf: bytes) }
+    func connectionDidDrain(_ c: TCPConnection) {}
+    func connection(_ c: TCPConnection, didConnect error: Int32?) {}
+    func connection(_ c: TCPConnection, didFail error: Int32?) { ended = true; endError = error }
+}
+
 /// Sends a payload and collects what comes back.
 final class Sender: TCPConnectionDelegate {
     let connection: TCPConnection
@@ -87,6 +101,36 @@ final class Sender: TCPConnectionDelegate {
         spins = 0
         while !sender.failed && spins < 1000 { loop.runOnce(wait: true); spins += 1 }
         #expect(sender.failed && sender.connection.isClosing)
+        listener.close()
+        #expect(loop.shutdown() == 0)
+    }
+
+    @Test func writesTheKernelRefusesAreQueuedDrainedInOrderAndDeliveredBeforeACloseAfterWrites() throws {
+        let loop = EventLoop()
+        var peers: [Collector] = []
+        let listener = try TCPListener(loop: loop, host: "127.0.0.1", port: 0) { peers.append(Collector($0)) }
+        // The sender writes 16 MB in 64 KiB pieces before the peer reads anything: the kernel's buffers fill
+        // and the rest must wait in the connection's own queue, in order.
+        var payload = [UInt8](repeating: 0, count: 16 << 20)
+        for i in payload.indices { payload[i] = UInt8(truncatingIfNeeded: i &* 7 &+ i >> 11) }
+        let sender = Sender(TCPConnection(loop: loop), payload: [])
+        #expect(sender.connection.connect(host: "127.0.0.1", port: listener.port) == nil)
+        var spins = 0
+        while (sender.connectError == nil || peers.isEmpty) && spins < 1000 { loop.runOnce(wait: true); spins += 1 }
+        for start in stride(from: 0, to: payload.count, by: 64 << 10) {
+            #expect(payload[start..<min(start + (64 << 10), payload.count)].withUnsafeBytes { sender.connection.write($0) })
+        }
+        let queued = sender.connection.queuedBytes
+        #expect(queued > 0, "the kernel took all 16 MB at once: the queue was not exercised")
+        sender.connection.closeAfterWrites()
+        #expect(!sender.connection.isClosing, "closed with \(queued) bytes still queued")
+        peers[0].connection.startReading()
+        spins = 0
+        while !peers[0].ended && spins < 100_000 { loop.runOnce(wait: true); spins += 1 }
+        #expect(peers[0].received.count == payload.count)
+        #expect(peers[0].received == payload)
+        #expect(peers[0].ended && peers[0].endError == nil, "the peer saw a clean EOF after the last byte")
+        #expect(sender.connection.isClosing && sender.connection.queuedBytes == 0)
         listener.close()
         #expect(loop.shutdown() == 0)
     }
