@@ -32,6 +32,10 @@ final class BackendLink: TCPConnectionDelegate {
         var handshake: BackendHandshake
         var framer = MessageFramer(maxMessageSize: 1 << 30) // a backend row can be large; this only guards corruption
         var startup: [UInt8] = []
+        /// When the connect was started (nil while a follower waits for its turn at the server's login gate).
+        var admittedAt: UInt64?
+        /// Told once when the login ends, whichever way (the server's gate counts follower logins).
+        var settled: ((BackendLink) -> Void)?
         init(backend: BackendConfig, address: String, startedAt: UInt64, handshake: BackendHandshake) {
             self.backend = backend
             self.address = address
@@ -67,7 +71,14 @@ final class BackendLink: TCPConnectionDelegate {
     private(set) var boundaries = BoundaryList()
     // Narrow fields last (declaration order is layout order).
     private(set) var key: CancelRequest?
-    private(set) var state = State.connecting
+    private(set) var state = State.connecting {
+        didSet {
+            // The login ended (logged in, failed, or the session let the link go first).
+            guard state == .ready || state == .closed, let login, let settled = login.settled else { return }
+            login.settled = nil
+            settled(self)
+        }
+    }
     /// Which side of the route this link talks to.
     let side: Side?
 
@@ -106,13 +117,28 @@ final class BackendLink: TCPConnectionDelegate {
     var isClosed: Bool { state == .closed }
 
     /// Connects and sends the startup packet once connected.
-    func start(startup: [UInt8]) {
-        guard let login else { return }
-        login.startup = startup
+    func start(startup: [UInt8], nowNs: UInt64) {
+        prepare(startup: startup, onSettled: nil)
+        connect(nowNs: nowNs)
+    }
+
+    /// Keeps the startup packet for `connect`; `onSettled` is told once when the login ends, either way.
+    func prepare(startup: [UInt8], onSettled: ((BackendLink) -> Void)?) {
+        login?.startup = startup
+        login?.settled = onSettled
+    }
+
+    /// Starts the connection (for a follower: when the server's login gate admits it).
+    func connect(nowNs: UInt64) {
+        guard state == .connecting, let login, login.admittedAt == nil else { return }
+        login.admittedAt = nowNs
         if let rc = connection.connect(host: login.address, port: login.backend.port) {
             fail(ProxyError.backendUnavailable(login.backend, uvErrorName(rc)))
         }
     }
+
+    /// When this link's login was let through the gate (ns); nil while waiting, and once logged in.
+    var loginAdmittedAt: UInt64? { login?.admittedAt }
 
     func connection(_ c: TCPConnection, didConnect error: Int32?) {
         guard state == .connecting, let login else { return }
@@ -236,10 +262,10 @@ final class BackendLink: TCPConnectionDelegate {
         }
     }
 
-    /// Connecting or logging in failed (the login state names the backend's address).
     /// When the connect started; nil once logged in (the connect timeout applies only until then).
     var connectStartedAt: UInt64? { login?.startedAt }
 
+    /// Connecting or logging in failed (the login state names the backend's address).
     func unavailable(_ reason: String) -> ErrorFields {
         if let login { return ProxyError.backendUnavailable(login.backend, reason) }
         return ProxyError.fatal("08006", "cannot connect to backend \"\(backendName)\": \(reason)")

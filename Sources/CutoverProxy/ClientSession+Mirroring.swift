@@ -143,8 +143,13 @@ extension ClientSession {
         // lagging follower), or when the follower went first (a COMMIT in lock-step).
         guard let u = units[unitsHead...].first(where: { $0.follower == nil && $0.followerSentAt != nil }),
               let sent = u.followerSentAt else { return }
-        let since: UInt64
+        var since: UInt64
         if u.leader != nil { since = max(sent, u.leaderDoneAt) } else if lockStepIsBusy { since = sent } else { return }
+        if let f = follower, !f.isReady {
+            // Waiting for its turn at the login gate is not the follower's delay; its login counts from admission.
+            guard let admitted = f.loginAdmittedAt else { return }
+            since = max(since, admitted)
+        }
         if Double(nowNs &- since) / 1e9 > limit {
             stopMirroring(.followerTimeout, detail: "no answer from the follower within \(limit) s")
         }
@@ -230,7 +235,7 @@ extension ClientSession {
         let config = server.config
         guard let backend = config.backends[side == .legacy ? route.config.legacy : route.config.new] else { return }
         let link = openLink(to: backend, side: side, database: backend.database,
-                            searchPath: side == .legacy ? route.config.legacySchema : nil)
+                            searchPath: side == .legacy ? route.config.legacySchema : nil, isFollower: true)
         follower = link
         link.setDigesting(true)
         leader.setDigesting(true)

@@ -226,10 +226,17 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     }
 
     /// Opens a backend connection logged in with the client's startup parameters.
-    func openLink(to backend: BackendConfig, side: Side?, database: String, searchPath: String?) -> BackendLink {
+    /// A follower's connect waits for the server's login gate (a flip gives every session one at once).
+    func openLink(to backend: BackendConfig, side: Side?, database: String, searchPath: String?, isFollower: Bool = false) -> BackendLink {
         let link = BackendLink(loop: server.loop, backend: backend, address: server.address(of: backend), side: side,
                                owner: self, saltedPassword: server.saltedPassword)
-        link.start(startup: BackendHandshake(backend: backend).startupPacket(client: startup, database: database, searchPath: searchPath))
+        let packet = BackendHandshake(backend: backend).startupPacket(client: startup, database: database, searchPath: searchPath)
+        if isFollower {
+            link.prepare(startup: packet, onSettled: { [unowned server] in server.followerLoginSettled($0) })
+            server.admitFollowerLogin(link)
+        } else {
+            link.start(startup: packet, nowNs: loop.nanoseconds)
+        }
         return link
     }
 

@@ -1,0 +1,44 @@
+// Admits backend logins a few at a time, first come first served: a flip that gives every session of a route a
+// follower at once would otherwise start hundreds of PostgreSQL backends (fork, authentication) in one burst.
+
+/// A FIFO gate with at most `limit` tickets in flight. Pure: the caller starts what it admits and reports
+/// when an admitted ticket has finished; a ticket still waiting can be withdrawn.
+public struct LoginGate<Ticket> {
+    public let limit: Int
+    public private(set) var inFlight = 0
+    private var waiting: [Ticket] = []
+    private var head = 0
+
+    public init(limit: Int) { self.limit = max(1, limit) }
+
+    public var waitingCount: Int { waiting.count - head }
+
+    /// True: start it now (it counts as in flight). False: it waits its turn.
+    public mutating func request(_ ticket: Ticket) -> Bool {
+        if inFlight < limit && waitingCount == 0 {
+            inFlight += 1
+            return true
+        }
+        waiting.append(ticket)
+        return false
+    }
+
+    /// An admitted ticket has finished (success or failure): returns the next one to start, already counted.
+    public mutating func finished() -> Ticket? {
+        inFlight = max(0, inFlight - 1)
+        guard waitingCount > 0 else { return nil }
+        let next = waiting[head]
+        head += 1
+        if head == waiting.count { waiting.removeAll(keepingCapacity: false); head = 0 }
+        inFlight += 1
+        return next
+    }
+
+    /// Removes a waiting ticket (its session ended first); false if it was not waiting.
+    public mutating func withdraw(where matches: (Ticket) -> Bool) -> Bool {
+        guard let i = waiting[head...].firstIndex(where: matches) else { return false }
+        waiting.remove(at: i)
+        if head == waiting.count { waiting.removeAll(keepingCapacity: false); head = 0 }
+        return true
+    }
+}
