@@ -89,9 +89,10 @@ public struct LockStep: Sendable {
     public static let rollback: [UInt8] = encoded("ROLLBACK")
     static func encoded(_ q: String) -> [UInt8] { var w = ByteWriter(); FrontendMessage.query(q).encode(into: &w); return w.bytes }
 
-    /// A unit of plain DML run outside a transaction: wrapped in an implicit transaction.
+    /// A unit of data-modifying statements (DML, or a WITH that modifies) run outside a transaction:
+    /// wrapped in an implicit transaction.
     public static func isAutocommitWrite(_ unit: WorkUnit) -> Bool {
-        !unit.statements.isEmpty && !unit.commits && unit.statements.allSatisfy { SQLBytes.leadingKeyword($0).isDML }
+        !unit.statements.isEmpty && !unit.commits && unit.statements.allSatisfy { SQLBytes.modifiesData($0) }
     }
 
     static let stdin = Array("stdin".utf8)

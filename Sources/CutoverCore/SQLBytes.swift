@@ -4,7 +4,7 @@
 /// The leading keywords that matter to the proxy; everything else is `.other`.
 public enum LeadingKeyword: Sendable, Equatable {
     case begin, start, commit, end, rollback, abort, set, reset, prepare, deallocate, discard, listen, create, declare
-    case insert, update, delete, merge, copy
+    case insert, update, delete, merge, copy, with
     case other
 
     /// Keywords whose statements may change session state the proxy tracks or cannot replay.
@@ -17,11 +17,8 @@ public enum LeadingKeyword: Sendable, Equatable {
 
     public var endsTransaction: Bool { self == .commit || self == .end }
 
-    /// Plain DML: what sync mirroring wraps in an implicit transaction outside one.
+    /// Plain DML (see `SQLBytes.modifiesData` for statements that start with WITH).
     public var isDML: Bool { self == .insert || self == .update || self == .delete || self == .merge }
-
-    /// Statements that write (for the async write-order check).
-    public var writes: Bool { isDML || self == .copy }
 }
 
 public enum SQLBytes {
@@ -29,7 +26,7 @@ public enum SQLBytes {
         ("BEGIN", .begin), ("START", .start), ("COMMIT", .commit), ("END", .end), ("ROLLBACK", .rollback), ("ABORT", .abort),
         ("SET", .set), ("RESET", .reset), ("PREPARE", .prepare), ("DEALLOCATE", .deallocate), ("DISCARD", .discard),
         ("LISTEN", .listen), ("CREATE", .create), ("DECLARE", .declare), ("INSERT", .insert), ("UPDATE", .update),
-        ("DELETE", .delete), ("MERGE", .merge), ("COPY", .copy),
+        ("DELETE", .delete), ("MERGE", .merge), ("COPY", .copy), ("WITH", .with),
     ] as [(String, LeadingKeyword)]).map { (Array($0.0.utf8), $0.1) }
 
     @inline(__always) static func upper(_ c: UInt8) -> UInt8 { c >= 0x61 && c <= 0x7A ? c - 0x20 : c }
@@ -95,6 +92,7 @@ public enum SQLBytes {
         case 0x4554454C4544: return .delete // DELETE
         case 0x454752454D: return .merge // MERGE
         case 0x59504F43: return .copy // COPY
+        case 0x48544957: return .with // WITH
         default: return .other
         }
     }
@@ -130,6 +128,35 @@ public enum SQLBytes {
     public static func contains(_ text: String, lowercased pattern: [UInt8]) -> Bool {
         var t = text
         return t.withUTF8 { contains(UnsafeRawBufferPointer($0), lowercased: pattern) }
+    }
+
+    static let dmlWords = ["insert", "update", "delete", "merge"].map { Array($0.utf8) }
+
+    /// Whether a statement may change data: plain DML, or a `WITH` whose text names a DML verb as a whole
+    /// word (`WITH moved AS (DELETE ...) INSERT ...`). The check errs towards yes (a `FOR UPDATE` or a verb
+    /// in a string literal counts): for sync mirroring that only wraps a read in an implicit transaction.
+    public static func modifiesData(_ text: String) -> Bool {
+        let keyword = leadingKeyword(text)
+        if keyword.isDML { return true }
+        guard keyword == .with else { return false }
+        var t = text
+        return t.withUTF8 { raw in dmlWords.contains { containsWord(UnsafeRawBufferPointer(raw), lowercased: $0) } }
+    }
+
+    /// Case-insensitive search for `word` (lower case) standing alone: no letter, digit or `_` on either side.
+    public static func containsWord(_ text: UnsafeRawBufferPointer, lowercased word: [UInt8]) -> Bool {
+        let m = word.count, n = text.count
+        guard m > 0, n >= m, let base = text.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return false }
+        var i = 0
+        while i <= n - m {
+            if lower(base[i]) == word[0] && (i == 0 || !SQLText.isWordByte(base[i - 1])) {
+                var j = 1
+                while j < m && lower(base[i + j]) == word[j] { j += 1 }
+                if j == m && (i + m == n || !SQLText.isWordByte(base[i + m])) { return true }
+            }
+            i += 1
+        }
+        return false
     }
 
     static let advisory = Array("advisory".utf8)

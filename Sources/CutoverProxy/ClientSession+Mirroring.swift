@@ -21,7 +21,7 @@ struct PendingUnit {
         self.unit = unit
         self.leaderSentAt = leaderSentAt
         self.followerSentAt = followerSentAt
-        isWrite = unit.commits || unit.statements.contains { SQLBytes.leadingKeyword($0).writes }
+        isWrite = unit.commits || unit.statements.contains { SQLBytes.modifiesData($0) || SQLBytes.leadingKeyword($0) == .copy }
     }
 
     var leaderMs: Double? { leader == nil ? nil : Double(leaderDoneAt &- leaderSentAt) / 1e6 }

@@ -23,4 +23,18 @@ import Testing
         #expect(!advisory("SELECT advisory FROM notes"))
         #expect(!advisory("SELECT count(*) FROM advisories_v"))
     }
+
+    @Test func aWithThatModifiesDataIsAWriteAndOneThatReadsIsNot() {
+        #expect(SQLBytes.leadingKeyword("WITH x AS (SELECT 1) SELECT * FROM x") == .with)
+        #expect(SQLBytes.modifiesData("WITH moved AS (DELETE FROM a RETURNING *) INSERT INTO b SELECT * FROM moved"))
+        #expect(SQLBytes.modifiesData("with t as (select 1) update accounts set n = n + 1"))
+        #expect(!SQLBytes.modifiesData("WITH t AS (SELECT updated_at, deleted FROM a) SELECT * FROM t"))
+        #expect(SQLBytes.modifiesData("UPDATE a SET n = 1"))
+        #expect(!SQLBytes.modifiesData("SELECT 1"))
+        var unit = WorkUnit()
+        unit.statements = ["WITH t AS (SELECT 1) UPDATE a SET n = 2"]
+        #expect(LockStep.isAutocommitWrite(unit), "sync mirroring wraps it, so COMMIT reaches the follower first")
+        unit.statements = ["WITH t AS (SELECT 1) SELECT * FROM t"]
+        #expect(!LockStep.isAutocommitWrite(unit))
+    }
 }

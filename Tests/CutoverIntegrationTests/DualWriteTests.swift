@@ -140,6 +140,24 @@ extension ProxyFixture {
         try f.walk("recruitment", to: "legacy")
     }
 
+    @Test func anAutocommitWithUpdateInSyncModeRunsOnBothSidesAndLeavesTheSessionIdle() throws {
+        try f.walk("recruitment", to: "legacy")
+        try f.onBothRecruitmentSides("DROP TABLE IF EXISTS cte_target; CREATE TABLE cte_target (id int PRIMARY KEY, v int); INSERT INTO cte_target VALUES (1, 1)")
+        try f.adminRun("SET PHASE recruitment TO dual-legacy")
+        try f.adminRun("SET MIRROR recruitment TO sync")
+        let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
+        // Wrapped in an implicit transaction like plain DML (COMMIT reaches the follower first); the
+        // client must see only its own statement's answer.
+        let rows = try c.query("WITH one AS (SELECT 1 AS id) UPDATE cte_target SET v = v + 41 FROM one WHERE cte_target.id = one.id RETURNING v")
+        #expect(rows == [["42"]])
+        #expect(try c.scalar("SELECT v FROM cte_target WHERE id = 1") == "42", "the session is usable and idle afterwards")
+        try f.waitForMirrorDrain("recruitment")
+        #expect(try f.recruitmentNew().scalar("SELECT v FROM cte_target WHERE id = 1") == "42")
+        #expect(try f.recruitmentLegacy().scalar("SELECT v FROM cte_target WHERE id = 1") == "42")
+        try f.adminRun("SET MIRROR recruitment TO async")
+        try f.walk("recruitment", to: "legacy")
+    }
+
     @Test func concurrentNonCommutativeUpdatesInSyncModeLeaveBothSidesIdentical() throws {
         try f.walk("recruitment", to: "legacy")
         try f.onBothRecruitmentSides("DROP TABLE IF EXISTS counters; CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL); INSERT INTO counters SELECT g, g FROM generate_series(1, 4) g")
