@@ -10,8 +10,10 @@ struct PendingUnit {
     var leaderSentAt: UInt64
     var followerSentAt: UInt64?
     var leader: UnitDigest?
+    /// Set with `leader` (non-zero exactly when the leader has answered: cheaper to test than the digest).
     var leaderDoneAt: UInt64 = 0
     var follower: UnitDigest?
+    /// Set with `follower`, likewise.
     var followerDoneAt: UInt64 = 0
     /// Position among the route's write units in the order the leader finished them (async order check).
     var leaderSeq: UInt64?
@@ -41,11 +43,12 @@ extension ClientSession {
 
     /// The first unit at or after `cursor` still waiting for `side`'s answer. Each side answers in order,
     /// so the search starts where the last answer went and is O(1); a search from the head was O(backlog)
-    /// per answer, which made a lagging follower slow the leader's path down.
-    private func nextUnanswered(from cursor: Int32, leader: Bool) -> Int? {
-        var i = max(Int(cursor), unitsHead)
-        while i < units.count {
-            if leader ? units[i].leader == nil : units[i].follower == nil { return i }
+    /// per answer, which made a lagging follower slow the leader's path down. (These functions work on the
+    /// cold state's array in place: going through the session's `units` accessor copies the array.)
+    private func nextUnanswered(_ c: SessionColdState, from cursor: Int32, leader: Bool) -> Int? {
+        var i = max(Int(cursor), c.unitsHead)
+        while i < c.units.count {
+            if (leader ? c.units[i].leaderDoneAt : c.units[i].followerDoneAt) == 0 { return i }
             i += 1
         }
         return nil
@@ -53,28 +56,31 @@ extension ClientSession {
 
     /// After units were dropped from the end, the cursors must not point past them.
     func clampUnitCursors() {
-        leaderCursor = min(leaderCursor, Int32(units.count))
-        followerCursor = min(followerCursor, Int32(units.count))
+        guard let c = cold else { return }
+        c.leaderCursor = min(c.leaderCursor, Int32(c.units.count))
+        c.followerCursor = min(c.followerCursor, Int32(c.units.count))
     }
 
     func leaderUnitDone(_ digest: UnitDigest) {
-        guard let i = nextUnanswered(from: leaderCursor, leader: true) else { return }
-        leaderCursor = Int32(i + 1)
-        units[i].leader = digest
-        units[i].leaderDoneAt = loop.nanoseconds
-        if units[i].isWrite, let route {
+        let c = coldState
+        guard let i = nextUnanswered(c, from: c.leaderCursor, leader: true) else { return }
+        c.leaderCursor = Int32(i + 1)
+        c.units[i].leader = digest
+        c.units[i].leaderDoneAt = loop.nanoseconds
+        if c.units[i].isWrite, let route {
             route.leaderWriteSeq += 1
-            units[i].leaderSeq = route.leaderWriteSeq
+            c.units[i].leaderSeq = route.leaderWriteSeq
         }
     }
 
     func followerUnitDone(_ digest: UnitDigest) {
-        guard let i = nextUnanswered(from: followerCursor, leader: false) else { return }
-        followerCursor = Int32(i + 1)
-        units[i].follower = digest
-        units[i].followerDoneAt = loop.nanoseconds
-        if let seq = units[i].leaderSeq, let route {
-            if seq < route.followerMaxLeaderSeq && mirrorMode == .async { writeOrderInverted(units[i], route) }
+        let c = coldState
+        guard let i = nextUnanswered(c, from: c.followerCursor, leader: false) else { return }
+        c.followerCursor = Int32(i + 1)
+        c.units[i].follower = digest
+        c.units[i].followerDoneAt = loop.nanoseconds
+        if let seq = c.units[i].leaderSeq, let route {
+            if seq < route.followerMaxLeaderSeq && mirrorMode == .async { writeOrderInverted(c.units[i], route) }
             route.followerMaxLeaderSeq = max(route.followerMaxLeaderSeq, seq)
         }
     }
@@ -94,43 +100,46 @@ extension ClientSession {
 
     /// Compares every unit both sides have answered, oldest first, and records what differs.
     func compareReadyUnits() {
-        guard !units.isEmpty, let route else { return }
-        while unitsHead < units.count, let l = units[unitsHead].leader, let f = units[unitsHead].follower {
-            let u = units[unitsHead]
-            unitsHead += 1
+        guard let c = cold, !c.units.isEmpty, let route else { return }
+        while c.unitsHead < c.units.count, c.units[c.unitsHead].leaderDoneAt != 0, c.units[c.unitsHead].followerDoneAt != 0 {
+            let i = c.unitsHead
+            c.unitsHead += 1
             route.stats.mirrored += 1
-            if let ms = u.leaderMs { route.stats.leaderMsTotal += ms; route.stats.leaderCount += 1 }
-            if let ms = u.followerMs { route.stats.followerMsTotal += ms; route.stats.followerCount += 1 }
+            let leaderMs = c.units[i].leaderMs, followerMs = c.units[i].followerMs
+            if let ms = leaderMs { route.stats.leaderMsTotal += ms; route.stats.leaderCount += 1 }
+            if let ms = followerMs { route.stats.followerMsTotal += ms; route.stats.followerCount += 1 }
+            guard let l = c.units[i].leader, let f = c.units[i].follower else { continue }
             for d in UnitDigest.differences(leader: l, follower: f) {
-                let text = d.index < u.unit.statements.count ? u.unit.statements[d.index] : u.unit.statements.joined(separator: "; ")
+                let statements = c.units[i].unit.statements
+                let text = d.index < statements.count ? statements[d.index] : statements.joined(separator: "; ")
                 server.recordDivergence(session: self, kind: d.kind, statement: text.isEmpty ? nil : text,
-                                        leader: d.leader, follower: d.follower, leaderMs: u.leaderMs, followerMs: u.followerMs,
+                                        leader: d.leader, follower: d.follower, leaderMs: leaderMs, followerMs: followerMs,
                                         detail: "statement \(d.index + 1) of the unit")
             }
         }
-        if unitsHead == units.count {
+        if c.unitsHead == c.units.count {
             // A session that once had a long backlog does not keep its buffer.
-            units.removeAll(keepingCapacity: units.capacity <= 64)
-            unitsHead = 0
-            leaderCursor = 0
-            followerCursor = 0
-        } else if unitsHead >= 256 && unitsHead * 2 >= units.count {
+            c.units.removeAll(keepingCapacity: c.units.capacity <= 64)
+            c.unitsHead = 0
+            c.leaderCursor = 0
+            c.followerCursor = 0
+        } else if c.unitsHead >= 256 && c.unitsHead * 2 >= c.units.count {
             // Under steady load the follower may never be fully caught up: drop the compared prefix.
-            units.removeFirst(unitsHead)
-            leaderCursor = max(0, leaderCursor - Int32(unitsHead))
-            followerCursor = max(0, followerCursor - Int32(unitsHead))
-            unitsHead = 0
+            c.units.removeFirst(c.unitsHead)
+            c.leaderCursor = max(0, c.leaderCursor - Int32(c.unitsHead))
+            c.followerCursor = max(0, c.followerCursor - Int32(c.unitsHead))
+            c.unitsHead = 0
         }
     }
 
     /// Async mode's bounds: too many bytes or statements waiting on the follower stop mirroring for this session.
     func checkMirrorBounds() {
         guard let follower else { return }
-        let s = server.config.server
         let queued = follower.connection.queuedBytes + follower.queuedUntilReadyCount
-        let waiting = units.count - unitsHead
-        if queued > s.mirrorQueueBytes || waiting > s.mirrorQueueStatements {
-            stopMirroring(.queueOverflow, detail: "follower queue: \(queued) bytes, \(waiting) statements (limits \(s.mirrorQueueBytes) bytes, \(s.mirrorQueueStatements) statements)")
+        let waiting = pendingUnitCount
+        let (maxBytes, maxStatements) = server.mirrorQueueLimits
+        if queued > maxBytes || waiting > maxStatements {
+            stopMirroring(.queueOverflow, detail: "follower queue: \(queued) bytes, \(waiting) statements (limits \(maxBytes) bytes, \(maxStatements) statements)")
         }
     }
 

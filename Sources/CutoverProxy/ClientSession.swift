@@ -607,5 +607,5 @@ extension ClientSession {
         }
     }
 
-    var pendingUnitCount: Int { units.count - unitsHead }
+    var pendingUnitCount: Int { cold.map { $0.units.count - $0.unitsHead } ?? 0 }
 }

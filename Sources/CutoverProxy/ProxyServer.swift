@@ -8,10 +8,15 @@ import Logging
 public final class ProxyServer {
     public let loop: EventLoop
     public private(set) var config: CutoverConfig {
-        didSet { writeHighWater = config.server.writeHighWater }
+        didSet {
+            writeHighWater = config.server.writeHighWater
+            mirrorQueueLimits = (config.server.mirrorQueueBytes, config.server.mirrorQueueStatements)
+        }
     }
     /// Read by sessions on every chunk (a `config` read copies the whole struct).
     private(set) var writeHighWater: Int
+    /// The async follower queue's bounds (bytes, statements), read on every mirrored chunk.
+    private(set) var mirrorQueueLimits: (Int, Int)
     let logger: Logger
     private var listener: TCPListener?
     /// Every session by the secret its client got in BackendKeyData (unique: a cancel request finds its session here).
@@ -37,6 +42,7 @@ public final class ProxyServer {
         self.loop = loop
         self.config = config
         writeHighWater = config.server.writeHighWater
+        mirrorQueueLimits = (config.server.mirrorQueueBytes, config.server.mirrorQueueStatements)
         self.logger = logger
         divergences = DivergenceRecorder(path: config.server.divergenceLog, capacity: config.server.divergenceMemory, logger: logger)
         resolvedAddresses = Self.resolve(config)
