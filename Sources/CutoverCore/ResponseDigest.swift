@@ -120,6 +120,8 @@ public struct OutcomeDifference: Equatable, Sendable {
 extension UnitDigest {
     /// Compares a leader digest with a follower digest, statement by statement.
     public static func differences(leader: UnitDigest, follower: UnitDigest) -> [OutcomeDifference] {
+        // The common case, compared without copying each outcome out of its array.
+        if leader.outcomes == follower.outcomes { return [] }
         var out: [OutcomeDifference] = []
         for i in 0..<max(leader.outcomes.count, follower.outcomes.count) {
             let l = i < leader.outcomes.count ? leader.outcomes[i] : nil
