@@ -32,8 +32,16 @@ public struct SessionTracker: Sendable {
         FrontendMessageID.execute.rawValue, FrontendMessageID.close.rawValue,
     ]
 
-    /// SET/RESET texts to replay, keyed by parameter name (last one wins).
+    /// SET/RESET texts to replay, keyed by parameter name (last one wins). Only settings whose transaction
+    /// committed get here: a SET is transactional, and one rolled back must not reach a late follower.
     public private(set) var settings: [(name: String, text: String)] = []
+    /// SET/RESET (text nil) and RESET ALL (name "*") seen in units not yet known to have committed, with the
+    /// number of the unit they were sent in.
+    private var uncommitted: [(unit: Int, name: String, text: String?)] = []
+    /// Units whose statement was ROLLBACK/ABORT (their answer ends a transaction without committing it).
+    private var rollbackUnits: [Int] = []
+    /// Units the session has sent that will be answered (it counts them as it sends them).
+    public private(set) var unitsSent = 0
     /// Named protocol-level prepared statements: the whole Parse message, to be re-sent verbatim.
     public private(set) var preparedMessages: [String: [UInt8]] = [:]
     /// SQL-level PREPARE texts by name.
@@ -92,6 +100,29 @@ public struct SessionTracker: Sendable {
         if currentHasTexts { current = WorkUnit() } else { current.commits = false }
     }
 
+    /// The session sent a unit that earns a ReadyForQuery (it skips Syncs the backend ignores during COPY IN).
+    public mutating func unitSent() { unitsSent += 1 }
+
+    /// The leader answered a unit with ReadyForQuery `status`; `previous` is the status before it and
+    /// `stillInFlight` the units sent after it not yet answered. When a transaction ends here, the settings
+    /// made in it are kept if it committed and dropped if it rolled back (a failed transaction, or
+    /// ROLLBACK/ABORT). An autocommit SET commits at its own answer.
+    public mutating func unitAnswered(status: TransactionStatus, previous: TransactionStatus, stillInFlight: Int) {
+        guard status == .idle, !uncommitted.isEmpty || !rollbackUnits.isEmpty else { return }
+        let answered = unitsSent - 1 - stillInFlight
+        let rolledBack = previous == .failedTransaction || rollbackUnits.contains(answered)
+        var later: [(unit: Int, name: String, text: String?)] = []
+        for change in uncommitted {
+            guard change.unit <= answered else { later.append(change); continue }
+            guard !rolledBack else { continue }
+            if change.name == "*" { settings = []; continue }
+            settings.removeAll { $0.name == change.name }
+            if let text = change.text { settings.append((change.name, text)) }
+        }
+        uncommitted = later
+        rollbackUnits.removeAll { $0 <= answered }
+    }
+
     /// Handles one message; true when `id` ends a unit, which the caller then takes or skips.
     public mutating func messageEndsUnit(id: UInt8, body: UnsafeRawBufferPointer?) -> Bool {
         switch id {
@@ -101,6 +132,7 @@ public struct SessionTracker: Sendable {
             let raw = body.last == 0 ? UnsafeRawBufferPointer(rebasing: body.dropLast()) : Self.cString(body).0
             let keyword = SQLBytes.leadingKeyword(raw)
             if keyword.endsTransaction { current.commits = true }
+            if keyword == .rollback || keyword == .abort { rollbackUnits.append(unitsSent) }
             // Only statements that may change tracked state are classified (the rest cost a keyword check).
             let tracked = keyword.affectsSessionState || SQLBytes.mayTakeAdvisoryLock(raw)
             if needsText(raw, keyword, tracked: tracked) {
@@ -157,11 +189,14 @@ public struct SessionTracker: Sendable {
             let words = SQLText.leadingWords(text, count: 3)
             guard words.count >= 2 else { break }
             let name = (words[1] == "SESSION" && words.count > 2 ? words[2] : words[1]).lowercased()
-            settings.removeAll { $0.name == name }
-            if words[0] == "SET" { settings.append((name, text)) }
+            uncommitted.append((unitsSent, name, words[0] == "SET" ? text : nil))
         case .discardAll:
-            settings = []
-            if SQLText.leadingWords(text, count: 1).first == "DISCARD" { sqlPrepared = [:]; preparedMessages = [:]; unreplayable = [] }
+            if SQLText.leadingWords(text, count: 1).first == "DISCARD" {
+                // DISCARD ALL cannot run inside a transaction block: it takes effect at once.
+                settings = []; uncommitted = []; sqlPrepared = [:]; preparedMessages = [:]; unreplayable = []
+            } else {
+                uncommitted.append((unitsSent, "*", nil)) // RESET ALL is transactional like SET
+            }
         case .prepare:
             if let name = SQLText.preparedName(text) { sqlPrepared[name] = text }
         case .deallocate:

@@ -297,8 +297,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 runLockStep(lockStep.leaderInternalReady(commitOutcome: b.digest?.outcomes.first, status: b.status, now: loop.now))
                 continue
             }
+            let previous = transactionStatus
             transactionStatus = b.status
             if pendingReadyForQuery > 0 { pendingReadyForQuery -= 1 }
+            tracker.unitAnswered(status: b.status, previous: previous, stillInFlight: pendingReadyForQuery)
             if follower != nil, let digest = b.digest { leaderUnitDone(digest) }
             guard lockStepIsBusy else { continue }
             let actions = lockStep.leaderReady(status: b.status, now: loop.now)
@@ -418,6 +420,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 if clientCopyIn && id == FrontendMessageID.sync.rawValue { return tracker.skipUnit() }
                 if id == FrontendMessageID.sync.rawValue { syncsSinceExecute += 1 }
                 pendingReadyForQuery += 1
+                tracker.unitSent()
                 unitCount += 1
                 if collecting {
                     chunkUnits.append((endOffset, tracker.takeUnit()))

@@ -55,7 +55,7 @@ private func queryBody(_ text: String) -> [UInt8] { Array(text.utf8) + [0] }
         var t = SessionTracker()
         for q in ["SET statement_timeout = '5s'", "SET search_path = a", "SET search_path = b", "RESET statement_timeout",
                   "PREPARE p1 AS SELECT 1", "PREPARE p2 AS SELECT 2", "DEALLOCATE p2", "LISTEN x"] {
-            _ = withBody(queryBody(q)) { t.received(id: FrontendMessageID.query.rawValue, body: $0) }
+            t.run(q, answered: .idle)
         }
         var parse = ByteWriter(); parse.writeCString("named"); parse.writeCString("SELECT $1"); parse.writeInt16(0)
         _ = withBody(parse.bytes) { t.received(id: FrontendMessageID.parse.rawValue, body: $0) }
@@ -74,6 +74,66 @@ private func queryBody(_ text: String) -> [UInt8] { Array(text.utf8) + [0] }
         // DISCARD ALL forgets everything.
         _ = withBody(queryBody("DISCARD ALL")) { t.received(id: FrontendMessageID.query.rawValue, body: $0) }
         #expect(t.replayMessages().readyForQueryCount == 0 && t.unreplayable.isEmpty)
+    }
+}
+
+extension SessionTracker {
+    /// Sends `sql` as one Query unit and, if `answered` is given, feeds the leader's ReadyForQuery for it.
+    mutating func run(_ sql: String, answered: TransactionStatus?, previous: TransactionStatus = .idle) {
+        _ = withBody(queryBody(sql)) { received(id: FrontendMessageID.query.rawValue, body: $0) }
+        unitSent()
+        if let answered { unitAnswered(status: answered, previous: previous, stillInFlight: 0) }
+    }
+}
+
+@Suite struct TransactionalSettingsTests {
+    func replayedTexts(_ t: SessionTracker) throws -> [String] {
+        var f = MessageFramer(); f.append(t.replayMessages().bytes)
+        var texts: [String] = []
+        while let m = try f.next() {
+            if m.id == FrontendMessageID.query.rawValue { texts.append(String(decoding: m.body.dropLast(), as: UTF8.self)) }
+        }
+        return texts
+    }
+
+    @Test func aSetInARolledBackTransactionIsNotReplayed() throws {
+        var t = SessionTracker()
+        t.run("SET search_path = kept", answered: .idle)
+        t.run("BEGIN", answered: .inTransaction)
+        t.run("SET search_path = other_schema", answered: .inTransaction, previous: .inTransaction)
+        #expect(try replayedTexts(t) == ["SET search_path = kept"], "not before the transaction ends")
+        t.run("ROLLBACK", answered: .idle, previous: .inTransaction)
+        #expect(try replayedTexts(t) == ["SET search_path = kept"])
+    }
+
+    @Test func aSetInACommittedTransactionIsReplayedAndAFailedOneIsNot() throws {
+        var t = SessionTracker()
+        t.run("BEGIN", answered: .inTransaction)
+        t.run("SET statement_timeout = '1s'", answered: .inTransaction, previous: .inTransaction)
+        t.run("COMMIT", answered: .idle, previous: .inTransaction)
+        #expect(try replayedTexts(t) == ["SET statement_timeout = '1s'"])
+        t.run("BEGIN", answered: .inTransaction)
+        t.run("SET work_mem = '64MB'", answered: .inTransaction, previous: .inTransaction)
+        t.run("SELECT 1/0", answered: .failedTransaction, previous: .inTransaction)
+        t.run("COMMIT", answered: .idle, previous: .failedTransaction) // answered ROLLBACK by the server
+        #expect(try replayedTexts(t) == ["SET statement_timeout = '1s'"])
+        t.run("BEGIN; SET work_mem = '8MB'; ROLLBACK", answered: .idle)
+        t.run("RESET ALL", answered: .idle)
+        #expect(try replayedTexts(t).isEmpty, "RESET ALL committed")
+    }
+
+    @Test func pipelinedUnitsResolveInOrder() throws {
+        var t = SessionTracker()
+        // Three units sent before any answer: SET (autocommit), BEGIN, SET inside the transaction.
+        t.run("SET a_setting = 1", answered: nil)
+        t.run("BEGIN", answered: nil)
+        t.run("SET b_setting = 2", answered: nil)
+        t.unitAnswered(status: .idle, previous: .idle, stillInFlight: 2)
+        #expect(try replayedTexts(t) == ["SET a_setting = 1"])
+        t.unitAnswered(status: .inTransaction, previous: .idle, stillInFlight: 1)
+        t.unitAnswered(status: .inTransaction, previous: .inTransaction, stillInFlight: 0)
+        t.run("ROLLBACK", answered: .idle, previous: .inTransaction)
+        #expect(try replayedTexts(t) == ["SET a_setting = 1"])
     }
 }
 

@@ -158,6 +158,25 @@ extension ProxyFixture {
         try f.walk("recruitment", to: "legacy")
     }
 
+    @Test func aSetRolledBackBeforeAFlipIsNotReplayedToTheNewFollower() throws {
+        try f.walk("recruitment", to: "legacy")
+        try f.onBothRecruitmentSides("DROP TABLE IF EXISTS replay_probe; CREATE TABLE replay_probe (id int); INSERT INTO replay_probe VALUES (1)")
+        let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
+        try c.query("SET application_name = 'replay-probe'")
+        try c.query("BEGIN")
+        try c.query("SET search_path = no_such_schema")
+        try c.query("ROLLBACK")
+        let before = f.divergenceLines().count
+        // The session predates the flip: its follower joins with the tracked state replayed.
+        try f.adminRun("SET PHASE recruitment TO dual-legacy")
+        #expect(try c.scalar("SELECT count(*) FROM replay_probe") == "1")
+        try f.waitForMirrorDrain("recruitment")
+        let new = f.divergenceLines().dropFirst(before)
+        #expect(new.isEmpty, "the follower ran with the rolled-back search_path: \(new)")
+        #expect(try f.routeRow("recruitment")[6] == "yes")
+        try f.walk("recruitment", to: "legacy")
+    }
+
     @Test func concurrentNonCommutativeUpdatesInSyncModeLeaveBothSidesIdentical() throws {
         try f.walk("recruitment", to: "legacy")
         try f.onBothRecruitmentSides("DROP TABLE IF EXISTS counters; CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL); INSERT INTO counters SELECT g, g FROM generate_series(1, 4) g")
