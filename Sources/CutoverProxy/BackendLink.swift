@@ -7,12 +7,13 @@ import CutoverRuntime
 protocol BackendLinkOwner: AnyObject {
     func backendReady(_ link: BackendLink, parameters: [(String, String)], key: CancelRequest?)
     func backendLoginFailed(_ link: BackendLink, _ error: ErrorFields)
-    /// Pass-through bytes from the backend, after login. `link.scanner` has already seen them.
     /// Pass-through bytes from the backend, after login, with the ReadyForQuery messages that end in them
     /// (`link.boundaries`: offset just past each one, its status, and the unit digest when digesting).
     func backendRead(_ link: BackendLink, _ bytes: UnsafeRawBufferPointer)
     func backendLost(_ link: BackendLink, _ error: Int32?)
     func backendDrained(_ link: BackendLink)
+    /// A ParameterStatus after login (a SET of a reported parameter, e.g. application_name).
+    func backendParameterChanged(_ link: BackendLink, name: String, value: String)
 }
 
 /// A session's connection to one backend (the leader now; a follower uses the same type).
@@ -83,8 +84,10 @@ final class BackendLink: TCPConnectionDelegate {
     let side: Side?
 
     /// Decoded during pass-through: ReadyForQuery drives the session's boundaries.
-    static let captured = MessageScanner.IDSet([BackendMessageID.readyForQuery.rawValue, BackendMessageID.copyInResponse.rawValue])
-    static let capturedDigesting = MessageScanner.IDSet(DigestBuilder.capturedIDs + [BackendMessageID.copyInResponse.rawValue])
+    static let captured = MessageScanner.IDSet([BackendMessageID.readyForQuery.rawValue, BackendMessageID.copyInResponse.rawValue,
+                                                BackendMessageID.parameterStatus.rawValue])
+    static let capturedDigesting = MessageScanner.IDSet(DigestBuilder.capturedIDs + [BackendMessageID.copyInResponse.rawValue,
+                                                                                     BackendMessageID.parameterStatus.rawValue])
 
     init(loop: EventLoop, backend: BackendConfig, address: String, side: Side?, owner: BackendLinkOwner,
          saltedPassword: @escaping (String, [UInt8], Int) -> [UInt8]) {
@@ -205,6 +208,13 @@ final class BackendLink: TCPConnectionDelegate {
                     else { keptRanges.append(lastEnd..<endOffset) }
                 }
                 lastEnd = endOffset
+                if id == BackendMessageID.parameterStatus.rawValue, let body, !isInternal {
+                    // Rare (a SET of a reported parameter): decoded here, forwarded with the rest.
+                    if case .parameterStatus(let name, let value)? = try? BackendMessage.decode(id: id, raw: body) {
+                        owner.backendParameterChanged(self, name: name, value: value)
+                    }
+                    return
+                }
                 if id == BackendMessageID.copyInResponse.rawValue {
                     boundaries.append(Boundary(endOffset: kept, digest: nil, status: .idle, isInternal: isInternal, isCopyIn: true))
                     return

@@ -29,8 +29,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     var leader: BackendLink?
     var follower: BackendLink?
     private(set) var startup = StartupMessage(parameters: [])
-    /// Read from the startup message when needed (logs, the admin console), not stored twice.
-    var applicationName: String { startup["application_name"] ?? "" }
+    /// As last SET by the client, else from the startup message (read when needed, not stored twice).
+    var applicationName: String { cold?.applicationName ?? startup["application_name"] ?? "" }
     /// The route this session belongs to (nil on the wildcard route).
     var route: RouteRuntime?
     /// The authenticated user: the startup message's (read when needed, not stored twice).
@@ -380,6 +380,11 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     }
 
     func backendDrained(_ link: BackendLink) { maybeResumeClient() }
+
+    func backendParameterChanged(_ link: BackendLink, name: String, value: String) {
+        guard link === leader, name == "application_name" else { return }
+        coldState.applicationName = value
+    }
 
     /// Reads the client again once every queue it was paused for is back under its bound.
     func maybeResumeClient() {

@@ -24,6 +24,8 @@ final class SessionColdState {
     var loginPrefix: [UInt8] = []
     /// Sync mirroring: the unit in lock-step and the client bytes queued behind it.
     var lockStep = LockStep()
+    /// application_name as the client last SET it (the leader reports it with ParameterStatus).
+    var applicationName: String?
     /// Where the next leader / follower answer goes in `units` (each side answers in order).
     var leaderCursor: Int32 = 0
     var followerCursor: Int32 = 0

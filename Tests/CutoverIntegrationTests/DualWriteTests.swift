@@ -173,6 +173,8 @@ extension ProxyFixture {
         try f.waitForMirrorDrain("recruitment")
         let new = f.divergenceLines().dropFirst(before)
         #expect(new.isEmpty, "the follower ran with the rolled-back search_path: \(new)")
+        // The admin console names the session by the application_name it SET (reported by the leader).
+        #expect(try f.adminRun("SHOW SESSIONS").contains { $0[1] == "recruitment" && $0[3] == "replay-probe" })
         #expect(try f.routeRow("recruitment")[6] == "yes")
         try f.walk("recruitment", to: "legacy")
     }
