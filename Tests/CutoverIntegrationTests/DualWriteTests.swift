@@ -30,6 +30,15 @@ extension ProxyFixture {
         try recruitmentNew().query(sql)
     }
 
+    /// The recruitment route back in `legacy`, `sql` run on both sides (the tables a test needs), then the
+    /// route in `dual-legacy` with mirror mode `mirror`.
+    func dualLegacyRecruitment(mirror: String, creating sql: String) throws {
+        try walk("recruitment", to: "legacy")
+        try onBothRecruitmentSides(sql)
+        try adminRun("SET PHASE recruitment TO dual-legacy")
+        try adminRun("SET MIRROR recruitment TO \(mirror)")
+    }
+
     /// Waits until no session of the route has statements waiting on the follower.
     func waitForMirrorDrain(_ route: String, timeout: TimeInterval = 10) throws {
         let deadline = Date().addingTimeInterval(timeout)
@@ -117,10 +126,7 @@ extension ProxyFixture {
     }
 
     @Test func aFollowerHeldBackForHundredsOfStatementsCatchesUpAndEveryOneIsCompared() throws {
-        try f.walk("recruitment", to: "legacy")
-        try f.onBothRecruitmentSides("DROP TABLE IF EXISTS backlog; CREATE TABLE backlog (id int PRIMARY KEY)")
-        try f.adminRun("SET PHASE recruitment TO dual-legacy")
-        try f.adminRun("SET MIRROR recruitment TO async")
+        try f.dualLegacyRecruitment(mirror: "async", creating: "DROP TABLE IF EXISTS backlog; CREATE TABLE backlog (id int PRIMARY KEY)")
         func stats() throws -> [String?] { try f.adminRun("SHOW STATS").first { $0[0] == "recruitment" } ?? [] }
         let mirroredBefore = Int(try stats()[2] ?? "") ?? -1
         let divergencesBefore = f.divergenceLines().count
@@ -141,10 +147,7 @@ extension ProxyFixture {
     }
 
     @Test func anAutocommitWithUpdateInSyncModeRunsOnBothSidesAndLeavesTheSessionIdle() throws {
-        try f.walk("recruitment", to: "legacy")
-        try f.onBothRecruitmentSides("DROP TABLE IF EXISTS cte_target; CREATE TABLE cte_target (id int PRIMARY KEY, v int); INSERT INTO cte_target VALUES (1, 1)")
-        try f.adminRun("SET PHASE recruitment TO dual-legacy")
-        try f.adminRun("SET MIRROR recruitment TO sync")
+        try f.dualLegacyRecruitment(mirror: "sync", creating: "DROP TABLE IF EXISTS cte_target; CREATE TABLE cte_target (id int PRIMARY KEY, v int); INSERT INTO cte_target VALUES (1, 1)")
         let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
         // Wrapped in an implicit transaction like plain DML (COMMIT reaches the follower first); the
         // client must see only its own statement's answer.
@@ -180,10 +183,7 @@ extension ProxyFixture {
     }
 
     @Test func concurrentNonCommutativeUpdatesInSyncModeLeaveBothSidesIdentical() throws {
-        try f.walk("recruitment", to: "legacy")
-        try f.onBothRecruitmentSides("DROP TABLE IF EXISTS counters; CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL); INSERT INTO counters SELECT g, g FROM generate_series(1, 4) g")
-        try f.adminRun("SET PHASE recruitment TO dual-legacy")
-        try f.adminRun("SET MIRROR recruitment TO sync")
+        try f.dualLegacyRecruitment(mirror: "sync", creating: "DROP TABLE IF EXISTS counters; CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL); INSERT INTO counters SELECT g, g FROM generate_series(1, 4) g")
         let script = "\(f.directory)/noncommutative.sql"
         try """
             \\set id random(1, 4)

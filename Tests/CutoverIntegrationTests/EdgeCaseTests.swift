@@ -61,10 +61,7 @@ import Testing
     }
 
     @Test func aSyncClientLeavingMidUnitLeavesBothSidesEqual() throws {
-        try f.walk("recruitment", to: "legacy")
-        try f.onBothRecruitmentSides("DROP TABLE IF EXISTS slots; CREATE TABLE slots (id int PRIMARY KEY, v int NOT NULL DEFAULT 0); INSERT INTO slots VALUES (1)")
-        try f.adminRun("SET PHASE recruitment TO dual-legacy")
-        try f.adminRun("SET MIRROR recruitment TO sync")
+        try f.dualLegacyRecruitment(mirror: "sync", creating: "DROP TABLE IF EXISTS slots; CREATE TABLE slots (id int PRIMARY KEY, v int NOT NULL DEFAULT 0); INSERT INTO slots VALUES (1)")
         let blocker = try f.recruitmentNew()
         try blocker.query("BEGIN")
         try blocker.query("SELECT * FROM slots WHERE id = 1 FOR UPDATE")

@@ -8,10 +8,7 @@ import Testing
     init() throws { f = try ProxyFixture.shared() }
 
     @Test func aBlockedFollowerInSyncModeDegradesTheSessionAfterTheTimeout() throws {
-        try f.walk("recruitment", to: "legacy")
-        try f.onBothRecruitmentSides("DROP TABLE IF EXISTS slots; CREATE TABLE slots (id int PRIMARY KEY, taken bool NOT NULL DEFAULT false); INSERT INTO slots VALUES (1)")
-        try f.adminRun("SET PHASE recruitment TO dual-legacy")
-        try f.adminRun("SET MIRROR recruitment TO sync")
+        try f.dualLegacyRecruitment(mirror: "sync", creating: "DROP TABLE IF EXISTS slots; CREATE TABLE slots (id int PRIMARY KEY, taken bool NOT NULL DEFAULT false); INSERT INTO slots VALUES (1)")
         let before = f.divergenceLines().count
         // Someone holds the row's lock on the new instance, behind the proxy's back.
         let blocker = try f.recruitmentNew()
