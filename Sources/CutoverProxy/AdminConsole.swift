@@ -69,7 +69,7 @@ final class AdminConsole {
             let follower = r.phase.follower.map { $0 == .legacy ? legacy : r.config.new }
             return [r.name, r.phase.rawValue, r.mirror.rawValue, leader, follower, "\(r.sessions.count)",
                     r.phase.follower == nil ? nil : (r.inSync ? "yes" : "no"), "\(r.stats.divergenceTotal)",
-                    r.pause == nil ? "no" : (r.pause!.isFlip ? "flipping" : "yes")]
+                    r.pause == nil ? (r.warmUp == nil ? "no" : "warming up") : (r.pause!.isFlip ? "flipping" : "yes")]
         }
         return AdminResult(columns: ["route", "phase", "mirror", "leader", "follower", "sessions", "in_sync", "divergences", "paused"],
                            rows: rows, tag: "SHOW")

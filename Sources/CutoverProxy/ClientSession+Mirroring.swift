@@ -238,13 +238,26 @@ extension ClientSession {
 
     // MARK: phases
 
+    /// Opens a connection to `side` of the session's route, through the server's follower login gate.
+    private func openFollowerLink(_ side: Side) -> BackendLink? {
+        guard let route, let backend = server.config.backends[side == .legacy ? route.config.legacy : route.config.new] else { return nil }
+        return openLink(to: backend, side: side, database: backend.database,
+                        searchPath: side == .legacy ? route.config.legacySchema : nil, isFollower: true)
+    }
+
     /// Connects a follower for the session's phase; a session that predates the flip gets its state replayed.
+    /// A standby logged in for this flip is adopted instead of a new connection.
     func startFollower(replay: Bool) {
-        guard let route, let side = sessionPhase.follower, let leader else { return }
-        let config = server.config
-        guard let backend = config.backends[side == .legacy ? route.config.legacy : route.config.new] else { return }
-        let link = openLink(to: backend, side: side, database: backend.database,
-                            searchPath: side == .legacy ? route.config.legacySchema : nil, isFollower: true)
+        guard let side = sessionPhase.follower, let leader else { return }
+        let link: BackendLink
+        if let s = standby, s.side == side, !s.isClosed {
+            standby = nil
+            link = s
+        } else {
+            dropStandby()
+            guard let fresh = openFollowerLink(side) else { return }
+            link = fresh
+        }
         follower = link
         link.setDigesting(true)
         leader.setDigesting(true)
@@ -260,6 +273,42 @@ extension ClientSession {
                                     leaderMs: nil, followerMs: nil,
                                     detail: "the follower joined without: \(tracker.unreplayable.names.joined(separator: ", "))")
         }
+    }
+
+    // MARK: standby followers
+
+    /// Logs a follower in ahead of a flip that adds one, while the route still runs single-side: at the
+    /// switch the session adopts it (its state replayed then), so the flip's follower logins — a forked
+    /// backend and an authentication each — happen before the route pauses, not in the first transactions
+    /// after it. Returns whether a login started.
+    func openStandby(side: Side) -> Bool {
+        guard state == .forwarding, follower == nil, cold?.standby == nil, leader?.isReady == true,
+              let link = openFollowerLink(side) else { return false }
+        standby = link
+        return true
+    }
+
+    /// A standby whose login is still under way (the flip waits for these, up to its warm-up bound).
+    var standbyLoggingIn: Bool {
+        guard let s = cold?.standby else { return false }
+        return !s.isReady && !s.isClosed
+    }
+
+    /// Lets an unused standby go (the flip was aborted or refused, or the session ended).
+    func dropStandby() {
+        guard let s = cold?.standby else { return }
+        standby = nil
+        s.terminate()
+    }
+
+    /// A standby's login ended or its connection went: the flip waiting for it may go on.
+    func standbySettled(_ link: BackendLink, failure: String?) {
+        if let failure {
+            logger.warning("standby follower lost before the flip", metadata: ["backend": "\(link.backendName)", "error": "\(failure)"])
+            standby = nil
+            link.close()
+        }
+        if let route { server.checkFlipWarmUp(route) }
     }
 
     /// Brings the session to its route's phase and mirror mode. Called only when drained at an idle boundary.

@@ -243,6 +243,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     // MARK: backend events
 
     func backendReady(_ link: BackendLink, parameters: [(String, String)], key: CancelRequest?) {
+        if link === standby { return standbySettled(link, failure: nil) }
         guard link === leader, state == .connecting else { return }
         var w = ByteWriter(capacity: 512)
         if cold != nil {
@@ -270,6 +271,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     }
 
     func backendLoginFailed(_ link: BackendLink, _ error: ErrorFields) {
+        if link === standby { return standbySettled(link, failure: error.message ?? "login failed") }
         if link === follower {
             stopMirroring(.followerUnreachable, detail: error.message ?? "follower login failed")
             return
@@ -361,6 +363,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
 
     func backendLost(_ link: BackendLink, _ error: Int32?) {
         guard state != .closed else { return }
+        if link === standby { return standbySettled(link, failure: "connection closed: \(error.map(uvErrorName) ?? "EOF")") }
         if link === follower {
             if state == .draining {
                 stopMirroring(.followerLost, detail: "follower connection closed before answering \(pendingUnitCount) statements")
@@ -555,9 +558,11 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
 
     private func finish(wasActive: Bool) {
         follower?.terminate()
+        dropStandby()
         if let route {
             route.sessions[id] = nil
             if route.pause != nil { server.checkPause(route) }
+            if route.warmUp != nil { server.checkFlipWarmUp(route) }
         }
         server.sessionEnded(self, wasActive: wasActive)
     }

@@ -224,27 +224,74 @@ public final class ProxyServer {
         }
     }
 
-    /// Flips a route. Without a leader change it takes effect per session at its next idle boundary; with one,
-    /// the route pauses, in-flight transactions finish, follower queues drain, then every session switches.
+    /// Flips a route: the route pauses, in-flight transactions finish, follower queues drain, then every
+    /// session switches. A flip that adds a follower first logs one in for every session (warm-up), so the
+    /// pause does not wait on logins and the first mirrored statements do not queue behind them.
     func setPhase(_ name: String, to target: Phase, force: Bool, reply: @escaping (Result<AdminResult, AdminError>) -> Void) {
         guard let r = routes[name] else { return reply(.failure(AdminError(code: "42704", message: "no route named \"\(name)\""))) }
         let from = r.phase
+        if let refusal = flipRefusal(r, from: from, to: target, force: force) { return reply(.failure(refusal)) }
+        let started = loop.now
+        guard from.follower == nil, let side = target.follower else {
+            return flip(r, from: from, to: target, force: force, started: started, warmUpMs: 0, reply: reply)
+        }
+        let opened = r.sessions.values.reduce(0) { $0 + ($1.openStandby(side: side) ? 1 : 0) }
+        guard opened > 0 else { return flip(r, from: from, to: target, force: force, started: started, warmUpMs: 0, reply: reply) }
+        logger.notice("flip warming up", metadata: ["route": "\(name)", "to": "\(target.rawValue)", "standby_followers": "\(opened)"])
+        let bound = UInt64(max(config.server.flipTimeout, 1) * 1000)
+        r.warmUp = FlipWarmUp(target: target, startedAt: started, deadline: started + bound, standbys: opened) { [unowned self] in
+            self.logger.notice("flip warmed up", metadata: ["route": "\(name)", "standby_followers": "\(opened)", "ms": "\(self.loop.now - started)"])
+            if let refusal = self.flipRefusal(r, from: from, to: target, force: force) {
+                self.dropStandbys(r)
+                return reply(.failure(refusal))
+            }
+            self.flip(r, from: from, to: target, force: force, started: started, warmUpMs: self.loop.now - started, reply: reply)
+        }
+        checkFlipWarmUp(r)
+    }
+
+    /// Why a flip of `r` cannot start now, if it cannot (checked again after a warm-up).
+    private func flipRefusal(_ r: RouteRuntime, from: Phase, to target: Phase, force: Bool) -> AdminError? {
+        let name = r.name
+        if r.warmUp != nil { return AdminError(code: "55006", message: "route \(name) is already flipping (its followers are logging in); wait") }
+        if r.phase != from { return AdminError(code: "55006", message: "route \(name) changed phase to \(r.phase.rawValue) while the flip warmed up") }
         do { try from.transition(to: target, force: force) } catch {
-            return reply(.failure(AdminError(code: "55000", message: "cannot flip \(name): \(error)")))
+            return AdminError(code: "55000", message: "cannot flip \(name): \(error)")
         }
         if let p = r.pause, p.isFlip || target.leader != from.leader || p.onSettled != nil {
-            return reply(.failure(AdminError(code: "55006", message: "route \(name) is paused or already flipping; RESUME it or wait")))
+            return AdminError(code: "55006", message: "route \(name) is paused or already flipping; RESUME it or wait")
         }
         if target.leader != from.leader && !r.inSync && !force {
-            return reply(.failure(AdminError(code: "55000", message: "route \(name) is out of sync (\(r.outOfSyncReason ?? "unknown")); changing the leader could lose writes",
-                                             detail: "Re-synchronize the new side and flip through the non-dual phase, or add FORCE.")))
+            return AdminError(code: "55000", message: "route \(name) is out of sync (\(r.outOfSyncReason ?? "unknown")); changing the leader could lose writes",
+                              detail: "Re-synchronize the new side and flip through the non-dual phase, or add FORCE.")
         }
-        let started = loop.now
+        return nil
+    }
+
+    /// Ends a flip's warm-up once no standby follower is still logging in, or at its deadline (the sessions
+    /// whose standby is not in yet adopt it mid-login, as a follower without warm-up would be).
+    func checkFlipWarmUp(_ r: RouteRuntime) {
+        guard let w = r.warmUp else { return }
+        guard loop.now >= w.deadline || !r.sessions.values.contains(where: { $0.standbyLoggingIn }) else { return }
+        r.warmUp = nil
+        let done = w.onDone
+        w.onDone = nil
+        done?()
+    }
+
+    /// Standbys the flip did not adopt (it was refused or aborted) are let go.
+    private func dropStandbys(_ r: RouteRuntime) {
+        for s in r.sessions.values { s.dropStandby() }
+    }
+
+    private func flip(_ r: RouteRuntime, from: Phase, to target: Phase, force: Bool, started: UInt64, warmUpMs: UInt64,
+                      reply: @escaping (Result<AdminResult, AdminError>) -> Void) {
+        let name = r.name
         if r.pause != nil {
             // A settled manual PAUSE: every session is parked at an idle boundary, so the flip (one that
             // keeps the leader: PAUSE, backfill, SET PHASE dual-legacy, RESUME) applies at once.
-            do { try switchPhase(r, from: from, to: target) } catch let e as AdminError { return reply(.failure(e)) } catch {}
-            return reply(.success(flipResult(name, from, target, r, stallMs: 0, started: started)))
+            do { try switchPhase(r, from: from, to: target) } catch let e as AdminError { dropStandbys(r); return reply(.failure(e)) } catch {}
+            return reply(.success(flipResult(name, from, target, r, stallMs: 0, started: started, warmUpMs: warmUpMs, followersReady: followersReady(r))))
         }
         // Every flip pauses the route: new transactions wait, in-flight ones finish, follower queues drain,
         // then all sessions switch at once, so none runs in the old phase after the flip (no write escapes
@@ -254,6 +301,7 @@ public final class ProxyServer {
             if !settled {
                 let holdouts = r.sessions.values.filter { !$0.isDrainedAtBoundary }.map { "session \($0.id) (\($0.user), \($0.applicationName.isEmpty ? "-" : $0.applicationName), \($0.describeActivity))" }
                 self.endPause(r)
+                self.dropStandbys(r)
                 self.logger.warning("flip aborted", metadata: ["route": "\(name)", "holdouts": "\(holdouts)"])
                 reply(.failure(AdminError(code: "57014", message: "flip of \(name) to \(target.rawValue) aborted after \(self.config.server.flipTimeout) s; the route stays in \(from.rawValue)",
                                           detail: "Still busy: " + holdouts.joined(separator: "; "))))
@@ -261,13 +309,15 @@ public final class ProxyServer {
             }
             do { try self.switchPhase(r, from: from, to: target) } catch let e as AdminError {
                 self.endPause(r)
+                self.dropStandbys(r)
                 return reply(.failure(e))
             } catch {}
+            let ready = self.followersReady(r) // before the held input goes on
             let stall = self.endPause(r)
             r.stats.lastFlipStallMs = stall
             r.stats.maxFlipStallMs = max(r.stats.maxFlipStallMs, stall)
             self.logger.notice("flip done", metadata: ["route": "\(name)", "to": "\(target.rawValue)", "longest_stall_ms": "\(stall)"])
-            reply(.success(self.flipResult(name, from, target, r, stallMs: stall, started: started)))
+            reply(.success(self.flipResult(name, from, target, r, stallMs: stall, started: started, warmUpMs: warmUpMs, followersReady: ready)))
         }
     }
 
@@ -297,12 +347,22 @@ public final class ProxyServer {
             throw error
         }
         r.stats.flips += 1
-        for s in Array(r.sessions.values) { s.applyRoutePhase() }
+        for s in Array(r.sessions.values) {
+            s.applyRoutePhase()
+            s.dropStandby() // adopted by now if the new phase has a follower
+        }
     }
 
-    private func flipResult(_ name: String, _ from: Phase, _ to: Phase, _ r: RouteRuntime, stallMs: Double, started: UInt64) -> AdminResult {
-        AdminResult(columns: ["route", "from", "to", "sessions", "longest_stall_ms", "duration_ms"],
-                    rows: [[name, from.rawValue, to.rawValue, "\(r.sessions.count)", "\(Int(stallMs))", "\(loop.now - started)"]],
+    /// Sessions whose follower was logged in when the flip switched them (all of them, after a warm-up).
+    private func followersReady(_ r: RouteRuntime) -> Int {
+        r.sessions.values.reduce(0) { $0 + ($1.follower?.isReady == true ? 1 : 0) }
+    }
+
+    private func flipResult(_ name: String, _ from: Phase, _ to: Phase, _ r: RouteRuntime, stallMs: Double, started: UInt64,
+                            warmUpMs: UInt64, followersReady: Int) -> AdminResult {
+        AdminResult(columns: ["route", "from", "to", "sessions", "longest_stall_ms", "duration_ms", "warm_up_ms", "followers_ready"],
+                    rows: [[name, from.rawValue, to.rawValue, "\(r.sessions.count)", "\(Int(stallMs))", "\(loop.now - started)",
+                            "\(warmUpMs)", to.follower == nil ? nil : "\(followersReady)"]],
                     tag: "SET PHASE")
     }
 
@@ -370,6 +430,7 @@ public final class ProxyServer {
             }
         }
         for r in routes.values {
+            checkFlipWarmUp(r)
             guard let p = r.pause, let settle = p.onSettled else { continue }
             if now >= p.deadline { p.onSettled = nil; settle(false) } else { checkPause(r) }
         }

@@ -13,6 +13,8 @@ final class RouteRuntime {
     var outOfSyncReason: String?
     var sessions: [Int: ClientSession] = [:]
     var pause: RoutePause?
+    /// A flip that adds a follower, waiting for its sessions' standby followers to log in before it pauses.
+    var warmUp: FlipWarmUp?
     var stats = RouteStats()
     /// Normalized statements already reported as cross-schema (reported once per route; counted always).
     var crossSchemaSeen: Set<String> = []
@@ -80,4 +82,19 @@ final class RoutePause {
     }
 
     var isFlip: Bool { if case .flip = reason { return true } else { return false } }
+}
+
+/// The first step of a flip that adds a follower: every session logs one in while the route still runs
+/// single-side; the flip itself (pause, switch) starts when all are in, or at `deadline`.
+final class FlipWarmUp {
+    let target: Phase
+    let startedAt: UInt64
+    let deadline: UInt64
+    var standbys: Int
+    /// Called once, when the warm-up ends.
+    var onDone: (() -> Void)?
+
+    init(target: Phase, startedAt: UInt64, deadline: UInt64, standbys: Int, onDone: @escaping () -> Void) {
+        self.target = target; self.startedAt = startedAt; self.deadline = deadline; self.standbys = standbys; self.onDone = onDone
+    }
 }

@@ -29,6 +29,8 @@ final class SessionColdState {
     /// Where the next leader / follower answer goes in `units` (each side answers in order).
     var leaderCursor: Int32 = 0
     var followerCursor: Int32 = 0
+    /// A follower logged in ahead of a flip that adds one (see `openStandby`), adopted when the flip switches.
+    var standby: BackendLink?
 
     /// What an absent box reads as.
     static let quietLockStep = LockStep()
@@ -89,6 +91,11 @@ extension ClientSession {
     var followerCursor: Int32 {
         get { cold?.followerCursor ?? 0 }
         _modify { yield &coldState.followerCursor }
+    }
+
+    var standby: BackendLink? {
+        get { cold?.standby }
+        _modify { yield &coldState.standby }
     }
 
     /// Hot-path checks that must not copy a LockStep out of the box.

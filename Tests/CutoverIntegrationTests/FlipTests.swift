@@ -125,6 +125,42 @@ import Testing
         try f.walk("recruitment", to: "legacy")
     }
 
+    @Test func aFlipThatAddsAFollowerLogsEveryFollowerInBeforeItSwitches() throws {
+        try f.walk("recruitment", to: "legacy")
+        let before = f.divergenceLines().count
+        let clients = try (0..<3).map { _ in try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user", extra: "application_name=warm_up_test")) }
+        // Set before the flip: the adopted standby gets it replayed at the switch, not at its login.
+        try clients[0].query("SET statement_timeout = '42s'")
+        let row = try f.adminRun("SET PHASE recruitment TO dual-legacy").first ?? []
+        // route, from, to, sessions, longest_stall_ms, duration_ms, warm_up_ms, followers_ready
+        #expect(row[3] == "3" && row[7] == "3", "every session had a logged-in follower at the switch: \(row)")
+        #expect(Int(row[6] ?? "") ?? -1 >= 0 && Int(row[5] ?? "") ?? -1 >= Int(row[6] ?? "") ?? 0, "\(row)")
+        for c in clients { #expect(try c.scalar("SELECT current_setting('statement_timeout') || '/' || count(*) FROM pg_class WHERE relname = 'pg_class'") != nil) }
+        try f.waitForMirrorDrain("recruitment")
+        let records = f.divergenceLines().dropFirst(before)
+        #expect(records.isEmpty, "the followers answered like the leader, so the SET reached them: \(records)")
+        // Each follower is one backend on the new side: the standbys were adopted, not doubled.
+        let onNew = try f.recruitmentNew().scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'warm_up_test'")
+        #expect(onNew == "3", "\(onNew ?? "nil")")
+        try f.walk("recruitment", to: "legacy")
+    }
+
+    @Test func aFlipWhoseFollowersCannotLogInStillSwitchesAndSaysTheRouteIsOutOfSync() throws {
+        try f.walk("recruitment", to: "legacy")
+        let before = f.divergenceLines().count
+        let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
+        f.onboarding.stop(mode: "immediate")
+        defer { try? f.onboarding.restart() }
+        let row = try f.adminRun("SET PHASE recruitment TO dual-legacy").first ?? []
+        #expect(row[2] == "dual-legacy" && row[7] == "0", "\(row)")
+        // The client goes on against the leader; the session's follower failed, so the route is out of sync.
+        #expect(try c.scalar("SELECT 6 * 7") == "42")
+        #expect(f.divergenceLines().dropFirst(before).contains { ($0["kind"] as? String) == "follower_unreachable" })
+        #expect(try f.routeRow("recruitment")[6] == "no")
+        try f.onboarding.restart()
+        try f.walk("recruitment", to: "legacy")
+    }
+
     @Test func crossSchemaStatementsAreReported() throws {
         try f.legacy.psql("CREATE TABLE IF NOT EXISTS recruitment.job_titles (id int, title text); GRANT ALL ON recruitment.job_titles TO hexabuilders",
                           database: "hexabuilders")
