@@ -104,9 +104,14 @@ class PostgresCluster(Managed):
         self.superuser_sql(f"CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'")
         self.superuser_sql(f"CREATE DATABASE {DB} OWNER {USER}")
         ep = self.endpoint("direct", "direct")
-        procs.run(pin.wrap(["pgbench", "-i", "-q", "-s", str(scale), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, DB]),
-                  log=os.path.join(self.dir, "setup.log"), env=ep.env())
+        self.reset_bench_tables(scale, pin)
         procs.run(ep.psql("CREATE TABLE copy_target (LIKE pgbench_accounts)", "VACUUM ANALYZE"),
+                  log=os.path.join(self.dir, "setup.log"), env=ep.env())
+
+    def reset_bench_tables(self, scale, pin):
+        """(Re)creates pgbench's tables: the same rows on every cluster, without the bloat of earlier runs."""
+        ep = self.endpoint("direct", "direct")
+        procs.run(pin.wrap(["pgbench", "-i", "-q", "-s", str(scale), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, DB]),
                   log=os.path.join(self.dir, "setup.log"), env=ep.env())
 
     def endpoint(self, key="direct", label="direct"):

@@ -403,7 +403,13 @@ def flip_under_load(mode, pin, rec, work, cutover_binary, legacy, new):
     duration is up, pgbench's clients disconnect, their backends exit on the same pinned CPU, and the few
     transactions still in flight wait for that (5-10 ms direct or through Cutover in `legacy`; more in
     `dual-new`, where each session also ends a follower). That tail is kept in `max_latency_incl_shutdown_ms`
-    and shown in the report."""
+    and shown in the report.
+
+    Both clusters get fresh, identical pgbench tables first: the runbook backfills the new side before this
+    flip, and the earlier workloads left both sides bloated and different (every differing row would be a
+    divergence record written during the measurement)."""
+    for cluster in (legacy, new):
+        cluster.reset_bench_tables(mode.scale, pin)
     proxy = services.Cutover(work, "flip", cutover_binary, legacy, new, "legacy", "async", pin, 200).start()
     ep = services.Endpoint("cutover_flip", "cutover flip", proxy.port, proxy.service)
     d = mode.flip_duration
