@@ -135,7 +135,7 @@ extension ClientSession {
     /// Async mode's bounds: too many bytes or statements waiting on the follower stop mirroring for this session.
     func checkMirrorBounds() {
         guard let follower else { return }
-        let queued = follower.connection.queuedBytes + follower.queuedUntilReadyCount
+        let queued = follower.connection.queuedBytes + follower.queuedUntilReadyCount + (cold?.followerOutbox.count ?? 0)
         let waiting = pendingUnitCount
         let (maxBytes, maxStatements) = server.mirrorQueueLimits
         if queued > maxBytes || waiting > maxStatements {
@@ -145,6 +145,7 @@ extension ClientSession {
 
     /// Past `follower_timeout` without an answer from the follower, the session degrades to out of sync.
     func checkFollowerTimeout(nowMs: UInt64, nowNs: UInt64) {
+        catchUpFollower() // an answer waiting unread in the socket is not late
         guard follower != nil else { return }
         let limit = server.config.server.followerTimeout
         guard limit > 0 else { return }
@@ -222,6 +223,7 @@ extension ClientSession {
     func stopMirroring(_ kind: DivergenceKind, detail: String) {
         guard let f = follower else { return }
         follower = nil
+        if cold != nil { followerOutbox = [] }
         f.close() // closing rolls back whatever the follower had open
         server.recordDivergence(session: self, kind: kind, statement: nil, leader: nil, follower: nil, leaderMs: nil, followerMs: nil, detail: detail)
         route?.markOutOfSync("session \(id): \(kind.rawValue): \(detail)")
@@ -262,6 +264,7 @@ extension ClientSession {
         link.setDigesting(true)
         leader.setDigesting(true)
         tracker.recordUnits = true
+        updateFollowerReading() // an adopted standby is logged in already
         guard replay else { return }
         let (bytes, answers) = tracker.replayMessages()
         if answers > 0 {
@@ -273,6 +276,54 @@ extension ClientSession {
                                     leaderMs: nil, followerMs: nil,
                                     detail: "the follower joined without: \(tracker.unreplayable.names.joined(separator: ", "))")
         }
+    }
+
+    // MARK: reading the follower
+
+    /// With async mirroring nobody waits for the follower's answers, so they are read on demand — when the
+    /// client sends its next chunk, and from the server's follower-read timer — instead of each one
+    /// waking the loop: on a shared CPU a wake-up costs more than reading and comparing the answer.
+    /// Lock-step (sync), a pause (a flip waits for drained followers) and a session whose client left
+    /// need the answers as they come, so their follower is polled.
+    func updateFollowerReading() {
+        guard let f = follower, f.isReady else { return }
+        let onDemand = state == .forwarding && mirrorMode == .async && route?.pause == nil && lockStepIsQuiet
+        if !onDemand { flushFollowerOutbox() }
+        f.connection.readsOnDemand = onDemand
+        if onDemand && !inFollowerReadList { server.readFollowerLater(self) }
+    }
+
+    /// Bytes batched for the follower past which they go at once (a COPY, a long transaction).
+    static let followerOutboxLimit = 64 << 10
+
+    /// Sends what async mirroring batched for the follower, and takes in what it has answered so far.
+    func flushFollowerOutbox() {
+        guard let c = cold, !c.followerOutbox.isEmpty else { return }
+        guard let f = follower else { c.followerOutbox = []; return }
+        f.send(c.followerOutbox)
+        // A small buffer is kept for the next transaction; a large one (a COPY) is let go.
+        c.followerOutbox.removeAll(keepingCapacity: c.followerOutbox.capacity <= 8 << 10)
+        let now = loop.nanoseconds
+        var i = c.units.count - 1
+        while i >= c.unitsHead, c.units[i].followerSentAt == nil {
+            c.units[i].followerSentAt = now
+            i -= 1
+        }
+        catchUpFollower()
+    }
+
+    /// Takes in what an on-demand follower has answered so far. Returns whether anything was read.
+    @discardableResult
+    func catchUpFollower() -> Bool {
+        guard let f = follower, f.connection.readsOnDemand else { return false }
+        return f.connection.readNow()
+    }
+
+    /// Whether the follower still owes answers or has batched bytes to get (the follower-read timer keeps
+    /// at it until neither).
+    var followerOwesAnswers: Bool {
+        guard let f = follower else { return false }
+        return pendingUnitCount > 0 || f.internalUnits > 0 || !(cold?.followerOutbox.isEmpty ?? true)
     }
 
     // MARK: standby followers
@@ -314,6 +365,7 @@ extension ClientSession {
     /// Brings the session to its route's phase and mirror mode. Called only when drained at an idle boundary.
     func applyRoutePhase() {
         guard let route, let currentLeader = leader else { return }
+        flushFollowerOutbox() // empty at a drained boundary; a forced re-route must not lose it either
         let target = route.phase
         if sessionPhase != target {
             let from = sessionPhase
@@ -346,6 +398,8 @@ extension ClientSession {
         mirrorMode = route.mirror
         lockStep = LockStep() // quiet here: a drained idle boundary
         leader?.setDigesting(follower != nil)
+        leader?.connection.readsOnDemand = false // after a leader flip, the old follower
         tracker.recordUnits = follower != nil
+        updateFollowerReading()
     }
 }

@@ -71,6 +71,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// Draining: whether the leader was already let go.
     private var leaderReleased = false
     private var wasActiveBeforeDraining = false
+    /// In the server's list of sessions whose on-demand follower is read by its timer.
+    var inFollowerReadList = false
 
     init(id: Int, client: TCPConnection, server: ProxyServer, config: CutoverConfig, proxySecret: Int32,
          refusal: ErrorFields? = nil) {
@@ -244,6 +246,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
 
     func backendReady(_ link: BackendLink, parameters: [(String, String)], key: CancelRequest?) {
         if link === standby { return standbySettled(link, failure: nil) }
+        if link === follower { return updateFollowerReading() }
         guard link === leader, state == .connecting else { return }
         var w = ByteWriter(capacity: 512)
         if cold != nil {
@@ -257,6 +260,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         BackendMessage.backendKeyData(CancelRequest(processID: clientVisiblePID, secretKey: proxySecret)).encode(into: &w)
         BackendMessage.readyForQuery(.idle).encode(into: &w)
         state = .forwarding
+        updateFollowerReading() // a follower that logged in first was polled until now
         server.sessionStarted(self)
         logger.info("session started", metadata: ["backend": "\(link.backendName)", "backend.pid": "\(key?.processID ?? 0)",
                                                   "phase": "\(sessionPhase.rawValue)", "application_name": "\(applicationName)"])
@@ -325,6 +329,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             link.connection.stopReading()
         }
         if !link.boundaries.isEmpty {
+            // The transaction ended on the leader: the follower gets it, in one write.
+            if transactionStatus == .idle, let c = cold, !c.followerOutbox.isEmpty { flushFollowerOutbox() }
             lastActivity = loop.now
             compareReadyUnits()
             maybeResumeClient()
@@ -461,8 +467,17 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         } else {
             leader.send(bytes)
             if let follower {
-                for (_, unit) in chunkUnits { registerUnit(unit, followerSent: true) }
-                follower.send(bytes)
+                if follower.connection.readsOnDemand {
+                    // Batched for the follower (see `followerOutbox`); its units count as sent when it goes.
+                    for (_, unit) in chunkUnits { registerUnit(unit, followerSent: false) }
+                    let c = coldState
+                    c.followerOutbox.append(contentsOf: bytes)
+                    if c.followerOutbox.count >= Self.followerOutboxLimit { flushFollowerOutbox() }
+                    if !inFollowerReadList { server.readFollowerLater(self) }
+                } else {
+                    for (_, unit) in chunkUnits { registerUnit(unit, followerSent: true) }
+                    follower.send(bytes)
+                }
                 checkMirrorBounds()
             }
         }
@@ -523,6 +538,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if cold != nil { lockStep.dropQueued() }
         if follower != nil && (lockStepIsBusy || pendingUnitCount > 0) {
             state = .draining
+            updateFollowerReading() // nothing else will ask for its answers now
             wasActiveBeforeDraining = wasActive
             finishDrainingIfDone()
             return
@@ -557,6 +573,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     }
 
     private func finish(wasActive: Bool) {
+        flushFollowerOutbox()
         follower?.terminate()
         dropStandby()
         if let route {

@@ -23,6 +23,11 @@ public final class ProxyServer {
     private(set) var sessions: [Int32: ClientSession] = [:]
     private var nextSessionID = 1
     private var janitor: LoopTimer?
+    /// Sessions whose on-demand follower (async mirroring) owes answers; read every `followerReadIntervalMs`.
+    private var followerReadList: [ClientSession] = []
+    private var followerReader: LoopTimer?
+    /// How long an async follower's answer may wait unread when the client sends nothing more (ms).
+    static let followerReadIntervalMs: UInt64 = 10
     private var resolvedAddresses: [String: String] = [:]
     private var saltedCache: [String: [UInt8]] = [:]
     private var shutdownDeadline: UInt64?
@@ -139,6 +144,32 @@ public final class ProxyServer {
             next.connect(nowNs: loop.nanoseconds)
             return
         }
+    }
+
+    /// Puts a session on the follower-read timer's list (it leaves once its follower owes nothing).
+    func readFollowerLater(_ s: ClientSession) {
+        guard !s.inFollowerReadList else { return }
+        s.inFollowerReadList = true
+        followerReadList.append(s)
+        if followerReadList.count == 1 {
+            if followerReader == nil { followerReader = LoopTimer(loop: loop) { [unowned self] in self.readFollowers() } }
+            followerReader?.start(timeoutMs: Self.followerReadIntervalMs, repeatMs: Self.followerReadIntervalMs)
+        }
+    }
+
+    private func readFollowers() {
+        let list = followerReadList
+        followerReadList = []
+        for s in list {
+            s.flushFollowerOutbox() // a transaction left open: its statements should not wait for its end
+            s.catchUpFollower()
+            if s.state == .forwarding, s.followerOwesAnswers, s.follower?.connection.readsOnDemand == true {
+                followerReadList.append(s)
+            } else {
+                s.inFollowerReadList = false
+            }
+        }
+        if followerReadList.isEmpty { followerReader?.stop() }
     }
 
     func address(of backend: BackendConfig) -> String { resolvedAddresses[backend.name] ?? backend.host }
@@ -381,6 +412,7 @@ public final class ProxyServer {
         let p = RoutePause(reason: reason, startedAt: loop.now, deadline: loop.now + UInt64(timeout * 1000), onSettled: nil)
         p.onSettled = { [unowned p] ok in onSettled(ok, p) }
         r.pause = p
+        for s in r.sessions.values { s.updateFollowerReading() } // the pause waits for their answers
         checkPause(r)
     }
 
@@ -399,7 +431,10 @@ public final class ProxyServer {
         r.pause = nil
         var longest = p.longestStallMs
         for s in Array(r.sessions.values) { longest = max(longest, s.unpark()) }
-        for s in Array(r.sessions.values) { s.reachedIdleBoundaryIfIdle() }
+        for s in Array(r.sessions.values) {
+            s.reachedIdleBoundaryIfIdle()
+            s.updateFollowerReading()
+        }
         return longest
     }
 
@@ -479,6 +514,8 @@ public final class ProxyServer {
 
     private func finishShutdown() {
         janitor?.close()
+        followerReader?.close()
+        followerReadList = []
         janitor = nil
         let done = onStopped
         onStopped = nil

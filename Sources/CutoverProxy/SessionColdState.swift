@@ -29,6 +29,10 @@ final class SessionColdState {
     /// Where the next leader / follower answer goes in `units` (each side answers in order).
     var leaderCursor: Int32 = 0
     var followerCursor: Int32 = 0
+    /// Async mirroring: client bytes for the follower, sent together when the leader ends the transaction
+    /// (or at `followerOutboxLimit`, or from the follower-read timer): one wake-up of the follower's
+    /// backend per transaction instead of one per statement.
+    var followerOutbox: [UInt8] = []
     /// A follower logged in ahead of a flip that adds one (see `openStandby`), adopted when the flip switches.
     var standby: BackendLink?
 
@@ -93,6 +97,10 @@ extension ClientSession {
         _modify { yield &coldState.followerCursor }
     }
 
+    var followerOutbox: [UInt8] {
+        get { cold?.followerOutbox ?? [] }
+        _modify { yield &coldState.followerOutbox }
+    }
     var standby: BackendLink? {
         get { cold?.standby }
         _modify { yield &coldState.standby }

@@ -43,6 +43,12 @@ public final class TCPConnection: HandleOwner {
     private var polledEvents: Int32 = 0
     public private(set) var isClosing = false
     public private(set) var isReading = false
+    /// Reading without being polled for it: the owner calls `readNow()` when it wants what has arrived.
+    /// For a stream nobody waits on (an async follower's answers), this saves a wake-up of the loop per
+    /// answer; the kernel keeps the bytes meanwhile.
+    public var readsOnDemand = false {
+        didSet { if readsOnDemand != oldValue { updatePolling() } }
+    }
     /// The socket is attached to the poll handle (libuv holds +1 until the close callback).
     private var isAttached = false
     private var isConnecting = false
@@ -178,7 +184,7 @@ public final class TCPConnection: HandleOwner {
         guard isAttached, !isClosing else { return }
         var events: Int32 = 0
         if isConnecting || !pending.isEmpty { events |= Int32(UV_WRITABLE.rawValue) }
-        if isReading && !isConnecting { events |= Int32(UV_READABLE.rawValue) }
+        if isReading && !isConnecting && !readsOnDemand { events |= Int32(UV_READABLE.rawValue) }
         guard events != polledEvents else { return }
         polledEvents = events
         if events == 0 { uv_poll_stop(handle) } else { uv_poll_start(handle, events, onPoll) }
@@ -225,6 +231,28 @@ public final class TCPConnection: HandleOwner {
             let e = errno
             if e != EAGAIN && e != EINTR { fail(-e) }
         }
+    }
+
+    /// Reads what has arrived (a reading, on-demand connection): delivers it to the delegate, chunk by chunk,
+    /// until the kernel has nothing more. Returns whether anything was delivered (or the stream ended).
+    @discardableResult
+    public func readNow() -> Bool {
+        var delivered = false
+        while isReading, !isClosing, isAttached, !isConnecting {
+            let n = Glibc.read(fd, loop.readBuffer, loop.readBufferSize)
+            if n > 0 {
+                delivered = true
+                delegate?.connection(self, didRead: UnsafeRawBufferPointer(start: loop.readBuffer, count: n))
+                if n < loop.readBufferSize { break } // drained (a fuller buffer may have more behind it)
+                continue
+            }
+            if n == 0 { fail(nil); return true }
+            let e = errno
+            if e == EINTR { continue }
+            if e != EAGAIN { fail(-e); return true }
+            break
+        }
+        return delivered
     }
 
     private func flush() {

@@ -146,6 +146,30 @@ extension ProxyFixture {
         try f.walk("recruitment", to: "legacy")
     }
 
+    @Test func asyncMirroringSendsATransactionOnAtItsEndOrSoonerWhenItStaysOpen() throws {
+        try f.dualLegacyRecruitment(mirror: "async", creating: "DROP TABLE IF EXISTS batched; CREATE TABLE batched (id int PRIMARY KEY, v int); INSERT INTO batched VALUES (1, 0)")
+        let divergencesBefore = f.divergenceLines().count
+        let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user", extra: "application_name=batch_test"))
+        // Left open: the follower must get the UPDATE anyway (the batch goes out on the proxy's timer), so
+        // its row lock shows up on the new side while the client sits idle in the transaction.
+        try c.query("BEGIN")
+        try c.query("UPDATE batched SET v = v + 1 WHERE id = 1")
+        let probe = try f.recruitmentNew()
+        var state: String?
+        for _ in 0..<40 {
+            state = try probe.scalar("SELECT state FROM pg_stat_activity WHERE application_name = 'batch_test' AND backend_xid IS NOT NULL")
+            if state != nil { break }
+            usleep(50_000)
+        }
+        #expect(state == "idle in transaction", "the follower never saw the open transaction's UPDATE")
+        for i in 2...20 { try c.query("INSERT INTO batched VALUES (\(i), \(i))") }
+        try c.query("COMMIT")
+        try f.waitForMirrorDrain("recruitment")
+        #expect(try f.recruitmentNew().scalar("SELECT sum(v) || '/' || count(*) FROM batched") == "210/20")
+        #expect(f.divergenceLines().count == divergencesBefore, "\(f.divergenceLines().dropFirst(divergencesBefore))")
+        try f.walk("recruitment", to: "legacy")
+    }
+
     @Test func anAutocommitWithUpdateInSyncModeRunsOnBothSidesAndLeavesTheSessionIdle() throws {
         try f.dualLegacyRecruitment(mirror: "sync", creating: "DROP TABLE IF EXISTS cte_target; CREATE TABLE cte_target (id int PRIMARY KEY, v int); INSERT INTO cte_target VALUES (1, 1)")
         let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))

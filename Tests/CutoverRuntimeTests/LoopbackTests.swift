@@ -135,6 +135,55 @@ final class Sender: TCPConnectionDelegate {
         #expect(loop.shutdown() == 0)
     }
 
+    @Test func anOnDemandConnectionDeliversOnlyWhenAskedAndIsPolledAgainWhenSwitchedBack() throws {
+        let loop = EventLoop(readBufferSize: 16 << 10)
+        var peers: [Collector] = []
+        let listener = try TCPListener(loop: loop, host: "127.0.0.1", port: 0) { c in
+            let p = Collector(c)
+            c.readsOnDemand = true
+            c.startReading()
+            peers.append(p)
+        }
+        var payload = [UInt8](repeating: 0, count: 200_000)
+        for i in payload.indices { payload[i] = UInt8(truncatingIfNeeded: i &* 13 &+ i >> 7) }
+        let half = payload.count / 2
+        let sender = Sender(TCPConnection(loop: loop), payload: [])
+        #expect(sender.connection.connect(host: "127.0.0.1", port: listener.port) == nil)
+        var spins = 0
+        while (sender.connectError == nil || peers.isEmpty) && spins < 1000 { loop.runOnce(wait: true); spins += 1 }
+        #expect(payload[..<half].withUnsafeBytes { sender.connection.write($0) })
+        for _ in 0..<200 { loop.runOnce() }
+        #expect(peers[0].received.isEmpty, "an on-demand connection was read without being asked")
+        // readNow takes everything that has arrived, several read-buffer-fulls at a time.
+        spins = 0
+        while peers[0].received.count < half && spins < 10_000 { loop.runOnce(); peers[0].connection.readNow(); spins += 1 }
+        #expect(peers[0].received == Array(payload[..<half]))
+        #expect(!peers[0].connection.readNow(), "nothing more had arrived")
+        // Polled again: the rest and the EOF arrive without being asked for.
+        peers[0].connection.readsOnDemand = false
+        #expect(payload[half...].withUnsafeBytes { sender.connection.write($0) })
+        sender.connection.closeAfterWrites()
+        spins = 0
+        while !peers[0].ended && spins < 10_000 { loop.runOnce(wait: true); spins += 1 }
+        #expect(peers[0].received == payload)
+        #expect(peers[0].ended && peers[0].endError == nil)
+
+        // On demand, the end of the stream is seen by the read that asks for it.
+        let sender2 = Sender(TCPConnection(loop: loop), payload: [])
+        #expect(sender2.connection.connect(host: "127.0.0.1", port: listener.port) == nil)
+        spins = 0
+        while (sender2.connectError == nil || peers.count < 2) && spins < 1000 { loop.runOnce(wait: true); spins += 1 }
+        sender2.connection.write([1, 2, 3])
+        sender2.connection.closeAfterWrites()
+        for _ in 0..<200 { loop.runOnce() }
+        #expect(peers[1].received.isEmpty && !peers[1].ended)
+        spins = 0
+        while !peers[1].ended && spins < 1000 { peers[1].connection.readNow(); loop.runOnce(); spins += 1 }
+        #expect(peers[1].received == [1, 2, 3] && peers[1].ended && peers[1].endError == nil)
+        listener.close()
+        #expect(loop.shutdown() == 0)
+    }
+
     @Test func timerFiresAndClosesCleanly() {
         let loop = EventLoop()
         var fired = 0
