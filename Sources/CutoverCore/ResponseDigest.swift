@@ -2,21 +2,113 @@
 // command tag or the error, the row count and an order-insensitive multiset hash of the rows.
 import CutoverProtocol
 
+/// A command tag ("SELECT 1", "INSERT 0 5") held as bytes inline: every statement of a dual phase gets
+/// one per side, and building a String for it (UTF-8 validation) and copying that String around cost more
+/// than the rest of its outcome. It becomes a String only for a divergence record. PostgreSQL's longest
+/// tags are 32 bytes; a longer one keeps its first 24 bytes and a hash of the rest.
+public struct CommandTag: Hashable, Sendable, CustomStringConvertible {
+    private var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+    private var count: UInt8 = 0
+    /// Set when the tag was longer than 32 bytes (the last word is then a hash of all of it).
+    private var truncated = false
+
+    public init(_ bytes: UnsafeRawBufferPointer) {
+        // Little-endian bytes into the words, without an intermediate array.
+        withUnsafeMutableBytes(of: &words) { w in
+            if bytes.count <= 32 {
+                w.copyMemory(from: bytes)
+            } else {
+                w.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[..<24]))
+            }
+        }
+        if bytes.count <= 32 {
+            count = UInt8(bytes.count)
+        } else {
+            words.3 = DigestBuilder.hash(bytes)
+            count = 24
+            truncated = true
+        }
+    }
+
+    /// No tag (an error, or a statement that has not completed): a length no tag has.
+    static let absent: CommandTag = { var t = CommandTag(UnsafeRawBufferPointer(start: nil, count: 0)); t.count = 0xFF; return t }()
+    var isAbsent: Bool { count == 0xFF }
+
+    public init(_ text: String) {
+        var t = text
+        self = t.withUTF8 { CommandTag(UnsafeRawBufferPointer($0)) }
+    }
+
+    public static func == (a: CommandTag, b: CommandTag) -> Bool {
+        a.words == b.words && a.count == b.count && a.truncated == b.truncated
+    }
+
+    public func hash(into h: inout Hasher) {
+        h.combine(words.0); h.combine(words.1); h.combine(words.2); h.combine(words.3); h.combine(count)
+    }
+
+    public var description: String {
+        var w = words
+        let text = withUnsafeBytes(of: &w) { String(decoding: UnsafeRawBufferPointer(rebasing: $0[..<Int(count)]), as: UTF8.self) }
+        return truncated ? text + "…" : text
+    }
+}
+
+/// Why a statement failed: rare, so kept out of line (a success's outcome holds no String).
+public final class StatementFailure: Sendable, Equatable {
+    public let sqlState: String
+    public let message: String?
+    public init(sqlState: String, message: String?) { self.sqlState = sqlState; self.message = message }
+    public static func == (a: StatementFailure, b: StatementFailure) -> Bool { a.sqlState == b.sqlState && a.message == b.message }
+}
+
 /// The outcome of one statement on one side.
 public struct StatementOutcome: Equatable, Sendable, Codable {
-    public var tag: String?
-    public var sqlState: String?
-    public var error: String?
+    /// `CommandTag.absent` when there is none (kept non-optional: an optional of it costs a tag check
+    /// through the value witnesses on every copy and comparison).
+    var tagValue: CommandTag
+    public var failure: StatementFailure?
     public var rows: Int
     /// Sum (mod 2^64) of a 64-bit hash of each DataRow: order-insensitive, and a duplicated row counts
     /// twice (XOR would cancel duplicates).
     public var rowHash: UInt64
 
     public init(tag: String? = nil, sqlState: String? = nil, error: String? = nil, rows: Int = 0, rowHash: UInt64 = 0) {
-        self.tag = tag; self.sqlState = sqlState; self.error = error; self.rows = rows; self.rowHash = rowHash
+        tagValue = tag.map(CommandTag.init) ?? .absent
+        failure = sqlState.map { StatementFailure(sqlState: $0, message: error) }
+        self.rows = rows; self.rowHash = rowHash
     }
 
+    init(commandTag: CommandTag, failure: StatementFailure?) {
+        tagValue = commandTag; self.failure = failure; rows = 0; rowHash = 0
+    }
+
+    public var commandTag: CommandTag? { tagValue.isAbsent ? nil : tagValue }
+    public var tag: String? { commandTag?.description }
+
+    public static func == (a: StatementOutcome, b: StatementOutcome) -> Bool {
+        a.rows == b.rows && a.rowHash == b.rowHash && a.tagValue == b.tagValue && a.failure == b.failure
+    }
+    public var sqlState: String? { failure?.sqlState }
+    public var error: String? { failure?.message }
+
     enum CodingKeys: String, CodingKey { case tag, sqlState = "sqlstate", error, rows, rowHash = "row_hash" }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(tag: try c.decodeIfPresent(String.self, forKey: .tag), sqlState: try c.decodeIfPresent(String.self, forKey: .sqlState),
+                  error: try c.decodeIfPresent(String.self, forKey: .error), rows: try c.decode(Int.self, forKey: .rows),
+                  rowHash: try c.decode(UInt64.self, forKey: .rowHash))
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encodeIfPresent(tag, forKey: .tag)
+        try c.encodeIfPresent(sqlState, forKey: .sqlState)
+        try c.encodeIfPresent(error, forKey: .error)
+        try c.encode(rows, forKey: .rows)
+        try c.encode(rowHash, forKey: .rowHash)
+    }
 
     public var summary: String {
         if let sqlState { return "ERROR \(sqlState)" }
@@ -24,15 +116,49 @@ public struct StatementOutcome: Equatable, Sendable, Codable {
     }
 }
 
-/// Everything one side answered between two ReadyForQuery messages.
-public struct UnitDigest: Equatable, Sendable {
-    public var outcomes: [StatementOutcome]
-    public var status: TransactionStatus
+/// Everything one side answered between two ReadyForQuery messages. A class: a digest is handed from the
+/// backend stream to the session's unit list and compared once, and as a reference each of those steps
+/// is one retain instead of a copy of every outcome. Most units are one statement, so the first outcome
+/// is stored inline and only a multi-statement unit allocates an array.
+public final class UnitDigest: Equatable, Sendable {
+    /// Outcomes in the unit; `head` is the first when there is one.
+    public let count: Int
+    private let head: StatementOutcome
+    public let rest: [StatementOutcome]
+    public let status: TransactionStatus
+    private static let none = StatementOutcome(commandTag: .absent, failure: nil)
+
+    public convenience init(outcomes: [StatementOutcome], status: TransactionStatus) {
+        self.init(first: outcomes.first, rest: Array(outcomes.dropFirst()), status: status)
+    }
+
+    convenience init(first: StatementOutcome?, rest: [StatementOutcome], status: TransactionStatus) {
+        if let first { self.init(count: 1 + rest.count, head: first, rest: rest, status: status) }
+        else { self.init(count: 0, head: Self.none, rest: [], status: status) }
+    }
+
+    init(count: Int, head: StatementOutcome, rest: [StatementOutcome], status: TransactionStatus) {
+        self.count = count; self.head = head; self.rest = rest; self.status = status
+    }
+
+    public var first: StatementOutcome? { count > 0 ? head : nil }
+    public subscript(i: Int) -> StatementOutcome { i == 0 ? head : rest[i - 1] }
+    /// All outcomes in order (allocates: for reports and tests, not the hot path).
+    public var outcomes: [StatementOutcome] { count > 0 ? [head] + rest : [] }
+
+    /// Same outcomes (the status is not compared: the sides' transaction states are the session's concern).
+    public func sameOutcomes(as other: UnitDigest) -> Bool {
+        count == other.count && (count == 0 || (head == other.head && rest == other.rest))
+    }
+
+    public static func == (a: UnitDigest, b: UnitDigest) -> Bool { a.status == b.status && a.sameOutcomes(as: b) }
 }
 
 /// Folds backend messages into `UnitDigest`s. Feed it every captured message of one backend stream.
 public struct DigestBuilder: Sendable {
-    private var outcomes: [StatementOutcome] = []
+    private var first = StatementOutcome(commandTag: .absent, failure: nil)
+    private var outcomeCount = 0
+    private var rest: [StatementOutcome] = []
     private var rows = 0
     private var rowHash: UInt64 = 0
 
@@ -44,6 +170,9 @@ public struct DigestBuilder: Sendable {
         BackendMessageID.emptyQueryResponse.rawValue, BackendMessageID.portalSuspended.rawValue, BackendMessageID.readyForQuery.rawValue,
     ]
 
+    static let emptyTag = CommandTag("EMPTY")
+    static let suspendedTag = CommandTag("SUSPENDED")
+
     /// Returns a digest when `id` is ReadyForQuery.
     public mutating func received(id: UInt8, body: UnsafeRawBufferPointer?) -> UnitDigest? {
         switch id {
@@ -51,18 +180,23 @@ public struct DigestBuilder: Sendable {
             rows += 1
             if let body { rowHash &+= Self.hash(body) }
         case BackendMessageID.commandComplete.rawValue:
-            close(StatementOutcome(tag: body.map { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }))
+            let tag = body.map { b in CommandTag(UnsafeRawBufferPointer(rebasing: b.prefix { $0 != 0 })) } ?? .absent
+            close(StatementOutcome(commandTag: tag, failure: nil))
         case BackendMessageID.emptyQueryResponse.rawValue:
-            close(StatementOutcome(tag: "EMPTY"))
+            close(StatementOutcome(commandTag: Self.emptyTag, failure: nil))
         case BackendMessageID.portalSuspended.rawValue:
-            close(StatementOutcome(tag: "SUSPENDED"))
+            close(StatementOutcome(commandTag: Self.suspendedTag, failure: nil))
         case BackendMessageID.errorResponse.rawValue:
             let fields = body.flatMap { try? ErrorFields.decode(body: Array($0)[...]) }
-            close(StatementOutcome(sqlState: fields?.sqlState ?? "XX000", error: fields?.message))
+            close(StatementOutcome(commandTag: .absent, failure: StatementFailure(sqlState: fields?.sqlState ?? "XX000", message: fields?.message)))
         case BackendMessageID.readyForQuery.rawValue:
             let status = body.flatMap { $0.first }.flatMap(TransactionStatus.init(rawValue:)) ?? .idle
-            defer { outcomes = []; rows = 0; rowHash = 0 }
-            return UnitDigest(outcomes: outcomes, status: status)
+            let digest = UnitDigest(count: outcomeCount, head: first, rest: rest, status: status)
+            outcomeCount = 0
+            if !rest.isEmpty { rest = [] }
+            rows = 0
+            rowHash = 0
+            return digest
         default: break
         }
         return nil
@@ -73,7 +207,8 @@ public struct DigestBuilder: Sendable {
         var o = outcome
         o.rows = rows
         o.rowHash = rowHash
-        outcomes.append(o)
+        if outcomeCount == 0 { first = o } else { rest.append(o) }
+        outcomeCount += 1
         rows = 0
         rowHash = 0
     }
@@ -120,19 +255,19 @@ public struct OutcomeDifference: Equatable, Sendable {
 extension UnitDigest {
     /// Compares a leader digest with a follower digest, statement by statement.
     public static func differences(leader: UnitDigest, follower: UnitDigest) -> [OutcomeDifference] {
-        // The common case, compared without copying each outcome out of its array.
-        if leader.outcomes == follower.outcomes { return [] }
+        // The common case, compared in place.
+        if leader.sameOutcomes(as: follower) { return [] }
         var out: [OutcomeDifference] = []
-        for i in 0..<max(leader.outcomes.count, follower.outcomes.count) {
-            let l = i < leader.outcomes.count ? leader.outcomes[i] : nil
-            let f = i < follower.outcomes.count ? follower.outcomes[i] : nil
+        for i in 0..<max(leader.count, follower.count) {
+            let l = i < leader.count ? leader[i] : nil
+            let f = i < follower.count ? follower[i] : nil
             guard let l, let f else {
                 out.append(OutcomeDifference(kind: .statementCount, index: i, leader: l, follower: f))
                 continue
             }
             let kind: DivergenceKind?
             if l.sqlState != f.sqlState { kind = .errorMismatch }
-            else if l.tag != f.tag { kind = .commandTag }
+            else if l.tagValue != f.tagValue { kind = .commandTag }
             else if l.rows != f.rows { kind = .rowCount }
             else if l.rowHash != f.rowHash { kind = .rowContent }
             else { kind = nil }

@@ -11,6 +11,9 @@ public struct WorkUnit: Sendable, Equatable {
     public var commits = false
     /// Texts of the statements prepared (Parse) in this unit: checked for cross-schema references.
     public var parsed: [String] = []
+    /// A statement of this unit may name another route's schema (a qualified name with a known schema):
+    /// only such units go through the parser-based cross-schema check.
+    public var crossSchemaCandidate = false
     public init() {}
 }
 
@@ -63,14 +66,11 @@ public struct SessionTracker: Sendable {
 
     public init() {}
 
-    /// Whether a statement's text must become a String: always when recording units, else only when
-    /// it may change tracked state, take an advisory lock, or name another schema.
-    private func needsText(_ raw: UnsafeRawBufferPointer, _ keyword: LeadingKeyword, tracked: Bool) -> Bool {
-        if recordUnits || tracked { return true }
-        // A schema-qualified name needs a dot: most statements are dismissed by one memchr.
-        if let scope = crossSchema, SQLBytes.containsByte(raw, 0x2E),
-           !scope.detector.candidates(in: raw, own: scope.ownSchema).isEmpty { return true }
-        return false
+    /// Whether a statement may name another route's schema. A schema-qualified name needs a dot: most
+    /// statements are dismissed by one memchr.
+    private func mayNameOtherSchema(_ raw: UnsafeRawBufferPointer) -> Bool {
+        guard let scope = crossSchema, SQLBytes.containsByte(raw, 0x2E) else { return false }
+        return !scope.detector.candidates(in: raw, own: scope.ownSchema).isEmpty
     }
 
     /// The bytes up to the first NUL (memchr: message bodies can be long).
@@ -134,10 +134,14 @@ public struct SessionTracker: Sendable {
             if keyword.endsTransaction { current.commits = true }
             if keyword == .rollback || keyword == .abort { rollbackUnits.append(unitsSent) }
             // Only statements that may change tracked state are classified (the rest cost a keyword check).
+            // A String is made always when recording units, else only for statements that may change
+            // tracked state, take an advisory lock, or name another schema.
             let tracked = keyword.affectsSessionState || SQLBytes.mayTakeAdvisoryLock(raw)
-            if needsText(raw, keyword, tracked: tracked) {
+            let foreign = mayNameOtherSchema(raw)
+            if recordUnits || tracked || foreign {
                 let text = String(decoding: raw, as: UTF8.self)
                 if tracked { track(sql: text) }
+                if foreign { current.crossSchemaCandidate = true }
                 current.statements.append(text)
             }
             return true
@@ -152,7 +156,9 @@ public struct SessionTracker: Sendable {
                 preparedMessages[String(decoding: rawName, as: UTF8.self)] = w.bytes
             }
             let tracked = keyword.affectsSessionState || SQLBytes.mayTakeAdvisoryLock(raw)
-            if !rawName.isEmpty || needsText(raw, keyword, tracked: tracked) {
+            let foreign = mayNameOtherSchema(raw)
+            if foreign { current.crossSchemaCandidate = true }
+            if !rawName.isEmpty || recordUnits || tracked || foreign {
                 let name = String(decoding: rawName, as: UTF8.self)
                 let text = String(decoding: raw, as: UTF8.self)
                 statementText[name] = text

@@ -183,7 +183,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             BackendMessage.readyForQuery(.idle).encode(into: &w)
             client.write(w.bytes)
             logger.info("admin session started", metadata: ["user": "\(user)"])
-        case .connect(let target, let startup, let user):
+        case .connect(let target, let startup, _):
             self.startup = startup
             sessionPhase = target.phase
             isWildcard = target.route == nil
@@ -300,7 +300,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 continue
             }
             if b.isInternal {
-                runLockStep(lockStep.leaderInternalReady(commitOutcome: b.digest?.outcomes.first, status: b.status, now: loop.now))
+                runLockStep(lockStep.leaderInternalReady(commitOutcome: b.digest?.first, status: b.status, now: loop.now))
                 continue
             }
             let previous = transactionStatus
@@ -438,7 +438,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 unitCount += 1
                 if collecting {
                     chunkUnits.append((endOffset, tracker.takeUnit()))
-                } else if tracker.currentHasTexts {
+                } else if tracker.current.crossSchemaCandidate {
                     let unit = tracker.takeUnit()
                     if let route { server.checkCrossSchema(unit, session: self, route: route) }
                 } else {
@@ -451,8 +451,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if unitCount > 0, let route {
             route.stats.statements += unitCount
             if route.phase.follower == nil { route.unmirroredStatements += unitCount }
-            for (_, unit) in chunkUnits where collecting && (!unit.statements.isEmpty || !unit.parsed.isEmpty) {
-                server.checkCrossSchema(unit, session: self, route: route)
+            if collecting, let c = cold {
+                for k in c.chunkUnits.indices where c.chunkUnits[k].unit.crossSchemaCandidate {
+                    server.checkCrossSchema(c.chunkUnits[k].unit, session: self, route: route)
+                }
             }
         }
         if (follower != nil && mirrorMode == .sync && !terminated) || !lockStepIsQuiet {

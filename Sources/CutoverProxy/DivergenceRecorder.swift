@@ -22,7 +22,7 @@ final class DivergenceRecorder {
         file = nil
         path = newPath
         guard let newPath else { return }
-        if !FileManager.default.fileExists(atPath: newPath) { FileManager.default.createFile(atPath: newPath, contents: nil) }
+        if !FileManager.default.fileExists(atPath: newPath) { _ = FileManager.default.createFile(atPath: newPath, contents: nil) } // a failure shows as nil below
         file = FileHandle(forWritingAtPath: newPath)
         _ = try? file?.seekToEnd()
         if file == nil { logger.error("cannot open divergence log", metadata: ["path": "\(newPath)"]) }

@@ -224,18 +224,21 @@ public final class ProxyServer {
 
     /// Reports statements naming another route's schema: they stop working once the schemas live apart.
     func checkCrossSchema(_ unit: WorkUnit, session: ClientSession, route: RouteRuntime) {
-        for text in [unit.statements, unit.parsed].joined() {
-            let foreign = crossSchema.foreignSchemas(in: text, own: route.config.legacySchema, analyzer: analyzer)
-            guard !foreign.isEmpty else { continue }
-            let key = analyzer.analyze(text).fingerprint ?? text
-            if route.crossSchemaSeen.contains(key) {
-                route.stats.divergences[.crossSchema, default: 0] += 1
-                continue
-            }
-            if route.crossSchemaSeen.count < 10_000 { route.crossSchemaSeen.insert(key) }
-            recordDivergence(session: session, kind: .crossSchema, statement: text, leader: nil, follower: nil, leaderMs: nil,
-                             followerMs: nil, detail: "names schema \(foreign.sorted().joined(separator: ", ")) from route \(route.name) (schema \(route.config.legacySchema ?? "-")); it cannot work once the schemas live on separate instances")
+        for text in unit.statements { checkCrossSchema(text, session: session, route: route) }
+        for text in unit.parsed { checkCrossSchema(text, session: session, route: route) }
+    }
+
+    private func checkCrossSchema(_ text: String, session: ClientSession, route: RouteRuntime) {
+        let foreign = crossSchema.foreignSchemas(in: text, own: route.config.legacySchema, analyzer: analyzer)
+        guard !foreign.isEmpty else { return }
+        let key = analyzer.analyze(text).fingerprint ?? text
+        if route.crossSchemaSeen.contains(key) {
+            route.stats.divergences[.crossSchema, default: 0] += 1
+            return
         }
+        if route.crossSchemaSeen.count < 10_000 { route.crossSchemaSeen.insert(key) }
+        recordDivergence(session: session, kind: .crossSchema, statement: text, leader: nil, follower: nil, leaderMs: nil,
+                         followerMs: nil, detail: "names schema \(foreign.sorted().joined(separator: ", ")) from route \(route.name) (schema \(route.config.legacySchema ?? "-")); it cannot work once the schemas live on separate instances")
     }
 
     // MARK: phases

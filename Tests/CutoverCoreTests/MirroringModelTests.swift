@@ -170,6 +170,26 @@ extension SessionTracker {
         #expect(UnitDigest.differences(leader: ok, follower: two).first?.kind == .statementCount)
         #expect(err.outcomes.first?.sqlState == "23505")
     }
+
+    @Test func commandTagsKeepTheirTextAndTellLongTagsApart() throws {
+        let short = digest([.commandComplete(tag: "INSERT 0 18446744073709551615"), .readyForQuery(.idle)])!
+        #expect(short.first?.tag == "INSERT 0 18446744073709551615")
+        #expect(CommandTag("CREATE TEXT SEARCH CONFIGURATION").description == "CREATE TEXT SEARCH CONFIGURATION") // 32 bytes
+        #expect(CommandTag("").description == "")
+        // Past 32 bytes: the first 24 bytes are shown, and a hash of the whole keeps different tags different.
+        let a = CommandTag(String(repeating: "x", count: 40) + "a"), b = CommandTag(String(repeating: "x", count: 40) + "b")
+        #expect(a != b && a == CommandTag(String(repeating: "x", count: 40) + "a"))
+        #expect(a.description == String(repeating: "x", count: 24) + "…")
+        // Three statements: the first inline, the rest in the array, in order.
+        let three = digest([.commandComplete(tag: "BEGIN"), .commandComplete(tag: "UPDATE 2"), .commandComplete(tag: "COMMIT"), .readyForQuery(.idle)])!
+        #expect(three.outcomes.map { $0.tag ?? "" } == ["BEGIN", "UPDATE 2", "COMMIT"] && three.count == 3)
+        // Divergence records carry outcomes as JSON with the same keys as before.
+        let failed = StatementOutcome(sqlState: "23505", error: "dup")
+        let json = String(decoding: try JSONEncoder().encode(failed), as: UTF8.self)
+        #expect(json.contains("\"sqlstate\":\"23505\"") && json.contains("\"error\":\"dup\"") && !json.contains("\"tag\""))
+        #expect(try JSONDecoder().decode(StatementOutcome.self, from: Data(json.utf8)) == failed)
+        #expect(try JSONDecoder().decode(StatementOutcome.self, from: try JSONEncoder().encode(three.first!)) == three.first!)
+    }
 }
 
 @Suite struct AdminCommandTests {
