@@ -138,11 +138,11 @@ private struct Parser {
         checkKeys(t, "server", allowed: ["listen", "max_clients", "max_message_size", "connect_timeout", "auth_timeout",
                                          "client_idle_timeout", "shutdown_timeout", "write_high_water", "admin_database", "state_file",
                                          "divergence_log", "log_literals", "divergence_memory", "mirror_queue_bytes",
-                                         "mirror_queue_statements", "follower_timeout", "flip_timeout"])
-        if let listen = string(t, "listen", "server") {
-            if let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) {
-                s.listenHost = String(listen[..<colon]); s.listenPort = port
-            } else { problem("server.listen", "must be host:port, got \(listen)") }
+                                         "mirror_queue_statements", "follower_timeout", "flip_timeout", "metrics_listen"])
+        if let (host, port) = hostPort(t, "listen") { s.listenHost = host; s.listenPort = port }
+        if let (host, port) = hostPort(t, "metrics_listen") { s.metricsHost = host; s.metricsPort = port }
+        if s.metricsHost != nil, s.metricsHost == s.listenHost, s.metricsPort == s.listenPort, s.listenPort != 0 {
+            problem("server.metrics_listen", "must differ from server.listen")
         }
         if let v = int(t, "max_clients", "server", range: 1...1_000_000) { s.maxClients = v }
         if let v = int(t, "max_message_size", "server", range: 1024...(1 << 30)) { s.maxMessageSize = v }
@@ -161,6 +161,16 @@ private struct Parser {
         if let v = seconds(t, "follower_timeout", "server") { s.followerTimeout = v }
         if let v = seconds(t, "flip_timeout", "server") { s.flipTimeout = v }
         return s
+    }
+
+    /// A `host:port` setting of [server].
+    mutating func hostPort(_ t: TOMLTable, _ key: String) -> (String, Int)? {
+        guard let value = string(t, key, "server") else { return nil }
+        if let colon = value.lastIndex(of: ":"), let port = Int(value[value.index(after: colon)...]), (0...65535).contains(port) {
+            return (String(value[..<colon]), port)
+        }
+        problem("server.\(key)", "must be host:port, got \(value)")
+        return nil
     }
 
     /// Paths in the file are relative to the file's directory.

@@ -23,6 +23,9 @@ public final class ProxyServer {
     private(set) var sessions: [Int32: ClientSession] = [:]
     private var nextSessionID = 1
     private var janitor: LoopTimer?
+    private var metricsEndpoint: MetricsEndpoint?
+    /// When `start` ran (ms on the loop clock), for the uptime metric.
+    private(set) var startedAt: UInt64 = 0
     /// Sessions whose on-demand follower (async mirroring) owes answers; read every `followerReadIntervalMs`.
     private var followerReadList: [ClientSession] = []
     private var followerReader: LoopTimer?
@@ -74,7 +77,28 @@ public final class ProxyServer {
         let timer = LoopTimer(loop: loop) { [unowned self] in self.sweep() }
         timer.start(timeoutMs: 100, repeatMs: 100)
         janitor = timer
+        startedAt = loop.now
         logger.info("listening", metadata: ["address": "\(config.server.listenHost):\(port)", "routes": "\(config.routes.keys.sorted())"])
+        if let host = config.server.metricsHost {
+            do {
+                metricsEndpoint = try MetricsEndpoint(loop: loop, server: self, host: host, port: config.server.metricsPort)
+            } catch {
+                listener?.close()
+                listener = nil
+                throw error
+            }
+            logger.info("metrics endpoint listening", metadata: ["address": "\(host):\(metricsPort)", "paths": "/metrics /healthz /readyz"])
+        }
+    }
+
+    /// The metrics endpoint's bound port (0 when there is none).
+    public var metricsPort: Int { metricsEndpoint?.port ?? 0 }
+
+    /// Why `/readyz` says no: shutting down (Kubernetes then stops sending new clients), or not listening.
+    var notReadyReason: String? {
+        if shutdownDeadline != nil { return "shutting down" }
+        if listener == nil { return "not listening" }
+        return nil
     }
 
     // MARK: sessions
@@ -516,6 +540,8 @@ public final class ProxyServer {
     }
 
     private func finishShutdown() {
+        metricsEndpoint?.close()
+        metricsEndpoint = nil
         janitor?.close()
         followerReader?.close()
         followerReadList = []

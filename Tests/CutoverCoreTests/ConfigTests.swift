@@ -54,6 +54,7 @@ backend = "legacy"
         let bad = """
         [server]
         listen = "nowhere"
+        metrics_listen = "127.0.0.1:99999"
         max_clients = 0
         colour = "blue"
         [[users]]
@@ -71,7 +72,7 @@ backend = "legacy"
             Issue.record("expected errors")
         } catch let e as ConfigErrors {
             let keys = Set(e.problems.map(\.key))
-            #expect(keys.isSuperset(of: ["server.listen", "server.max_clients", "server.colour", "users[0].password_env",
+            #expect(keys.isSuperset(of: ["server.listen", "server.metrics_listen", "server.max_clients", "server.colour", "users[0].password_env",
                                          "routes.r.new", "routes.r.phase"]))
         } catch { Issue.record("unexpected \(error)") }
     }

@@ -107,4 +107,53 @@ import Testing
         let log = (try? String(contentsOfFile: "\(f.directory)/shutdown.log", encoding: .utf8)) ?? ""
         #expect(log.contains("loop_close=0"), "\(log)")
     }
+
+    /// One HTTP exchange with the metrics endpoint: status and body.
+    func http(_ port: Int, _ request: String) throws -> (status: Int, body: String) {
+        let c = try RawClient(port: port)
+        c.send(Array(request.utf8))
+        let (bytes, closed) = c.readUntilClosed()
+        #expect(closed, "the endpoint closes after its answer")
+        let text = String(decoding: bytes, as: UTF8.self)
+        let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? -1
+        return (status, text.components(separatedBy: "\r\n\r\n").dropFirst().joined(separator: "\r\n\r\n"))
+    }
+
+    @Test func metricsAndProbesAnswerOverHTTPAndReadinessDropsAtShutdown() throws {
+        let mport = PostgresCluster.freePort()
+        let (p, port, _) = try ownProxy("metrics", server: "metrics_listen = \"127.0.0.1:\(mport)\"\nshutdown_timeout = 10")
+        defer { stopBackgroundProcess(p) }
+        #expect(try http(mport, "GET /healthz HTTP/1.1\r\nHost: cutover\r\n\r\n") == (200, "ok\n"))
+        #expect(try http(mport, "GET /readyz HTTP/1.0\r\n\r\n") == (200, "ready\n"))
+        let c = try PQConnection(conninfo(port))
+        for _ in 0..<3 { _ = try c.scalar("SELECT 1") }
+        let (status, metrics) = try http(mport, "GET /metrics HTTP/1.1\r\n\r\n")
+        #expect(status == 200)
+        #expect(metrics.contains("# TYPE cutover_route_statements_total counter\n"))
+        #expect(metrics.contains("cutover_route_phase{route=\"onboarding\",phase=\"legacy\"} 1\n"))
+        #expect(metrics.contains("cutover_route_phase{route=\"onboarding\",phase=\"new\"} 0\n"))
+        #expect(metrics.contains("cutover_sessions_active 1\n"))
+        #expect(metrics.contains("cutover_route_divergences_total{route=\"onboarding\",kind=\"row_content\"} 0\n"))
+        let statements = metrics.split(separator: "\n").first { $0.hasPrefix("cutover_route_statements_total{route=\"onboarding\"}") }
+        #expect((statements?.split(separator: " ").last.flatMap { Int($0) } ?? 0) >= 3, "\(statements ?? "missing")")
+        #expect(try http(mport, "HEAD /metrics HTTP/1.1\r\n\r\n").body.isEmpty)
+        #expect(try http(mport, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").status == 405)
+        #expect(try http(mport, "GET /nope HTTP/1.1\r\n\r\n").status == 404)
+        #expect(try http(mport, "\u{16}\u{03}\u{01}\u{02}\u{00}\r\n\r\n").status == 400)
+        // The endpoint serves nothing PostgreSQL-shaped, and its clients do not disturb a session.
+        #expect(try c.scalar("SELECT 2") == "2")
+        // Shutting down: not ready (Kubernetes stops routing clients here) while a transaction finishes; still alive.
+        try c.query("BEGIN")
+        kill(p.processIdentifier, SIGTERM)
+        usleep(300_000)
+        #expect(try http(mport, "GET /readyz HTTP/1.1\r\n\r\n") == (503, "shutting down\n"))
+        #expect(try http(mport, "GET /healthz HTTP/1.1\r\n\r\n").status == 200)
+        try c.query("COMMIT")
+        let deadline = Date().addingTimeInterval(5)
+        while p.isRunning && Date() < deadline { usleep(50_000) }
+        #expect(!p.isRunning && p.terminationStatus == 0)
+        #expect(throws: PQError.self) { _ = try self.http(mport, "GET /healthz HTTP/1.1\r\n\r\n") }
+        let log = (try? String(contentsOfFile: "\(f.directory)/metrics.log", encoding: .utf8)) ?? ""
+        #expect(log.contains("loop_close=0"), "every handle, the endpoint's too, closed: \(log)")
+    }
 }
