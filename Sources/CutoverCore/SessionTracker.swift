@@ -35,25 +35,81 @@ public struct SessionTracker: Sendable {
         FrontendMessageID.execute.rawValue, FrontendMessageID.close.rawValue,
     ]
 
+    /// What the tracker keeps for replay, out of line: most sessions never SET or PREPARE anything, and
+    /// eight empty collections inline cost every session 64 bytes (shared copy-on-write between copies).
+    /// @unchecked Sendable: it is mutated only through `keptForWrite`, which copies it unless this tracker
+    /// holds the only reference, so an instance two trackers share is never written.
+    private final class Kept: @unchecked Sendable {
+        var settings: [(name: String, text: String)] = []
+        var uncommitted: [(unit: Int, name: String, text: String?)] = []
+        var rollbackUnits: [Int] = []
+        var preparedMessages: [String: [UInt8]] = [:]
+        var sqlPrepared: [String: String] = [:]
+        var unreplayable: UnreplayableState = []
+        var statementText: [String: String] = [:]
+        var portalStatement: [String: String] = [:]
+
+        func copy() -> Kept {
+            let k = Kept()
+            k.settings = settings; k.uncommitted = uncommitted; k.rollbackUnits = rollbackUnits
+            k.preparedMessages = preparedMessages; k.sqlPrepared = sqlPrepared; k.unreplayable = unreplayable
+            k.statementText = statementText; k.portalStatement = portalStatement
+            return k
+        }
+    }
+    private var kept: Kept?
+
+    /// The kept state for writing: allocated on first use, copied if another tracker shares it.
+    private mutating func keptForWrite() -> Kept {
+        if let k = kept, isKnownUniquelyReferenced(&kept!) { return k }
+        let k = kept?.copy() ?? Kept()
+        kept = k
+        return k
+    }
+
     /// SET/RESET texts to replay, keyed by parameter name (last one wins). Only settings whose transaction
     /// committed get here: a SET is transactional, and one rolled back must not reach a late follower.
-    public private(set) var settings: [(name: String, text: String)] = []
+    public private(set) var settings: [(name: String, text: String)] {
+        get { kept?.settings ?? [] }
+        _modify { let k = keptForWrite(); yield &k.settings }
+    }
     /// SET/RESET (text nil) and RESET ALL (name "*") seen in units not yet known to have committed, with the
     /// number of the unit they were sent in.
-    private var uncommitted: [(unit: Int, name: String, text: String?)] = []
+    private var uncommitted: [(unit: Int, name: String, text: String?)] {
+        get { kept?.uncommitted ?? [] }
+        _modify { let k = keptForWrite(); yield &k.uncommitted }
+    }
     /// Units whose statement was ROLLBACK/ABORT (their answer ends a transaction without committing it).
-    private var rollbackUnits: [Int] = []
+    private var rollbackUnits: [Int] {
+        get { kept?.rollbackUnits ?? [] }
+        _modify { let k = keptForWrite(); yield &k.rollbackUnits }
+    }
     /// Units the session has sent that will be answered (it counts them as it sends them).
     public private(set) var unitsSent = 0
     /// Named protocol-level prepared statements: the whole Parse message, to be re-sent verbatim.
-    public private(set) var preparedMessages: [String: [UInt8]] = [:]
+    public private(set) var preparedMessages: [String: [UInt8]] {
+        get { kept?.preparedMessages ?? [:] }
+        _modify { let k = keptForWrite(); yield &k.preparedMessages }
+    }
     /// SQL-level PREPARE texts by name.
-    public private(set) var sqlPrepared: [String: String] = [:]
-    public private(set) var unreplayable: UnreplayableState = []
+    public private(set) var sqlPrepared: [String: String] {
+        get { kept?.sqlPrepared ?? [:] }
+        _modify { let k = keptForWrite(); yield &k.sqlPrepared }
+    }
+    public private(set) var unreplayable: UnreplayableState {
+        get { kept?.unreplayable ?? [] }
+        _modify { let k = keptForWrite(); yield &k.unreplayable }
+    }
     /// Statement text by prepared statement name ("" is the unnamed one).
-    private var statementText: [String: String] = [:]
+    private var statementText: [String: String] {
+        get { kept?.statementText ?? [:] }
+        _modify { let k = keptForWrite(); yield &k.statementText }
+    }
     /// Prepared statement name by portal name.
-    private var portalStatement: [String: String] = [:]
+    private var portalStatement: [String: String] {
+        get { kept?.portalStatement ?? [:] }
+        _modify { let k = keptForWrite(); yield &k.portalStatement }
+    }
     /// The unit being assembled.
     public private(set) var current = WorkUnit()
     /// When false (outside dual phases) units carry no texts and Bind/Execute are not followed, except

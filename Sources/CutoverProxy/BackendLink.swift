@@ -46,27 +46,45 @@ final class BackendLink: TCPConnectionDelegate {
     }
     private var login: Login?
     var scanner: MessageScanner
-    /// Bytes written before login finished (a follower joining mid-session), sent right after it.
-    private var queuedUntilReady: [UInt8] = []
-    var queuedUntilReadyCount: Int { queuedUntilReady.count }
-    /// Units the proxy itself sent (replayed state, the implicit BEGIN/COMMIT of sync mirroring): their
-    /// answers are consumed here and never reach the client; their end is reported as an internal boundary.
-    var internalUnits = 0
-    /// Kept bytes of a chunk that had internal answers cut out of it.
-    private var scratch: [UInt8] = []
+    /// Rarely used buffers, boxed (an idle link then costs 8 bytes for them, not 16).
+    private final class Spill {
+        /// Bytes written before login finished (a follower joining mid-session), sent right after it.
+        var queuedUntilReady: [UInt8] = []
+        /// Kept bytes of a chunk that had internal answers cut out of it.
+        var scratch: [UInt8] = []
+    }
+    private var spill: Spill?
+    private var spillForWrite: Spill {
+        if let spill { return spill }
+        let s = Spill()
+        spill = s
+        return s
+    }
+    var queuedUntilReadyCount: Int { spill?.queuedUntilReady.count ?? 0 }
     /// When set, every answer is folded into unit digests for comparison (dual phases only: it costs a hash per row).
     /// Boxed: 8 bytes on every link instead of 24, and only dual-phase links have one.
     private var digest: Boxed<DigestBuilder>?
 
     struct Boundary {
-        /// Where the ReadyForQuery ends in the reported bytes.
-        var endOffset: Int
         var digest: UnitDigest?
+        /// Where the ReadyForQuery ends in the reported bytes (Int32: a chunk is at most the read buffer;
+        /// with the narrow fields after the reference, a boundary is 16 bytes and a link 16 bytes smaller).
+        private var end: Int32
         var status: TransactionStatus
         /// The end of a unit the proxy sent itself (its bytes are not in the report).
         var isInternal = false
         /// Not a ReadyForQuery but a CopyInResponse: the backend now ignores Sync until the copy ends.
         var isCopyIn = false
+
+        var endOffset: Int { Int(end) }
+
+        init(endOffset: Int, digest: UnitDigest?, status: TransactionStatus, isInternal: Bool = false, isCopyIn: Bool = false) {
+            self.digest = digest
+            end = Int32(endOffset)
+            self.status = status
+            self.isInternal = isInternal
+            self.isCopyIn = isCopyIn
+        }
     }
     /// The ReadyForQuery messages of the chunk being reported.
     private(set) var boundaries = BoundaryList()
@@ -82,6 +100,9 @@ final class BackendLink: TCPConnectionDelegate {
     }
     /// Which side of the route this link talks to.
     let side: Side?
+    /// Units the proxy itself sent (replayed state, the implicit BEGIN/COMMIT of sync mirroring): their
+    /// answers are consumed here and never reach the client; their end is reported as an internal boundary.
+    var internalUnits: Int32 = 0
 
     /// Decoded during pass-through: ReadyForQuery drives the session's boundaries.
     static let captured = MessageScanner.IDSet([BackendMessageID.readyForQuery.rawValue, BackendMessageID.copyInResponse.rawValue,
@@ -111,7 +132,7 @@ final class BackendLink: TCPConnectionDelegate {
 
     /// Writes now if logged in, else queues until login completes.
     func send(_ bytes: UnsafeRawBufferPointer) {
-        if state == .ready { connection.write(bytes) } else if state != .closed { queuedUntilReady.append(contentsOf: bytes) }
+        if state == .ready { connection.write(bytes) } else if state != .closed { spillForWrite.queuedUntilReady.append(contentsOf: bytes) }
     }
 
     func send(_ bytes: [UInt8]) { bytes.withUnsafeBytes { send($0) } }
@@ -176,9 +197,9 @@ final class BackendLink: TCPConnectionDelegate {
                     self.key = key
                     self.login = nil
                     owner.backendReady(self, parameters: parameters, key: key)
-                    if !queuedUntilReady.isEmpty, state == .ready {
-                        connection.write(queuedUntilReady)
-                        queuedUntilReady = []
+                    if let queued = spill?.queuedUntilReady, !queued.isEmpty, state == .ready {
+                        connection.write(queued)
+                        spill?.queuedUntilReady = []
                     }
                     // Anything after the first ReadyForQuery (nothing, normally) is ordinary traffic.
                     let rest = login.framer.takeRemainder()
@@ -243,9 +264,10 @@ final class BackendLink: TCPConnectionDelegate {
             }
         }
         guard dropped else { return owner.backendRead(self, bytes) }
-        scratch.removeAll(keepingCapacity: true)
-        for r in keptRanges { scratch.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[r])) }
-        scratch.withUnsafeBytes { owner.backendRead(self, $0) }
+        let spill = spillForWrite
+        spill.scratch.removeAll(keepingCapacity: true)
+        for r in keptRanges { spill.scratch.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[r])) }
+        spill.scratch.withUnsafeBytes { owner.backendRead(self, $0) }
     }
 
     private func fail(_ e: ErrorFields) {

@@ -268,7 +268,7 @@ extension ClientSession {
         guard replay else { return }
         let (bytes, answers) = tracker.replayMessages()
         if answers > 0 {
-            link.internalUnits = answers
+            link.internalUnits = Int32(clamping: answers)
             link.send(bytes)
         }
         if !tracker.unreplayable.isEmpty {

@@ -36,19 +36,17 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// The authenticated user: the startup message's (read when needed, not stored twice).
     var user: String { startup.user ?? "" }
     var leaderKey: CancelRequest? { leader?.key }
-    /// Query, Sync and FunctionCall messages sent whose ReadyForQuery has not come back yet.
-    var pendingReadyForQuery = 0
     let createdAt: UInt64
     private(set) var lastActivity: UInt64
-    /// Set when a forced flip moves the leader to a side this session has no connection to.
-    var endAtIdle: ErrorFields?
 
     var tracker = SessionTracker()
     /// Mirroring, pause and login leftovers, allocated on first use (see SessionColdState).
     var cold: SessionColdState?
     /// Syncs the client sent since its last Execute/Query: if the backend answers that Execute with
     /// CopyInResponse, it ignores them (it ignores Sync during COPY IN), so they earn no ReadyForQuery.
-    private var syncsSinceExecute = 0
+    private var syncsSinceExecute: Int32 = 0
+    /// Query, Sync and FunctionCall messages sent whose ReadyForQuery has not come back yet.
+    var pendingReadyForQuery: Int32 = 0
     // Narrow fields last and together: declaration order is layout order, and a Bool between two
     // 8-byte fields costs 8 bytes in every session.
     /// The secret this client got in BackendKeyData; the proxy's own, never the backend's.
@@ -306,7 +304,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             let previous = transactionStatus
             transactionStatus = b.status
             if pendingReadyForQuery > 0 { pendingReadyForQuery -= 1 }
-            tracker.unitAnswered(status: b.status, previous: previous, stillInFlight: pendingReadyForQuery)
+            tracker.unitAnswered(status: b.status, previous: previous, stillInFlight: Int(pendingReadyForQuery))
             if follower != nil, let digest = b.digest { leaderUnitDone(digest) }
             guard lockStepIsBusy else { continue }
             let actions = lockStep.leaderReady(status: b.status, now: loop.now)
@@ -506,7 +504,6 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     func reachedIdleBoundaryIfIdle() {
         guard isIdleAtBoundary else { return }
         if closeWhenIdle { return failClient(ProxyError.shuttingDown()) }
-        if let e = endAtIdle { return failClient(e) }
         guard let route, isDrainedAtBoundary else { return }
         if let pause = route.pause {
             // During a leader flip the switch happens for all sessions at once; a manual pause still lets a

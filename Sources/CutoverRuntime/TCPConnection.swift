@@ -34,25 +34,63 @@ public final class TCPConnection: HandleOwner {
     public unowned(unsafe) var delegate: TCPConnectionDelegate?
     /// Bytes the kernel did not take yet, from `pendingHead` on. Empty (no capacity) when caught up.
     private var pending: [UInt8] = []
-    private var pendingHead = 0
-    // Narrow fields last (declaration order is layout order; every connection pays for padding).
+    // Narrow fields last (declaration order is layout order): with them packed (the head as Int32, the
+    // flags in one byte) a connection is a 80-byte allocation instead of 96, and a session has two.
+    private var head: Int32 = 0
+    private var pendingHead: Int {
+        get { Int(head) }
+        set { head = Int32(newValue) }
+    }
     private var fd: Int32 = -1
     /// A connect that failed at once: reported from the first poll, so callers see one path for every outcome.
     private var immediateConnectError: Int32 = 0
     /// The events libuv polls for now (changing them costs an epoll_ctl, so only real changes are made).
-    private var polledEvents: Int32 = 0
-    public private(set) var isClosing = false
-    public private(set) var isReading = false
+    private var polledEvents: UInt8 = 0
+    private struct Flags: OptionSet {
+        let rawValue: UInt8
+        static let closing = Flags(rawValue: 1 << 0)
+        static let reading = Flags(rawValue: 1 << 1)
+        static let onDemand = Flags(rawValue: 1 << 2)
+        static let attached = Flags(rawValue: 1 << 3)
+        static let connecting = Flags(rawValue: 1 << 4)
+        static let closeWhenFlushed = Flags(rawValue: 1 << 5)
+    }
+    private var flags: Flags = []
+    @inline(__always) private func flag(_ f: Flags) -> Bool { flags.contains(f) }
+    @inline(__always) private func set(_ f: Flags, _ on: Bool) { if on { flags.insert(f) } else { flags.remove(f) } }
+
+    public private(set) var isClosing: Bool {
+        get { flag(.closing) }
+        set { set(.closing, newValue) }
+    }
+    public private(set) var isReading: Bool {
+        get { flag(.reading) }
+        set { set(.reading, newValue) }
+    }
     /// Reading without being polled for it: the owner calls `readNow()` when it wants what has arrived.
     /// For a stream nobody waits on (an async follower's answers), this saves a wake-up of the loop per
     /// answer; the kernel keeps the bytes meanwhile.
-    public var readsOnDemand = false {
-        didSet { if readsOnDemand != oldValue { updatePolling() } }
+    public var readsOnDemand: Bool {
+        get { flag(.onDemand) }
+        set {
+            guard newValue != flag(.onDemand) else { return }
+            set(.onDemand, newValue)
+            updatePolling()
+        }
     }
     /// The socket is attached to the poll handle (libuv holds +1 until the close callback).
-    private var isAttached = false
-    private var isConnecting = false
-    private var closeWhenFlushed = false
+    private var isAttached: Bool {
+        get { flag(.attached) }
+        set { set(.attached, newValue) }
+    }
+    private var isConnecting: Bool {
+        get { flag(.connecting) }
+        set { set(.connecting, newValue) }
+    }
+    private var closeWhenFlushed: Bool {
+        get { flag(.closeWhenFlushed) }
+        set { set(.closeWhenFlushed, newValue) }
+    }
 
     public init(loop: EventLoop) {
         self.loop = loop
@@ -185,8 +223,8 @@ public final class TCPConnection: HandleOwner {
         var events: Int32 = 0
         if isConnecting || !pending.isEmpty { events |= Int32(UV_WRITABLE.rawValue) }
         if isReading && !isConnecting && !readsOnDemand { events |= Int32(UV_READABLE.rawValue) }
-        guard events != polledEvents else { return }
-        polledEvents = events
+        guard UInt8(events) != polledEvents else { return }
+        polledEvents = UInt8(events)
         if events == 0 { uv_poll_stop(handle) } else { uv_poll_start(handle, events, onPoll) }
     }
 
