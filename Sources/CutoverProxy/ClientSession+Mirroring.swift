@@ -303,11 +303,13 @@ extension ClientSession {
         f.send(c.followerOutbox)
         // A small buffer is kept for the next transaction; a large one (a COPY) is let go.
         c.followerOutbox.removeAll(keepingCapacity: c.followerOutbox.capacity <= 8 << 10)
-        let now = loop.nanoseconds
-        var i = c.units.count - 1
-        while i >= c.unitsHead, c.units[i].followerSentAt == nil {
-            c.units[i].followerSentAt = now
-            i -= 1
+        let now = loop.nanoseconds, head = c.unitsHead
+        c.units.withUnsafeMutableBufferPointer { u in
+            var i = u.count - 1
+            while i >= head, u[i].followerSentAt == nil {
+                u[i].followerSentAt = now
+                i -= 1
+            }
         }
         catchUpFollower()
     }

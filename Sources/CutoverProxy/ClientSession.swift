@@ -416,7 +416,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         // Units are collected only for mirroring and lock-step; a single-side phase just counts them.
         let collecting = follower != nil || !lockStepIsQuiet
         var unitCount = 0
-        if collecting && !chunkUnits.isEmpty { chunkUnits.removeAll(keepingCapacity: true) }
+        // Async mirroring with a batching follower registers each unit as it ends (no per-chunk list).
+        let batching = collecting && lockStepIsQuiet && mirrorMode == .async && follower?.connection.readsOnDemand == true
+        if collecting && !batching && !chunkUnits.isEmpty { chunkUnits.removeAll(keepingCapacity: true) }
         do {
             try clientScanner.scan(bytes) { id, body, endOffset in
                 let endsUnit = tracker.messageEndsUnit(id: id, body: body)
@@ -434,7 +436,11 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 pendingReadyForQuery += 1
                 tracker.unitSent()
                 unitCount += 1
-                if collecting {
+                if batching {
+                    let unit = tracker.takeUnit()
+                    if unit.crossSchemaCandidate, let route { server.checkCrossSchema(unit, session: self, route: route) }
+                    registerUnit(unit, followerSent: false) // sent with the batch (see `followerOutbox`)
+                } else if collecting {
                     chunkUnits.append((endOffset, tracker.takeUnit()))
                 } else if tracker.current.crossSchemaCandidate {
                     let unit = tracker.takeUnit()
@@ -449,7 +455,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if unitCount > 0, let route {
             route.stats.statements += unitCount
             if route.phase.follower == nil { route.unmirroredStatements += unitCount }
-            if collecting, let c = cold {
+            if collecting && !batching, let c = cold {
                 for k in c.chunkUnits.indices where c.chunkUnits[k].unit.crossSchemaCandidate {
                     server.checkCrossSchema(c.chunkUnits[k].unit, session: self, route: route)
                 }
@@ -467,9 +473,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         } else {
             leader.send(bytes)
             if let follower {
-                if follower.connection.readsOnDemand {
-                    // Batched for the follower (see `followerOutbox`); its units count as sent when it goes.
-                    for (_, unit) in chunkUnits { registerUnit(unit, followerSent: false) }
+                if batching {
+                    // Batched for the follower; its units (registered above) count as sent when it goes.
                     let c = coldState
                     c.followerOutbox.append(contentsOf: bytes)
                     if c.followerOutbox.count >= Self.followerOutboxLimit { flushFollowerOutbox() }
