@@ -304,22 +304,31 @@ extension ClientSession {
         // A small buffer is kept for the next transaction; a large one (a COPY) is let go.
         c.followerOutbox.removeAll(keepingCapacity: c.followerOutbox.capacity <= 8 << 10)
         let now = loop.nanoseconds, head = c.unitsHead
-        c.units.withUnsafeMutableBufferPointer { u in
+        let batchStart = c.units.withUnsafeMutableBufferPointer { u in
             var i = u.count - 1
             while i >= head, u[i].followerSentAt == nil {
                 u[i].followerSentAt = now
                 i -= 1
             }
+            return i + 1
         }
-        catchUpFollower()
+        // Answers to earlier batches may be waiting; if the follower owes none, a read would only find
+        // nothing (a syscall per transaction): this batch's answers are read later.
+        let owesEarlier = (nextUnanswered(c, from: c.followerCursor, leader: false) ?? batchStart) < batchStart
+        if owesEarlier || f.internalUnits > 0 { catchUpFollower() }
+        c.followerReadAt = loop.now
     }
 
     /// Takes in what an on-demand follower has answered so far. Returns whether anything was read.
     @discardableResult
     func catchUpFollower() -> Bool {
         guard let f = follower, f.connection.readsOnDemand else { return false }
+        cold?.followerReadAt = loop.now
         return f.connection.readNow()
     }
+
+    /// For the follower-read timer: whether this session asked for its follower's answers within `ms`.
+    func readFollowerWithin(_ ms: UInt64) -> Bool { loop.now &- (cold?.followerReadAt ?? 0) < ms }
 
     /// Whether the follower still owes answers or has batched bytes to get (the follower-read timer keeps
     /// at it until neither).

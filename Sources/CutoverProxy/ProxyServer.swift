@@ -185,8 +185,12 @@ public final class ProxyServer {
         let list = followerReadList
         followerReadList = []
         for s in list {
-            s.flushFollowerOutbox() // a transaction left open: its statements should not wait for its end
-            s.catchUpFollower()
+            // A session that sent a batch or read its follower within the interval is left to do so
+            // again (an active client's next batch reads the answers): a timer read would find nothing.
+            if !s.readFollowerWithin(Self.followerReadIntervalMs) {
+                s.flushFollowerOutbox() // a transaction left open: its statements should not wait for its end
+                s.catchUpFollower()
+            }
             if s.state == .forwarding, s.followerOwesAnswers, s.follower?.connection.readsOnDemand == true {
                 followerReadList.append(s)
             } else {

@@ -33,6 +33,9 @@ final class SessionColdState {
     /// (or at `followerOutboxLimit`, or from the follower-read timer): one wake-up of the follower's
     /// backend per transaction instead of one per statement.
     var followerOutbox: [UInt8] = []
+    /// When the follower's answers were last asked for (loop ms): the follower-read timer skips sessions
+    /// that did so within its interval (an active session reads at each batch anyway).
+    var followerReadAt: UInt64 = 0
     /// A follower logged in ahead of a flip that adds one (see `openStandby`), adopted when the flip switches.
     var standby: BackendLink?
 
