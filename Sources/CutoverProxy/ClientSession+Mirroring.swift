@@ -145,7 +145,7 @@ extension ClientSession {
 
     /// Past `follower_timeout` without an answer from the follower, the session degrades to out of sync.
     func checkFollowerTimeout(nowMs: UInt64, nowNs: UInt64) {
-        catchUpFollower() // an answer waiting unread in the socket is not late
+        if pendingUnitCount > 0 { catchUpFollower() } // an answer waiting unread in the socket is not late
         guard follower != nil else { return }
         let limit = server.config.server.followerTimeout
         guard limit > 0 else { return }
@@ -280,8 +280,8 @@ extension ClientSession {
 
     // MARK: reading the follower
 
-    /// With async mirroring nobody waits for the follower's answers, so they are read on demand — when the
-    /// client sends its next chunk, and from the server's follower-read timer — instead of each one
+    /// With async mirroring nobody waits for the follower's answers, so they are read on demand — after
+    /// the session sends its next batch, and from the server's follower-read timer — instead of each one
     /// waking the loop: on a shared CPU a wake-up costs more than reading and comparing the answer.
     /// Lock-step (sync), a pause (a flip waits for drained followers) and a session whose client left
     /// need the answers as they come, so their follower is polled.
