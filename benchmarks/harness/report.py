@@ -91,6 +91,8 @@ class Analysis:
         flip = self.extra.get("flip")
         if flip:
             s["flip_max_stall_ms"] = flip["max_stall_ms"]
+            if flip.get("flip_window_max_stall_ms") is not None:
+                s["flip_window_max_stall_ms"] = flip["flip_window_max_stall_ms"]
             s["flip_errors"] = flip["errors"]
         idle = self.extra.get("idle_clients")
         if idle:
@@ -220,7 +222,9 @@ class Analysis:
                   f"(both before the run's last 0.25 s, when pgbench disconnects; including that tail the longest "
                   f"transaction took {flip.get('max_latency_incl_shutdown_ms')} ms).", ""]
             for f in flip["flips"]:
-                L.append(f"- at {f['at_s']} s: `{f['command']}` took {f['seconds']} s")
+                near = f.get("window_max_stall_ms")
+                L.append(f"- at {f['at_s']} s: `{f['command']}` took {f['seconds']} s"
+                         + (f"; longest transaction running during it or in the second after: {near} ms" if near is not None else ""))
             slow = sorted((r for r in flip.get("timeline", []) if r["max_ms"] is not None), key=lambda r: -r["max_ms"])[:4]
             if slow:
                 L.append("- slowest half-second windows (start of window: longest transaction): "

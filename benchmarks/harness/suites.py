@@ -445,6 +445,13 @@ def flip_under_load(mode, pin, rec, work, cutover_binary, legacy, new):
                   latency_us=run.get("latency_us"),
                   stderr_tail=run.get("stderr_tail"), status=status, timeline=_timeline(lat, done, start_epoch))
     for f in flips:
+        # The longest transaction running during the flip or in the second after it returned: what the
+        # flip itself cost, as opposed to a stall elsewhere in the run (the shared machine has those too).
+        w0, w1 = f["at_epoch"] - 0.1, f["at_epoch"] + f["seconds"] + 1.0
+        near = (done - lat / 1e6 < w1) & (done > w0)
+        f["window_max_stall_ms"] = round(float(lat[near].max()) / 1000, 2) if near.any() else None
         f["at_s"] = round(f.pop("at_epoch") - start_epoch, 2)
+    windows = [f["window_max_stall_ms"] for f in flips if f["window_max_stall_ms"] is not None]
+    result["flip_window_max_stall_ms"] = max(windows) if windows else None
     rec.note("flip", result)
     log(f"  flip: errors={result['errors']} longest stall={result['max_stall_ms']} ms")
