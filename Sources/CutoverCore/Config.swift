@@ -49,6 +49,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var followerTimeout = 5.0
     /// Seconds a leader flip may wait for in-flight transactions before it aborts.
     public var flipTimeout = 5.0
+    /// Follower logins (a forked backend and an authentication each) in flight at once, proxy-wide.
+    public var followerLogins = 2
     /// Where the HTTP endpoint for Prometheus (`/metrics`) and Kubernetes probes (`/healthz`, `/readyz`)
     /// listens; nil: no endpoint.
     public var metricsHost: String? = nil

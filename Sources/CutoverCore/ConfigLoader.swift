@@ -138,7 +138,8 @@ private struct Parser {
         checkKeys(t, "server", allowed: ["listen", "max_clients", "max_message_size", "connect_timeout", "auth_timeout",
                                          "client_idle_timeout", "shutdown_timeout", "write_high_water", "admin_database", "state_file",
                                          "divergence_log", "log_literals", "divergence_memory", "mirror_queue_bytes",
-                                         "mirror_queue_statements", "follower_timeout", "flip_timeout", "metrics_listen"])
+                                         "mirror_queue_statements", "follower_timeout", "flip_timeout", "metrics_listen",
+                                         "follower_logins"])
         if let (host, port) = hostPort(t, "listen") { s.listenHost = host; s.listenPort = port }
         if let (host, port) = hostPort(t, "metrics_listen") { s.metricsHost = host; s.metricsPort = port }
         if s.metricsHost != nil, s.metricsHost == s.listenHost, s.metricsPort == s.listenPort, s.listenPort != 0 {
@@ -160,6 +161,7 @@ private struct Parser {
         if let v = int(t, "mirror_queue_statements", "server", range: 1...10_000_000) { s.mirrorQueueStatements = v }
         if let v = seconds(t, "follower_timeout", "server") { s.followerTimeout = v }
         if let v = seconds(t, "flip_timeout", "server") { s.flipTimeout = v }
+        if let v = int(t, "follower_logins", "server", range: 1...1000) { s.followerLogins = v }
         return s
     }
 

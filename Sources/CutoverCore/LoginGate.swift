@@ -4,7 +4,7 @@
 /// A FIFO gate with at most `limit` tickets in flight. Pure: the caller starts what it admits and reports
 /// when an admitted ticket has finished; a ticket still waiting can be withdrawn.
 public struct LoginGate<Ticket> {
-    public let limit: Int
+    public private(set) var limit: Int
     public private(set) var inFlight = 0
     private var waiting: [Ticket] = []
     private var head = 0
@@ -26,12 +26,26 @@ public struct LoginGate<Ticket> {
     /// An admitted ticket has finished (success or failure): returns the next one to start, already counted.
     public mutating func finished() -> Ticket? {
         inFlight = max(0, inFlight - 1)
-        guard waitingCount > 0 else { return nil }
+        guard waitingCount > 0, inFlight < limit else { return nil } // (a lowered limit: in flight may exceed it)
         let next = waiting[head]
         head += 1
         if head == waiting.count { waiting.removeAll(keepingCapacity: false); head = 0 }
         inFlight += 1
         return next
+    }
+
+    /// Changes the limit (a config reload). Returns the waiting tickets a higher limit admits now, in order,
+    /// already counted; a lower one lets those in flight finish and admits fewer after them.
+    public mutating func setLimit(_ newLimit: Int) -> [Ticket] {
+        limit = max(1, newLimit)
+        var admitted: [Ticket] = []
+        while inFlight < limit, waitingCount > 0 {
+            admitted.append(waiting[head])
+            head += 1
+            inFlight += 1
+        }
+        if head == waiting.count { waiting.removeAll(keepingCapacity: false); head = 0 }
+        return admitted
     }
 
     /// Removes a waiting ticket (its session ended first); false if it was not waiting.

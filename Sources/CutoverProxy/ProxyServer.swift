@@ -150,11 +150,11 @@ public final class ProxyServer {
 
     // MARK: backends
 
-    /// Follower logins in flight at once, proxy-wide. A flip gives every session of a route a follower at
-    /// once; on the follower's host each is a forked backend and an authentication, and started together
-    /// they stalled the route's transactions (measured: 38–194 ms with 8 sessions on one CPU).
-    static let followerLoginsAtOnce = 2
-    private var followerLogins = LoginGate<BackendLink>(limit: followerLoginsAtOnce)
+    /// Follower logins in flight at once, proxy-wide (`server.follower_logins`). A flip gives every session
+    /// of a route a follower at once; on the follower's host each is a forked backend and an authentication,
+    /// and started together they stalled the route's transactions (measured: 38–194 ms with 8 sessions on
+    /// one CPU).
+    private lazy var followerLogins = LoginGate<BackendLink>(limit: config.server.followerLogins)
 
     func admitFollowerLogin(_ link: BackendLink) {
         if followerLogins.request(link) { link.connect(nowNs: loop.nanoseconds) }
@@ -515,6 +515,9 @@ public final class ProxyServer {
         config = newConfig
         resolvedAddresses = Self.resolve(newConfig)
         saltedCache.removeAll()
+        for link in followerLogins.setLimit(newConfig.server.followerLogins) {
+            if link.isClosed { followerLoginSettled(link) } else { link.connect(nowNs: loop.nanoseconds) } // a closed one frees its slot
+        }
         for (name, rc) in newConfig.routes {
             if let r = routes[name] { r.config = rc } else { routes[name] = RouteRuntime(config: rc, phase: rc.phase, mirror: rc.mirror) }
         }

@@ -38,7 +38,7 @@ backend = "legacy"
 
     @Test func sampleLoadsAndResolves() throws {
         let c = try ConfigLoader.parse(sampleConfig, environment: env)
-        #expect(c.server.listenPort == 6432 && c.server.maxClients == 50)
+        #expect(c.server.listenPort == 6432 && c.server.maxClients == 50 && c.server.followerLogins == 2)
         #expect(c.backends["legacy"]?.password == "pw2")
         #expect(c.users["ops"]?.admin == true)
         guard case .route(let t) = c.resolve(database: "onboarding") else { Issue.record("no route"); return }
@@ -55,6 +55,7 @@ backend = "legacy"
         [server]
         listen = "nowhere"
         metrics_listen = "127.0.0.1:99999"
+        follower_logins = 0
         max_clients = 0
         colour = "blue"
         [[users]]
@@ -72,7 +73,7 @@ backend = "legacy"
             Issue.record("expected errors")
         } catch let e as ConfigErrors {
             let keys = Set(e.problems.map(\.key))
-            #expect(keys.isSuperset(of: ["server.listen", "server.metrics_listen", "server.max_clients", "server.colour", "users[0].password_env",
+            #expect(keys.isSuperset(of: ["server.listen", "server.metrics_listen", "server.follower_logins", "server.max_clients", "server.colour", "users[0].password_env",
                                          "routes.r.new", "routes.r.phase"]))
         } catch { Issue.record("unexpected \(error)") }
     }

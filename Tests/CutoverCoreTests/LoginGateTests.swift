@@ -36,4 +36,15 @@ import Testing
         let third = g.finished()
         #expect(third == 3)
     }
+
+    @Test func aRaisedLimitAdmitsWaitingTicketsInOrderAndALoweredOneLetsInFlightFinish() {
+        var g = LoginGate<Int>(limit: 1)
+        let admitted = [g.request(1), g.request(2), g.request(3), g.request(4)]
+        #expect(admitted == [true, false, false, false])
+        #expect(g.setLimit(3) == [2, 3] && g.inFlight == 3 && g.waitingCount == 1)
+        #expect(g.setLimit(1).isEmpty && g.inFlight == 3, "in-flight logins are not cancelled")
+        let next = [g.finished(), g.finished(), g.finished()]
+        #expect(next == [nil, nil, 4], "the fourth waits until in-flight drops under the new limit")
+        #expect(g.setLimit(0).isEmpty && g.limit == 1)
+    }
 }
