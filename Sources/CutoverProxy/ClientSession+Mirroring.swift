@@ -303,14 +303,11 @@ extension ClientSession {
         f.send(c.followerOutbox)
         // A small buffer is kept for the next transaction; a large one (a COPY) is let go.
         c.followerOutbox.removeAll(keepingCapacity: c.followerOutbox.capacity <= 8 << 10)
-        let now = loop.nanoseconds, head = c.unitsHead
-        let batchStart = c.units.withUnsafeMutableBufferPointer { u in
-            var i = u.count - 1
-            while i >= head, u[i].followerSentAt == nil {
-                u[i].followerSentAt = now
-                i -= 1
-            }
-            return i + 1
+        let now = loop.nanoseconds
+        var batchStart = c.units.count
+        while batchStart > c.unitsHead, c.units[batchStart - 1].followerSentAt == nil {
+            batchStart -= 1
+            c.units[batchStart].followerSentAt = now
         }
         // Answers to earlier batches may be waiting; if the follower owes none, a read would only find
         // nothing (a syscall per transaction): this batch's answers are read later.

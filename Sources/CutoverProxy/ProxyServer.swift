@@ -301,7 +301,7 @@ public final class ProxyServer {
         guard opened > 0 else { return flip(r, from: from, to: target, force: force, started: started, warmUpMs: 0, reply: reply) }
         logger.notice("flip warming up", metadata: ["route": "\(name)", "to": "\(target.rawValue)", "standby_followers": "\(opened)"])
         let bound = UInt64(max(config.server.flipTimeout, 1) * 1000)
-        r.warmUp = FlipWarmUp(target: target, startedAt: started, deadline: started + bound, standbys: opened) { [unowned self] in
+        r.warmUp = FlipWarmUp(deadline: started + bound) { [unowned self] in
             self.logger.notice("flip warmed up", metadata: ["route": "\(name)", "standby_followers": "\(opened)", "ms": "\(self.loop.now - started)"])
             if let refusal = self.flipRefusal(r, from: from, to: target, force: force) {
                 self.dropStandbys(r)

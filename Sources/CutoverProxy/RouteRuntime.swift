@@ -87,14 +87,12 @@ final class RoutePause {
 /// The first step of a flip that adds a follower: every session logs one in while the route still runs
 /// single-side; the flip itself (pause, switch) starts when all are in, or at `deadline`.
 final class FlipWarmUp {
-    let target: Phase
-    let startedAt: UInt64
     let deadline: UInt64
-    var standbys: Int
     /// Called once, when the warm-up ends.
     var onDone: (() -> Void)?
 
-    init(target: Phase, startedAt: UInt64, deadline: UInt64, standbys: Int, onDone: @escaping () -> Void) {
-        self.target = target; self.startedAt = startedAt; self.deadline = deadline; self.standbys = standbys; self.onDone = onDone
+    init(deadline: UInt64, onDone: @escaping () -> Void) {
+        self.deadline = deadline
+        self.onDone = onDone
     }
 }
