@@ -13,14 +13,8 @@ public struct CommandTag: Hashable, Sendable, CustomStringConvertible {
     private var truncated = false
 
     public init(_ bytes: UnsafeRawBufferPointer) {
-        // Little-endian bytes into the words, without an intermediate array.
-        withUnsafeMutableBytes(of: &words) { w in
-            if bytes.count <= 32 {
-                w.copyMemory(from: bytes)
-            } else {
-                w.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[..<24]))
-            }
-        }
+        let kept = bytes.count <= 32 ? bytes.count : 24
+        for k in 0..<kept { setByte(k, bytes[k]) }
         if bytes.count <= 32 {
             count = UInt8(bytes.count)
         } else {
@@ -28,6 +22,28 @@ public struct CommandTag: Hashable, Sendable, CustomStringConvertible {
             count = 24
             truncated = true
         }
+    }
+
+    /// Byte `k` (little-endian within its word).
+    private mutating func setByte(_ k: Int, _ b: UInt8) {
+        let v = UInt64(b) << UInt64((k & 7) * 8)
+        switch k >> 3 {
+        case 0: words.0 |= v
+        case 1: words.1 |= v
+        case 2: words.2 |= v
+        default: words.3 |= v
+        }
+    }
+
+    private func byte(_ k: Int) -> UInt8 {
+        let w: UInt64
+        switch k >> 3 {
+        case 0: w = words.0
+        case 1: w = words.1
+        case 2: w = words.2
+        default: w = words.3
+        }
+        return UInt8(truncatingIfNeeded: w >> UInt64((k & 7) * 8))
     }
 
     /// No tag (an error, or a statement that has not completed): a length no tag has.
@@ -48,8 +64,7 @@ public struct CommandTag: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String {
-        var w = words
-        let text = withUnsafeBytes(of: &w) { String(decoding: UnsafeRawBufferPointer(rebasing: $0[..<Int(count)]), as: UTF8.self) }
+        let text = String(decoding: (0..<Int(count)).map(byte), as: UTF8.self)
         return truncated ? text + "…" : text
     }
 }
