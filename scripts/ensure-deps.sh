@@ -9,7 +9,7 @@ for header in /usr/include/uv.h /usr/include/postgresql/libpq-fe.h /usr/include/
     [[ -e "$header" ]] || missing+=("$header")
 done
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=("initdb")
-for cmd in psql pgbench pgbouncer python3; do
+for cmd in psql pgbench pgbouncer python3 openssl; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 
@@ -30,7 +30,7 @@ if ((${#missing[@]} > 0)); then
     if ! { "${sudo[@]}" apt-get update -qq &&
            "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
                libuv1-dev libpq-dev libpg-query-dev libssl-dev \
-               postgresql postgresql-contrib postgresql-client pgbouncer python3; } >"$apt_log" 2>&1; then
+               postgresql postgresql-contrib postgresql-client pgbouncer python3 openssl; } >"$apt_log" 2>&1; then
         cat "$apt_log" >&2
         echo "ensure-deps: apt-get failed (missing: ${missing[*]})" >&2
         exit 1

@@ -1,0 +1,213 @@
+// TLS from OpenSSL's libssl over memory buffers: an engine fed with a socket's bytes, with no I/O of its own.
+import COpenSSL
+
+/// A TLS failure, with OpenSSL's reason when it gave one.
+public struct TLSError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+
+    /// `what`, followed by the reasons OpenSSL queued on this thread (the queue is emptied).
+    static func fromQueue(_ what: String) -> TLSError {
+        var reasons: [String] = []
+        while case let code = ERR_get_error(), code != 0 {
+            var buffer = [CChar](repeating: 0, count: 256)
+            ERR_error_string_n(code, &buffer, buffer.count)
+            reasons.append(String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+        return TLSError(reasons.isEmpty ? what : "\(what): \(reasons.joined(separator: "; "))")
+    }
+}
+
+/// Certificates and settings shared by every TLS connection of one kind. Immutable once built, so one
+/// context serves all connections; a reload builds a new one (connections keep the context they started with).
+public final class TLSContext: @unchecked Sendable {
+    let context: OpaquePointer
+    public let isServer: Bool
+
+    /// A server context from PEM files: the certificate file may hold the chain after the certificate.
+    public init(certificateFile: String, keyFile: String) throws {
+        ERR_clear_error()
+        guard let c = SSL_CTX_new(TLS_server_method()) else { throw TLSError.fromQueue("cannot create a TLS context") }
+        context = c
+        isServer = true
+        cutover_ssl_ctx_configure(c)
+        guard SSL_CTX_use_certificate_chain_file(c, certificateFile) == 1 else {
+            throw TLSError.fromQueue("cannot load the certificate \(certificateFile)")
+        }
+        guard SSL_CTX_use_PrivateKey_file(c, keyFile, SSL_FILETYPE_PEM) == 1 else {
+            throw TLSError.fromQueue("cannot load the private key \(keyFile)")
+        }
+        guard SSL_CTX_check_private_key(c) == 1 else {
+            throw TLSError.fromQueue("the private key \(keyFile) does not match the certificate \(certificateFile)")
+        }
+    }
+
+    /// A client context. With `caFile`, the server's certificate must chain to it (and, when a host name
+    /// is given to the stream, name that host); without, the channel is encrypted but the server unverified
+    /// (libpq's `sslmode=require`).
+    public init(caFile: String?) throws {
+        ERR_clear_error()
+        guard let c = SSL_CTX_new(TLS_client_method()) else { throw TLSError.fromQueue("cannot create a TLS context") }
+        context = c
+        isServer = false
+        cutover_ssl_ctx_configure(c)
+        if let caFile {
+            guard SSL_CTX_load_verify_locations(c, caFile, nil) == 1 else {
+                throw TLSError.fromQueue("cannot load the CA certificates \(caFile)")
+            }
+            SSL_CTX_set_verify(c, SSL_VERIFY_PEER, nil)
+        }
+    }
+
+    deinit { SSL_CTX_free(context) }
+}
+
+/// One TLS connection's state machine over two memory buffers: `receive` takes what the socket delivered
+/// and hands out plaintext; `send` takes plaintext; after either, `takeOutput` gives what must go to the
+/// socket (records and handshake messages, in order). Not thread-safe: one event loop drives it.
+public final class TLSStream {
+    private let ssl: OpaquePointer
+    /// What the peer sent (written by `receive`, read by OpenSSL).
+    private let input: OpaquePointer
+    /// What to send to the peer (written by OpenSSL, read by `takeOutput`).
+    private let output: OpaquePointer
+    /// Plaintext sent before the handshake finished (a client's first message), written once it has.
+    private var early: [UInt8] = []
+    public private(set) var isClosed = false
+
+    /// Largest plaintext record TLS carries: the unit `receive` decrypts into.
+    static let recordSize = 16 * 1024
+
+    /// `serverName`, for a client, is sent as SNI and checked against the certificate when the context verifies.
+    public init(context: TLSContext, serverName: String? = nil) throws {
+        ERR_clear_error()
+        guard let s = SSL_new(context.context) else { throw TLSError.fromQueue("cannot create a TLS connection") }
+        guard let r = BIO_new(BIO_s_mem()), let w = BIO_new(BIO_s_mem()) else {
+            SSL_free(s)
+            throw TLSError.fromQueue("cannot create TLS buffers")
+        }
+        ssl = s; input = r; output = w
+        SSL_set_bio(s, r, w) // the connection owns both buffers from here
+        if context.isServer {
+            SSL_set_accept_state(s)
+        } else {
+            SSL_set_connect_state(s)
+            if let serverName {
+                _ = cutover_ssl_set_host_name(s, serverName)
+                _ = SSL_set1_host(s, serverName)
+            }
+        }
+    }
+
+    deinit { SSL_free(ssl) }
+
+    /// Whether the handshake has finished.
+    public var isEstablished: Bool { SSL_is_init_finished(ssl) == 1 }
+    /// The negotiated protocol and cipher (for logs and the admin console), once established.
+    public var protocolVersion: String? { isEstablished ? SSL_get_version(ssl).map { String(cString: $0) } : nil }
+    public var cipher: String? { isEstablished ? cutover_ssl_cipher_name(ssl).map { String(cString: $0) } : nil }
+
+    /// Starts a client's handshake (its ClientHello is then in the output).
+    public func start() throws {
+        ERR_clear_error()
+        let rc = SSL_do_handshake(ssl)
+        if rc != 1 { try check(rc, "TLS handshake failed") }
+    }
+
+    /// Bytes from the socket. Plaintext goes to `deliver` as it is decrypted (valid only during the call).
+    /// Returns false once the peer has closed the TLS session (close_notify). Throws on a broken or
+    /// refused handshake or a corrupt record; the output may then hold an alert worth sending.
+    public func receive(_ bytes: UnsafeRawBufferPointer, deliver: (UnsafeRawBufferPointer) -> Void) throws -> Bool {
+        guard !isClosed else { return false }
+        var offset = 0
+        while offset < bytes.count {
+            let n = BIO_write(input, bytes.baseAddress! + offset, Int32(min(bytes.count - offset, Int(Int32.max))))
+            guard n > 0 else { throw TLSError.fromQueue("cannot buffer TLS input") }
+            offset += Int(n)
+        }
+        let plain = UnsafeMutableRawPointer.allocate(byteCount: Self.recordSize, alignment: 1)
+        defer { plain.deallocate() }
+        while true {
+            ERR_clear_error()
+            let n = SSL_read(ssl, plain, Int32(Self.recordSize))
+            if n > 0 {
+                try writeEarly()
+                deliver(UnsafeRawBufferPointer(start: plain, count: Int(n)))
+                if isClosed { return false }
+                continue
+            }
+            switch SSL_get_error(ssl, n) {
+            case SSL_ERROR_WANT_READ:
+                try writeEarly() // the handshake may have just finished
+                return true
+            case SSL_ERROR_ZERO_RETURN:
+                isClosed = true
+                return false
+            default:
+                try check(n, isEstablished ? "TLS read failed" : "TLS handshake failed")
+                return true
+            }
+        }
+    }
+
+    /// Encrypts `bytes` (queued until the handshake has finished).
+    public func send(_ bytes: UnsafeRawBufferPointer) throws {
+        guard !isClosed, bytes.count > 0 else { return }
+        if !isEstablished || !early.isEmpty {
+            early.append(contentsOf: bytes)
+            return try writeEarly()
+        }
+        try write(bytes)
+    }
+
+    /// Queues a close_notify (the output then holds it).
+    public func close() {
+        guard !isClosed else { return }
+        isClosed = true
+        ERR_clear_error()
+        if isEstablished { _ = SSL_shutdown(ssl) }
+    }
+
+    /// Whether there is output waiting for `takeOutput`.
+    public var hasOutput: Bool { BIO_ctrl_pending(output) > 0 }
+
+    /// Hands what must go to the socket to `body`, chunk by chunk, and forgets it.
+    public func takeOutput(_ body: (UnsafeRawBufferPointer) -> Void) {
+        var pending = Int(BIO_ctrl_pending(output))
+        guard pending > 0 else { return }
+        let chunk = UnsafeMutableRawPointer.allocate(byteCount: min(pending, 64 * 1024), alignment: 1)
+        defer { chunk.deallocate() }
+        while pending > 0 {
+            let n = BIO_read(output, chunk, Int32(min(pending, 64 * 1024)))
+            guard n > 0 else { return }
+            body(UnsafeRawBufferPointer(start: chunk, count: Int(n)))
+            pending = Int(BIO_ctrl_pending(output))
+        }
+    }
+
+    private func writeEarly() throws {
+        guard !early.isEmpty, isEstablished else { return }
+        let queued = early
+        early = []
+        try queued.withUnsafeBytes { try write($0) }
+    }
+
+    private func write(_ bytes: UnsafeRawBufferPointer) throws {
+        // A memory output never fills, so without partial writes SSL_write takes everything at once.
+        var offset = 0
+        while offset < bytes.count {
+            ERR_clear_error()
+            let n = SSL_write(ssl, bytes.baseAddress! + offset, Int32(min(bytes.count - offset, 1 << 30)))
+            if n <= 0 { try check(n, "TLS write failed"); return }
+            offset += Int(n)
+        }
+    }
+
+    /// Throws unless the result of an SSL call only means "feed me more".
+    private func check(_ rc: Int32, _ what: String) throws {
+        let e = SSL_get_error(ssl, rc)
+        if e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE { return }
+        if e == SSL_ERROR_ZERO_RETURN { isClosed = true; return }
+        throw TLSError.fromQueue(what)
+    }
+}

@@ -1,0 +1,151 @@
+// The TLS engine over memory buffers: a server and a client stream wired to each other in memory, no sockets.
+import Foundation
+import Testing
+import CutoverNative
+
+/// A throwaway self-signed certificate for localhost and 127.0.0.1, with its key, from the openssl command.
+struct SelfSignedCertificate {
+    let directory: String
+    var certificate: String { directory + "/server.crt" }
+    var key: String { directory + "/server.key" }
+
+    init(commonName: String = "localhost") throws {
+        directory = NSTemporaryDirectory() + "cutover-tls-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        p.arguments = ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                       "-keyout", key, "-out", certificate, "-days", "2", "-subj", "/CN=\(commonName)",
+                       "-addext", "subjectAltName=DNS:\(commonName),IP:127.0.0.1"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw TLSError("openssl req exited with \(p.terminationStatus)") }
+    }
+
+    func remove() { try? FileManager.default.removeItem(atPath: directory) }
+}
+
+/// Two streams and what each has received, pumped by hand.
+final class TLSPair {
+    let server: TLSStream
+    let client: TLSStream
+    var toServer: [UInt8] = []
+    var toClient: [UInt8] = []
+    var serverGot: [UInt8] = []
+    var clientGot: [UInt8] = []
+
+    init(server: TLSContext, client: TLSContext, serverName: String? = "localhost") throws {
+        self.server = try TLSStream(context: server)
+        self.client = try TLSStream(context: client, serverName: serverName)
+        try self.client.start()
+        collect()
+    }
+
+    func collect() {
+        server.takeOutput { toClient.append(contentsOf: $0) }
+        client.takeOutput { toServer.append(contentsOf: $0) }
+    }
+
+    /// Moves every pending byte across, `chunk` bytes per `receive`, until both sides are quiet.
+    func pump(chunk: Int = .max) throws {
+        while !toServer.isEmpty || !toClient.isEmpty {
+            let s = toServer, c = toClient
+            toServer = []; toClient = []
+            for part in s.chunked(chunk) {
+                _ = try part.withUnsafeBytes { try server.receive($0) { serverGot.append(contentsOf: $0) } }
+            }
+            for part in c.chunked(chunk) {
+                _ = try part.withUnsafeBytes { try client.receive($0) { clientGot.append(contentsOf: $0) } }
+            }
+            collect()
+        }
+    }
+}
+
+extension Array {
+    func chunked(_ size: Int) -> [ArraySlice<Element>] {
+        stride(from: 0, to: count, by: Swift.max(1, Swift.min(size, count))).map { self[$0..<Swift.min($0 + size, count)] }
+    }
+}
+
+@Suite struct TLSTests {
+    @Test func aHandshakeFedOneByteAtATimeCarriesDataBothWays() throws {
+        let cert = try SelfSignedCertificate()
+        defer { cert.remove() }
+        let pair = try TLSPair(server: TLSContext(certificateFile: cert.certificate, keyFile: cert.key),
+                               client: TLSContext(caFile: cert.certificate))
+        // Sent before the handshake is done: queued and written once it is.
+        try Array("early".utf8).withUnsafeBytes { try pair.client.send($0) }
+        try pair.pump(chunk: 1)
+        #expect(pair.server.isEstablished && pair.client.isEstablished)
+        #expect(pair.server.protocolVersion == "TLSv1.3")
+        #expect(pair.server.cipher != nil)
+        #expect(pair.serverGot == Array("early".utf8))
+
+        let big = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 31) } // several records
+        try big.withUnsafeBytes { try pair.server.send($0) }
+        pair.collect()
+        try pair.pump(chunk: 4_000)
+        #expect(pair.clientGot == big)
+    }
+
+    @Test func closeNotifyEndsTheStream() throws {
+        let cert = try SelfSignedCertificate()
+        defer { cert.remove() }
+        let pair = try TLSPair(server: TLSContext(certificateFile: cert.certificate, keyFile: cert.key),
+                               client: TLSContext(caFile: nil))
+        try pair.pump()
+        pair.client.close()
+        pair.collect()
+        #expect(!pair.toServer.isEmpty, "close_notify is output")
+        let open = try pair.toServer.withUnsafeBytes { try pair.server.receive($0) { _ in } }
+        #expect(!open && pair.server.isClosed)
+    }
+
+    @Test func garbageInsteadOfAClientHelloFailsWithOpenSSLsReason() throws {
+        let cert = try SelfSignedCertificate()
+        defer { cert.remove() }
+        let server = try TLSStream(context: TLSContext(certificateFile: cert.certificate, keyFile: cert.key))
+        // A client that did not wait for the 'S' and sent its StartupMessage in clear text.
+        let startup: [UInt8] = [0, 0, 0, 8, 0, 3, 0, 0]
+        do {
+            _ = try startup.withUnsafeBytes { try server.receive($0) { _ in } }
+            Issue.record("clear text was taken for a ClientHello")
+        } catch {
+            #expect("\(error)".hasPrefix("TLS handshake failed: error:"), "OpenSSL's reason is appended: \(error)")
+        }
+        #expect(!server.isEstablished)
+    }
+
+    @Test func aClientThatVerifiesRefusesAServerItsCADidNotSign() throws {
+        let cert = try SelfSignedCertificate(), other = try SelfSignedCertificate()
+        defer { cert.remove(); other.remove() }
+        let pair = try TLSPair(server: TLSContext(certificateFile: cert.certificate, keyFile: cert.key),
+                               client: TLSContext(caFile: other.certificate))
+        #expect(throws: TLSError.self) { try pair.pump() }
+        #expect(!pair.client.isEstablished)
+    }
+
+    @Test func aClientThatVerifiesRefusesACertificateForAnotherHost() throws {
+        let cert = try SelfSignedCertificate(commonName: "db.example")
+        defer { cert.remove() }
+        let pair = try TLSPair(server: TLSContext(certificateFile: cert.certificate, keyFile: cert.key),
+                               client: TLSContext(caFile: cert.certificate), serverName: "localhost")
+        #expect(throws: TLSError.self) { try pair.pump() }
+    }
+
+    @Test func missingOrMismatchedFilesAreNamedInTheError() throws {
+        let cert = try SelfSignedCertificate(), other = try SelfSignedCertificate()
+        defer { cert.remove(); other.remove() }
+        do {
+            _ = try TLSContext(certificateFile: cert.directory + "/nope.crt", keyFile: cert.key)
+            Issue.record("a missing certificate file was accepted")
+        } catch { #expect("\(error)".contains("nope.crt")) }
+        do {
+            _ = try TLSContext(certificateFile: cert.certificate, keyFile: other.key)
+            Issue.record("a key of another certificate was accepted")
+        } catch { #expect("\(error)".contains(other.key) && "\(error)".contains("mismatch"), "\(error)") }
+    }
+}
