@@ -15,6 +15,8 @@ public final class EventLoop {
         uv_loop_init(loop)
         self.readBufferSize = readBufferSize
         readBuffer = .allocate(byteCount: readBufferSize, alignment: 16)
+        // Handles find their EventLoop through libuv's loop (a connection then needs no field for it).
+        loop.pointee.data = Unmanaged.passUnretained(self).toOpaque()
         // A write to a reset peer must be an error code, not a process kill.
         signal(SIGPIPE, SIG_IGN)
     }
@@ -22,6 +24,15 @@ public final class EventLoop {
     deinit {
         readBuffer.deallocate()
         loop.deallocate()
+    }
+
+    /// The shared read buffer of the EventLoop that owns `loop`, borrowed without a retain (an EventLoop
+    /// outlives the handles created on it).
+    @inline(__always)
+    static func readBuffer(of loop: UnsafeMutablePointer<uv_loop_t>) -> UnsafeMutableRawBufferPointer {
+        Unmanaged<EventLoop>.fromOpaque(loop.pointee.data!)._withUnsafeGuaranteedRef {
+            UnsafeMutableRawBufferPointer(start: $0.readBuffer, count: $0.readBufferSize)
+        }
     }
 
     /// Milliseconds of the loop's cached clock (updated once per iteration): the session timers' time base.

@@ -15,6 +15,23 @@ public protocol TCPConnectionDelegate: AnyObject {
     func connection(_ connection: TCPConnection, didFail error: Int32?)
 }
 
+/// Transforms a connection's bytes both ways (TLS): what the socket delivers is decoded before the delegate
+/// sees it, and what the owner writes is encoded before the socket gets it. A class to subclass, not a
+/// protocol, so a connection holds it in one word (an existential would take two, and the connection's
+/// allocation would grow a size class).
+open class StreamFilter {
+    public enum Outcome { case open, ended, failed }
+    public init() {}
+    /// Bytes from the socket: decoded bytes go to `deliver`, bytes the filter itself must send (handshake
+    /// answers) to `send`. `.ended` is a clean end of the stream, `.failed` a broken one.
+    open func received(_ bytes: UnsafeRawBufferPointer, deliver: (UnsafeRawBufferPointer) -> Void,
+                       send: (UnsafeRawBufferPointer) -> Void) -> Outcome { deliver(bytes); return .open }
+    /// Bytes the owner writes: their encoding goes to `send`. False fails the connection.
+    open func sending(_ bytes: UnsafeRawBufferPointer, send: (UnsafeRawBufferPointer) -> Void) -> Bool { send(bytes); return true }
+    /// The connection is closing after its writes: a last word for the peer (TLS close_notify) goes to `send`.
+    open func finishing(send: (UnsafeRawBufferPointer) -> Void) {}
+}
+
 /// A non-blocking TCP socket watched by a libuv poll handle, with its queued writes and its one libuv-held reference.
 ///
 /// Why a poll handle and not a libuv stream: the proxy reads every chunk into one shared buffer and writes
@@ -26,16 +43,20 @@ public protocol TCPConnectionDelegate: AnyObject {
 /// which also closes the socket; the handle's memory is freed in `deinit`, which therefore runs only after
 /// libuv is done with it. Error codes are negative errno values (libuv's codes on Unix).
 public final class TCPConnection: HandleOwner {
+    /// The poll handle. Its `loop` field is set at init, before libuv initializes the handle with the same
+    /// value, so the connection reaches its EventLoop (and the shared read buffer) without a field of its own.
     let handle: UnsafeMutablePointer<uv_poll_t>
-    /// A strong `let`: read without a retain (an unowned(unsafe) read costs a retain/release pair).
-    let loop: EventLoop
     /// Not retained and not weak (a weak load costs a side-table lookup per callback): every owner sets
     /// it to nil in its deinit, and the connection (kept alive by libuv until its close callback) checks it.
     public unowned(unsafe) var delegate: TCPConnectionDelegate?
     /// Bytes the kernel did not take yet, from `pendingHead` on. Empty (no capacity) when caught up.
     private var pending: [UInt8] = []
+    /// Set by the owner when the stream switches to TLS (after the SSLRequest exchange); every later read
+    /// and write goes through it. Nil on a plain connection, which then pays one nil check per read and write.
+    public var filter: StreamFilter?
     // Narrow fields last (declaration order is layout order): with them packed (the head as Int32, the
-    // flags in one byte) a connection is a 80-byte allocation instead of 96, and a session has two.
+    // flags in one byte) and no field for the loop, a connection is a 80-byte allocation instead of 96,
+    // and a session has two.
     private var head: Int32 = 0
     private var pendingHead: Int {
         get { Int(head) }
@@ -93,14 +114,14 @@ public final class TCPConnection: HandleOwner {
     }
 
     public init(loop: EventLoop) {
-        self.loop = loop
         handle = .allocate(capacity: 1)
+        handle.pointee.loop = loop.loop
     }
 
     /// Wraps a socket accepted by a listener. Returns nil (and closes the socket) if libuv cannot poll it.
     init?(loop: EventLoop, acceptedSocket fd: Int32) {
-        self.loop = loop
         handle = .allocate(capacity: 1)
+        handle.pointee.loop = loop.loop
         Socket.setNoDelay(fd)
         guard attach(fd) == 0 else {
             Glibc.close(fd)
@@ -111,7 +132,7 @@ public final class TCPConnection: HandleOwner {
     deinit { handle.deallocate() }
 
     private func attach(_ socket: Int32) -> Int32 {
-        let rc = uv_poll_init_socket(loop.loop, handle, socket)
+        let rc = uv_poll_init_socket(handle.pointee.loop, handle, socket)
         guard rc == 0 else { return rc }
         fd = socket
         isAttached = true
@@ -159,6 +180,20 @@ public final class TCPConnection: HandleOwner {
     public func write(_ bytes: UnsafeRawBufferPointer) -> Bool {
         guard !isClosing, isAttached else { return false }
         guard bytes.count > 0 else { return true }
+        if let filter {
+            var ok = true
+            guard filter.sending(bytes, send: { ok = ok && writeToSocket($0) }) else {
+                fail(-EPROTO)
+                return false
+            }
+            return ok
+        }
+        return writeToSocket(bytes)
+    }
+
+    /// The socket's own bytes (after the filter, if any).
+    private func writeToSocket(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard !isClosing, bytes.count > 0 else { return !isClosing }
         var offset = 0
         if pending.isEmpty && !isConnecting {
             while true {
@@ -198,6 +233,8 @@ public final class TCPConnection: HandleOwner {
 
     /// Lets queued writes reach the kernel, then closes (used after sending a final ErrorResponse).
     public func closeAfterWrites() {
+        guard !isClosing else { return }
+        if let filter, isAttached { filter.finishing(send: { _ = writeToSocket($0) }) }
         guard !isClosing else { return }
         stopReading()
         if pending.isEmpty && !isConnecting { return shutdownAndClose() }
@@ -260,9 +297,12 @@ public final class TCPConnection: HandleOwner {
 
     @inline(__always)
     private func readAvailable() {
-        let n = Glibc.read(fd, loop.readBuffer, loop.readBufferSize)
+        let buffer = EventLoop.readBuffer(of: handle.pointee.loop)
+        let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
         if n > 0 {
-            delegate?.connection(self, didRead: UnsafeRawBufferPointer(start: loop.readBuffer, count: n))
+            let bytes = UnsafeRawBufferPointer(start: buffer.baseAddress, count: n)
+            if let filter { return received(bytes, through: filter) }
+            delegate?.connection(self, didRead: bytes)
         } else if n == 0 {
             fail(nil)
         } else {
@@ -276,12 +316,14 @@ public final class TCPConnection: HandleOwner {
     @discardableResult
     public func readNow() -> Bool {
         var delivered = false
+        let buffer = EventLoop.readBuffer(of: handle.pointee.loop)
         while isReading, !isClosing, isAttached, !isConnecting {
-            let n = Glibc.read(fd, loop.readBuffer, loop.readBufferSize)
+            let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
             if n > 0 {
                 delivered = true
-                delegate?.connection(self, didRead: UnsafeRawBufferPointer(start: loop.readBuffer, count: n))
-                if n < loop.readBufferSize { break } // drained (a fuller buffer may have more behind it)
+                let bytes = UnsafeRawBufferPointer(start: buffer.baseAddress, count: n)
+                if let filter { received(bytes, through: filter) } else { delegate?.connection(self, didRead: bytes) }
+                if n < buffer.count { break } // drained (a fuller buffer may have more behind it)
                 continue
             }
             if n == 0 { fail(nil); return true }
@@ -291,6 +333,18 @@ public final class TCPConnection: HandleOwner {
             break
         }
         return delivered
+    }
+
+    /// Socket bytes through the filter: its output to the socket, what it decodes to the delegate.
+    private func received(_ bytes: UnsafeRawBufferPointer, through filter: StreamFilter) {
+        let outcome = filter.received(bytes, deliver: { decoded in
+            if !isClosing { delegate?.connection(self, didRead: decoded) }
+        }, send: { _ = writeToSocket($0) })
+        switch outcome {
+        case .open: break
+        case .ended: fail(nil)
+        case .failed: fail(-EPROTO)
+        }
     }
 
     private func flush() {

@@ -1,4 +1,5 @@
 // Loopback runtime tests: real sockets on one loop, no PostgreSQL. Byte-exactness, backpressure, clean close.
+import Glibc
 import Testing
 @testable import CutoverRuntime
 
@@ -51,7 +52,62 @@ final class Sender: TCPConnectionDelegate {
     func connection(_ c: TCPConnection, didFail error: Int32?) { failed = true }
 }
 
+/// glibc's size of a heap block (malloc.h is not in the Glibc module).
+@_silgen_name("malloc_usable_size") func mallocUsableSize(_ block: UnsafeMutableRawPointer) -> Int
+
+/// A stand-in for TLS: XOR both ways, a greeting sent on the first bytes read, a last word at close, and a
+/// failure on the byte 0xFF (before XOR).
+final class XorFilter: StreamFilter {
+    var greeted = false
+    override func received(_ bytes: UnsafeRawBufferPointer, deliver: (UnsafeRawBufferPointer) -> Void,
+                           send: (UnsafeRawBufferPointer) -> Void) -> Outcome {
+        if bytes.contains(0xFF) { return .failed }
+        if !greeted { greeted = true; Array("hi".utf8).withUnsafeBytes { send($0) } }
+        Array(bytes.map { $0 ^ 0x5A }).withUnsafeBytes { deliver($0) }
+        return .open
+    }
+    override func sending(_ bytes: UnsafeRawBufferPointer, send: (UnsafeRawBufferPointer) -> Void) -> Bool {
+        Array(bytes.map { $0 ^ 0x5A }).withUnsafeBytes { send($0) }
+        return true
+    }
+    override func finishing(send: (UnsafeRawBufferPointer) -> Void) { Array("bye".utf8).withUnsafeBytes { send($0) } }
+}
+
 @Suite(.serialized) struct LoopbackTests {
+    @Test func aFilterDecodesReadsEncodesWritesSpeaksFirstAndLastAndCanFailTheConnection() throws {
+        let loop = EventLoop()
+        var peers: [Collector] = []
+        let listener = try TCPListener(loop: loop, host: "127.0.0.1", port: 0) {
+            let c = Collector($0)
+            $0.filter = XorFilter()
+            $0.startReading()
+            peers.append(c)
+        }
+        let sender = Sender(TCPConnection(loop: loop), payload: [1, 2, 3])
+        _ = sender.connection.connect(host: "127.0.0.1", port: listener.port)
+        var spins = 0
+        while (peers.isEmpty || peers[0].received.count < 3) && spins < 1000 { loop.runOnce(wait: true); spins += 1 }
+        let decoded: [UInt8] = [1 ^ 0x5A, 2 ^ 0x5A, 3 ^ 0x5A]
+        #expect(peers[0].received == decoded, "the delegate sees decoded bytes")
+        #expect(peers[0].connection.write([7, 8]))
+        peers[0].connection.closeAfterWrites()
+        spins = 0
+        while !sender.failed && spins < 1000 { loop.runOnce(wait: true); spins += 1 }
+        let encoded: [UInt8] = [7 ^ 0x5A, 8 ^ 0x5A]
+        let expected: [UInt8] = Array("hi".utf8) + encoded + Array("bye".utf8)
+        #expect(sender.received == expected, "the socket gets the filter's greeting, the encoded write and its last word, in order")
+
+        // A failing filter fails its connection with EPROTO.
+        let second = Sender(TCPConnection(loop: loop), payload: [0xFF])
+        _ = second.connection.connect(host: "127.0.0.1", port: listener.port)
+        spins = 0
+        while (peers.count < 2 || !peers[1].ended) && spins < 1000 { loop.runOnce(wait: true); spins += 1 }
+        #expect(peers.count == 2 && peers[1].ended && peers[1].endError == -EPROTO && peers[1].received.isEmpty)
+        second.connection.close()
+        listener.close()
+        #expect(loop.shutdown() == 0)
+    }
+
     @Test func echoOfEightMegabytesIsByteExactAndCloseLeavesNothingOpen() throws {
         let loop = EventLoop()
         var peers: [EchoPeer] = []
@@ -70,6 +126,15 @@ final class Sender: TCPConnectionDelegate {
         listener.close()
         for _ in 0..<10 { loop.runOnce() }
         #expect(loop.liveHandles == 0)
+        #expect(loop.shutdown() == 0)
+    }
+
+    @Test func aConnectionStaysAnEightyByteAllocation() {
+        // Two per session, so 16 more bytes here are 32 per idle client (see docs/benchmarks.md, RSS per client).
+        let loop = EventLoop()
+        let c = TCPConnection(loop: loop)
+        let usable = mallocUsableSize(Unmanaged.passUnretained(c).toOpaque())
+        #expect(usable <= 72, "a TCPConnection now takes a \(usable + 8)-byte malloc chunk")
         #expect(loop.shutdown() == 0)
     }
 
