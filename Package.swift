@@ -47,9 +47,11 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
 
+        // What several test targets use (throwaway TLS certificates).
+        .target(name: "CutoverTestSupport", path: "Tests/CutoverTestSupport"),
         .testTarget(name: "CutoverProtocolTests", dependencies: ["CutoverProtocol"]),
-        .testTarget(name: "CutoverCoreTests", dependencies: ["CutoverCore", "CutoverProtocol"]),
+        .testTarget(name: "CutoverCoreTests", dependencies: ["CutoverCore", "CutoverProtocol", "CutoverTestSupport"]),
         .testTarget(name: "CutoverRuntimeTests", dependencies: ["CutoverRuntime"]),
-        .testTarget(name: "CutoverIntegrationTests", dependencies: ["CLibPQ", "CutoverCore"]),
+        .testTarget(name: "CutoverIntegrationTests", dependencies: ["CLibPQ", "CutoverCore", "CutoverTestSupport"]),
     ]
 )

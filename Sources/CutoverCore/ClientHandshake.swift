@@ -1,4 +1,4 @@
-// The client side of a session's start: startup packet, SSL/GSS refusal, route and user lookup, authentication.
+// The client side of a session's start: startup packet, TLS negotiation, route and user lookup, authentication.
 import CutoverProtocol
 
 /// Drives one client from its first byte to "authenticated, route known". No I/O: feed it packets, run its actions.
@@ -6,6 +6,8 @@ public struct ClientHandshake {
     public enum Action: Equatable {
         /// Send these bytes and keep going.
         case send([UInt8])
+        /// Answer the SSLRequest with `S` and switch the connection to TLS: every later byte is encrypted.
+        case startTLS
         /// Send this error and close the connection.
         case fail(ErrorFields)
         /// The connection was a CancelRequest: forward it and close.
@@ -34,6 +36,8 @@ public struct ClientHandshake {
     private var state = State.awaitingStartup
     private var startup = StartupMessage(parameters: [])
     private var resolution = RouteResolution.unknownDatabase
+    /// The client asked for TLS and was told yes (the connection is encrypted from the next byte on).
+    public private(set) var tlsStarted = false
 
     /// `phaseOf` gives a route's current (run-time) phase; the config's phase is only its initial value.
     public init(config: CutoverConfig, phaseOf: @escaping (String) -> Phase? = { _ in nil }) {
@@ -60,8 +64,12 @@ public struct ClientHandshake {
             return fail(ProxyError.describe(e))
         } catch { return fail(ProxyError.protocolViolation("invalid startup packet")) }
         switch packet {
+        case .sslRequest where config.server.clientTLS != .disable:
+            if tlsStarted { return fail(ProxyError.protocolViolation("SSLRequest received on an encrypted connection")) }
+            tlsStarted = true
+            return .startTLS
         case .sslRequest, .gssEncRequest:
-            return .send([0x4E]) // 'N': not supported; the client continues in plaintext
+            return .send([0x4E]) // 'N': not offered; the client continues in clear text (or gives up)
         case .cancel(let key):
             state = .done
             return .cancel(key)
@@ -73,6 +81,10 @@ public struct ClientHandshake {
     mutating func startupReceived(_ message: StartupMessage) -> Action {
         startup = message
         if let refusal { return fail(refusal) }
+        if config.server.clientTLS == .require && !tlsStarted {
+            return fail(ProxyError.fatal("28000", "the proxy accepts only encrypted connections",
+                                         hint: "Connect with sslmode=require (or verify-ca / verify-full)."))
+        }
         guard let userName = message.user, !userName.isEmpty else {
             return fail(ProxyError.fatal("28000", "no PostgreSQL user name specified in startup packet"))
         }

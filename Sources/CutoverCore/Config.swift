@@ -55,7 +55,21 @@ public struct ServerConfig: Sendable, Equatable {
     /// listens; nil: no endpoint.
     public var metricsHost: String? = nil
     public var metricsPort = 0
+    /// TLS toward clients, and the server certificate (PEM; the file may hold the chain) and key it uses.
+    public var clientTLS = ClientTLSMode.disable
+    public var clientTLSCertificateFile: String? = nil
+    public var clientTLSKeyFile: String? = nil
     public init() {}
+}
+
+/// Whether clients may or must encrypt their connection to the proxy.
+public enum ClientTLSMode: String, Sendable, Equatable {
+    /// SSLRequest is answered `N`: clients continue in clear text (libpq's default `sslmode=prefer` does).
+    case disable
+    /// SSLRequest is answered `S` and TLS starts; clients that do not ask are served in clear text.
+    case allow
+    /// As `allow`, and a client that starts without TLS is refused (28000).
+    case require
 }
 
 /// How a user proves who they are to the proxy.

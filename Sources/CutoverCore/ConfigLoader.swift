@@ -139,7 +139,7 @@ private struct Parser {
                                          "client_idle_timeout", "shutdown_timeout", "write_high_water", "admin_database", "state_file",
                                          "divergence_log", "log_literals", "divergence_memory", "mirror_queue_bytes",
                                          "mirror_queue_statements", "follower_timeout", "flip_timeout", "metrics_listen",
-                                         "follower_logins"])
+                                         "follower_logins", "client_tls", "client_tls_cert_file", "client_tls_key_file"])
         if let (host, port) = hostPort(t, "listen") { s.listenHost = host; s.listenPort = port }
         if let (host, port) = hostPort(t, "metrics_listen") { s.metricsHost = host; s.metricsPort = port }
         if s.metricsHost != nil, s.metricsHost == s.listenHost, s.metricsPort == s.listenPort, s.listenPort != 0 {
@@ -162,7 +162,27 @@ private struct Parser {
         if let v = seconds(t, "follower_timeout", "server") { s.followerTimeout = v }
         if let v = seconds(t, "flip_timeout", "server") { s.flipTimeout = v }
         if let v = int(t, "follower_logins", "server", range: 1...1000) { s.followerLogins = v }
+        clientTLS(t, into: &s)
         return s
+    }
+
+    /// `client_tls` and its files. With a certificate and key but no mode, TLS is allowed (configuring a
+    /// certificate means wanting it used). The files are loaded here too, so check-config reports a bad one.
+    mutating func clientTLS(_ t: TOMLTable, into s: inout ServerConfig) {
+        s.clientTLSCertificateFile = string(t, "client_tls_cert_file", "server").map(absolute)
+        s.clientTLSKeyFile = string(t, "client_tls_key_file", "server").map(absolute)
+        if let m = string(t, "client_tls", "server") {
+            if let v = ClientTLSMode(rawValue: m) { s.clientTLS = v } else { problem("server.client_tls", "must be disable, allow or require") }
+        } else if s.clientTLSCertificateFile != nil && s.clientTLSKeyFile != nil {
+            s.clientTLS = .allow
+        }
+        guard s.clientTLS != .disable else { return }
+        guard let certificate = s.clientTLSCertificateFile, let key = s.clientTLSKeyFile else {
+            return problem("server.client_tls", "\(s.clientTLS.rawValue) needs client_tls_cert_file and client_tls_key_file")
+        }
+        do { _ = try TLSContext(certificateFile: certificate, keyFile: key) } catch {
+            problem("server.client_tls_cert_file", "\(error)")
+        }
     }
 
     /// A `host:port` setting of [server].

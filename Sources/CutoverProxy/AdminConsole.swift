@@ -79,10 +79,10 @@ final class AdminConsole {
         let rows: [[String?]] = server.sessions.values.sorted { $0.id < $1.id }.map { s in
             ["\(s.id)", s.route?.name ?? (s.isWildcard ? "*" : nil), s.user, s.applicationName, s.route == nil ? nil : s.sessionPhase.rawValue,
              s.stateName, s.describeActivity, s.leader?.backendName, s.leader?.key.map { "\($0.processID)" }, s.follower?.backendName,
-             "\(s.pendingUnitCount)", s.client.peerDescription]
+             "\(s.pendingUnitCount)", s.client.peerDescription, s.clientTLSDescription]
         }
         return AdminResult(columns: ["id", "route", "user", "application_name", "phase", "state", "activity", "leader", "leader_pid",
-                                     "follower", "pending", "client"], rows: rows, tag: "SHOW")
+                                     "follower", "pending", "client", "tls"], rows: rows, tag: "SHOW")
     }
 
     private func divergences(_ route: String?) -> AdminResult {

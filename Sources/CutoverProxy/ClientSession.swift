@@ -124,7 +124,11 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     func connection(_ c: TCPConnection, didConnect error: Int32?) {}
 
     func connection(_ c: TCPConnection, didFail error: Int32?) {
-        if let error { logger.debug("client connection failed", metadata: ["error": "\(uvErrorName(error))"]) }
+        if let reason = (c.filter as? TLSFilter)?.failure {
+            logger.info("client TLS failed", metadata: ["error": "\(reason)", "peer": "\(c.peerDescription)"])
+        } else if let error {
+            logger.debug("client connection failed", metadata: ["error": "\(uvErrorName(error))"])
+        }
         end(reason: "client disconnected")
     }
 
@@ -157,10 +161,31 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         }
     }
 
+    /// Answers the SSLRequest with `S`; from the next byte on the client connection is TLS.
+    private func startTLS() {
+        // Bytes that came after the SSLRequest were sent in clear text before the answer: a client does not
+        // do that, an attacker injecting into the stream before the handshake does (CVE-2021-23214).
+        guard let framer, framer.value.bufferedByteCount == 0 else {
+            return failClient(ProxyError.protocolViolation("received unencrypted data after SSL request"))
+        }
+        guard let context = server.clientTLS, let stream = try? TLSStream(context: context) else {
+            return failClient(ProxyError.fatal("08006", "TLS is not available on this proxy"))
+        }
+        client.write([0x53]) // 'S'
+        client.filter = TLSFilter(stream)
+    }
+
+    /// "TLSv1.3 TLS_AES_256_GCM_SHA384" for an encrypted client connection, nil for a clear-text one.
+    var clientTLSDescription: String? {
+        guard let tls = client.filter as? TLSFilter, let version = tls.stream.protocolVersion else { return nil }
+        return [version, tls.stream.cipher].compactMap { $0 }.joined(separator: " ")
+    }
+
     private func run(_ action: ClientHandshake.Action) {
         switch action {
         case .wait: break
         case .send(let bytes): client.write(bytes)
+        case .startTLS: startTLS()
         case .fail(let e): failClient(e)
         case .cancel(let key):
             server.forwardCancel(key)

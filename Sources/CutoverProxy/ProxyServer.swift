@@ -31,6 +31,9 @@ public final class ProxyServer {
     private var followerReader: LoopTimer?
     /// How long an async follower's answer may wait unread when the client sends nothing more (ms).
     static let followerReadIntervalMs: UInt64 = 10
+    /// The server certificate of clients' TLS (nil while `client_tls` is `disable`). Sessions keep the
+    /// context they started with; a reload builds a new one for later sessions.
+    private(set) var clientTLS: TLSContext?
     private var resolvedAddresses: [String: String] = [:]
     private var saltedCache: [String: [UInt8]] = [:]
     private var shutdownDeadline: UInt64?
@@ -54,6 +57,7 @@ public final class ProxyServer {
         self.logger = logger
         divergences = DivergenceRecorder(path: config.server.divergenceLog, capacity: config.server.divergenceMemory, logger: logger)
         resolvedAddresses = Self.resolve(config)
+        clientTLS = try Self.clientTLSContext(config.server)
         let persisted = try config.server.stateFile.map { try PersistedState.load(path: $0) } ?? PersistedState()
         for (name, r) in config.routes {
             let saved = persisted.routes[name]
@@ -515,6 +519,9 @@ public final class ProxyServer {
         config = newConfig
         resolvedAddresses = Self.resolve(newConfig)
         saltedCache.removeAll()
+        do { clientTLS = try Self.clientTLSContext(newConfig.server) } catch {
+            logger.error("client TLS certificate not reloaded: the previous one stays in use", metadata: ["error": "\(error)"])
+        }
         for link in followerLogins.setLimit(newConfig.server.followerLogins) {
             if link.isClosed { followerLoginSettled(link) } else { link.connect(nowNs: loop.nanoseconds) } // a closed one frees its slot
         }
@@ -525,6 +532,11 @@ public final class ProxyServer {
         divergences.open(newConfig.server.divergenceLog)
         divergences.setCapacity(newConfig.server.divergenceMemory)
         logger.info("configuration reloaded", metadata: ["routes": "\(newConfig.routes.keys.sorted())", "users": "\(newConfig.users.count)"])
+    }
+
+    static func clientTLSContext(_ s: ServerConfig) throws -> TLSContext? {
+        guard s.clientTLS != .disable, let certificate = s.clientTLSCertificateFile, let key = s.clientTLSKeyFile else { return nil }
+        return try TLSContext(certificateFile: certificate, keyFile: key)
     }
 
     /// Stops accepting; sessions end at their next idle boundary, all of them by the shutdown timeout.

@@ -1,5 +1,6 @@
 // Config parsing: the documented shape loads; every mistake is reported with its key.
 import Testing
+import CutoverTestSupport
 @testable import CutoverCore
 
 let sampleConfig = """
@@ -76,6 +77,27 @@ backend = "legacy"
             #expect(keys.isSuperset(of: ["server.listen", "server.metrics_listen", "server.follower_logins", "server.max_clients", "server.colour", "users[0].password_env",
                                          "routes.r.new", "routes.r.phase"]))
         } catch { Issue.record("unexpected \(error)") }
+    }
+
+    @Test func clientTLSNeedsLoadableFilesAndDefaultsToAllowWhenTheyAreGiven() throws {
+        let cert = try SelfSignedCertificate()
+        defer { cert.remove() }
+        let users = "[[users]]\nname = \"u\"\nauth = \"trust\"\n"
+        func load(_ server: String) throws -> ServerConfig { try ConfigLoader.parse("[server]\n\(server)\n\(users)", environment: [:]).server }
+        func problems(_ server: String) -> [String: String] {
+            do { _ = try load(server); return [:] } catch let e as ConfigErrors {
+                return Dictionary(e.problems.map { ($0.key, $0.message) }, uniquingKeysWith: { a, _ in a })
+            } catch { return ["?": "\(error)"] }
+        }
+        #expect(try load("").clientTLS == .disable)
+        let files = "client_tls_cert_file = \"\(cert.certificate)\"\nclient_tls_key_file = \"\(cert.key)\""
+        #expect(try load(files).clientTLS == .allow, "a certificate and key alone turn TLS on")
+        #expect(try load(files + "\nclient_tls = \"require\"").clientTLS == .require)
+        #expect(try load(files + "\nclient_tls = \"disable\"").clientTLS == .disable)
+        #expect(problems("client_tls = \"require\"")["server.client_tls"]?.contains("client_tls_cert_file") == true)
+        #expect(problems("client_tls = \"sometimes\"")["server.client_tls"] != nil)
+        let missing = problems("client_tls_cert_file = \"\(cert.directory)/none.crt\"\nclient_tls_key_file = \"\(cert.key)\"")
+        #expect(missing["server.client_tls_cert_file"]?.contains("none.crt") == true, "check-config names the file it cannot load")
     }
 
     @Test func syntaxErrorNamesTheLine() {

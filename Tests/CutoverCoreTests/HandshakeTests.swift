@@ -46,6 +46,41 @@ private func passwordBody(_ m: FrontendMessage) -> ArraySlice<UInt8> {
         #expect(h.expectsUntyped)
     }
 
+    func packet(_ p: StartupPacket) -> ArraySlice<UInt8> {
+        var w = ByteWriter(); p.encode(into: &w); return w.bytes[4...]
+    }
+
+    func config(tls: ClientTLSMode) -> CutoverConfig {
+        var c = config
+        c.server.clientTLS = tls
+        return c
+    }
+
+    @Test func withTLSOnSSLRequestStartsTLSOnceAndGSSIsStillRefused() {
+        var h = ClientHandshake(config: config(tls: .allow))
+        #expect(h.startupPacketReceived(packet(.gssEncRequest)) == .send([0x4E]))
+        #expect(h.startupPacketReceived(packet(.sslRequest)) == .startTLS)
+        #expect(h.tlsStarted && h.expectsUntyped, "the startup packet comes next, encrypted")
+        guard case .fail(let e) = h.startupPacketReceived(packet(.sslRequest)) else { Issue.record("a second SSLRequest was accepted"); return }
+        #expect(e.sqlState == "08P01")
+    }
+
+    @Test func allowServesClearTextClientsAndRequireRefusesThemWith28000() {
+        let startup = startupBody([("user", "onboarding_user"), ("database", "onboarding")])
+        var allow = ClientHandshake(config: config(tls: .allow))
+        guard case .send = allow.startupPacketReceived(startup) else { Issue.record("allow refused a clear-text client"); return }
+        var require = ClientHandshake(config: config(tls: .require))
+        guard case .fail(let e) = require.startupPacketReceived(startup) else { Issue.record("require let a clear-text client in"); return }
+        #expect(e.sqlState == "28000" && e.severity == "FATAL")
+        #expect(e[0x48]?.contains("sslmode=require") == true, "the hint says how to connect")
+        var encrypted = ClientHandshake(config: config(tls: .require))
+        #expect(encrypted.startupPacketReceived(packet(.sslRequest)) == .startTLS)
+        guard case .send = encrypted.startupPacketReceived(startup) else { Issue.record("require refused an encrypted client"); return }
+        // Cancel requests come on their own clear-text connection (libpq's PQcancel), even under require.
+        var cancel = ClientHandshake(config: config(tls: .require))
+        #expect(cancel.startupPacketReceived(packet(.cancel(CancelRequest(processID: 1, secretKey: 2)))) == .cancel(CancelRequest(processID: 1, secretKey: 2)))
+    }
+
     @Test func rightPasswordConnectsToTheRoute() throws {
         guard case .connect(let target, let startup, let user) = try scramLogin(password: "pw1") else { Issue.record("no connect"); return }
         #expect(target.leader.name == "legacy" && target.searchPath == "onboarding" && user == "onboarding_user")

@@ -2,30 +2,7 @@
 import Foundation
 import Testing
 import CutoverNative
-
-/// A throwaway self-signed certificate for localhost and 127.0.0.1, with its key, from the openssl command.
-struct SelfSignedCertificate {
-    let directory: String
-    var certificate: String { directory + "/server.crt" }
-    var key: String { directory + "/server.key" }
-
-    init(commonName: String = "localhost") throws {
-        directory = NSTemporaryDirectory() + "cutover-tls-" + UUID().uuidString
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        p.arguments = ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                       "-keyout", key, "-out", certificate, "-days", "2", "-subj", "/CN=\(commonName)",
-                       "-addext", "subjectAltName=DNS:\(commonName),IP:127.0.0.1"]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw TLSError("openssl req exited with \(p.terminationStatus)") }
-    }
-
-    func remove() { try? FileManager.default.removeItem(atPath: directory) }
-}
+import CutoverTestSupport
 
 /// Two streams and what each has received, pumped by hand.
 final class TLSPair {

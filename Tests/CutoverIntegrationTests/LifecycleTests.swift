@@ -7,60 +7,29 @@ import Testing
     let f: ProxyFixture
     init() throws { f = try ProxyFixture.shared() }
 
-    /// Starts a second proxy with `extraServer` lines and `extraRoutes` appended to a config of its own.
-    func ownProxy(_ name: String, server extraServer: String = "", rest: String = "") throws -> (Process, Int, String) {
-        let port = PostgresCluster.freePort()
-        let path = "\(f.directory)/\(name).toml"
-        let config = """
-            [server]
-            listen = "127.0.0.1:\(port)"
-            \(extraServer)
-            [[users]]
-            name = "onboarding_user"
-            password = "\(FixtureSecrets.clientPassword)"
-            [backends.legacy]
-            port = \(f.legacy.port)
-            database = "hexabuilders"
-            user = "hexabuilders"
-            password = "\(FixtureSecrets.legacyPassword)"
-            [routes.onboarding]
-            legacy = "legacy"
-            legacy_schema = "onboarding"
-            new = "legacy"
-            \(rest)
-            """
-        try config.write(toFile: path, atomically: true, encoding: .utf8)
-        let p = try ProxyFixture.startProxy(configPath: path, logPath: "\(f.directory)/\(name).log", port: port)
-        return (p, port, path)
-    }
-
-    func conninfo(_ port: Int, database: String = "onboarding", user: String = "onboarding_user", password: String = FixtureSecrets.clientPassword) -> String {
-        "host=127.0.0.1 port=\(port) dbname=\(database) user=\(user) password=\(password) connect_timeout=10"
-    }
-
     @Test func sighupReloadsUsersAndRoutesForNewSessions() throws {
-        let (p, port, path) = try ownProxy("reload")
+        let (p, port, path) = try f.ownProxy("reload")
         defer { stopBackgroundProcess(p) }
-        let before = try PQConnection(conninfo(port))
-        #expect(throws: PQError.self) { try PQConnection(conninfo(port, database: "recruitment", user: "recruiter", password: "r_pw")) }
+        let before = try PQConnection(f.conninfo(port))
+        #expect(throws: PQError.self) { try PQConnection(f.conninfo(port, database: "recruitment", user: "recruiter", password: "r_pw")) }
         var text = try String(contentsOfFile: path, encoding: .utf8)
         text += "\n[[users]]\nname = \"recruiter\"\npassword = \"r_pw\"\n[routes.recruitment]\nlegacy = \"legacy\"\nlegacy_schema = \"recruitment\"\nnew = \"legacy\"\n"
         try text.write(toFile: path, atomically: true, encoding: .utf8)
         kill(p.processIdentifier, SIGHUP)
         usleep(500_000)
-        let after = try PQConnection(conninfo(port, database: "recruitment", user: "recruiter", password: "r_pw"))
+        let after = try PQConnection(f.conninfo(port, database: "recruitment", user: "recruiter", password: "r_pw"))
         #expect(try after.scalar("SELECT current_schema()") == "recruitment")
         #expect(try before.scalar("SELECT current_schema()") == "onboarding") // the old session carries on
         // A broken file is rejected and the running config kept.
         try "[server\n".write(toFile: path, atomically: true, encoding: .utf8)
         kill(p.processIdentifier, SIGHUP)
         usleep(300_000)
-        #expect(try PQConnection(conninfo(port, database: "recruitment", user: "recruiter", password: "r_pw")).isOK)
+        #expect(try PQConnection(f.conninfo(port, database: "recruitment", user: "recruiter", password: "r_pw")).isOK)
     }
 
     @Test func maxClientsIdleTimeoutAndUnreachableBackend() throws {
         let deadPort = PostgresCluster.freePort()
-        let (p, port, _) = try ownProxy("limits", server: "max_clients = 2\nclient_idle_timeout = 1\nconnect_timeout = 2", rest: """
+        let (p, port, _) = try f.ownProxy("limits", server: "max_clients = 2\nclient_idle_timeout = 1\nconnect_timeout = 2", rest: """
             [backends.dead]
             port = \(deadPort)
             user = "nobody"
@@ -70,12 +39,12 @@ import Testing
             """)
         defer { stopBackgroundProcess(p) }
         // Unreachable backend: 08006 with the backend's name, not its password.
-        do { _ = try PQConnection(conninfo(port, database: "gone")); Issue.record("connected to a dead backend") } catch let e as PQError {
+        do { _ = try PQConnection(f.conninfo(port, database: "gone")); Issue.record("connected to a dead backend") } catch let e as PQError {
             #expect(e.message.contains("backend \"dead\"") && e.message.contains("\(deadPort)"), "\(e.message)")
         }
-        let a = try PQConnection(conninfo(port))
-        let b = try PQConnection(conninfo(port))
-        do { _ = try PQConnection(conninfo(port)); Issue.record("third client accepted") } catch let e as PQError {
+        let a = try PQConnection(f.conninfo(port))
+        let b = try PQConnection(f.conninfo(port))
+        do { _ = try PQConnection(f.conninfo(port)); Issue.record("third client accepted") } catch let e as PQError {
             #expect(e.message.contains("too many clients"), "\(e.message)")
         }
         // Idle past client_idle_timeout: closed by the proxy.
@@ -87,9 +56,9 @@ import Testing
     }
 
     @Test func sigtermLetsATransactionFinishThenStops() throws {
-        let (p, port, _) = try ownProxy("shutdown", server: "shutdown_timeout = 10")
-        let busy = try PQConnection(conninfo(port))
-        let idle = try PQConnection(conninfo(port))
+        let (p, port, _) = try f.ownProxy("shutdown", server: "shutdown_timeout = 10")
+        let busy = try PQConnection(f.conninfo(port))
+        let idle = try PQConnection(f.conninfo(port))
         try busy.query("BEGIN")
         try busy.query("UPDATE candidates SET v = v + 1 WHERE id = 2")
         kill(p.processIdentifier, SIGTERM)
@@ -97,7 +66,7 @@ import Testing
         #expect(p.isRunning)
         // The idle session was ended; new clients are refused; the open transaction can still commit.
         #expect(throws: PQError.self) { try idle.query("SELECT 1") }
-        #expect(throws: PQError.self) { try PQConnection(conninfo(port)) }
+        #expect(throws: PQError.self) { try PQConnection(f.conninfo(port)) }
         try busy.query("UPDATE candidates SET v = v + 1 WHERE id = 2")
         try busy.query("COMMIT")
         let deadline = Date().addingTimeInterval(5)
@@ -121,11 +90,11 @@ import Testing
 
     @Test func metricsAndProbesAnswerOverHTTPAndReadinessDropsAtShutdown() throws {
         let mport = PostgresCluster.freePort()
-        let (p, port, _) = try ownProxy("metrics", server: "metrics_listen = \"127.0.0.1:\(mport)\"\nshutdown_timeout = 10")
+        let (p, port, _) = try f.ownProxy("metrics", server: "metrics_listen = \"127.0.0.1:\(mport)\"\nshutdown_timeout = 10")
         defer { stopBackgroundProcess(p) }
         #expect(try http(mport, "GET /healthz HTTP/1.1\r\nHost: cutover\r\n\r\n") == (200, "ok\n"))
         #expect(try http(mport, "GET /readyz HTTP/1.0\r\n\r\n") == (200, "ready\n"))
-        let c = try PQConnection(conninfo(port))
+        let c = try PQConnection(f.conninfo(port))
         for _ in 0..<3 { _ = try c.scalar("SELECT 1") }
         let (status, metrics) = try http(mport, "GET /metrics HTTP/1.1\r\n\r\n")
         #expect(status == 200)

@@ -168,6 +168,40 @@ final class ProxyFixture: @unchecked Sendable {
         onboarding.destroy()
     }
 
+    /// Starts a proxy of a test's own in front of the legacy cluster: route `onboarding`, user `onboarding_user`,
+    /// `extraServer` lines in [server] and `rest` at the end. Returns the process, its port and its config file.
+    func ownProxy(_ name: String, server extraServer: String = "", rest: String = "") throws -> (Process, Int, String) {
+        let port = PostgresCluster.freePort()
+        let path = "\(directory)/\(name).toml"
+        let config = """
+            [server]
+            listen = "127.0.0.1:\(port)"
+            \(extraServer)
+            [[users]]
+            name = "onboarding_user"
+            password = "\(FixtureSecrets.clientPassword)"
+            [backends.legacy]
+            port = \(legacy.port)
+            database = "hexabuilders"
+            user = "hexabuilders"
+            password = "\(FixtureSecrets.legacyPassword)"
+            [routes.onboarding]
+            legacy = "legacy"
+            legacy_schema = "onboarding"
+            new = "legacy"
+            \(rest)
+            """
+        try config.write(toFile: path, atomically: true, encoding: .utf8)
+        let p = try ProxyFixture.startProxy(configPath: path, logPath: "\(directory)/\(name).log", port: port)
+        return (p, port, path)
+    }
+
+    /// A libpq connection string to a proxy of a test's own.
+    func conninfo(_ port: Int, database: String = "onboarding", user: String = "onboarding_user",
+                  password: String = FixtureSecrets.clientPassword, extra: String = "") -> String {
+        "host=127.0.0.1 port=\(port) dbname=\(database) user=\(user) password=\(password) connect_timeout=10 \(extra)"
+    }
+
     /// A libpq connection string to the proxy.
     func conninfo(database: String = "onboarding", user: String = "onboarding_user",
                   password: String = FixtureSecrets.clientPassword, extra: String = "") -> String {

@@ -1,0 +1,110 @@
+// Integration: clients that encrypt their connection to the proxy (libpq's sslmode), and clients that get it wrong.
+import CLibPQ
+import CutoverTestSupport
+import Foundation
+import Glibc
+import Testing
+
+@Suite(.serialized) struct ClientTLSTests {
+    let f: ProxyFixture
+    let certificate: SelfSignedCertificate
+    init() throws {
+        f = try ProxyFixture.shared()
+        certificate = try SelfSignedCertificate()
+    }
+
+    func tlsProxy(_ name: String, mode: String) throws -> (Process, Int, String) {
+        try f.ownProxy(name, server: """
+            client_tls = "\(mode)"
+            client_tls_cert_file = "\(certificate.certificate)"
+            client_tls_key_file = "\(certificate.key)"
+            """, rest: """
+            [[users]]
+            name = "ops"
+            password = "\(FixtureSecrets.adminPassword)"
+            admin = true
+            """)
+    }
+
+    static let sslRequest: [UInt8] = [0, 0, 0, 8, 0x04, 0xD2, 0x16, 0x2F]
+
+    @Test func requireServesEncryptedClientsRefusesClearTextOnesAndStillPassesCancels() throws {
+        let (p, port, _) = try tlsProxy("tls-require", mode: "require")
+        defer { stopBackgroundProcess(p); certificate.remove() }
+
+        // The server's certificate verifies against itself as CA, for the address the client dialled.
+        let c = try PQConnection(f.conninfo(port, extra: "sslmode=verify-full sslrootcert=\(certificate.certificate)"))
+        #expect(PQsslInUse(c.conn) == 1)
+        #expect(String(cString: PQsslAttribute(c.conn, "protocol")) == "TLSv1.3")
+        #expect(try c.scalar("SELECT count(*) FROM candidates") == "10")
+        // Several TLS records each way: a 4 MB result and a 1 MB parameter.
+        let rows = try c.query("SELECT repeat(md5(g::text), 32) FROM generate_series(1, 4000) g")
+        #expect(rows.count == 4000 && rows.allSatisfy { $0[0]?.count == 1024 })
+        let big = String(repeating: "0123456789abcdef", count: 65536)
+        #expect(try c.query("SELECT length($1)", [big]).first?.first == "\(big.count)")
+
+        // The admin console shows the session's protocol and cipher.
+        let admin = try PQConnection(f.conninfo(port, database: "cutover", user: "ops", password: FixtureSecrets.adminPassword,
+                                                extra: "sslmode=require"))
+        let sessions = try admin.query("SHOW SESSIONS")
+        #expect(sessions.contains { $0[1] == "onboarding" && ($0.last??.hasPrefix("TLSv1.3 TLS_") ?? false) })
+
+        // A cancel arrives on its own clear-text connection (libpq 15's PQcancel) and must still get through.
+        let (state, _) = c.cancelAfter(0.3, running: "SELECT pg_sleep(20)")
+        #expect(state == "57014")
+
+        do {
+            _ = try PQConnection(f.conninfo(port, extra: "sslmode=disable"))
+            Issue.record("a clear-text client got in under client_tls = require")
+        } catch let e as PQError {
+            #expect(e.message.contains("the proxy accepts only encrypted connections"), "\(e.message)")
+        }
+        #expect(try c.scalar("SELECT 1") == "1", "the encrypted session carries on")
+    }
+
+    @Test func allowServesBothAndPrefersTLSWhenTheClientDoes() throws {
+        let (p, port, _) = try tlsProxy("tls-allow", mode: "allow")
+        defer { stopBackgroundProcess(p); certificate.remove() }
+        let encrypted = try PQConnection(f.conninfo(port, extra: "sslmode=prefer"))
+        let clear = try PQConnection(f.conninfo(port, extra: "sslmode=disable"))
+        #expect(PQsslInUse(encrypted.conn) == 1 && PQsslInUse(clear.conn) == 0)
+        #expect(try encrypted.scalar("SELECT current_schema()") == "onboarding")
+        #expect(try clear.scalar("SELECT current_schema()") == "onboarding")
+        // psql through TLS, as an operator would run it.
+        let psql = try runProcess("psql", ["-X", "-At", "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                                           f.conninfo(port, extra: "sslmode=require")])
+        #expect(psql.status == 0, "\(psql.stderr)")
+        #expect(psql.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "f",
+                "the proxy's own link to PostgreSQL is clear text; only the client side is encrypted")
+    }
+
+    @Test func clearTextAfterTheSSLRequestAndABrokenHandshakeHarmOnlyTheirOwnConnection() throws {
+        let (p, port, path) = try tlsProxy("tls-bad", mode: "require")
+        defer { stopBackgroundProcess(p); certificate.remove() }
+        let bystander = try PQConnection(f.conninfo(port, extra: "sslmode=require"))
+
+        // A StartupMessage sent in the same packet as the SSLRequest, before the answer: refused in clear
+        // text, without an 'S' (an injection before the handshake would otherwise be read as encrypted).
+        let stuffed = try RawClient(port: port)
+        var startup: [UInt8] = [0, 3, 0, 0] + Array("user\0onboarding_user\0database\0onboarding\0\0".utf8)
+        startup = withUnsafeBytes(of: UInt32(startup.count + 4).bigEndian, Array.init) + startup
+        stuffed.send(Self.sslRequest + startup)
+        let (answer, closed) = stuffed.readUntilClosed()
+        #expect(closed && answer.first == UInt8(ascii: "E") && RawClient.errorCode(in: answer) == "08P01")
+
+        // An 'S', then bytes that are not a ClientHello: the connection is dropped and the log says why.
+        let garbage = try RawClient(port: port)
+        garbage.send(Self.sslRequest)
+        var s = [UInt8](repeating: 0, count: 1)
+        #expect(recv(garbage.fd, &s, 1, 0) == 1 && s[0] == UInt8(ascii: "S"))
+        garbage.send(startup)
+        let (_, garbageClosed) = garbage.readUntilClosed()
+        #expect(garbageClosed)
+        usleep(100_000)
+        let log = try String(contentsOfFile: path.replacingOccurrences(of: ".toml", with: ".log"), encoding: .utf8)
+        #expect(log.contains("client TLS failed"), "the log names the failed handshake")
+
+        #expect(try bystander.scalar("SELECT count(*) FROM candidates") == "10")
+        #expect(try PQConnection(f.conninfo(port, extra: "sslmode=require")).isOK)
+    }
+}
