@@ -62,6 +62,22 @@ public struct ServerConfig: Sendable, Equatable {
     public init() {}
 }
 
+/// Whether the proxy encrypts its connections to a backend, and what it checks (libpq's `sslmode` values).
+public enum BackendTLSMode: String, Sendable, Equatable {
+    /// Clear text; no SSLRequest is sent.
+    case disable
+    /// TLS if the server offers it, else clear text (libpq's default). The server is not verified.
+    case prefer
+    /// TLS or no connection. The server is not verified.
+    case require
+    /// TLS, and the server's certificate must chain to `tls_ca_file`.
+    case verifyCA = "verify-ca"
+    /// As verify-ca, and the certificate must name the backend's `host`.
+    case verifyFull = "verify-full"
+
+    public var verifies: Bool { self == .verifyCA || self == .verifyFull }
+}
+
 /// Whether clients may or must encrypt their connection to the proxy.
 public enum ClientTLSMode: String, Sendable, Equatable {
     /// SSLRequest is answered `N`: clients continue in clear text (libpq's default `sslmode=prefer` does).
@@ -98,6 +114,9 @@ public struct BackendConfig: Sendable, Equatable {
     public var user: String
     /// Resolved from `password`, `password_env` or `password_file`; never logged.
     public var password: String?
+    /// TLS toward this backend, as libpq's `sslmode`; `tlsCAFile` is what verify-ca / verify-full trust.
+    public var tls = BackendTLSMode.prefer
+    public var tlsCAFile: String? = nil
 
     public init(name: String, host: String, port: Int, database: String, user: String, password: String?) {
         self.name = name; self.host = host; self.port = port; self.database = database; self.user = user

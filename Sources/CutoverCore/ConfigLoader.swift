@@ -222,14 +222,29 @@ private struct Parser {
 
     mutating func backend(_ name: String, _ t: TOMLTable) -> BackendConfig? {
         let path = "backends.\(name)"
-        checkKeys(t, path, allowed: ["host", "port", "database", "user", "password", "password_env", "password_file"])
+        checkKeys(t, path, allowed: ["host", "port", "database", "user", "password", "password_env", "password_file", "tls", "tls_ca_file"])
         let host = string(t, "host", path) ?? "127.0.0.1"
         let port = int(t, "port", path, range: 1...65535) ?? 5432
         let user = string(t, "user", path, required: true)
         let database = string(t, "database", path) ?? user
         let password = secret(t, path)
         guard let user, let database else { return nil }
-        return BackendConfig(name: name, host: host, port: port, database: database, user: user, password: password)
+        var b = BackendConfig(name: name, host: host, port: port, database: database, user: user, password: password)
+        backendTLS(t, path, into: &b)
+        return b
+    }
+
+    /// `tls` and `tls_ca_file` of a backend; the CA file is loaded here so check-config reports a bad one.
+    mutating func backendTLS(_ t: TOMLTable, _ path: String, into b: inout BackendConfig) {
+        if let m = string(t, "tls", path) {
+            if let v = BackendTLSMode(rawValue: m) { b.tls = v } else {
+                problem("\(path).tls", "must be disable, prefer, require, verify-ca or verify-full")
+            }
+        }
+        b.tlsCAFile = string(t, "tls_ca_file", path).map(absolute)
+        if b.tls.verifies && b.tlsCAFile == nil { problem("\(path).tls", "\(b.tls.rawValue) needs tls_ca_file") }
+        guard let ca = b.tlsCAFile, b.tls.verifies else { return }
+        do { _ = try TLSContext(caFile: ca) } catch { problem("\(path).tls_ca_file", "\(error)") }
     }
 
     mutating func route(_ name: String, _ t: TOMLTable, backends: [String: BackendConfig]) -> RouteConfig? {

@@ -1,5 +1,6 @@
 // TLS from OpenSSL's libssl over memory buffers: an engine fed with a socket's bytes, with no I/O of its own.
 import COpenSSL
+import Glibc
 
 /// A TLS failure, with OpenSSL's reason when it gave one.
 public struct TLSError: Error, CustomStringConvertible, Sendable {
@@ -78,7 +79,8 @@ public final class TLSStream {
     /// Largest plaintext record TLS carries: the unit `receive` decrypts into.
     static let recordSize = 16 * 1024
 
-    /// `serverName`, for a client, is sent as SNI and checked against the certificate when the context verifies.
+    /// `serverName`, for a client, is what the certificate must name when the context verifies (a DNS name,
+    /// also sent as SNI, or an IP address, matched against the certificate's IP entries).
     public init(context: TLSContext, serverName: String? = nil) throws {
         ERR_clear_error()
         guard let s = SSL_new(context.context) else { throw TLSError.fromQueue("cannot create a TLS connection") }
@@ -93,13 +95,22 @@ public final class TLSStream {
         } else {
             SSL_set_connect_state(s)
             if let serverName {
-                _ = cutover_ssl_set_host_name(s, serverName)
-                _ = SSL_set1_host(s, serverName)
+                if Self.isIPAddress(serverName) {
+                    _ = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s), serverName)
+                } else {
+                    _ = cutover_ssl_set_host_name(s, serverName)
+                    _ = SSL_set1_host(s, serverName)
+                }
             }
         }
     }
 
     deinit { SSL_free(ssl) }
+
+    static func isIPAddress(_ s: String) -> Bool {
+        var v4 = in_addr(), v6 = in6_addr()
+        return inet_pton(AF_INET, s, &v4) == 1 || inet_pton(AF_INET6, s, &v6) == 1
+    }
 
     /// Whether the handshake has finished.
     public var isEstablished: Bool { SSL_is_init_finished(ssl) == 1 }
@@ -150,11 +161,12 @@ public final class TLSStream {
         }
     }
 
-    /// Encrypts `bytes` (queued until the handshake has finished).
+    /// Encrypts `bytes` (queued until the handshake has finished; a client's first send starts it).
     public func send(_ bytes: UnsafeRawBufferPointer) throws {
         guard !isClosed, bytes.count > 0 else { return }
         if !isEstablished || !early.isEmpty {
             early.append(contentsOf: bytes)
+            if !isEstablished { try start() }
             return try writeEarly()
         }
         try write(bytes)

@@ -37,11 +37,15 @@ final class BackendLink: TCPConnectionDelegate {
         var admittedAt: UInt64?
         /// Told once when the login ends, whichever way (the server's gate counts follower logins).
         var settled: ((BackendLink) -> Void)?
-        init(backend: BackendConfig, address: String, startedAt: UInt64, handshake: BackendHandshake) {
+        /// The backend's TLS context (nil: `tls = "disable"`), and whether its one-byte SSL answer is awaited.
+        let tls: TLSContext?
+        var awaitingTLSAnswer = false
+        init(backend: BackendConfig, address: String, startedAt: UInt64, handshake: BackendHandshake, tls: TLSContext?) {
             self.backend = backend
             self.address = address
             self.startedAt = startedAt
             self.handshake = handshake
+            self.tls = tls
         }
     }
     private var login: Login?
@@ -110,13 +114,13 @@ final class BackendLink: TCPConnectionDelegate {
     static let capturedDigesting = MessageScanner.IDSet(DigestBuilder.capturedIDs + [BackendMessageID.copyInResponse.rawValue,
                                                                                      BackendMessageID.parameterStatus.rawValue])
 
-    init(loop: EventLoop, backend: BackendConfig, address: String, side: Side?, owner: BackendLinkOwner,
+    init(loop: EventLoop, backend: BackendConfig, address: String, side: Side?, owner: BackendLinkOwner, tls: TLSContext?,
          saltedPassword: @escaping (String, [UInt8], Int) -> [UInt8]) {
         self.side = side
         backendName = backend.name
         self.owner = owner
         connection = TCPConnection(loop: loop)
-        login = Login(backend: backend, address: address, startedAt: loop.now, handshake: BackendHandshake(backend: backend, saltedPassword: saltedPassword))
+        login = Login(backend: backend, address: address, startedAt: loop.now, handshake: BackendHandshake(backend: backend, saltedPassword: saltedPassword), tls: tls)
         scanner = MessageScanner(captured: Self.captured, maxMessageSize: Int(Int32.max))
         connection.delegate = self
     }
@@ -169,8 +173,50 @@ final class BackendLink: TCPConnectionDelegate {
         if let error { return fail(ProxyError.backendUnavailable(login.backend, uvErrorName(error))) }
         state = .loggingIn
         connection.startReading()
-        connection.write(login.startup)
+        if login.backend.tls != .disable {
+            // No context means a reload could not build it: never fall back to clear text silently.
+            guard login.tls != nil else { return fail(unavailable("no TLS context for this backend (see the log)")) }
+            login.awaitingTLSAnswer = true
+            var w = ByteWriter(capacity: 8)
+            StartupPacket.sslRequest.encode(into: &w)
+            connection.write(w.bytes)
+            return
+        }
+        sendStartup(login)
+    }
+
+    private func sendStartup(_ login: Login) {
+        connection.write(login.startup) // with TLS, held by the stream until the handshake is done
         login.startup = []
+    }
+
+    /// The server's one-byte answer to the SSLRequest: `S` starts TLS, `N` continues in clear text if the
+    /// mode allows it.
+    private func tlsAnswered(_ bytes: UnsafeRawBufferPointer, _ login: Login) {
+        login.awaitingTLSAnswer = false
+        let mode = login.backend.tls
+        // Anything after the answer came in clear text before the handshake: refused, as libpq does (CVE-2021-23222).
+        guard bytes.count == 1 else {
+            return fail(unavailable(bytes.first == UInt8(ascii: "E") ? "the server answered the SSL request with an error"
+                                                                     : "received unencrypted data after the SSL answer"))
+        }
+        switch bytes[0] {
+        case UInt8(ascii: "S"):
+            guard let context = login.tls else { return }
+            do {
+                let stream = try TLSStream(context: context, serverName: mode == .verifyFull ? login.backend.host : nil)
+                connection.filter = TLSFilter(stream)
+            } catch {
+                return fail(unavailable("\(error)"))
+            }
+            sendStartup(login)
+        case UInt8(ascii: "N") where mode == .prefer:
+            sendStartup(login)
+        case UInt8(ascii: "N"):
+            fail(unavailable("the server does not accept TLS (tls = \"\(mode.rawValue)\")"))
+        default:
+            fail(unavailable("invalid answer to the SSL request"))
+        }
     }
 
     func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) {
@@ -183,6 +229,7 @@ final class BackendLink: TCPConnectionDelegate {
 
     private func loginRead(_ bytes: UnsafeRawBufferPointer) {
         guard let login else { return }
+        if login.awaitingTLSAnswer { return tlsAnswered(bytes, login) }
         login.framer.append(bytes)
         do {
             while state == .loggingIn, let frame = try login.framer.next() {
@@ -286,7 +333,8 @@ final class BackendLink: TCPConnectionDelegate {
         case .connecting:
             owner.backendLoginFailed(self, unavailable(error.map(uvErrorName) ?? "connection closed"))
         case .loggingIn:
-            owner.backendLoginFailed(self, unavailable("connection closed during login"))
+            let tlsFailure = (c.filter as? TLSFilter)?.failure
+            owner.backendLoginFailed(self, unavailable(tlsFailure.map { "TLS: \($0)" } ?? "connection closed during login"))
         case .ready:
             owner.backendLost(self, error)
         case .closed:

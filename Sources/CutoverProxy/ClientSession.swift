@@ -254,7 +254,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// A follower's connect waits for the server's login gate (a flip gives every session one at once).
     func openLink(to backend: BackendConfig, side: Side?, database: String, searchPath: String?, isFollower: Bool = false) -> BackendLink {
         let link = BackendLink(loop: server.loop, backend: backend, address: server.address(of: backend), side: side,
-                               owner: self, saltedPassword: server.saltedPassword)
+                               owner: self, tls: server.backendTLS[backend.name], saltedPassword: server.saltedPassword)
         let packet = BackendHandshake(backend: backend).startupPacket(client: startup, database: database, searchPath: searchPath)
         if isFollower {
             link.prepare(startup: packet, onSettled: { [unowned server] in server.followerLoginSettled($0) })

@@ -34,6 +34,8 @@ public final class ProxyServer {
     /// The server certificate of clients' TLS (nil while `client_tls` is `disable`). Sessions keep the
     /// context they started with; a reload builds a new one for later sessions.
     private(set) var clientTLS: TLSContext?
+    /// The TLS context of every backend whose `tls` is not `disable`, by backend name.
+    private(set) var backendTLS: [String: TLSContext] = [:]
     private var resolvedAddresses: [String: String] = [:]
     private var saltedCache: [String: [UInt8]] = [:]
     private var shutdownDeadline: UInt64?
@@ -58,6 +60,7 @@ public final class ProxyServer {
         divergences = DivergenceRecorder(path: config.server.divergenceLog, capacity: config.server.divergenceMemory, logger: logger)
         resolvedAddresses = Self.resolve(config)
         clientTLS = try Self.clientTLSContext(config.server)
+        backendTLS = try Self.backendTLSContexts(config)
         let persisted = try config.server.stateFile.map { try PersistedState.load(path: $0) } ?? PersistedState()
         for (name, r) in config.routes {
             let saved = persisted.routes[name]
@@ -522,6 +525,9 @@ public final class ProxyServer {
         do { clientTLS = try Self.clientTLSContext(newConfig.server) } catch {
             logger.error("client TLS certificate not reloaded: the previous one stays in use", metadata: ["error": "\(error)"])
         }
+        do { backendTLS = try Self.backendTLSContexts(newConfig) } catch {
+            logger.error("backend TLS settings not reloaded: the previous ones stay in use", metadata: ["error": "\(error)"])
+        }
         for link in followerLogins.setLimit(newConfig.server.followerLogins) {
             if link.isClosed { followerLoginSettled(link) } else { link.connect(nowNs: loop.nanoseconds) } // a closed one frees its slot
         }
@@ -537,6 +543,14 @@ public final class ProxyServer {
     static func clientTLSContext(_ s: ServerConfig) throws -> TLSContext? {
         guard s.clientTLS != .disable, let certificate = s.clientTLSCertificateFile, let key = s.clientTLSKeyFile else { return nil }
         return try TLSContext(certificateFile: certificate, keyFile: key)
+    }
+
+    static func backendTLSContexts(_ config: CutoverConfig) throws -> [String: TLSContext] {
+        var contexts: [String: TLSContext] = [:]
+        for (name, b) in config.backends where b.tls != .disable {
+            contexts[name] = try TLSContext(caFile: b.tls.verifies ? b.tlsCAFile : nil)
+        }
+        return contexts
     }
 
     /// Stops accepting; sessions end at their next idle boundary, all of them by the shutdown timeout.

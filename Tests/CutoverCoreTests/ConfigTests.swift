@@ -100,6 +100,26 @@ backend = "legacy"
         #expect(missing["server.client_tls_cert_file"]?.contains("none.crt") == true, "check-config names the file it cannot load")
     }
 
+    @Test func backendTLSDefaultsToPreferAndVerificationNeedsALoadableCA() throws {
+        let cert = try SelfSignedCertificate()
+        defer { cert.remove() }
+        func parse(_ tls: String) throws -> BackendConfig? {
+            try ConfigLoader.parse("[[users]]\nname = \"u\"\nauth = \"trust\"\n[backends.b]\nuser = \"x\"\n\(tls)", environment: [:]).backends["b"]
+        }
+        func problemKeys(_ tls: String) -> [String: String] {
+            do { _ = try parse(tls); return [:] } catch let e as ConfigErrors {
+                return Dictionary(e.problems.map { ($0.key, $0.message) }, uniquingKeysWith: { a, _ in a })
+            } catch { return ["?": "\(error)"] }
+        }
+        #expect(try parse("")?.tls == .prefer, "libpq's default")
+        let full = try parse("tls = \"verify-full\"\ntls_ca_file = \"\(cert.certificate)\"")
+        #expect(full?.tls == .verifyFull && full?.tlsCAFile == cert.certificate)
+        #expect(problemKeys("tls = \"verify-ca\"")["backends.b.tls"]?.contains("tls_ca_file") == true)
+        #expect(problemKeys("tls = \"maybe\"")["backends.b.tls"] != nil)
+        let missing = problemKeys("tls = \"verify-ca\"\ntls_ca_file = \"\(cert.directory)/none.pem\"")
+        #expect(missing["backends.b.tls_ca_file"]?.contains("none.pem") == true)
+    }
+
     @Test func syntaxErrorNamesTheLine() {
         #expect(throws: ConfigErrors.self) { try ConfigLoader.parse("[server\nlisten=1") }
     }

@@ -276,6 +276,20 @@ final class PostgresCluster: @unchecked Sendable {
         return result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
+    /// Turns TLS on with this certificate and key: copied into the data directory (PostgreSQL's default
+    /// `server.crt` / `server.key`), owned by the server's OS user with mode 0600, then `ssl = on` and a reload.
+    func enableSSL(certificate: String, key: String) throws {
+        for (source, name) in [(certificate, "server.crt"), (key, "server.key")] {
+            let path = dataDirectory + "/" + name
+            try? FileManager.default.removeItem(atPath: path)
+            try FileManager.default.copyItem(atPath: source, toPath: path)
+            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)
+            if let osUser { try Self.chown(path, to: osUser) }
+        }
+        try psql("ALTER SYSTEM SET ssl = on")
+        try psql("SELECT pg_reload_conf()")
+    }
+
     /// `CREATE ROLE name LOGIN PASSWORD 'password' [SUPERUSER]`.
     func createRole(name: String, password: String, superuser: Bool = false) throws {
         try psql("CREATE ROLE \(Self.quoteIdentifier(name)) LOGIN PASSWORD \(Self.quoteLiteral(password))"
