@@ -180,18 +180,23 @@ public final class TCPConnection: HandleOwner {
     public func write(_ bytes: UnsafeRawBufferPointer) -> Bool {
         guard !isClosing, isAttached else { return false }
         guard bytes.count > 0 else { return true }
-        if let filter {
-            var ok = true
-            guard filter.sending(bytes, send: { ok = ok && writeToSocket($0) }) else {
-                fail(-EPROTO)
-                return false
-            }
-            return ok
-        }
+        if let filter { return write(bytes, through: filter) }
         return writeToSocket(bytes)
     }
 
+    /// Out of line, so the clear-text path pays only the nil check.
+    @inline(never)
+    private func write(_ bytes: UnsafeRawBufferPointer, through filter: StreamFilter) -> Bool {
+        var ok = true
+        guard filter.sending(bytes, send: { ok = ok && writeToSocket($0) }) else {
+            fail(-EPROTO)
+            return false
+        }
+        return ok
+    }
+
     /// The socket's own bytes (after the filter, if any).
+    @inline(__always)
     private func writeToSocket(_ bytes: UnsafeRawBufferPointer) -> Bool {
         guard !isClosing, bytes.count > 0 else { return !isClosing }
         var offset = 0
@@ -336,6 +341,8 @@ public final class TCPConnection: HandleOwner {
     }
 
     /// Socket bytes through the filter: its output to the socket, what it decodes to the delegate.
+    /// Out of line, so the clear-text path pays only the nil check.
+    @inline(never)
     private func received(_ bytes: UnsafeRawBufferPointer, through filter: StreamFilter) {
         let outcome = filter.received(bytes, deliver: { decoded in
             if !isClosing { delegate?.connection(self, didRead: decoded) }
