@@ -29,6 +29,9 @@ public struct BackendHandshake {
     private var parameters: [(String, String)] = []
     private var key: CancelRequest?
     private var authenticated = false
+    /// The backend's `tls-server-end-point` data once its TLS handshake is done: SCRAM then binds to the
+    /// channel (SCRAM-SHA-256-PLUS) when the backend offers it, so a man in the middle cannot relay the login.
+    public var channelBinding: [UInt8]?
 
     /// Startup parameters the client chose that reach the backend untouched (everything but identity).
     static let withheld: Set<String> = ["user", "database", "replication"]
@@ -89,13 +92,14 @@ public struct BackendHandshake {
             return reply(.password(MD5Password.response(stored: MD5Password.stored(user: backend.user, password: pw), salt: salt)))
         case .sasl(let mechanisms):
             guard let pw = backend.password else { return needPassword() }
-            guard mechanisms.contains("SCRAM-SHA-256") else {
+            let binding = mechanisms.contains(SCRAMMechanism.plus) ? channelBinding : nil
+            guard binding != nil || mechanisms.contains(SCRAMMechanism.plain) else {
                 return .fail(ProxyError.fatal("08006", "backend \"\(backend.name)\" offers no supported SASL mechanism (\(mechanisms.joined(separator: ", ")))"))
             }
-            var client = SCRAMClient(password: pw)
+            var client = SCRAMClient(password: pw, channelBinding: binding)
             let first = client.clientFirst()
             scram = client
-            return reply(.saslInitialResponse(mechanism: "SCRAM-SHA-256", data: first))
+            return reply(.saslInitialResponse(mechanism: client.mechanism, data: first))
         case .saslContinue(let data):
             guard var client = scram, let pw = backend.password else { return .fail(ProxyError.protocolViolation("unexpected SASLContinue from backend")) }
             do {

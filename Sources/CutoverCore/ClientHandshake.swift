@@ -38,6 +38,9 @@ public struct ClientHandshake {
     private var resolution = RouteResolution.unknownDatabase
     /// The client asked for TLS and was told yes (the connection is encrypted from the next byte on).
     public private(set) var tlsStarted = false
+    /// Set by the session once TLS has started: our certificate's `tls-server-end-point` hash, so
+    /// SCRAM-SHA-256-PLUS is offered (channel binding) as well as SCRAM-SHA-256.
+    public var channelBinding: [UInt8]?
 
     /// `phaseOf` gives a route's current (run-time) phase; the config's phase is only its initial value.
     public init(config: CutoverConfig, phaseOf: @escaping (String) -> Phase? = { _ in nil }) {
@@ -105,7 +108,7 @@ public struct ClientHandshake {
             return send(.authentication(.md5Password(salt: salt)))
         case .scramSHA256:
             state = .awaitingSASLInitial(user: userName)
-            return send(.authentication(.sasl(mechanisms: ["SCRAM-SHA-256"])))
+            return send(.authentication(.sasl(mechanisms: SCRAMServer.mechanisms(channelBinding: channelBinding))))
         }
     }
 
@@ -125,7 +128,7 @@ public struct ClientHandshake {
         case (.awaitingSASLInitial(let user), .saslInitialResponse(let mechanism, let data)):
             // Unknown users get a throwaway verifier: the exchange fails at the proof, like a wrong password.
             let verifier = config.users[user]?.scram ?? SCRAMVerifier(password: String(decoding: Crypto.randomBytes(12), as: UTF8.self))
-            var server = SCRAMServer(verifier: verifier)
+            var server = SCRAMServer(verifier: verifier, channelBinding: channelBinding)
             do {
                 let first = try server.receiveClientFirst(mechanism: mechanism, data: data)
                 state = .awaitingSASLResponse(user: user, server)
@@ -134,12 +137,18 @@ public struct ClientHandshake {
                 return fail(ProxyError.fatal("28000", "SASL mechanism \(m) is not supported; use SCRAM-SHA-256"))
             } catch .channelBindingUnsupported {
                 return fail(ProxyError.fatal("28000", "channel binding is not supported without TLS"))
+            } catch .channelBindingNegotiation {
+                return fail(ProxyError.fatal("28000", "SCRAM channel binding negotiation error",
+                                             detail: "The client claims the server does not support channel binding, or asks for it without the PLUS mechanism."))
             } catch {
                 return fail(ProxyError.protocolViolation("malformed SCRAM client-first-message"))
             }
         case (.awaitingSASLResponse(let user, let server), .saslResponse(let data)):
             do {
-                let final = try server.receiveClientFinal(data: data)
+                let final: [UInt8]
+                do { final = try server.receiveClientFinal(data: data) } catch .channelBindingMismatch {
+                    return fail(ProxyError.fatal("28000", "SCRAM channel binding check failed"))
+                }
                 guard config.users[user] != nil else { return fail(ProxyError.passwordFailed(user: user)) }
                 var w = ByteWriter()
                 BackendMessage.authentication(.saslFinal(data: final)).encode(into: &w)

@@ -39,36 +39,67 @@ private func attributes(_ s: String) -> [Character: String] {
     return out
 }
 
+/// The SCRAM mechanism names and the one channel binding type PostgreSQL defines.
+public enum SCRAMMechanism {
+    public static let plain = "SCRAM-SHA-256"
+    public static let plus = "SCRAM-SHA-256-PLUS"
+    public static let bindingType = "tls-server-end-point"
+}
+
 /// The proxy's side of SCRAM when a client logs in to it. A pure state machine: bytes in, bytes out.
 public struct SCRAMServer: Sendable {
     public enum Failure: Error, Equatable, Sendable {
         case malformed(String)
         case unsupportedMechanism(String)
         case channelBindingUnsupported
+        /// The client's flags contradict what was offered (RFC 5802: "y" while PLUS was offered is a downgrade).
+        case channelBindingNegotiation
+        /// The client bound to a different TLS channel than ours (a man in the middle, or another certificate).
+        case channelBindingMismatch
         case wrongProof
     }
 
     let verifier: SCRAMVerifier
     let serverNonce: String
+    /// Our `tls-server-end-point` data when the client is on TLS (then SCRAM-SHA-256-PLUS is offered).
+    let channelBinding: [UInt8]?
     private var clientFirstBare = ""
     private var serverFirst = ""
     private var combinedNonce = ""
     private var gs2Header = ""
+    private var bound = false
 
-    public init(verifier: SCRAMVerifier, serverNonce: String = Crypto.base64(Crypto.randomBytes(18))) {
+    public init(verifier: SCRAMVerifier, serverNonce: String = Crypto.base64(Crypto.randomBytes(18)), channelBinding: [UInt8]? = nil) {
         self.verifier = verifier
         self.serverNonce = serverNonce
+        self.channelBinding = channelBinding
+    }
+
+    /// What AuthenticationSASL offers.
+    public static func mechanisms(channelBinding: [UInt8]?) -> [String] {
+        channelBinding == nil ? [SCRAMMechanism.plain] : [SCRAMMechanism.plus, SCRAMMechanism.plain]
     }
 
     /// Handles SASLInitialResponse; returns the server-first-message for AuthenticationSASLContinue.
     public mutating func receiveClientFirst(mechanism: String, data: [UInt8]) throws(Failure) -> [UInt8] {
-        guard mechanism == "SCRAM-SHA-256" else { throw .unsupportedMechanism(mechanism) }
         let text = String(decoding: data, as: UTF8.self)
-        // gs2-header: "n,," (no channel binding) or "y,," (client supports it, thinks we do not).
-        guard text.hasPrefix("n,") || text.hasPrefix("y,") else {
-            throw text.hasPrefix("p=") ? .channelBindingUnsupported : .malformed("gs2 header")
+        // gs2-header: "n," (no channel binding), "y," (client supports it, thinks we do not), or
+        // "p=tls-server-end-point," (bound, only with the PLUS mechanism); then an authzid (empty) and ",".
+        switch mechanism {
+        case SCRAMMechanism.plus:
+            guard channelBinding != nil else { throw .channelBindingUnsupported }
+            guard text.hasPrefix("p=") else { throw .channelBindingNegotiation }
+            guard text.hasPrefix("p=\(SCRAMMechanism.bindingType),") else { throw .malformed("unsupported channel binding type") }
+            bound = true
+        case SCRAMMechanism.plain:
+            if text.hasPrefix("p=") { throw .channelBindingNegotiation }
+            if text.hasPrefix("y,") && channelBinding != nil { throw .channelBindingNegotiation }
+            guard text.hasPrefix("n,") || text.hasPrefix("y,") else { throw .malformed("gs2 header") }
+        default:
+            throw .unsupportedMechanism(mechanism)
         }
-        let afterFlag = text.dropFirst(2)
+        guard let flagEnd = text.firstIndex(of: ",") else { throw .malformed("gs2 header") }
+        let afterFlag = text[text.index(after: flagEnd)...]
         guard let comma = afterFlag.firstIndex(of: ",") else { throw .malformed("gs2 header") }
         gs2Header = String(text[text.startIndex...comma])
         clientFirstBare = String(afterFlag[afterFlag.index(after: comma)...])
@@ -84,7 +115,8 @@ public struct SCRAMServer: Sendable {
         guard let proofRange = text.range(of: ",p=") else { throw .malformed("client proof") }
         let withoutProof = String(text[..<proofRange.lowerBound])
         let attrs = attributes(text)
-        guard attrs["c"] == Crypto.base64(Array(gs2Header.utf8)) else { throw .malformed("channel binding data") }
+        let expected = Array(gs2Header.utf8) + (bound ? channelBinding ?? [] : [])
+        guard attrs["c"] == Crypto.base64(expected) else { throw bound ? .channelBindingMismatch : .malformed("channel binding data") }
         guard attrs["r"] == combinedNonce else { throw .malformed("nonce mismatch") }
         guard let proof = attrs["p"].flatMap({ Crypto.fromBase64($0) }), proof.count == 32 else { throw .malformed("client proof") }
         let authMessage = Array("\(clientFirstBare),\(serverFirst),\(withoutProof)".utf8)
@@ -106,18 +138,25 @@ public struct SCRAMClient: Sendable {
 
     let password: String
     let clientNonce: String
+    /// The server's `tls-server-end-point` data when binding (the mechanism is then SCRAM-SHA-256-PLUS).
+    let channelBinding: [UInt8]?
     private var clientFirstBare = ""
     private var expectedServerSignature: [UInt8] = []
 
-    public init(password: String, clientNonce: String = Crypto.base64(Crypto.randomBytes(18))) {
+    public init(password: String, clientNonce: String = Crypto.base64(Crypto.randomBytes(18)), channelBinding: [UInt8]? = nil) {
         self.password = password
         self.clientNonce = clientNonce
+        self.channelBinding = channelBinding
     }
+
+    /// The mechanism to name in SASLInitialResponse.
+    public var mechanism: String { channelBinding == nil ? SCRAMMechanism.plain : SCRAMMechanism.plus }
+    private var gs2Header: String { channelBinding == nil ? "n,," : "p=\(SCRAMMechanism.bindingType),," }
 
     /// The SASLInitialResponse payload. The user name is empty: PostgreSQL takes it from the startup packet.
     public mutating func clientFirst() -> [UInt8] {
         clientFirstBare = "n=,r=\(clientNonce)"
-        return Array("n,,\(clientFirstBare)".utf8)
+        return Array("\(gs2Header)\(clientFirstBare)".utf8)
     }
 
     /// Answers the server-first-message. `saltedPassword` lets the caller cache PBKDF2 per (salt, iterations).
@@ -132,7 +171,7 @@ public struct SCRAMClient: Sendable {
         let salted = saltedPassword(salt, iterations)
         let clientKey = Crypto.hmacSHA256(key: salted, Array("Client Key".utf8))
         let storedKey = Crypto.sha256(clientKey)
-        let withoutProof = "c=biws,r=\(nonce)"
+        let withoutProof = "c=\(Crypto.base64(Array(gs2Header.utf8) + (channelBinding ?? []))),r=\(nonce)"
         let authMessage = Array("\(clientFirstBare),\(serverFirst),\(withoutProof)".utf8)
         let signature = Crypto.hmacSHA256(key: storedKey, authMessage)
         let proof = zip(clientKey, signature).map { $0 ^ $1 }

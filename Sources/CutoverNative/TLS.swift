@@ -24,6 +24,9 @@ public struct TLSError: Error, CustomStringConvertible, Sendable {
 public final class TLSContext: @unchecked Sendable {
     let context: OpaquePointer
     public let isServer: Bool
+    /// A server's channel binding data for SCRAM-SHA-256-PLUS (RFC 5929 `tls-server-end-point`: the hash of
+    /// its certificate); nil for a client context or a certificate whose signature names no usable hash.
+    public private(set) var serverEndPoint: [UInt8]?
 
     /// A server context from PEM files: the certificate file may hold the chain after the certificate.
     public init(certificateFile: String, keyFile: String) throws {
@@ -41,6 +44,21 @@ public final class TLSContext: @unchecked Sendable {
         guard SSL_CTX_check_private_key(c) == 1 else {
             throw TLSError.fromQueue("the private key \(keyFile) does not match the certificate \(certificateFile)")
         }
+        serverEndPoint = Self.endPoint(of: SSL_CTX_get0_certificate(c))
+    }
+
+    /// RFC 5929 `tls-server-end-point`: the certificate hashed with its signature's hash function, SHA-256
+    /// in place of MD5 and SHA-1 (as PostgreSQL computes it). Nil when the signature names none (Ed25519).
+    static func endPoint(of certificate: OpaquePointer?) -> [UInt8]? {
+        guard let certificate else { return nil }
+        var digestNID: Int32 = 0, keyNID: Int32 = 0
+        guard OBJ_find_sigid_algs(X509_get_signature_nid(certificate), &digestNID, &keyNID) == 1 else { return nil }
+        if digestNID == NID_md5 || digestNID == NID_sha1 { digestNID = NID_sha256 }
+        guard let name = OBJ_nid2sn(digestNID), let md = EVP_get_digestbyname(name) else { return nil }
+        var out = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+        var length: UInt32 = 0
+        guard X509_digest(certificate, md, &out, &length) == 1 else { return nil }
+        return Array(out.prefix(Int(length)))
     }
 
     /// A client context. With `caFile`, the server's certificate must chain to it (and, when a host name
@@ -117,6 +135,10 @@ public final class TLSStream {
     /// The negotiated protocol and cipher (for logs and the admin console), once established.
     public var protocolVersion: String? { isEstablished ? SSL_get_version(ssl).map { String(cString: $0) } : nil }
     public var cipher: String? { isEstablished ? cutover_ssl_cipher_name(ssl).map { String(cString: $0) } : nil }
+
+    /// The server's channel binding data as a client sees it (its certificate's `tls-server-end-point` hash),
+    /// once established.
+    public var peerEndPoint: [UInt8]? { isEstablished ? TLSContext.endPoint(of: SSL_get0_peer_certificate(ssl)) : nil }
 
     /// Starts a client's handshake (its ClientHello is then in the output).
     public func start() throws {

@@ -234,6 +234,9 @@ final class BackendLink: TCPConnectionDelegate {
         do {
             while state == .loggingIn, let frame = try login.framer.next() {
                 let message = try BackendMessage.decode(id: frame.id!, body: frame.body)
+                if login.handshake.channelBinding == nil, let tls = connection.filter as? TLSFilter {
+                    login.handshake.channelBinding = tls.stream.peerEndPoint // the handshake is done by now
+                }
                 let action = login.handshake.received(message)
                 switch action {
                 case .send(let out): connection.write(out)

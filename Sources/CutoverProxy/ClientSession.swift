@@ -173,6 +173,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         }
         client.write([0x53]) // 'S'
         client.filter = TLSFilter(stream)
+        handshake?.value.channelBinding = context.serverEndPoint
     }
 
     /// "TLSv1.3 TLS_AES_256_GCM_SHA384" for an encrypted client connection, nil for a clear-text one.

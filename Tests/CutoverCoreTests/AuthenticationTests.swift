@@ -32,6 +32,37 @@ import Testing
         }
     }
 
+    @Test func channelBindingBindsTheLoginToTheTLSChannelAndRefusesDowngrades() throws {
+        let endPoint = Crypto.sha256(Array("our certificate".utf8))
+        #expect(SCRAMServer.mechanisms(channelBinding: endPoint) == ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"])
+        #expect(SCRAMServer.mechanisms(channelBinding: nil) == ["SCRAM-SHA-256"])
+        func login(clientSees: [UInt8]?, serverHas: [UInt8]?, mechanism: String? = nil) throws {
+            var server = SCRAMServer(verifier: SCRAMVerifier(password: "pw"), channelBinding: serverHas)
+            var client = SCRAMClient(password: "pw", channelBinding: clientSees)
+            #expect(client.mechanism == (clientSees == nil ? "SCRAM-SHA-256" : "SCRAM-SHA-256-PLUS"))
+            let serverFirst = try server.receiveClientFirst(mechanism: mechanism ?? client.mechanism, data: client.clientFirst())
+            let clientFinal = try client.clientFinal(serverFirst: serverFirst) { SCRAMClient.saltedPassword("pw", salt: $0, iterations: $1) }
+            try client.verifyServerFinal(try server.receiveClientFinal(data: clientFinal))
+        }
+        try login(clientSees: endPoint, serverHas: endPoint)
+        try login(clientSees: nil, serverHas: endPoint) // "n,,": a client that does not bind may still log in
+        // A relay between client and proxy terminates TLS with another certificate: the client binds to that one.
+        #expect(throws: SCRAMServer.Failure.channelBindingMismatch) {
+            try login(clientSees: Crypto.sha256(Array("a relay's certificate".utf8)), serverHas: endPoint)
+        }
+        #expect(throws: SCRAMServer.Failure.channelBindingUnsupported) { try login(clientSees: endPoint, serverHas: nil) }
+        #expect(throws: SCRAMServer.Failure.channelBindingNegotiation) {
+            try login(clientSees: endPoint, serverHas: endPoint, mechanism: "SCRAM-SHA-256") // p= without PLUS
+        }
+        // "y": the client supports binding but believes the server does not, while PLUS was offered (a stripped offer).
+        var server = SCRAMServer(verifier: SCRAMVerifier(password: "pw"), channelBinding: endPoint)
+        #expect(throws: SCRAMServer.Failure.channelBindingNegotiation) {
+            try server.receiveClientFirst(mechanism: "SCRAM-SHA-256", data: Array("y,,n=,r=abc".utf8))
+        }
+        var noTLS = SCRAMServer(verifier: SCRAMVerifier(password: "pw"))
+        #expect(try noTLS.receiveClientFirst(mechanism: "SCRAM-SHA-256", data: Array("y,,n=,r=abc".utf8)).count > 0)
+    }
+
     @Test func clientRejectsForgedServerSignature() throws {
         var server = SCRAMServer(verifier: SCRAMVerifier(password: "other"))
         var client = SCRAMClient(password: "s3cret")

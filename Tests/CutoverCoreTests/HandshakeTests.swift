@@ -138,14 +138,20 @@ private func passwordBody(_ m: FrontendMessage) -> ArraySlice<UInt8> {
         #expect(s["options"] == "-c geqo=off")
     }
 
-    @Test func scramLoginTranscript() throws {
+    @Test(arguments: [(["SCRAM-SHA-256"], false, "SCRAM-SHA-256"), (["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"], false, "SCRAM-SHA-256"),
+                      (["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"], true, "SCRAM-SHA-256-PLUS"), (["SCRAM-SHA-256"], true, "SCRAM-SHA-256")])
+    func scramLoginTranscript(offered: [String], onTLS: Bool, chosen: String) throws {
+        // On TLS the backend's certificate hash is known, and the login binds to it when the backend offers PLUS.
+        let endPoint = onTLS ? Crypto.sha256(Array("backend certificate".utf8)) : nil
         var h = BackendHandshake(backend: backend)
-        var server = SCRAMServer(verifier: SCRAMVerifier(password: "pw"))
-        guard case .send(let initial) = h.received(.authentication(.sasl(mechanisms: ["SCRAM-SHA-256"]))) else { Issue.record("no initial"); return }
+        h.channelBinding = endPoint
+        var server = SCRAMServer(verifier: SCRAMVerifier(password: "pw"), channelBinding: offered.count > 1 ? endPoint : nil)
+        guard case .send(let initial) = h.received(.authentication(.sasl(mechanisms: offered))) else { Issue.record("no initial"); return }
         var f = MessageFramer(); f.append(initial)
         let m1 = try FrontendMessage.decodePassword(body: try f.next()!.body, as: .saslInitial)
-        guard case .saslInitialResponse(_, let data) = m1 else { Issue.record("bad initial"); return }
-        let serverFirst = try server.receiveClientFirst(mechanism: "SCRAM-SHA-256", data: data)
+        guard case .saslInitialResponse(let mechanism, let data) = m1 else { Issue.record("bad initial"); return }
+        #expect(mechanism == chosen)
+        let serverFirst = try server.receiveClientFirst(mechanism: mechanism, data: data)
         guard case .send(let response) = h.received(.authentication(.saslContinue(data: serverFirst))) else { Issue.record("no response"); return }
         f.append(response)
         guard case .saslResponse(let final) = try FrontendMessage.decodePassword(body: try f.next()!.body, as: .saslResponse) else { Issue.record("bad response"); return }

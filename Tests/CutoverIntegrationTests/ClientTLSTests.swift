@@ -32,8 +32,9 @@ import Testing
         let (p, port, _) = try tlsProxy("tls-require", mode: "require")
         defer { stopBackgroundProcess(p); certificate.remove() }
 
-        // The server's certificate verifies against itself as CA, for the address the client dialled.
-        let c = try PQConnection(f.conninfo(port, extra: "sslmode=verify-full sslrootcert=\(certificate.certificate)"))
+        // The server's certificate verifies against itself as CA, for the address the client dialled, and the
+        // SCRAM login is bound to the TLS channel (SCRAM-SHA-256-PLUS, tls-server-end-point).
+        let c = try PQConnection(f.conninfo(port, extra: "sslmode=verify-full sslrootcert=\(certificate.certificate) channel_binding=require"))
         #expect(PQsslInUse(c.conn) == 1)
         #expect(String(cString: PQsslAttribute(c.conn, "protocol")) == "TLSv1.3")
         #expect(try c.scalar("SELECT count(*) FROM candidates") == "10")
