@@ -1,6 +1,5 @@
 // `cutover status` and `cutover phase`: talk to a running proxy's admin database through libpq.
 import ArgumentParser
-import CLibPQ
 import Foundation
 
 struct AdminOptions: ParsableArguments {
@@ -9,8 +8,8 @@ struct AdminOptions: ParsableArguments {
     var adminURL: String?
 
     /// Connects, or exits with status 2 (the proxy could not be reached) and says why.
-    func connect() throws -> AdminClient {
-        do { return try AdminClient(try connectionString()) } catch let e as AdminClient.Failure {
+    func connect() throws -> PGSession {
+        do { return try PGSession(try connectionString(), reaching: "the admin console") } catch let e as PGSession.Failure {
             print("cutover: \(e)")
             throw ExitCode(2)
         }
@@ -20,44 +19,6 @@ struct AdminOptions: ParsableArguments {
         if let adminURL { return adminURL }
         if let env = ProcessInfo.processInfo.environment["CUTOVER_ADMIN_URL"], !env.isEmpty { return env }
         throw ValidationError("give --admin-url or set CUTOVER_ADMIN_URL, e.g. postgresql://ops@127.0.0.1:6432/cutover")
-    }
-}
-
-/// A blocking libpq session with the admin console (command-line tools only, never on a loop thread).
-struct AdminClient {
-    struct Failure: Error, CustomStringConvertible {
-        var description: String
-    }
-
-    let conn: OpaquePointer
-
-    init(_ conninfo: String) throws {
-        guard let c = PQconnectdb(conninfo) else { throw Failure(description: "out of memory") }
-        guard PQstatus(c) == CONNECTION_OK else {
-            let message = String(cString: PQerrorMessage(c)).trimmingCharacters(in: .whitespacesAndNewlines)
-            PQfinish(c)
-            throw Failure(description: "cannot reach the admin console: \(message)")
-        }
-        conn = c
-    }
-
-    func close() { PQfinish(conn) }
-
-    /// Runs one admin command; returns column names and rows.
-    func run(_ command: String) throws -> (columns: [String], rows: [[String]]) {
-        guard let res = PQexec(conn, command) else { throw Failure(description: String(cString: PQerrorMessage(conn))) }
-        defer { PQclear(res) }
-        let status = PQresultStatus(res)
-        guard status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK else {
-            var message = String(cString: PQresultErrorMessage(res)).trimmingCharacters(in: .whitespacesAndNewlines)
-            if message.hasPrefix("ERROR:  ") { message.removeFirst(8) }
-            throw Failure(description: message)
-        }
-        let columns = (0..<PQnfields(res)).map { String(cString: PQfname(res, $0)) }
-        let rows = (0..<PQntuples(res)).map { r in
-            (0..<PQnfields(res)).map { c in PQgetisnull(res, r, c) == 1 ? "" : String(cString: PQgetvalue(res, r, c)) }
-        }
-        return (columns, rows)
     }
 }
 
@@ -87,7 +48,7 @@ struct Status: ParsableCommand {
             printTable(routes.columns, routes.rows)
             if stats { print(""); let s = try client.run("SHOW STATS"); printTable(s.columns, s.rows) }
             if sessions { print(""); let s = try client.run("SHOW SESSIONS"); printTable(s.columns, s.rows) }
-        } catch let e as AdminClient.Failure {
+        } catch let e as PGSession.Failure {
             print("cutover: \(e)"); throw ExitCode(1)
         }
     }
@@ -116,7 +77,7 @@ struct PhaseCommand: ParsableCommand {
             if let mirror { _ = try client.run("SET MIRROR \(route) TO \(mirror)") }
             let r = try client.run("SET PHASE \(route) TO \(phase)\(force ? " FORCE" : "")")
             printTable(r.columns, r.rows)
-        } catch let e as AdminClient.Failure {
+        } catch let e as PGSession.Failure {
             print("cutover: \(e)"); throw ExitCode(1)
         }
     }
