@@ -114,6 +114,8 @@ psql "$CUTOVER_ADMIN_URL" -X -c "PAUSE onboarding 10"
 PGPASSWORD=hexabuilders_pw psql -X -q -h 127.0.0.1 -p "${PORT[legacy]}" -U hexabuilders hexabuilders -c "\\copy onboarding.candidates TO STDOUT" \
     | ONB_NEW -c "\\copy candidates FROM STDIN"
 ONB_NEW -c "SELECT setval('candidates_id_seq', (SELECT max(id) FROM candidates))" >/dev/null
+verify() { echo "-- cutover verify (both sides, straight from the backends)"; LEGACY_DB_PASSWORD=hexabuilders_pw "$CUTOVER" verify "$WORK/cutover.toml" onboarding "$@" | sed 's/^/   /'; }
+verify
 "$CUTOVER" phase onboarding dual-legacy
 psql "$CUTOVER_ADMIN_URL" -X -c "RESUME onboarding"
 
@@ -122,9 +124,11 @@ ONB_NEW -c "DELETE FROM candidates WHERE id = 7"
 via_proxy onboarding -c "UPDATE candidates SET status = 'hired' WHERE id = 7"
 sleep 0.5
 psql "$CUTOVER_ADMIN_URL" -X -c "SHOW DIVERGENCES onboarding"
+verify --attempts 1 || echo "   (exit status 1: the sides differ)"
 echo "   (repairing the new side: copying row 7 back)"
 PGPASSWORD=hexabuilders_pw psql -X -q -h 127.0.0.1 -p "${PORT[legacy]}" -U hexabuilders hexabuilders \
     -c "\\copy (SELECT * FROM onboarding.candidates WHERE id = 7) TO STDOUT" | ONB_NEW -c "\\copy candidates FROM STDIN"
+verify
 
 step "a load of the onboarding service runs through the proxy (pgbench, 4 clients at 300 tx/s, 26 s) while the route walks the ladder"
 cat > "$WORK/onboarding.sql" <<'SQL'

@@ -50,7 +50,7 @@ struct Verify: ParsableCommand {
                 print("\n\(row.table):\n  legacy: \(row.legacy?.columns ?? "")\n  new:    \(row.new?.columns ?? "")")
             }
             let differing = rows.filter { $0.verdict != .match }.count
-            print("\nroute \(route): \(rows.count) tables, \(rows.count - differing) match, \(differing) differ "
+            print("\nroute \(route): \(rows.count) table\(rows.count == 1 ? "" : "s"), \(rows.count - differing) match, \(differing) differ "
                   + "(legacy: schema \(legacy.schema) on \(legacyBackend.name); new: schema \(new.schema) on \(newBackend.name))")
             if differing > 0 { throw ExitCode(1) }
         } catch let e as PGSession.Failure {
