@@ -107,13 +107,12 @@ step() { echo; echo "== $*"; }
 step "a Profile 360 join from the onboarding service reaches into another service's schema: recorded as cross_schema"
 via_proxy onboarding -c "SELECT c.name, p.name AS partner FROM candidates c JOIN public.partners p ON p.id = c.partner_id ORDER BY c.id LIMIT 2"
 
-step "backfill: PAUSE the route, copy onboarding's schema to its new instance, start mirroring, RESUME"
+step "backfill: PAUSE the route, copy onboarding's schema to its new instance, verify, start mirroring, RESUME"
 ONB_NEW() { PGPASSWORD=onboarding_secure_password psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${PORT[onboarding]}" -U onboarding_user onboarding "$@"; }
 ONB_NEW -c "CREATE TABLE candidates (id serial PRIMARY KEY, partner_id int NOT NULL, name text NOT NULL, status text NOT NULL DEFAULT 'new')"
 psql "$CUTOVER_ADMIN_URL" -X -c "PAUSE onboarding 10"
-PGPASSWORD=hexabuilders_pw psql -X -q -h 127.0.0.1 -p "${PORT[legacy]}" -U hexabuilders hexabuilders -c "\\copy onboarding.candidates TO STDOUT" \
-    | ONB_NEW -c "\\copy candidates FROM STDIN"
-ONB_NEW -c "SELECT setval('candidates_id_seq', (SELECT max(id) FROM candidates))" >/dev/null
+echo "-- cutover backfill (legacy's schema onboarding, one snapshot, into the new instance; sequences too)"
+LEGACY_DB_PASSWORD=hexabuilders_pw "$CUTOVER" backfill "$WORK/cutover.toml" onboarding | sed 's/^/   /'
 verify() { echo "-- cutover verify (both sides, straight from the backends)"; LEGACY_DB_PASSWORD=hexabuilders_pw "$CUTOVER" verify "$WORK/cutover.toml" onboarding "$@" | sed 's/^/   /'; }
 verify
 "$CUTOVER" phase onboarding dual-legacy

@@ -11,7 +11,7 @@ struct Cutover: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cutover",
         abstract: "A PostgreSQL proxy that moves each service's schema to its own instance with no downtime.",
-        subcommands: [Serve.self, CheckConfig.self, Status.self, PhaseCommand.self, Verify.self])
+        subcommands: [Serve.self, CheckConfig.self, Status.self, PhaseCommand.self, Verify.self, Backfill.self])
 }
 
 struct ConfigOption: ParsableArguments {

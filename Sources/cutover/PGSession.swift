@@ -38,6 +38,7 @@ struct PGSession {
 
     /// Runs one statement; returns column names and rows (NULL as ""). Without parameters it uses the simple
     /// protocol (the admin console speaks only that); with them, PQexecParams.
+    @discardableResult
     func run(_ sql: String, _ parameters: [String] = []) throws -> (columns: [String], rows: [[String]]) {
         let result: OpaquePointer?
         if parameters.isEmpty {
@@ -60,5 +61,64 @@ struct PGSession {
             (0..<PQnfields(res)).map { c in PQgetisnull(res, r, c) == 1 ? "" : String(cString: PQgetvalue(res, r, c)) }
         }
         return (columns, rows)
+    }
+
+    /// Streams `copyOut` (a `COPY ... TO STDOUT`) on `source` into `copyIn` (a `COPY ... FROM STDIN`) here,
+    /// chunk by chunk, without holding the table in memory. Returns the rows copied.
+    func copy(from source: PGSession, _ copyOut: String, into copyIn: String) throws -> Int64 {
+        try source.startCopy(copyOut, PGRES_COPY_OUT)
+        do { try startCopy(copyIn, PGRES_COPY_IN) } catch { source.cancelAndDrain(); throw error }
+        var chunk: UnsafeMutablePointer<CChar>?
+        while true {
+            let n = PQgetCopyData(source.conn, &chunk, 0)
+            if n == -1 { break }
+            guard n > 0, let data = chunk else {
+                _ = PQputCopyEnd(conn, "the source of the copy failed")
+                _ = try? finishCommand()
+                throw Failure(description: "reading the copy: " + String(cString: PQerrorMessage(source.conn)))
+            }
+            let sent = PQputCopyData(conn, data, n)
+            PQfreemem(data)
+            guard sent == 1 else {
+                source.cancelAndDrain()
+                throw Failure(description: "writing the copy: " + String(cString: PQerrorMessage(conn)))
+            }
+        }
+        _ = try source.finishCommand()
+        guard PQputCopyEnd(conn, nil) == 1 else { throw Failure(description: String(cString: PQerrorMessage(conn))) }
+        return try finishCommand()
+    }
+
+    private func startCopy(_ sql: String, _ expected: ExecStatusType) throws {
+        guard let res = PQexec(conn, sql) else { throw Failure(description: String(cString: PQerrorMessage(conn))) }
+        defer { PQclear(res) }
+        guard PQresultStatus(res) == expected else {
+            throw Failure(description: String(cString: PQresultErrorMessage(res)).trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+    }
+
+    /// Reads the results of the command in progress; returns its row count (`COPY n`) or throws its error.
+    private func finishCommand() throws -> Int64 {
+        var rows: Int64 = 0
+        var failure: String?
+        while let res = PQgetResult(conn) {
+            if PQresultStatus(res) == PGRES_COMMAND_OK { rows = Int64(String(cString: PQcmdTuples(res))) ?? 0 }
+            else if failure == nil { failure = String(cString: PQresultErrorMessage(res)).trimmingCharacters(in: .whitespacesAndNewlines) }
+            PQclear(res)
+        }
+        if let failure { throw Failure(description: failure) }
+        return rows
+    }
+
+    /// Abandons a COPY OUT in progress (the connection's transaction is then rolled back by the caller).
+    private func cancelAndDrain() {
+        if let cancel = PQgetCancel(conn) {
+            var buffer = [CChar](repeating: 0, count: 256)
+            _ = PQcancel(cancel, &buffer, 256)
+            PQfreeCancel(cancel)
+        }
+        var chunk: UnsafeMutablePointer<CChar>?
+        while PQgetCopyData(conn, &chunk, 0) > 0 { PQfreemem(chunk) }
+        _ = try? finishCommand()
     }
 }

@@ -31,3 +31,13 @@ import Testing
         #expect(q.contains("FROM \"my schema\".\"we\"\"ird\" t"))
     }
 }
+
+@Suite struct BackfillPlanTests {
+    @Test func referencedTablesLoadFirstAndCyclesKeepTheirOrderAtTheEnd() {
+        let refs: [(from: String, to: String)] = [("orders", "customers"), ("lines", "orders"), ("lines", "products"),
+                                                   ("customers", "customers"), ("a", "b"), ("b", "a"), ("x", "elsewhere")]
+        let order = BackfillPlan.loadOrder(["lines", "orders", "customers", "products", "a", "b", "x"], references: refs)
+        #expect(order == ["customers", "products", "x", "orders", "lines", "a", "b"])
+        #expect(BackfillPlan.loadOrder(["t"], references: []) == ["t"])
+    }
+}

@@ -1,0 +1,70 @@
+// One side of a route for the offline commands (`verify`, `backfill`): a libpq session to its backend and its schema.
+import ArgumentParser
+import CutoverCore
+
+/// One side of a route: a session to its backend and the schema its tables live in there.
+struct RouteSide: CustomStringConvertible {
+    let session: PGSession
+    let schema: String
+    let backendName: String
+
+    var description: String { "schema \(schema) on \(backendName)" }
+
+    /// Both sides of `route` from the config file, connected. Exits with status 2 (and says why) when the
+    /// config, the route or a backend fails.
+    static func connectBoth(configPath: String, route: String) throws -> (legacy: RouteSide, new: RouteSide) {
+        let config: CutoverConfig
+        do { config = try ConfigLoader.load(path: configPath) } catch let e as ConfigErrors {
+            for p in e.problems { print("\(configPath): \(p)") }
+            throw ExitCode(2)
+        }
+        guard let r = config.routes[route], let legacy = config.backends[r.legacy], let new = config.backends[r.new] else {
+            print("cutover: no route \(route) in \(configPath)")
+            throw ExitCode(2)
+        }
+        do {
+            let l = try RouteSide(backend: legacy, schema: r.legacySchema)
+            do { return (l, try RouteSide(backend: new, schema: nil)) } catch { l.session.close(); throw error }
+        } catch let e as PGSession.Failure {
+            print("cutover: \(e)")
+            throw ExitCode(2)
+        }
+    }
+
+    /// Without a schema, the one the backend user lands in (as a session through the proxy does).
+    init(backend: BackendConfig, schema: String?) throws {
+        var parameters = [("host", backend.host), ("port", "\(backend.port)"), ("dbname", backend.database), ("user", backend.user),
+                          ("sslmode", backend.tls.rawValue), ("application_name", "cutover verify"), ("connect_timeout", "10")]
+        if let password = backend.password { parameters.append(("password", password)) }
+        if let ca = backend.tlsCAFile { parameters.append(("sslrootcert", ca)) }
+        session = try PGSession(parameters: parameters, reaching: "backend \(backend.name)")
+        backendName = backend.name
+        self.schema = try schema ?? session.run("SELECT current_schema()").rows.first?.first ?? "public"
+    }
+
+    /// The schema's tables (or those of `names` among them), in name order.
+    func tables(only names: [String]) throws -> [String] {
+        try session.run(Verification.listTables, [schema]).rows.map { $0[0] }.filter { names.isEmpty || names.contains($0) }
+    }
+
+    /// The columns a COPY can fill, in order.
+    func copyColumns(_ table: String) throws -> [String] {
+        try session.run(BackfillPlan.listCopyColumns, [schema, table]).rows.map { $0[0] }
+    }
+
+    /// `schema.table`, quoted.
+    func qualified(_ table: String) -> String { Verification.quoteIdentifier(schema) + "." + Verification.quoteIdentifier(table) }
+
+    func fingerprints(only names: [String]) throws -> [String: TableFingerprint] {
+        var out: [String: TableFingerprint] = [:]
+        for table in try tables(only: names) { out[table] = try fingerprint(table) }
+        return out
+    }
+
+    /// Nil when the table is not there (any more).
+    func fingerprint(_ table: String) throws -> TableFingerprint? {
+        guard let columns = try session.run(Verification.listColumns, [schema, table]).rows.first?.first else { return nil }
+        guard let row = try session.run(Verification.fingerprintQuery(schema: schema, table: table)).rows.first else { return nil }
+        return TableFingerprint(columns: columns, rows: Int64(row[0]) ?? -1, hash: row[1])
+    }
+}
