@@ -25,29 +25,8 @@ import Testing
             try f.onboarding.psql(sql, database: "backfill_new", user: "onboarding_user", password: FixtureSecrets.onboardingPassword)
         }
         try newSQL(ddl)
-        let path = "\(f.directory)/backfill.toml"
-        try """
-            [[users]]
-            name = "u"
-            auth = "trust"
-            [backends.legacy]
-            port = \(f.legacy.port)
-            database = "hexabuilders"
-            user = "hexabuilders"
-            password = "\(FixtureSecrets.legacyPassword)"
-            [backends.new]
-            port = \(f.onboarding.port)
-            database = "backfill_new"
-            user = "onboarding_user"
-            password_env = "ONBOARDING_DB_PASSWORD"
-            [routes.shop]
-            legacy = "legacy"
-            legacy_schema = "backfill_s"
-            new = "new"
-            """.write(toFile: path, atomically: true, encoding: .utf8)
-        func cli(_ args: [String]) throws -> ProcessResult {
-            try runProcess(ProxyFixture.cutoverBinary, args, environment: ProxyFixture.proxyEnvironment)
-        }
+        let path = try f.offlineConfig("shop", legacySchema: "backfill_s", newDatabase: "backfill_new")
+        func cli(_ args: [String]) throws -> ProcessResult { try f.cli(args) }
 
         let first = try cli(["backfill", path, "shop"])
         #expect(first.status == 0, "\(first.stdout)\(first.stderr)")

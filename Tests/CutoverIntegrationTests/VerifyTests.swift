@@ -29,35 +29,15 @@ import Testing
             CREATE TABLE d (id int);
             CREATE TABLE e (id int, v varchar(10));
             """)
-        let path = "\(f.directory)/verify.toml"
-        try """
-            [[users]]
-            name = "u"
-            auth = "trust"
-            [backends.legacy]
-            port = \(f.legacy.port)
-            database = "hexabuilders"
-            user = "hexabuilders"
-            password = "\(FixtureSecrets.legacyPassword)"
-            [backends.new]
-            port = \(f.onboarding.port)
-            database = "verify_new"
-            user = "onboarding_user"
-            password_env = "ONBOARDING_DB_PASSWORD"
+        let path = try f.offlineConfig("verify", legacySchema: "verify_s", newDatabase: "verify_new", extra: """
             [backends.nowhere]
             port = \(PostgresCluster.freePort())
             user = "x"
-            [routes.verify]
-            legacy = "legacy"
-            legacy_schema = "verify_s"
-            new = "new"
             [routes.broken]
             legacy = "nowhere"
             new = "new"
-            """.write(toFile: path, atomically: true, encoding: .utf8)
-        func verify(_ args: [String]) throws -> ProcessResult {
-            try runProcess(ProxyFixture.cutoverBinary, ["verify", path] + args, environment: ProxyFixture.proxyEnvironment)
-        }
+            """)
+        func verify(_ args: [String]) throws -> ProcessResult { try f.cli(["verify", path] + args) }
         func verdicts(_ out: String) -> [String: String] {
             var v: [String: String] = [:]
             for line in out.split(separator: "\n") {

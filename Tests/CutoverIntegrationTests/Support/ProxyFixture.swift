@@ -168,6 +168,11 @@ final class ProxyFixture: @unchecked Sendable {
         onboarding.destroy()
     }
 
+    /// `[backends.legacy]`: the shared instance's database as its owner, for configs of a test's own.
+    var legacyBackendTOML: String {
+        "[backends.legacy]\nport = \(legacy.port)\ndatabase = \"hexabuilders\"\nuser = \"hexabuilders\"\npassword = \"\(FixtureSecrets.legacyPassword)\""
+    }
+
     /// Starts a proxy of a test's own in front of the legacy cluster: route `onboarding`, user `onboarding_user`,
     /// `extraServer` lines in [server] and `rest` at the end. Returns the process, its port and its config file.
     func ownProxy(_ name: String, server extraServer: String = "", rest: String = "") throws -> (Process, Int, String) {
@@ -180,11 +185,7 @@ final class ProxyFixture: @unchecked Sendable {
             [[users]]
             name = "onboarding_user"
             password = "\(FixtureSecrets.clientPassword)"
-            [backends.legacy]
-            port = \(legacy.port)
-            database = "hexabuilders"
-            user = "hexabuilders"
-            password = "\(FixtureSecrets.legacyPassword)"
+            \(legacyBackendTOML)
             [routes.onboarding]
             legacy = "legacy"
             legacy_schema = "onboarding"
@@ -194,6 +195,34 @@ final class ProxyFixture: @unchecked Sendable {
         try config.write(toFile: path, atomically: true, encoding: .utf8)
         let p = try ProxyFixture.startProxy(configPath: path, logPath: "\(directory)/\(name).log", port: port)
         return (p, port, path)
+    }
+
+    /// A config for the offline commands (`verify`, `backfill`): route `route` from the legacy cluster's
+    /// `legacySchema` to `newDatabase` on the onboarding cluster, plus `extra` lines. Returns its path.
+    func offlineConfig(_ route: String, legacySchema: String, newDatabase: String, extra: String = "") throws -> String {
+        let path = "\(directory)/\(route)-offline.toml"
+        try """
+            [[users]]
+            name = "u"
+            auth = "trust"
+            \(legacyBackendTOML)
+            [backends.new]
+            port = \(onboarding.port)
+            database = "\(newDatabase)"
+            user = "onboarding_user"
+            password_env = "ONBOARDING_DB_PASSWORD"
+            [routes.\(route)]
+            legacy_schema = "\(legacySchema)"
+            legacy = "legacy"
+            new = "new"
+            \(extra)
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// Runs the `cutover` command with the fixture's backend passwords in its environment.
+    func cli(_ arguments: [String]) throws -> ProcessResult {
+        try runProcess(Self.cutoverBinary, arguments, environment: Self.proxyEnvironment)
     }
 
     /// A libpq connection string to a proxy of a test's own.
