@@ -16,4 +16,7 @@ static inline void cutover_ssl_ctx_configure(SSL_CTX *ctx) {
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
 }
 static inline int cutover_ssl_set_host_name(SSL *ssl, const char *name) { return (int)SSL_set_tlsext_host_name(ssl, name); }
+/* A memory BIO's pending bytes without copying them out, and emptying it afterwards. */
+static inline long cutover_bio_mem_data(BIO *b, char **data) { return BIO_get_mem_data(b, data); }
+static inline int cutover_bio_reset(BIO *b) { return (int)BIO_reset(b); }
 static inline const char *cutover_ssl_cipher_name(const SSL *ssl) { return SSL_get_cipher_name(ssl); }

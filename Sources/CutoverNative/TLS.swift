@@ -158,8 +158,8 @@ public final class TLSStream {
             guard n > 0 else { throw TLSError.fromQueue("cannot buffer TLS input") }
             offset += Int(n)
         }
-        let plain = UnsafeMutableRawPointer.allocate(byteCount: Self.recordSize, alignment: 1)
-        defer { plain.deallocate() }
+        let plain = Self.takeRecordBuffer()
+        defer { Self.returnRecordBuffer(plain) }
         while true {
             ERR_clear_error()
             let n = SSL_read(ssl, plain, Int32(Self.recordSize))
@@ -205,18 +205,26 @@ public final class TLSStream {
     /// Whether there is output waiting for `takeOutput`.
     public var hasOutput: Bool { BIO_ctrl_pending(output) > 0 }
 
-    /// Hands what must go to the socket to `body`, chunk by chunk, and forgets it.
+    /// Hands what must go to the socket to `body` (in place, valid only during the call) and forgets it.
+    /// The caller takes all of it: a connection copies what its socket refuses into its own queue.
     public func takeOutput(_ body: (UnsafeRawBufferPointer) -> Void) {
-        var pending = Int(BIO_ctrl_pending(output))
-        guard pending > 0 else { return }
-        let chunk = UnsafeMutableRawPointer.allocate(byteCount: min(pending, 64 * 1024), alignment: 1)
-        defer { chunk.deallocate() }
-        while pending > 0 {
-            let n = BIO_read(output, chunk, Int32(min(pending, 64 * 1024)))
-            guard n > 0 else { return }
-            body(UnsafeRawBufferPointer(start: chunk, count: Int(n)))
-            pending = Int(BIO_ctrl_pending(output))
-        }
+        var data: UnsafeMutablePointer<CChar>?
+        let count = cutover_bio_mem_data(output, &data)
+        guard count > 0, let data else { return }
+        body(UnsafeRawBufferPointer(start: data, count: count))
+        _ = cutover_bio_reset(output)
+    }
+
+    /// Buffers `receive` decrypts into, reused: one per receive in progress (a delivery can start another
+    /// connection's receive), instead of an allocation per read. Only the event loop's thread uses streams.
+    nonisolated(unsafe) private static var recordBuffers: [UnsafeMutableRawPointer] = []
+
+    private static func takeRecordBuffer() -> UnsafeMutableRawPointer {
+        recordBuffers.popLast() ?? UnsafeMutableRawPointer.allocate(byteCount: recordSize, alignment: 16)
+    }
+
+    private static func returnRecordBuffer(_ buffer: UnsafeMutableRawPointer) {
+        if recordBuffers.count < 4 { recordBuffers.append(buffer) } else { buffer.deallocate() }
     }
 
     private func writeEarly() throws {

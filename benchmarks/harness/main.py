@@ -15,7 +15,7 @@ import numpy as np
 from . import procs, report, services, suites
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUITES = ("throughput", "copy", "callgrind", "idle", "flip")
+SUITES = ("throughput", "tls", "copy", "callgrind", "idle", "flip")
 
 
 @dataclass
@@ -115,6 +115,13 @@ def main(argv=None):
                    services.Endpoint(report.PGBOUNCER, "PgBouncer session", pgb_s.port, pgb_s.service),
                    services.Endpoint("pgbouncer_txn", "PgBouncer transaction", pgb_t.port, pgb_t.service, prepared_ok=False),
                    services.Endpoint(report.CUTOVER, "Cutover legacy", co.port, co.service)]
+        if "tls" not in skip and "throughput" not in skip:
+            tls = services.make_certificate(work)
+            pgb_tls = services.PgBouncer(work, "pgbouncer-tls", legacy, "session", pin, 1000, 100, tls=tls).start()
+            co_tls = services.Cutover(work, "cutover-tls", binary, legacy, new, "legacy", "async", pin, 1000, tls=tls).start()
+            targets += [services.Endpoint(report.PGBOUNCER_TLS, "PgBouncer session, TLS", pgb_tls.port, pgb_tls.service,
+                                          sslmode="require"),
+                        services.Endpoint(report.CUTOVER_TLS, "Cutover legacy, TLS", co_tls.port, co_tls.service, sslmode="require")]
         duals = {}
         if dual:
             for m in ("async", "sync"):

@@ -8,6 +8,8 @@ from .pgbench import PERCENTILES, percentiles
 CUTOVER = "cutover_legacy"
 PGBOUNCER = "pgbouncer_session"
 DIRECT = "direct"
+CUTOVER_TLS = "cutover_tls"
+PGBOUNCER_TLS = "pgbouncer_tls"
 SHORT = {"select_simple": "simple", "select_extended": "extended", "select_prepared": "prepared", "tpcb": "tpcb"}
 
 
@@ -81,6 +83,9 @@ class Analysis:
             s["instr_vs_pgbouncer"] = round(cg["cutover"]["instr_per_query"] / cg["pgbouncer"]["instr_per_query"], 2)
         put("cpu_us_per_query", spread(self.values("select_simple", CUTOVER, "proxy_cpu_us_per_query")), 1)
         put("pgbouncer_cpu_us_per_query", spread(self.values("select_simple", PGBOUNCER, "proxy_cpu_us_per_query")), 1)
+        put("tps_vs_pgbouncer_tls", self.pair("select_simple_tls", CUTOVER_TLS, PGBOUNCER_TLS, "tps"))
+        put("cpu_us_per_query_tls", spread(self.values("select_simple_tls", CUTOVER_TLS, "proxy_cpu_us_per_query")), 1)
+        put("pgbouncer_cpu_us_per_query_tls", spread(self.values("select_simple_tls", PGBOUNCER_TLS, "proxy_cpu_us_per_query")), 1)
         put("added_p50_us", self.pair("latency_c1", CUTOVER, DIRECT, "latency_us", op="diff", sub="p50"), 1)
         put("pgbouncer_added_p50_us", self.pair("latency_c1", PGBOUNCER, DIRECT, "latency_us", op="diff", sub="p50"), 1)
         for dual in ("async", "sync"):
@@ -146,7 +151,7 @@ class Analysis:
              "Values are `median [min–max]` over rounds; ratios are computed per round (same round, adjacent runs) "
              "and then summarized.", ""]
         L += ["## Throughput", "",
-              "| workload | target | TPS | vs direct | vs PgBouncer session | proxy CPU µs/query | of which user / kernel |",
+              "| workload | target | TPS | vs direct | vs PgBouncer session (TLS rows: vs PgBouncer with TLS) | proxy CPU µs/query | of which user / kernel |",
               "|---|---|---|---|---|---|---|"]
         for wl in self.workloads():
             if wl.startswith("copy_") or wl.startswith("fixed_rate"):
@@ -154,7 +159,7 @@ class Analysis:
             for t in self.targets_of(wl):
                 tps = spread(self.values(wl, t.key, "tps"))
                 L.append(f"| {wl} | {t.label} | {fmt(tps, 0)} | {fmt(self.pair(wl, t.key, DIRECT, 'tps'))} | "
-                         f"{fmt(self.pair(wl, t.key, PGBOUNCER, 'tps'))} | "
+                         f"{fmt(self.pair(wl, t.key, PGBOUNCER_TLS if wl.endswith('_tls') else PGBOUNCER, 'tps'))} | "
                          f"{fmt(spread(self.values(wl, t.key, 'proxy_cpu_us_per_query')), 1)} | {self.user_sys(wl, t.key)} |")
         L += ["", "## Latency (µs)", "",
               "Percentiles pooled over all rounds (pgbench per-transaction logs). `added p50` is the per-round "

@@ -22,6 +22,7 @@ class Endpoint:
     port: int
     service: object = None          # the proxy's Service (for CPU and RSS), None for direct
     prepared_ok: bool = True        # PgBouncer 1.18 in transaction mode cannot keep prepared statements
+    sslmode: str = None             # libpq's sslmode for this target's clients (the TLS targets: "require")
 
     @property
     def proxy_pid(self):
@@ -30,6 +31,8 @@ class Endpoint:
     def env(self):
         e = dict(os.environ)
         e.update(PGPASSWORD=PASSWORD, PGCONNECT_TIMEOUT="10", PGAPPNAME="cutover-bench")
+        if self.sslmode:
+            e["PGSSLMODE"] = self.sslmode
         return e
 
     def psql(self, *statements, user=USER, db=DB):
@@ -38,6 +41,20 @@ class Endpoint:
         for sql in statements:
             argv += ["-c", sql]
         return argv
+
+
+def make_certificate(root):
+    """A throwaway self-signed server certificate and key for the TLS targets, readable by the PostgreSQL OS
+    user (PgBouncer runs as it). Returns (certificate, key) paths."""
+    d = os.path.join(root, "tls")
+    os.makedirs(d, exist_ok=True)
+    cert, key = os.path.join(d, "server.crt"), os.path.join(d, "server.key")
+    procs.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+               "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost"], log=os.path.join(d, "openssl.log"))
+    os.chmod(key, 0o600)
+    for p in (d, cert, key):
+        procs.chown_to_pg(p)
+    return cert, key
 
 
 class Managed:
@@ -122,7 +139,7 @@ class PgBouncer(Managed):
     """PgBouncer 1.18 from Debian in front of the legacy cluster. Clients log in with `auth_type = trust`,
     as they do at Cutover, so neither proxy spends client-side SCRAM in a measurement."""
 
-    def __init__(self, root, name, legacy, pool_mode, pin, max_clients, pool_size):
+    def __init__(self, root, name, legacy, pool_mode, pin, max_clients, pool_size, tls=None):
         self.name = name
         self.dir = os.path.join(root, name)
         self.port = procs.free_port()
@@ -149,6 +166,8 @@ log_connections = 0
 log_disconnections = 0
 ignore_startup_parameters = extra_float_digits
 """)
+            if tls:
+                f.write(f"client_tls_sslmode = require\nclient_tls_cert_file = {tls[0]}\nclient_tls_key_file = {tls[1]}\n")
         for p in (self.dir, self.ini, os.path.join(self.dir, "userlist.txt")):
             procs.chown_to_pg(p)
         self.pin = pin
@@ -164,7 +183,7 @@ ignore_startup_parameters = extra_float_digits
 class Cutover(Managed):
     """One `cutover serve` instance with a route `bench` (legacy + new) in a given phase and mirror mode."""
 
-    def __init__(self, root, name, binary, legacy, new, phase, mirror, pin, max_clients):
+    def __init__(self, root, name, binary, legacy, new, phase, mirror, pin, max_clients, tls=None):
         self.name = name
         self.binary = binary
         self.dir = os.path.join(root, name)
@@ -178,6 +197,7 @@ class Cutover(Managed):
 listen = "127.0.0.1:{self.port}"
 max_clients = {max_clients}
 state_file = "{self.dir}/state.json"
+{f'client_tls = "require"{chr(10)}client_tls_cert_file = "{tls[0]}"{chr(10)}client_tls_key_file = "{tls[1]}"' if tls else ""}
 
 [[users]]
 name = "{USER}"

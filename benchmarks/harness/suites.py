@@ -25,12 +25,14 @@ class Workload:
     rate: bool = False               # a fixed-rate (-R) run: compare latency, not TPS
     follower_apart: bool = False     # move the follower cluster to another CPU (see fixed_rate_follower_apart)
     only_targets: tuple = ()         # when set, the only targets this workload runs on
-
+    tls: bool = False                # runs on the TLS targets (and only there)
 
     def applies(self, endpoint):
         if self.key == "select_prepared" and not endpoint.prepared_ok:
             return False
         if self.only_targets and endpoint.key not in self.only_targets:
+            return False
+        if self.tls != bool(endpoint.sslmode):
             return False
         return endpoint.key not in self.skip_targets
 
@@ -41,6 +43,10 @@ def workloads(mode):
         Workload("select_simple", "select-only, -M simple, 8 clients", ["-S", "-M", "simple"] + c8),
         Workload("select_extended", "select-only, -M extended, 8 clients", ["-S", "-M", "extended"] + c8),
         Workload("select_prepared", "select-only, -M prepared, 8 clients", ["-S", "-M", "prepared"] + c8),
+        # The same as select_simple with clients on TLS (sslmode=require) to PgBouncer session and Cutover legacy:
+        # what encryption costs each proxy (both terminate TLS with OpenSSL; the link to PostgreSQL stays clear).
+        Workload("select_simple_tls", "select-only, -M simple, 8 clients, TLS (sslmode=require)", ["-S", "-M", "simple"] + c8,
+                 tls=True),
         # tpcb-like: BEGIN, 3 UPDATEs, SELECT, INSERT, END = 7 statements.
         Workload("tpcb", "TPC-B (tpcb-like), 8 clients", ["-M", "simple"] + c8, queries_per_tx=7),
         Workload("latency_c1", "select-only, 1 client (latency)", ["-S", "-M", "simple", "-c", "1"], latency=True),
