@@ -160,13 +160,17 @@ public final class TLSStream {
         }
         let plain = Self.takeRecordBuffer()
         defer { Self.returnRecordBuffer(plain) }
+        // Once per call, not per SSL call: our calls leave the queue empty (errors are drained into the
+        // TLSError), and clearing it walks OpenSSL's thread state (measured: ~390 instructions a call).
+        ERR_clear_error()
         while true {
-            ERR_clear_error()
             let n = SSL_read(ssl, plain, Int32(Self.recordSize))
             if n > 0 {
                 try writeEarly()
                 deliver(UnsafeRawBufferPointer(start: plain, count: Int(n)))
                 if isClosed { return false }
+                // Nothing buffered on either side of OpenSSL: another SSL_read would only say "want read".
+                if BIO_ctrl_pending(input) == 0 && SSL_pending(ssl) == 0 { return true }
                 continue
             }
             switch SSL_get_error(ssl, n) {
@@ -237,8 +241,8 @@ public final class TLSStream {
     private func write(_ bytes: UnsafeRawBufferPointer) throws {
         // A memory output never fills, so without partial writes SSL_write takes everything at once.
         var offset = 0
+        ERR_clear_error()
         while offset < bytes.count {
-            ERR_clear_error()
             let n = SSL_write(ssl, bytes.baseAddress! + offset, Int32(min(bytes.count - offset, 1 << 30)))
             if n <= 0 { try check(n, "TLS write failed"); return }
             offset += Int(n)
