@@ -87,12 +87,14 @@ public final class TLSContext: @unchecked Sendable {
 public final class TLSStream {
     private let ssl: OpaquePointer
     /// What the peer sent (written by `receive`, read by OpenSSL).
-    private let input: OpaquePointer
+    private var input: OpaquePointer
     /// What to send to the peer (written by OpenSSL, read by `takeOutput`).
-    private let output: OpaquePointer
+    private var output: OpaquePointer
     /// Plaintext sent before the handshake finished (a client's first message), written once it has.
     private var early: [UInt8] = []
     public private(set) var isClosed = false
+    /// The handshake's buffers were swapped for fresh ones (see `takeOutput`).
+    private var compacted = false
 
     /// Largest plaintext record TLS carries: the unit `receive` decrypts into.
     static let recordSize = 16 * 1024
@@ -217,6 +219,19 @@ public final class TLSStream {
         guard count > 0, let data else { return }
         body(UnsafeRawBufferPointer(start: data, count: count))
         _ = cutover_bio_reset(output)
+        if !compacted && isEstablished { compact() }
+    }
+
+    /// A memory buffer keeps the capacity of the most it ever held, so after the handshake (certificates,
+    /// a few kB) an idle connection would keep that much twice over. Once the handshake is done and both
+    /// buffers are empty, they are replaced by fresh ones (SSL_set_bio frees the old pair).
+    private func compact() {
+        guard BIO_ctrl_pending(input) == 0, BIO_ctrl_pending(output) == 0,
+              let r = BIO_new(BIO_s_mem()), let w = BIO_new(BIO_s_mem()) else { return }
+        SSL_set_bio(ssl, r, w)
+        input = r
+        output = w
+        compacted = true
     }
 
     /// Buffers `receive` decrypts into, reused: one per receive in progress (a delivery can start another

@@ -115,8 +115,8 @@ def main(argv=None):
                    services.Endpoint(report.PGBOUNCER, "PgBouncer session", pgb_s.port, pgb_s.service),
                    services.Endpoint("pgbouncer_txn", "PgBouncer transaction", pgb_t.port, pgb_t.service, prepared_ok=False),
                    services.Endpoint(report.CUTOVER, "Cutover legacy", co.port, co.service)]
-        if "tls" not in skip and "throughput" not in skip:
-            tls = services.make_certificate(work)
+        tls = services.make_certificate(work) if "tls" not in skip else None
+        if tls and "throughput" not in skip:
             pgb_tls = services.PgBouncer(work, "pgbouncer-tls", legacy, "session", pin, 1000, 100, tls=tls).start()
             co_tls = services.Cutover(work, "cutover-tls", binary, legacy, new, "legacy", "async", pin, 1000, tls=tls).start()
             targets += [services.Endpoint(report.PGBOUNCER_TLS, "PgBouncer session, TLS", pgb_tls.port, pgb_tls.service,
@@ -159,7 +159,7 @@ def main(argv=None):
             save(rec, meta, out_dir, targets)
         if "idle" not in skip:
             suites.log("idle clients")
-            suites.idle_clients(mode, pin, rec, work, binary, legacy, new)
+            suites.idle_clients(mode, pin, rec, work, binary, legacy, new, tls=tls)
         if "flip" not in skip and dual:
             suites.log("flip under load")
             suites.flip_under_load(mode, pin, rec, work, binary, legacy, new)

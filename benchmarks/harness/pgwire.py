@@ -5,6 +5,7 @@ one simple query, Terminate. libpq would need a thread or a process per connecti
 """
 import asyncio
 import resource
+import ssl
 import struct
 
 
@@ -45,8 +46,14 @@ async def _until_ready(reader, writer, password):
 class IdleSessions:
     """Opens sessions to 127.0.0.1:port and keeps them open and idle until `close()`."""
 
-    def __init__(self, port, user, database, password=None, run_query=True, concurrency=32):
+    def __init__(self, port, user, database, password=None, run_query=True, concurrency=32, tls=False):
         self.port, self.user, self.database, self.password = port, user, database, password
+        # TLS as libpq's sslmode=require: SSLRequest, then a handshake that does not check the certificate.
+        self.tls = None
+        if tls:
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            self.tls.check_hostname = False
+            self.tls.verify_mode = ssl.CERT_NONE
         self.run_query = run_query
         self.concurrency = concurrency
         self.sessions = []
@@ -56,6 +63,11 @@ class IdleSessions:
 
     async def _open_one(self):
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        if self.tls:
+            writer.write(struct.pack("!II", 8, 80877103))
+            if await reader.readexactly(1) != b"S":
+                raise LoginError("the server refused TLS")
+            await writer.start_tls(self.tls)
         writer.write(_startup(self.user, self.database))
         await _until_ready(reader, writer, self.password)
         if self.run_query:

@@ -101,12 +101,13 @@ class Analysis:
             s["flip_errors"] = flip["errors"]
         idle = self.extra.get("idle_clients")
         if idle:
-            for n, c in idle.get("cutover", {}).items():
-                label = f"{int(n) // 1000}k" if int(n) % 1000 == 0 else str(n)
-                s[f"rss_kb_per_idle_client_{label}"] = c["kb_per_client"]
-                pb = idle.get("pgbouncer", {}).get(n)
-                if pb and pb["kb_per_client"] > 0:
-                    s[f"rss_vs_pgbouncer_{label}"] = round(c["kb_per_client"] / pb["kb_per_client"], 2)
+            for suffix in ("", "_tls"):
+                for n, c in idle.get(f"cutover{suffix}", {}).items():
+                    label = (f"{int(n) // 1000}k" if int(n) % 1000 == 0 else str(n)) + suffix
+                    s[f"rss_kb_per_idle_client_{label}"] = c["kb_per_client"]
+                    pb = idle.get(f"pgbouncer{suffix}", {}).get(n)
+                    if pb and pb["kb_per_client"] > 0:
+                        s[f"rss_vs_pgbouncer_{label}"] = round(c["kb_per_client"] / pb["kb_per_client"], 2)
         for direction in ("out", "in"):
             put(f"copy_{direction}_vs_direct", self.pair(f"copy_{direction}", CUTOVER, DIRECT, "mb_per_s"))
         return s
@@ -128,7 +129,7 @@ class Analysis:
               "p99_dual_async_vs_legacy_follower_apart", 1.15, False)
         check("flip under load: 0 client errors", "flip_errors", 0, False)
         check("flip under load: longest stall ≤ 50 ms", "flip_max_stall_ms", 50, False)
-        for key in sorted(k for k in s if k.startswith("rss_vs_pgbouncer_")):
+        for key in sorted(k for k in s if k.startswith("rss_vs_pgbouncer_") and not k.endswith("_tls")):
             check(f"RSS per idle client ({key.rsplit('_', 1)[1]}) ≤ 0.8× PgBouncer's", key, 0.8, False)
         check("COPY out ≥ 0.9× direct", "copy_out_vs_direct", 0.9, True)
         check("COPY in ≥ 0.9× direct", "copy_in_vs_direct", 0.9, True)

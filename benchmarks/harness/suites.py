@@ -312,23 +312,28 @@ def _wait_backends(cluster, at_most, timeout=120):
         time.sleep(0.5)
 
 
-def idle_clients(mode, pin, rec, work, cutover_binary, legacy, new):
+def idle_clients(mode, pin, rec, work, cutover_binary, legacy, new, tls=None):
     """RSS growth of a fresh proxy per idle client. Each client logs in (trust) and runs `SELECT 1` once,
     so both proxies hold a server connection for it (session mode); then it stays idle.
-    PgBouncer is also measured with clients that never ran a query (it then holds no server connection)."""
+    PgBouncer is also measured with clients that never ran a query (it then holds no server connection).
+    With `tls` (certificate, key), both proxies are measured again with clients on TLS."""
     levels = mode.idle_levels
     top = max(levels)
     cases = [("cutover", True), ("pgbouncer", True), ("pgbouncer_login_only", False)]
+    if tls:
+        cases += [("cutover_tls", True), ("pgbouncer_tls", True)]
     result = {}
     baseline = _backend_count(legacy)
     for kind, query in cases:
         name = f"idle-{kind}"
-        if kind == "cutover":
-            proxy = services.Cutover(work, name, cutover_binary, legacy, new, "legacy", "async", pin, top + 100)
+        with_tls = tls if kind.endswith("_tls") else None
+        if kind.startswith("cutover"):
+            proxy = services.Cutover(work, name, cutover_binary, legacy, new, "legacy", "async", pin, top + 100, tls=with_tls)
         else:
-            proxy = services.PgBouncer(work, name, legacy, "session", pin, top + 100, top + 10)
+            proxy = services.PgBouncer(work, name, legacy, "session", pin, top + 100, top + 10, tls=with_tls)
         proxy.start()
-        sessions = IdleSessions(proxy.port, services.USER, services.DB, run_query=query, concurrency=16)
+        sessions = IdleSessions(proxy.port, services.USER, services.DB, run_query=query, concurrency=16,
+                                tls=with_tls is not None)
         per_level = {}
 
         async def measure():
