@@ -41,6 +41,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var logLiterals = false
     /// Divergence records kept in memory for SHOW DIVERGENCES.
     public var divergenceMemory = 1000
+    /// Divergence records a second for one route, kind and statement fingerprint (0: every one).
+    public var divergenceLogLimit = 10
     /// Per-session bound on bytes queued toward a follower (async mode); past it the session stops mirroring.
     public var mirrorQueueBytes = 16 << 20
     /// Per-session bound on statements awaiting the follower's answer.

@@ -139,7 +139,7 @@ private struct Parser {
                                          "client_idle_timeout", "shutdown_timeout", "write_high_water", "admin_database", "state_file",
                                          "divergence_log", "log_literals", "divergence_memory", "mirror_queue_bytes",
                                          "mirror_queue_statements", "follower_timeout", "flip_timeout", "metrics_listen",
-                                         "follower_logins", "client_tls", "client_tls_cert_file", "client_tls_key_file"])
+                                         "follower_logins", "divergence_log_limit", "client_tls", "client_tls_cert_file", "client_tls_key_file"])
         if let (host, port) = hostPort(t, "listen") { s.listenHost = host; s.listenPort = port }
         if let (host, port) = hostPort(t, "metrics_listen") { s.metricsHost = host; s.metricsPort = port }
         if s.metricsHost != nil, s.metricsHost == s.listenHost, s.metricsPort == s.listenPort, s.listenPort != 0 {
@@ -157,6 +157,7 @@ private struct Parser {
         if let v = string(t, "divergence_log", "server") { s.divergenceLog = absolute(v) }
         if let v = bool(t, "log_literals", "server") { s.logLiterals = v }
         if let v = int(t, "divergence_memory", "server", range: 0...1_000_000) { s.divergenceMemory = v }
+        if let v = int(t, "divergence_log_limit", "server", range: 0...1_000_000) { s.divergenceLogLimit = v }
         if let v = int(t, "mirror_queue_bytes", "server", range: 65536...(1 << 34)) { s.mirrorQueueBytes = v }
         if let v = int(t, "mirror_queue_statements", "server", range: 1...10_000_000) { s.mirrorQueueStatements = v }
         if let v = seconds(t, "follower_timeout", "server") { s.followerTimeout = v }

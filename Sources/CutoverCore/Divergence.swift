@@ -18,10 +18,13 @@ public struct Divergence: Codable, Sendable, Equatable {
     public var leaderMs: Double?
     public var followerMs: Double?
     public var detail: String?
+    /// Records of the same route, kind and statement left out of the log just before this one (the
+    /// divergence_log_limit); nil when none were.
+    public var suppressed: Int?
 
     enum CodingKeys: String, CodingKey {
         case time, route, phase, mirror, session, applicationName = "application_name", user, kind, fingerprint, statement
-        case leader, follower, leaderMs = "leader_ms", followerMs = "follower_ms", detail
+        case leader, follower, leaderMs = "leader_ms", followerMs = "follower_ms", detail, suppressed
     }
 
     public init(time: Date = Date(), route: String, phase: Phase, mirror: MirrorMode, session: Int, applicationName: String,

@@ -46,6 +46,8 @@ public final class ProxyServer {
     let analyzer = QueryAnalyzer()
     private(set) var crossSchema = CrossSchemaDetector(knownSchemas: [])
     let divergences: DivergenceRecorder
+    /// How many records one statement may write a second (`divergence_log_limit`).
+    private var divergenceLimiter: DivergenceLimiter
     private(set) lazy var admin = AdminConsole(server: self)
     /// Re-reads the config file (set by `cutover serve`); used by SIGHUP and the admin RELOAD command.
     public var reloader: (() throws -> CutoverConfig)?
@@ -58,6 +60,7 @@ public final class ProxyServer {
         mirrorQueueLimits = (config.server.mirrorQueueBytes, config.server.mirrorQueueStatements)
         self.logger = logger
         divergences = DivergenceRecorder(path: config.server.divergenceLog, capacity: config.server.divergenceMemory, logger: logger)
+        divergenceLimiter = DivergenceLimiter(perSecond: config.server.divergenceLogLimit)
         resolvedAddresses = Self.resolve(config)
         clientTLS = try Self.clientTLSContext(config.server)
         backendTLS = try Self.backendTLSContexts(config)
@@ -244,10 +247,14 @@ public final class ProxyServer {
             // Literal values can be personal data: log them only when configured to.
             text = config.server.logLiterals ? statement : (a.normalized ?? "<statement that does not parse>")
         }
-        divergences.record(Divergence(route: route.name, phase: session.sessionPhase, mirror: session.mirrorMode, session: session.id,
-                                      applicationName: session.applicationName, user: session.user, kind: kind,
-                                      fingerprint: fingerprint, statement: text, leader: leader, follower: follower,
-                                      leaderMs: leaderMs, followerMs: followerMs, detail: detail))
+        guard let suppressed = divergenceLimiter.admit("\(route.name)\u{0}\(kind.rawValue)\u{0}\(fingerprint ?? text ?? "")",
+                                                       nowMs: loop.now) else { return }
+        var d = Divergence(route: route.name, phase: session.sessionPhase, mirror: session.mirrorMode, session: session.id,
+                           applicationName: session.applicationName, user: session.user, kind: kind,
+                           fingerprint: fingerprint, statement: text, leader: leader, follower: follower,
+                           leaderMs: leaderMs, followerMs: followerMs, detail: detail)
+        if suppressed > 0 { d.suppressed = suppressed }
+        divergences.record(d)
     }
 
     /// A divergence of the route as a whole (not of one session's statement).
@@ -537,6 +544,9 @@ public final class ProxyServer {
         crossSchema = Self.detector(newConfig)
         divergences.open(newConfig.server.divergenceLog)
         divergences.setCapacity(newConfig.server.divergenceMemory)
+        if newConfig.server.divergenceLogLimit != divergenceLimiter.perSecond {
+            divergenceLimiter = DivergenceLimiter(perSecond: newConfig.server.divergenceLogLimit)
+        }
         logger.info("configuration reloaded", metadata: ["routes": "\(newConfig.routes.keys.sorted())", "users": "\(newConfig.users.count)"])
     }
 

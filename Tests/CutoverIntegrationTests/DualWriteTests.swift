@@ -125,6 +125,29 @@ extension ProxyFixture {
         try f.walk("recruitment", to: "legacy")
     }
 
+    @Test func aRouteOutOfStepWritesABoundedLogButCountsEveryDivergence() throws {
+        try f.walk("recruitment", to: "legacy")
+        try f.onBothRecruitmentSides("DROP TABLE IF EXISTS flood; CREATE TABLE flood (id int PRIMARY KEY, n int)")
+        try f.recruitmentLegacy().query("INSERT INTO flood SELECT g, 0 FROM generate_series(1, 200) g") // missing on new
+        try f.adminRun("SET PHASE recruitment TO dual-legacy")
+        func divergences() throws -> Int { Int(try f.adminRun("SHOW STATS").first { $0[0] == "recruitment" }?[3] ?? "") ?? -1 }
+        let counted = try divergences(), before = f.divergenceLines().count
+        let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
+        for id in 1...200 { try c.query("UPDATE flood SET n = n + 1 WHERE id = $1", ["\(id)"]) } // UPDATE 1 vs UPDATE 0, one statement
+        try f.waitForMirrorDrain("recruitment")
+        #expect(try divergences() - counted == 200, "the counters count every divergence")
+        let written = f.divergenceLines().dropFirst(before).filter { ($0["kind"] as? String) == "command_tag" }
+        #expect(written.count >= 10 && written.count < 100, "a burst of 10, then about 10 a second: \(written.count)")
+        // Once the statement is quiet for a moment, its next record says how many were left out.
+        usleep(300_000)
+        try c.query("UPDATE flood SET n = n + 1 WHERE id = $1", ["7"])
+        try f.waitForMirrorDrain("recruitment")
+        let last = f.divergenceLines().last { ($0["kind"] as? String) == "command_tag" }
+        let left = last?["suppressed"] as? Int ?? 0
+        #expect(left > 0 && written.count + left + 1 >= 201, "written \(written.count) + left out \(left)")
+        try f.walk("recruitment", to: "legacy")
+    }
+
     @Test func aFollowerHeldBackForHundredsOfStatementsCatchesUpAndEveryOneIsCompared() throws {
         try f.dualLegacyRecruitment(mirror: "async", creating: "DROP TABLE IF EXISTS backlog; CREATE TABLE backlog (id int PRIMARY KEY)")
         func stats() throws -> [String?] { try f.adminRun("SHOW STATS").first { $0[0] == "recruitment" } ?? [] }
