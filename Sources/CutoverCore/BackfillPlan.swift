@@ -9,11 +9,21 @@ public enum BackfillPlan {
         WHERE k.contype = 'f' AND n.nspname = $1
         """
 
-    /// A schema's sequences (serial and identity columns' too). $1: schema.
+    /// A schema's sequences (serial and identity columns' too) with the table that owns each (NULL for a
+    /// free-standing one). $1: schema.
     public static let listSequences = """
-        SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind = 'S' AND n.nspname = $1 ORDER BY 1
+        SELECT s.relname, t.relname FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace
+        LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid
+             AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+        LEFT JOIN pg_class t ON t.oid = d.refobjid
+        WHERE s.relkind = 'S' AND n.nspname = $1 ORDER BY 1
         """
+
+    /// The sequences a backfill sets: all of the schema's for a whole-schema copy; with `--table`, only those
+    /// owned by the copied tables (another table's sequence may already be in use on the new side).
+    public static func sequencesToSet(_ sequences: [(name: String, owner: String?)], copied: Set<String>, wholeSchema: Bool) -> [String] {
+        sequences.filter { wholeSchema || $0.owner.map(copied.contains) == true }.map(\.name)
+    }
 
     /// The columns a COPY can fill (generated columns are computed), in order. $1: schema, $2: table.
     public static let listCopyColumns = """

@@ -138,7 +138,7 @@ public struct ClientHandshake {
             } catch .channelBindingUnsupported {
                 return fail(ProxyError.fatal("28000", "channel binding is not supported without TLS"))
             } catch .channelBindingNegotiation {
-                return fail(ProxyError.fatal("28000", "SCRAM channel binding negotiation error",
+                return fail(ProxyError.fatal("08P01", "SCRAM channel binding negotiation error",
                                              detail: "The client claims the server does not support channel binding, or asks for it without the PLUS mechanism."))
             } catch {
                 return fail(ProxyError.protocolViolation("malformed SCRAM client-first-message"))
@@ -147,7 +147,7 @@ public struct ClientHandshake {
             do {
                 let final: [UInt8]
                 do { final = try server.receiveClientFinal(data: data) } catch .channelBindingMismatch {
-                    return fail(ProxyError.fatal("28000", "SCRAM channel binding check failed"))
+                    return fail(ProxyError.fatal("08P01", "SCRAM channel binding check failed"))
                 }
                 guard config.users[user] != nil else { return fail(ProxyError.passwordFailed(user: user)) }
                 var w = ByteWriter()

@@ -1,7 +1,9 @@
 // Comparing a route's tables on its two sides (the legacy schema, the new database): the pure part of `cutover verify`.
 
-/// One side's summary of a table: its columns, its row count, and an order-insensitive multiset hash of its
-/// rows (two sums of 64-bit halves of md5(row as text): duplicates count, unlike XOR, and order does not).
+/// One side's summary of a table over legacy's columns: those columns with this side's types, the row count,
+/// and an order-insensitive multiset hash of the rows (two sums of 64-bit halves of md5 of each row's
+/// text in UTF-8: duplicates count, unlike XOR, and order does not). Columns the new side has in addition
+/// are not compared (a backfill leaves them to their defaults).
 public struct TableFingerprint: Equatable, Sendable {
     public var columns: String
     public var rows: Int64
@@ -15,13 +17,16 @@ public struct TableFingerprint: Equatable, Sendable {
 public enum TableVerdict: String, Sendable {
     case match
     case missingOnNew = "missing on new"
-    case missingOnLegacy = "missing on legacy"
+    /// A table legacy does not have (migration bookkeeping, a table the service added): listed, not compared.
+    case onlyOnNew = "only on new (not compared)"
     case columnsDiffer = "columns differ"
     case rowsDiffer = "row counts differ"
     case contentsDiffer = "contents differ"
 
     /// Differences a write still in flight can explain (async mirroring): worth another look before reporting.
     public var mayBeTransient: Bool { self == .rowsDiffer || self == .contentsDiffer }
+    /// Whether the verdict fails the verification.
+    public var isDifference: Bool { self != .match && self != .onlyOnNew }
 }
 
 public struct TableComparison: Equatable, Sendable {
@@ -43,23 +48,30 @@ public enum Verification {
         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1
         """
 
-    /// A table's columns with their types, in order. $1: schema, $2: table.
+    /// A table's columns and their types, in order; no rows when the table is not there. $1: schema, $2: table.
     public static let listColumns = """
-        SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
-        FROM pg_attribute a WHERE a.attrelid = (quote_ident($1) || '.' || quote_ident($2))::regclass
-        AND a.attnum > 0 AND NOT a.attisdropped
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+        WHERE a.attrelid = to_regclass(quote_ident($1) || '.' || quote_ident($2)) AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY a.attnum
         """
 
-    /// Row count and multiset hash of one table, in one scan.
-    public static func fingerprintQuery(schema: String, table: String) -> String {
+    /// Row count and multiset hash of one table over `columns`, in one scan.
+    public static func fingerprintQuery(schema: String, table: String, columns: [String]) -> String {
         let half = { (from: Int) in "coalesce(sum(('x' || substr(h, \(from), 16))::bit(64)::bigint::numeric), 0)" }
-        return "SELECT count(*), \(half(1)) || ':' || \(half(17)) FROM (SELECT md5(t::text) AS h FROM \(quoteIdentifier(schema)).\(quoteIdentifier(table)) t) s"
+        let row = "ROW(" + columns.map { "t." + quoteIdentifier($0) }.joined(separator: ", ") + ")::text"
+        return "SELECT count(*), \(half(1)) || ':' || \(half(17)) FROM (SELECT md5(convert_to(\(row), 'UTF8')) AS h "
+            + "FROM \(quoteIdentifier(schema)).\(quoteIdentifier(table)) t) s"
+    }
+
+    /// "name type, ..." for legacy's `names` as one side has them ("name (missing)" where it lacks one).
+    public static func describeColumns(_ names: [String], types: [String: String]) -> String {
+        names.map { "\($0) \(types[$0] ?? "(missing)")" }.joined(separator: ", ")
     }
 
     public static func quoteIdentifier(_ name: String) -> String { "\"" + name.replacingOccurrences(of: "\"", with: "\"\"") + "\"" }
 
     public static func verdict(legacy: TableFingerprint?, new: TableFingerprint?) -> TableVerdict {
-        guard let legacy else { return .missingOnLegacy }
+        guard let legacy else { return new == nil ? .missingOnNew : .onlyOnNew }
         guard let new else { return .missingOnNew }
         if legacy.columns != new.columns { return .columnsDiffer }
         if legacy.rows != new.rows { return .rowsDiffer }

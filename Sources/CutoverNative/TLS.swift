@@ -51,8 +51,10 @@ public final class TLSContext: @unchecked Sendable {
     /// in place of MD5 and SHA-1 (as PostgreSQL computes it). Nil when the signature names none (Ed25519).
     static func endPoint(of certificate: OpaquePointer?) -> [UInt8]? {
         guard let certificate else { return nil }
-        var digestNID: Int32 = 0, keyNID: Int32 = 0
-        guard OBJ_find_sigid_algs(X509_get_signature_nid(certificate), &digestNID, &keyNID) == 1 else { return nil }
+        // X509_get_signature_info (not the signature's OID) also names the hash of an RSA-PSS signature.
+        var digestNID: Int32 = 0, keyNID: Int32 = 0, bits: Int32 = 0
+        var flags: UInt32 = 0
+        guard X509_get_signature_info(certificate, &digestNID, &keyNID, &bits, &flags) == 1, digestNID != NID_undef else { return nil }
         if digestNID == NID_md5 || digestNID == NID_sha1 { digestNID = NID_sha256 }
         guard let name = OBJ_nid2sn(digestNID), let md = EVP_get_digestbyname(name) else { return nil }
         var out = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
@@ -92,12 +94,18 @@ public final class TLSStream {
     private var output: OpaquePointer
     /// Plaintext sent before the handshake finished (a client's first message), written once it has.
     private var early: [UInt8] = []
-    public private(set) var isClosed = false
+    /// The peer sent close_notify: nothing more will come.
+    public private(set) var peerClosed = false
+    /// We queued our close_notify: nothing more is sent, and what still arrives is not delivered.
+    private var shutDown = false
+    public var isClosed: Bool { peerClosed || shutDown }
     /// The handshake's buffers were swapped for fresh ones (see `takeOutput`).
     private var compacted = false
 
     /// Largest plaintext record TLS carries: the unit `receive` decrypts into.
     static let recordSize = 16 * 1024
+    /// How much is fed to OpenSSL at a time, each way: about a record, so neither memory buffer grows past it.
+    static let sliceSize = 16 * 1024
 
     /// `serverName`, for a client, is what the certificate must name when the context verifies (a DNS name,
     /// also sent as SNI, or an IP address, matched against the certificate's IP entries).
@@ -115,12 +123,14 @@ public final class TLSStream {
         } else {
             SSL_set_connect_state(s)
             if let serverName {
-                if Self.isIPAddress(serverName) {
-                    _ = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s), serverName)
-                } else {
-                    _ = cutover_ssl_set_host_name(s, serverName)
-                    _ = SSL_set1_host(s, serverName)
+                // Failing to set the name to check must not leave verify-full checking no name at all.
+                let set = Self.isIPAddress(serverName) ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s), serverName)
+                                                       : SSL_set1_host(s, serverName)
+                guard set == 1 else {
+                    SSL_free(s)
+                    throw TLSError.fromQueue("cannot check the server's certificate for \(serverName)")
                 }
+                if !Self.isIPAddress(serverName) { _ = cutover_ssl_set_host_name(s, serverName) }
             }
         }
     }
@@ -153,24 +163,33 @@ public final class TLSStream {
     /// Returns false once the peer has closed the TLS session (close_notify). Throws on a broken or
     /// refused handshake or a corrupt record; the output may then hold an alert worth sending.
     public func receive(_ bytes: UnsafeRawBufferPointer, deliver: (UnsafeRawBufferPointer) -> Void) throws -> Bool {
-        guard !isClosed else { return false }
-        var offset = 0
-        while offset < bytes.count {
-            let n = BIO_write(input, bytes.baseAddress! + offset, Int32(min(bytes.count - offset, Int(Int32.max))))
-            guard n > 0 else { throw TLSError.fromQueue("cannot buffer TLS input") }
-            offset += Int(n)
-        }
+        guard !peerClosed else { return false }
         let plain = Self.takeRecordBuffer()
         defer { Self.returnRecordBuffer(plain) }
         // Once per call, not per SSL call: our calls leave the queue empty (errors are drained into the
         // TLSError), and clearing it walks OpenSSL's thread state (measured: ~390 instructions a call).
         ERR_clear_error()
+        // About a record at a time into the input buffer: it keeps its largest size (see `compact`).
+        var offset = 0
+        repeat {
+            let n = BIO_write(input, bytes.baseAddress! + offset, Int32(min(bytes.count - offset, Self.sliceSize)))
+            guard n > 0 else { throw TLSError.fromQueue("cannot buffer TLS input") }
+            offset += Int(n)
+            guard try decrypt(into: plain, deliver: deliver) else { return false }
+            if shutDown { return true } // we are closing: the rest is not read
+        } while offset < bytes.count
+        compactIfLarge() // (when there is output, `takeOutput` does it once that is gone)
+        return true
+    }
+
+    /// Reads what the input holds: false once the peer's close_notify has come.
+    private func decrypt(into plain: UnsafeMutableRawPointer, deliver: (UnsafeRawBufferPointer) -> Void) throws -> Bool {
         while true {
             let n = SSL_read(ssl, plain, Int32(Self.recordSize))
             if n > 0 {
                 try writeEarly()
                 deliver(UnsafeRawBufferPointer(start: plain, count: Int(n)))
-                if isClosed { return false }
+                if shutDown || peerClosed { return !peerClosed }
                 // Nothing buffered on either side of OpenSSL: another SSL_read would only say "want read".
                 if BIO_ctrl_pending(input) == 0 && SSL_pending(ssl) == 0 { return true }
                 continue
@@ -180,30 +199,47 @@ public final class TLSStream {
                 try writeEarly() // the handshake may have just finished
                 return true
             case SSL_ERROR_ZERO_RETURN:
-                isClosed = true
+                peerClosed = true
                 return false
             default:
                 try check(n, isEstablished ? "TLS read failed" : "TLS handshake failed")
-                return true
+                return !peerClosed
             }
         }
     }
 
-    /// Encrypts `bytes` (queued until the handshake has finished; a client's first send starts it).
-    public func send(_ bytes: UnsafeRawBufferPointer) throws {
-        guard !isClosed, bytes.count > 0 else { return }
+    /// Encrypts `bytes` (queued until the handshake has finished; a client's first send starts it); the
+    /// output waits for `takeOutput`.
+    public func send(_ bytes: UnsafeRawBufferPointer) throws { try send(bytes, handingOut: false) { _ in } }
+
+    /// Encrypts `bytes` and hands the output to `output` after each slice of about a record, so the output
+    /// buffer stays small for a large write.
+    public func send(_ bytes: UnsafeRawBufferPointer, output: (UnsafeRawBufferPointer) -> Void) throws {
+        try send(bytes, handingOut: true, output)
+    }
+
+    private func send(_ bytes: UnsafeRawBufferPointer, handingOut: Bool, _ output: (UnsafeRawBufferPointer) -> Void) throws {
+        guard !shutDown, bytes.count > 0 else { return }
         if !isEstablished || !early.isEmpty {
             early.append(contentsOf: bytes)
             if !isEstablished { try start() }
-            return try writeEarly()
+            try writeEarly()
+        } else {
+            var offset = 0
+            while offset < bytes.count {
+                let n = min(bytes.count - offset, Self.sliceSize)
+                try write(UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + n]))
+                offset += n
+                if handingOut && offset < bytes.count { takeOutput(output, compacting: false) } // not per slice
+            }
         }
-        try write(bytes)
+        if handingOut { takeOutput(output) }
     }
 
-    /// Queues a close_notify (the output then holds it).
+    /// Queues a close_notify (the output then holds it). What arrives afterwards is not delivered.
     public func close() {
-        guard !isClosed else { return }
-        isClosed = true
+        guard !shutDown else { return }
+        shutDown = true
         ERR_clear_error()
         if isEstablished { _ = SSL_shutdown(ssl) }
     }
@@ -213,18 +249,32 @@ public final class TLSStream {
 
     /// Hands what must go to the socket to `body` (in place, valid only during the call) and forgets it.
     /// The caller takes all of it: a connection copies what its socket refuses into its own queue.
-    public func takeOutput(_ body: (UnsafeRawBufferPointer) -> Void) {
+    public func takeOutput(_ body: (UnsafeRawBufferPointer) -> Void) { takeOutput(body, compacting: true) }
+
+    private func takeOutput(_ body: (UnsafeRawBufferPointer) -> Void, compacting: Bool) {
         var data: UnsafeMutablePointer<CChar>?
         let count = cutover_bio_mem_data(output, &data)
         guard count > 0, let data else { return }
         body(UnsafeRawBufferPointer(start: data, count: count))
         _ = cutover_bio_reset(output)
-        if !compacted && isEstablished { compact() }
+        if compacting { compactIfLarge() }
     }
 
-    /// A memory buffer keeps the capacity of the most it ever held, so after the handshake (certificates,
-    /// a few kB) an idle connection would keep that much twice over. Once the handshake is done and both
-    /// buffers are empty, they are replaced by fresh ones (SSL_set_bio frees the old pair).
+    private func compactIfLarge() {
+        if isEstablished && (!compacted || cutover_bio_mem_capacity(input) > Self.keptCapacity
+                             || cutover_bio_mem_capacity(output) > Self.keptCapacity) { compact() }
+    }
+
+    /// What both memory buffers hold allocated (for tests).
+    var bufferCapacity: Int { cutover_bio_mem_capacity(input) + cutover_bio_mem_capacity(output) }
+
+    /// Memory-buffer capacity an idle connection may keep.
+    static let keptCapacity = 4096
+
+    /// A memory buffer keeps the capacity of the most it ever held (and zeroes all of it on every reset), so
+    /// after the handshake (certificates) or a large transfer an idle connection would keep up to a slice
+    /// in each. Whenever both are empty and one is large (and once after the handshake), they are replaced
+    /// by fresh ones (SSL_set_bio frees the old pair).
     private func compact() {
         guard BIO_ctrl_pending(input) == 0, BIO_ctrl_pending(output) == 0,
               let r = BIO_new(BIO_s_mem()), let w = BIO_new(BIO_s_mem()) else { return }
@@ -268,7 +318,7 @@ public final class TLSStream {
     private func check(_ rc: Int32, _ what: String) throws {
         let e = SSL_get_error(ssl, rc)
         if e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE { return }
-        if e == SSL_ERROR_ZERO_RETURN { isClosed = true; return }
+        if e == SSL_ERROR_ZERO_RETURN { peerClosed = true; return }
         throw TLSError.fromQueue(what)
     }
 }

@@ -48,6 +48,8 @@ public final class ProxyServer {
     let divergences: DivergenceRecorder
     /// How many records one statement may write a second (`divergence_log_limit`).
     private var divergenceLimiter: DivergenceLimiter
+    /// The same for a route and kind as a whole, ten times as many, checked before a statement is parsed.
+    private var routeDivergenceLimiter: DivergenceLimiter
     private(set) lazy var admin = AdminConsole(server: self)
     /// Re-reads the config file (set by `cutover serve`); used by SIGHUP and the admin RELOAD command.
     public var reloader: (() throws -> CutoverConfig)?
@@ -61,6 +63,7 @@ public final class ProxyServer {
         self.logger = logger
         divergences = DivergenceRecorder(path: config.server.divergenceLog, capacity: config.server.divergenceMemory, logger: logger)
         divergenceLimiter = DivergenceLimiter(perSecond: config.server.divergenceLogLimit)
+        routeDivergenceLimiter = DivergenceLimiter(perSecond: config.server.divergenceLogLimit * 10)
         resolvedAddresses = Self.resolve(config)
         clientTLS = try Self.clientTLSContext(config.server)
         backendTLS = try Self.backendTLSContexts(config)
@@ -239,6 +242,8 @@ public final class ProxyServer {
                           follower: StatementOutcome?, leaderMs: Double?, followerMs: Double?, detail: String?) {
         guard let route = session.route else { return }
         route.stats.divergences[kind, default: 0] += 1
+        // A flood of statements with literals would parse each text: bound the route and kind first.
+        guard routeDivergenceLimiter.admit("\(route.name)\u{0}\(kind.rawValue)", nowMs: loop.now) != nil else { return }
         var fingerprint: String?
         var text: String?
         if let statement {
@@ -546,6 +551,7 @@ public final class ProxyServer {
         divergences.setCapacity(newConfig.server.divergenceMemory)
         if newConfig.server.divergenceLogLimit != divergenceLimiter.perSecond {
             divergenceLimiter = DivergenceLimiter(perSecond: newConfig.server.divergenceLogLimit)
+            routeDivergenceLimiter = DivergenceLimiter(perSecond: newConfig.server.divergenceLogLimit * 10)
         }
         logger.info("configuration reloaded", metadata: ["routes": "\(newConfig.routes.keys.sorted())", "users": "\(newConfig.users.count)"])
     }

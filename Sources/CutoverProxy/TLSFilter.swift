@@ -24,8 +24,7 @@ final class TLSFilter: StreamFilter {
 
     override func sending(_ bytes: UnsafeRawBufferPointer, send: (UnsafeRawBufferPointer) -> Void) -> Bool {
         do {
-            try stream.send(bytes)
-            stream.takeOutput(send)
+            try stream.send(bytes, output: send)
             return true
         } catch {
             failure = "\(error)"

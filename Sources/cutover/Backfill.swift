@@ -60,8 +60,11 @@ struct Backfill: ParsableCommand {
                 total += rows
             }
             let newSequences = Set(try new.session.run(BackfillPlan.listSequences, [new.schema]).rows.map { $0[0] })
+            let legacySequences = try legacy.session.run(BackfillPlan.listSequences, [legacy.schema]).rows.map {
+                (name: $0[0], owner: $0[1].isEmpty ? nil : $0[1])
+            }
             var sequences = 0
-            for s in try legacy.session.run(BackfillPlan.listSequences, [legacy.schema]).rows.map({ $0[0] }) where newSequences.contains(s) {
+            for s in BackfillPlan.sequencesToSet(legacySequences, copied: Set(order), wholeSchema: tables.isEmpty) where newSequences.contains(s) {
                 guard let v = try legacy.session.run("SELECT last_value, is_called FROM \(legacy.qualified(s))").rows.first else { continue }
                 try new.session.run("SELECT setval($1::regclass, $2::bigint, $3::boolean)", [new.qualified(s), v[0], v[1]])
                 sequences += 1

@@ -34,7 +34,11 @@ struct RouteSide: CustomStringConvertible {
     /// Without a schema, the one the backend user lands in (as a session through the proxy does).
     init(backend: BackendConfig, schema: String?) throws {
         var parameters = [("host", backend.host), ("port", "\(backend.port)"), ("dbname", backend.database), ("user", backend.user),
-                          ("sslmode", backend.tls.rawValue), ("application_name", "cutover verify"), ("connect_timeout", "10")]
+                          ("sslmode", backend.tls.rawValue), ("application_name", "cutover"), ("connect_timeout", "10"),
+                          // Both sides render values the same way whatever their server defaults (as pg_dump does):
+                          // COPY and the row hashes work on text.
+                          ("client_encoding", "UTF8"),
+                          ("options", "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres -c extra_float_digits=3 -c bytea_output=hex")]
         if let password = backend.password { parameters.append(("password", password)) }
         if let ca = backend.tlsCAFile { parameters.append(("sslrootcert", ca)) }
         session = try PGSession(parameters: parameters, reaching: "backend \(backend.name)")
@@ -55,16 +59,21 @@ struct RouteSide: CustomStringConvertible {
     /// `schema.table`, quoted.
     func qualified(_ table: String) -> String { Verification.quoteIdentifier(schema) + "." + Verification.quoteIdentifier(table) }
 
-    func fingerprints(only names: [String]) throws -> [String: TableFingerprint] {
-        var out: [String: TableFingerprint] = [:]
-        for table in try tables(only: names) { out[table] = try fingerprint(table) }
-        return out
+    /// This side's columns of `table` and their types, in order (empty when the table is not there).
+    func columns(_ table: String) throws -> [(name: String, type: String)] {
+        try session.run(Verification.listColumns, [schema, table]).rows.map { ($0[0], $0[1]) }
     }
 
-    /// Nil when the table is not there (any more).
-    func fingerprint(_ table: String) throws -> TableFingerprint? {
-        guard let columns = try session.run(Verification.listColumns, [schema, table]).rows.first?.first else { return nil }
-        guard let row = try session.run(Verification.fingerprintQuery(schema: schema, table: table)).rows.first else { return nil }
-        return TableFingerprint(columns: columns, rows: Int64(row[0]) ?? -1, hash: row[1])
+    /// The table over `names` (legacy's columns; nil: this side's own). Nil when the table is not there
+    /// (any more); a hash of 0:0 with the columns marked missing when this side lacks one of `names`.
+    func fingerprint(_ table: String, names: [String]? = nil) throws -> (TableFingerprint, names: [String])? {
+        let own = try columns(table)
+        guard !own.isEmpty else { return nil }
+        let wanted = names ?? own.map(\.name)
+        let types = Dictionary(own.map { ($0.name, $0.type) }, uniquingKeysWith: { a, _ in a })
+        let described = Verification.describeColumns(wanted, types: types)
+        guard wanted.allSatisfy({ types[$0] != nil }) else { return (TableFingerprint(columns: described, rows: -1, hash: ""), wanted) }
+        guard let row = try session.run(Verification.fingerprintQuery(schema: schema, table: table, columns: wanted)).rows.first else { return nil }
+        return (TableFingerprint(columns: described, rows: Int64(row[0]) ?? -1, hash: row[1]), wanted)
     }
 }

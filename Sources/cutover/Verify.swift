@@ -25,13 +25,20 @@ struct Verify: ParsableCommand {
         let (legacy, new) = try RouteSide.connectBoth(configPath: options.config, route: route)
         defer { legacy.session.close(); new.session.close() }
         do {
-            var rows = Verification.compare(legacy: try legacy.fingerprints(only: tables), new: try new.fingerprints(only: tables))
+            let legacyTables = try legacy.tables(only: tables)
+            /// Legacy's table, and the new side's over legacy's columns.
+            func compare(_ table: String) throws -> TableComparison {
+                guard let (l, names) = try legacy.fingerprint(table) else { return TableComparison(table: table, legacy: nil, new: nil) }
+                return TableComparison(table: table, legacy: l, new: try new.fingerprint(table, names: names)?.0)
+            }
+            var rows = try legacyTables.map(compare)
+            rows += try new.tables(only: tables).filter { !legacyTables.contains($0) }.map {
+                TableComparison(table: $0, legacy: nil, new: try new.fingerprint($0)?.0)
+            }
+            rows.sort { $0.table < $1.table }
             for _ in 1..<attempts where rows.contains(where: \.verdict.mayBeTransient) {
                 Thread.sleep(forTimeInterval: 1)
-                for i in rows.indices where rows[i].verdict.mayBeTransient {
-                    rows[i] = TableComparison(table: rows[i].table, legacy: try legacy.fingerprint(rows[i].table),
-                                              new: try new.fingerprint(rows[i].table))
-                }
+                for i in rows.indices where rows[i].verdict.mayBeTransient { rows[i] = try compare(rows[i].table) }
             }
             printTable(["table", "legacy_rows", "new_rows", "verdict"], rows.map {
                 [$0.table, $0.legacy.map { "\($0.rows)" } ?? "-", $0.new.map { "\($0.rows)" } ?? "-", $0.verdict.rawValue]
@@ -39,8 +46,8 @@ struct Verify: ParsableCommand {
             for row in rows where row.verdict == .columnsDiffer {
                 print("\n\(row.table):\n  legacy: \(row.legacy?.columns ?? "")\n  new:    \(row.new?.columns ?? "")")
             }
-            let differing = rows.filter { $0.verdict != .match }.count
-            print("\nroute \(route): \(rows.count) table\(rows.count == 1 ? "" : "s"), \(rows.count - differing) match, \(differing) differ "
+            let differing = rows.filter(\.verdict.isDifference).count
+            print("\nroute \(route): \(rows.count) table\(rows.count == 1 ? "" : "s"), \(rows.filter { $0.verdict == .match }.count) match, \(differing) differ "
                   + "(legacy: \(legacy); new: \(new))")
             if differing > 0 { throw ExitCode(1) }
         } catch let e as PGSession.Failure {

@@ -1,7 +1,7 @@
 // The TLS engine over memory buffers: a server and a client stream wired to each other in memory, no sockets.
 import Foundation
 import Testing
-import CutoverNative
+@testable import CutoverNative
 import CutoverTestSupport
 
 /// Two streams and what each has received, pumped by hand.
@@ -62,10 +62,13 @@ extension Array {
         #expect(pair.serverGot == Array("early".utf8))
 
         let big = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 31) } // several records
-        try big.withUnsafeBytes { try pair.server.send($0) }
-        pair.collect()
-        try pair.pump(chunk: 4_000)
+        var slices = 0
+        try big.withUnsafeBytes { try pair.server.send($0) { slices += 1; pair.toClient.append(contentsOf: $0) } }
+        #expect(slices >= 6, "a large write is handed out a record at a time")
+        try pair.pump(chunk: 40_000)
         #expect(pair.clientGot == big)
+        #expect(pair.client.bufferCapacity <= 2 * 4096 && pair.server.bufferCapacity <= 2 * 4096,
+                "idle again, neither side keeps a large buffer: \(pair.client.bufferCapacity), \(pair.server.bufferCapacity)")
     }
 
     @Test func closeNotifyEndsTheStream() throws {
@@ -74,11 +77,21 @@ extension Array {
         let pair = try TLSPair(server: TLSContext(certificateFile: cert.certificate, keyFile: cert.key),
                                client: TLSContext(caFile: nil))
         try pair.pump()
+        // A server closing while it delivers (a session failing its client) has not been closed by the peer:
+        // the stream is not "ended", so the connection can still write its last words.
+        try Array("two messages".utf8).withUnsafeBytes { try pair.client.send($0) }
+        pair.collect()
+        let stillOpen = try pair.toServer.withUnsafeBytes { try pair.server.receive($0) { _ in pair.server.close() } }
+        #expect(stillOpen && !pair.server.peerClosed && pair.server.isClosed)
+        pair.toServer = []
+        pair.collect()
+        let clientOpen = try pair.toClient.withUnsafeBytes { try pair.client.receive($0) { _ in } }
+        #expect(!clientOpen && pair.client.peerClosed, "the server's close_notify reached the client")
         pair.client.close()
         pair.collect()
         #expect(!pair.toServer.isEmpty, "close_notify is output")
         let open = try pair.toServer.withUnsafeBytes { try pair.server.receive($0) { _ in } }
-        #expect(!open && pair.server.isClosed)
+        #expect(!open && pair.server.peerClosed)
     }
 
     @Test func garbageInsteadOfAClientHelloFailsWithOpenSSLsReason() throws {

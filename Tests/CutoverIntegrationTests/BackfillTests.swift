@@ -44,6 +44,12 @@ import Testing
         #expect(replaced.status == 0, "\(replaced.stdout)")
         #expect(try newSQL("SELECT count(*) FROM orders") == "5000")
 
+        // With --table, only the copied tables' sequences are set: customers' is in use on the new side.
+        try newSQL("SELECT setval('customers_id_seq', 9000)")
+        let one = try cli(["backfill", path, "shop", "--table", "orders", "--truncate"])
+        #expect(one.status == 0 && one.stdout.contains("1 table, 5000 rows and 1 sequence copied"), "\(one.stdout)")
+        #expect(try newSQL("SELECT nextval('customers_id_seq') || ',' || nextval('orders_id_seq')") == "9001,5001")
+
         // A column the new side lacks is found before anything is copied.
         try newSQL("ALTER TABLE orders DROP COLUMN note")
         let lacking = try cli(["backfill", path, "shop", "--truncate"])

@@ -144,7 +144,8 @@ extension ProxyFixture {
         try f.waitForMirrorDrain("recruitment")
         let last = f.divergenceLines().last { ($0["kind"] as? String) == "command_tag" }
         let left = last?["suppressed"] as? Int ?? 0
-        #expect(left > 0 && written.count + left + 1 >= 201, "written \(written.count) + left out \(left)")
+        // (Records the route-wide bound left out before parsing are counted but not attributed to the statement.)
+        #expect(left >= 50 && written.count + left + 1 <= 201, "written \(written.count) + left out \(left)")
         try f.walk("recruitment", to: "legacy")
     }
 
