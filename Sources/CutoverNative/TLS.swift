@@ -99,8 +99,9 @@ public final class TLSStream {
     /// We queued our close_notify: nothing more is sent, and what still arrives is not delivered.
     private var shutDown = false
     public var isClosed: Bool { peerClosed || shutDown }
-    /// The handshake's buffers were swapped for fresh ones (see `takeOutput`).
-    private var compacted = false
+    /// The memory buffers may have grown past `keptCapacity` (the handshake, or a large read or write since
+    /// they were last replaced): only then is it worth asking OpenSSL (see `compact`).
+    private var mayHoldLargeBuffers = true
 
     /// Largest plaintext record TLS carries: the unit `receive` decrypts into.
     static let recordSize = 16 * 1024
@@ -164,6 +165,7 @@ public final class TLSStream {
     /// refused handshake or a corrupt record; the output may then hold an alert worth sending.
     public func receive(_ bytes: UnsafeRawBufferPointer, deliver: (UnsafeRawBufferPointer) -> Void) throws -> Bool {
         guard !peerClosed else { return false }
+        if bytes.count > Self.keptCapacity / 2 { mayHoldLargeBuffers = true }
         let plain = Self.takeRecordBuffer()
         defer { Self.returnRecordBuffer(plain) }
         // Once per call, not per SSL call: our calls leave the queue empty (errors are drained into the
@@ -220,6 +222,7 @@ public final class TLSStream {
 
     private func send(_ bytes: UnsafeRawBufferPointer, handingOut: Bool, _ output: (UnsafeRawBufferPointer) -> Void) throws {
         guard !shutDown, bytes.count > 0 else { return }
+        if bytes.count > Self.keptCapacity / 2 { mayHoldLargeBuffers = true }
         if !isEstablished || !early.isEmpty {
             early.append(contentsOf: bytes)
             if !isEstablished { try start() }
@@ -261,8 +264,7 @@ public final class TLSStream {
     }
 
     private func compactIfLarge() {
-        if isEstablished && (!compacted || cutover_bio_mem_capacity(input) > Self.keptCapacity
-                             || cutover_bio_mem_capacity(output) > Self.keptCapacity) { compact() }
+        if mayHoldLargeBuffers && isEstablished { compact() }
     }
 
     /// What both memory buffers hold allocated (for tests).
@@ -281,7 +283,7 @@ public final class TLSStream {
         SSL_set_bio(ssl, r, w)
         input = r
         output = w
-        compacted = true
+        mayHoldLargeBuffers = false
     }
 
     /// Buffers `receive` decrypts into, reused: one per receive in progress (a delivery can start another
