@@ -1,6 +1,7 @@
 // The proxy: accepts clients, owns sessions and routes, forwards cancels, sweeps timeouts, records
 // divergences, flips phases (pausing a route when the leader changes), persists them, reloads and shuts down.
 import CutoverCore
+import Foundation
 import CutoverProtocol
 import CutoverRuntime
 import Logging
@@ -67,6 +68,12 @@ public final class ProxyServer {
         resolvedAddresses = Self.resolve(config)
         clientTLS = try Self.clientTLSContext(config.server)
         backendTLS = try Self.backendTLSContexts(config)
+        if clientTLS != nil, let key = config.server.clientTLSKeyFile,
+           let mode = (try? FileManager.default.attributesOfItem(atPath: key))?[.posixPermissions] as? Int, mode & 0o077 != 0 {
+            // PostgreSQL refuses such a key; a Kubernetes secret is 0644 unless its defaultMode says otherwise.
+            logger.warning("client TLS key file is readable by other users: chmod 600 it (or set the secret's defaultMode)",
+                           metadata: ["path": "\(key)", "mode": "\(String(mode, radix: 8))"])
+        }
         let persisted = try config.server.stateFile.map { try PersistedState.load(path: $0) } ?? PersistedState()
         for (name, r) in config.routes {
             let saved = persisted.routes[name]

@@ -64,7 +64,10 @@ import Testing
     }
 
     @Test func allowServesBothAndPrefersTLSWhenTheClientDoes() throws {
-        let (p, port, _) = try tlsProxy("tls-allow", mode: "allow")
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: certificate.key)
+        let (p, port, path) = try tlsProxy("tls-allow", mode: "allow")
+        let log = try String(contentsOfFile: path.replacingOccurrences(of: ".toml", with: ".log"), encoding: .utf8)
+        #expect(log.contains("client TLS key file is readable by other users"), "a world-readable key is warned about")
         defer { stopBackgroundProcess(p); certificate.remove() }
         let encrypted = try PQConnection(f.conninfo(port, extra: "sslmode=prefer"))
         let clear = try PQConnection(f.conninfo(port, extra: "sslmode=disable"))
