@@ -257,6 +257,11 @@ public enum DivergenceKind: String, Sendable, Codable, CaseIterable {
     case writeOrder = "write_order"
     /// The route re-entered a dual phase after running without a follower: that side missed those writes.
     case unmirroredWrites = "unmirrored_writes"
+
+    /// A warning about a risk rather than a difference seen: not in a route's divergence total (it is in
+    /// the per-kind counts). With async mirroring's on-demand reads, write_order counts the order answers
+    /// were read in, which is most of the time harmless concurrency.
+    public var isWarning: Bool { self == .writeOrder }
 }
 
 /// One statement whose answers differ.
