@@ -43,6 +43,8 @@ struct Backfill: ParsableCommand {
             let order = BackfillPlan.loadOrder(names, references: references)
             try legacy.session.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try new.session.run("BEGIN")
+            // Foreign keys declared DEFERRABLE (a cycle needs them) are then checked at COMMIT, not per row.
+            try new.session.run("SET CONSTRAINTS ALL DEFERRED")
             if truncate {
                 try new.session.run("TRUNCATE " + order.map(new.qualified).joined(separator: ", "))
             } else {
