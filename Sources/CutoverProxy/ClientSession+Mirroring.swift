@@ -95,7 +95,7 @@ extension ClientSession {
         route.lastWriteOrderRecord = now
         server.recordDivergence(session: self, kind: .writeOrder, statement: u.unit.statements.first, leader: nil, follower: nil,
                                 leaderMs: u.leaderMs, followerMs: nil,
-                                detail: "another session's write, applied later on the leader, reached the follower first; non-commutative writes to the same rows may differ (sync mirroring orders them; further occurrences within a second are only counted)")
+                                detail: "a warning: another session's write, applied later on the leader, was read back from the follower first, so the two ran concurrently there; non-commutative writes to the same rows may then differ (sync mirroring orders them, cutover verify compares the tables; further occurrences within a second are only counted)")
     }
 
     /// Compares every unit both sides have answered, oldest first, and records what differs.
