@@ -48,6 +48,9 @@ public struct ClientHandshake {
         self.phaseOf = phaseOf
     }
 
+    /// The client opened with a TLS handshake instead of an SSLRequest (PostgreSQL 17's direct TLS).
+    public mutating func startedTLSDirectly() { tlsStarted = true }
+
     /// The framer mode the next packet needs: only the first packets are untyped.
     public var expectsUntyped: Bool { if case .awaitingStartup = state { return true } else { return false } }
 

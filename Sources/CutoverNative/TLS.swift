@@ -45,6 +45,7 @@ public final class TLSContext: @unchecked Sendable {
             throw TLSError.fromQueue("the private key \(keyFile) does not match the certificate \(certificateFile)")
         }
         serverEndPoint = Self.endPoint(of: SSL_CTX_get0_certificate(c))
+        cutover_ssl_ctx_offer_postgresql_alpn(c)
     }
 
     /// RFC 5929 `tls-server-end-point`: the certificate hashed with its signature's hash function, SHA-256
@@ -142,6 +143,9 @@ public final class TLSStream {
         var v4 = in_addr(), v6 = in6_addr()
         return inet_pton(AF_INET, s, &v4) == 1 || inet_pton(AF_INET6, s, &v6) == 1
     }
+
+    /// Whether the handshake chose the ALPN protocol "postgresql" (required of a direct TLS connection).
+    public var negotiatedPostgresALPN: Bool { cutover_ssl_alpn_is_postgresql(ssl) == 1 }
 
     /// Whether the handshake has finished.
     public var isEstablished: Bool { SSL_is_init_finished(ssl) == 1 }

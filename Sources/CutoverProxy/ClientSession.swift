@@ -136,6 +136,12 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
 
     private func framedBytes(_ bytes: UnsafeRawBufferPointer) {
         guard let framer else { return }
+        // 0x16 opens a TLS handshake; as a startup packet's first length byte it would be 369 MB, so it
+        // cannot be one. PostgreSQL 17 clients open that way with sslnegotiation=direct.
+        if bytes.first == 0x16, state == .handshake, framer.value.bufferedByteCount == 0,
+           let handshake, !handshake.value.tlsStarted, let context = server.clientTLS {
+            return startDirectTLS(bytes, context: context)
+        }
         framer.value.append(bytes)
         do {
             while state == .handshake || state == .admin, let frame = try framer.value.next() {
@@ -174,6 +180,17 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         client.write([0x53]) // 'S'
         client.filter = TLSFilter(stream)
         handshake?.value.channelBinding = context.serverEndPoint
+    }
+
+    /// A connection that opened with a TLS ClientHello: TLS without the SSLRequest exchange.
+    private func startDirectTLS(_ clientHello: UnsafeRawBufferPointer, context: TLSContext) {
+        guard let stream = try? TLSStream(context: context) else {
+            return failClient(ProxyError.fatal("08006", "TLS is not available on this proxy"))
+        }
+        client.filter = TLSFilter(stream, requiresALPN: true)
+        handshake?.value.startedTLSDirectly()
+        handshake?.value.channelBinding = context.serverEndPoint
+        client.refeedThroughFilter(clientHello)
     }
 
     /// "TLSv1.3 TLS_AES_256_GCM_SHA384" for an encrypted client connection, nil for a clear-text one.

@@ -6,14 +6,31 @@ import CutoverRuntime
 final class TLSFilter: StreamFilter {
     let stream: TLSStream
     private(set) var failure: String?
+    /// A direct TLS connection (no SSLRequest) must have chosen ALPN "postgresql", as PostgreSQL 17 requires:
+    /// checked before the first plaintext is delivered (the protocol is settled by then).
+    private var requiresALPN: Bool
 
-    init(_ stream: TLSStream) { self.stream = stream }
+    init(_ stream: TLSStream, requiresALPN: Bool = false) {
+        self.stream = stream
+        self.requiresALPN = requiresALPN
+    }
 
     override func received(_ bytes: UnsafeRawBufferPointer, deliver: (UnsafeRawBufferPointer) -> Void,
                            send: (UnsafeRawBufferPointer) -> Void) -> Outcome {
         do {
-            let open = try stream.receive(bytes, deliver: deliver)
+            var refused = false
+            let open = try stream.receive(bytes) { plaintext in
+                if requiresALPN {
+                    guard stream.negotiatedPostgresALPN else { refused = true; return }
+                    requiresALPN = false
+                }
+                if !refused { deliver(plaintext) }
+            }
             stream.takeOutput(send)
+            if refused {
+                failure = "direct TLS connection without the ALPN protocol \"postgresql\""
+                return .failed
+            }
             return open ? .open : .ended
         } catch {
             failure = "\(error)"

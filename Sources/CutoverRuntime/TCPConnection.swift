@@ -340,6 +340,12 @@ public final class TCPConnection: HandleOwner {
         return delivered
     }
 
+    /// Bytes the delegate was given before it set `filter` that belong to the filter (a TLS ClientHello
+    /// that opened the connection): they go through it now, as if just read.
+    public func refeedThroughFilter(_ bytes: UnsafeRawBufferPointer) {
+        if let filter, !isClosing { received(bytes, through: filter) }
+    }
+
     /// Socket bytes through the filter: its output to the socket, what it decodes to the delegate.
     /// Out of line, so the clear-text path pays only the nil check.
     @inline(never)

@@ -23,7 +23,51 @@ import Testing
             name = "ops"
             password = "\(FixtureSecrets.adminPassword)"
             admin = true
+            [[users]]
+            name = "trust_user"
+            auth = "trust"
             """)
+    }
+
+    /// A client that opens with the TLS handshake itself (PostgreSQL 17's sslnegotiation=direct; this
+    /// machine's libpq is 15), offering ALPN "postgresql" or not, then runs one query.
+    static let directTLSClient = #"""
+        import socket, ssl, struct, sys
+        port, alpn = int(sys.argv[1]), sys.argv[2] == "alpn"
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+        if alpn: ctx.set_alpn_protocols(["postgresql"])
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost")
+        print("ALPN", s.selected_alpn_protocol(), flush=True)
+        def send(kind, body): s.sendall(kind + struct.pack("!I", len(body) + 4) + body)
+        def read():
+            def exactly(n):
+                b = b""
+                while len(b) < n:
+                    c = s.recv(n - len(b))
+                    if not c: print("EOF"); sys.exit(3)
+                    b += c
+                return b
+            h = exactly(5); return h[:1], exactly(struct.unpack("!I", h[1:])[0] - 4)
+        send(b"", struct.pack("!I", 196608) + b"user\0trust_user\0database\0onboarding\0\0")
+        while (m := read())[0] != b"Z":
+            if m[0] == b"E": print("ERROR", m[1]); sys.exit(2)
+        send(b"Q", b"SELECT current_schema()\0")
+        while (m := read())[0] != b"Z":
+            if m[0] == b"D": print("ROW", m[1][6:].decode())
+        """#
+
+    @Test func aClientOpeningWithTLSDirectlyIsServedWithALPNAndRefusedWithout() throws {
+        let (p, port, path) = try tlsProxy("tls-direct", mode: "require")
+        defer { stopBackgroundProcess(p); certificate.remove() }
+        let direct = try runProcess("python3", ["-c", Self.directTLSClient, "\(port)", "alpn"])
+        #expect(direct.status == 0 && direct.stdout.contains("ALPN postgresql") && direct.stdout.contains("ROW onboarding"),
+                "\(direct.stdout)\(direct.stderr)")
+        let withoutALPN = try runProcess("python3", ["-c", Self.directTLSClient, "\(port)", "none"])
+        #expect(withoutALPN.status != 0 && !withoutALPN.stdout.contains("ROW"), "\(withoutALPN.stdout)")
+        usleep(100_000)
+        let log = try String(contentsOfFile: path.replacingOccurrences(of: ".toml", with: ".log"), encoding: .utf8)
+        #expect(log.contains("without the ALPN protocol"))
+        #expect(try PQConnection(f.conninfo(port, extra: "sslmode=require")).isOK, "the SSLRequest way still works")
     }
 
     static let sslRequest: [UInt8] = [0, 0, 0, 8, 0x04, 0xD2, 0x16, 0x2F]

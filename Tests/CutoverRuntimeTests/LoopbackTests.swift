@@ -132,8 +132,9 @@ final class XorFilter: StreamFilter {
     @Test func aConnectionStaysAnEightyByteAllocation() {
         // Two per session, so 16 more bytes here are 32 per idle client (see docs/benchmarks.md, RSS per client).
         let loop = EventLoop()
-        let c = TCPConnection(loop: loop)
-        let usable = mallocUsableSize(Unmanaged.passUnretained(c).toOpaque())
+        // The smallest of several: malloc may hand a single request a larger free chunk it would not split.
+        let connections = (0..<32).map { _ in TCPConnection(loop: loop) }
+        let usable = connections.map { mallocUsableSize(Unmanaged.passUnretained($0).toOpaque()) }.min() ?? 0
         #expect(usable <= 72, "a TCPConnection now takes a \(usable + 8)-byte malloc chunk")
         #expect(loop.shutdown() == 0)
     }
