@@ -155,4 +155,32 @@ import Testing
         #expect(try bystander.scalar("SELECT count(*) FROM candidates") == "10")
         #expect(try PQConnection(f.conninfo(port, extra: "sslmode=require")).isOK)
     }
+
+    @Test func aReloadServesNewSessionsWithTheNewCertificateAndKeepsTheOldOneWhenTheNewFilesAreBroken() throws {
+        let (p, port, _) = try tlsProxy("tls-reload", mode: "require")
+        defer { stopBackgroundProcess(p); certificate.remove() }
+        let before = try PQConnection(f.conninfo(port, extra: "sslmode=verify-full sslrootcert=\(certificate.certificate)"))
+        // The files are replaced by another certificate (a renewal) and the proxy reloads.
+        let renewed = try SelfSignedCertificate()
+        defer { renewed.remove() }
+        let oldCert = try Data(contentsOf: URL(fileURLWithPath: certificate.certificate))
+        for (from, to) in [(renewed.certificate, certificate.certificate), (renewed.key, certificate.key)] {
+            try FileManager.default.removeItem(atPath: to)
+            try FileManager.default.copyItem(atPath: from, toPath: to)
+        }
+        kill(p.processIdentifier, SIGHUP)
+        usleep(500_000)
+        #expect(try PQConnection(f.conninfo(port, extra: "sslmode=verify-full sslrootcert=\(renewed.certificate)")).isOK,
+                "new sessions get the renewed certificate")
+        try oldCert.write(to: URL(fileURLWithPath: "\(renewed.directory)/old.crt"))
+        #expect(throws: PQError.self, "and no longer the old one") {
+            try PQConnection(f.conninfo(port, extra: "sslmode=verify-full sslrootcert=\(renewed.directory)/old.crt"))
+        }
+        #expect(try before.scalar("SELECT 1") == "1", "a session started before the reload carries on")
+        // A broken key makes the reload fail as a whole (check-config's rule): the renewed certificate stays.
+        try "not a key".write(toFile: certificate.key, atomically: true, encoding: .utf8)
+        kill(p.processIdentifier, SIGHUP)
+        usleep(500_000)
+        #expect(try PQConnection(f.conninfo(port, extra: "sslmode=verify-full sslrootcert=\(renewed.certificate)")).isOK)
+    }
 }
