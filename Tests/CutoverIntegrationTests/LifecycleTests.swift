@@ -7,6 +7,40 @@ import Testing
     let f: ProxyFixture
     init() throws { f = try ProxyFixture.shared() }
 
+    @Test func outOfFileDescriptorsTheListenerTurnsClientsAwayWithoutSpinningAndRecovers() throws {
+        let (p, port, _) = try f.ownProxy("emfile", fileLimit: 40)
+        defer { stopBackgroundProcess(p) }
+        func cpuTicks() -> Int {
+            let stat = (try? String(contentsOfFile: "/proc/\(p.processIdentifier)/stat", encoding: .utf8)) ?? ""
+            let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
+            return fields.count > 13 ? (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0) : -1 // utime + stime
+        }
+        let before = cpuTicks()
+        // More connections than descriptors: the ones past the limit are accepted and closed at once.
+        var flood: [RawClient]? = try (0..<60).map { _ in try RawClient(port: port) }
+        usleep(300_000)
+        var closedAtOnce = 0
+        for c in flood!.suffix(15) {
+            var tv = timeval(tv_sec: 0, tv_usec: 200_000)
+            setsockopt(c.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            var byte: UInt8 = 0
+            if recv(c.fd, &byte, 1, 0) == 0 { closedAtOnce += 1 }
+        }
+        #expect(closedAtOnce > 0, "connections past the limit were closed, not left hanging")
+        usleep(700_000)
+        let spent = cpuTicks() - before
+        #expect(spent >= 0 && spent < 50, "the listener did not spin on the connections it could not take: \(spent) ticks")
+        flood = nil // the clients leave
+        // Once clients leave, the proxy serves again.
+        let deadline = Date().addingTimeInterval(10)
+        var served = false
+        while !served && Date() < deadline {
+            served = (try? PQConnection(f.conninfo(port)).scalar("SELECT 1")) == "1"
+            if !served { usleep(200_000) }
+        }
+        #expect(served)
+    }
+
     @Test func sighupReloadsUsersAndRoutesForNewSessions() throws {
         let (p, port, path) = try f.ownProxy("reload")
         defer { stopBackgroundProcess(p) }

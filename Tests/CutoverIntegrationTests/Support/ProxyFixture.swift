@@ -144,9 +144,13 @@ final class ProxyFixture: @unchecked Sendable {
     static let proxyEnvironment = ["LEGACY_DB_PASSWORD": FixtureSecrets.legacyPassword,
                                    "ONBOARDING_DB_PASSWORD": FixtureSecrets.onboardingPassword]
 
-    static func startProxy(configPath: String, logPath: String, port: Int) throws -> Process {
-        let p = try startBackgroundProcess(cutoverBinary, ["serve", configPath, "--log-level", "info"],
-                                           environment: proxyEnvironment, logPath: logPath)
+    /// `fileLimit`: the proxy runs with that many file descriptors at most (soft and hard limit).
+    static func startProxy(configPath: String, logPath: String, port: Int, fileLimit: Int? = nil) throws -> Process {
+        let serve = ["serve", configPath, "--log-level", "info"]
+        let p = try fileLimit.map {
+            try startBackgroundProcess("/bin/sh", ["-c", "ulimit -n \($0) && exec \"$0\" \"$@\"", cutoverBinary] + serve,
+                                       environment: proxyEnvironment, logPath: logPath)
+        } ?? startBackgroundProcess(cutoverBinary, serve, environment: proxyEnvironment, logPath: logPath)
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline {
             if let c = try? RawClient(port: port) { _ = c; return p }
@@ -175,7 +179,7 @@ final class ProxyFixture: @unchecked Sendable {
 
     /// Starts a proxy of a test's own in front of the legacy cluster: route `onboarding`, user `onboarding_user`,
     /// `extraServer` lines in [server] and `rest` at the end. Returns the process, its port and its config file.
-    func ownProxy(_ name: String, server extraServer: String = "", rest: String = "") throws -> (Process, Int, String) {
+    func ownProxy(_ name: String, server extraServer: String = "", rest: String = "", fileLimit: Int? = nil) throws -> (Process, Int, String) {
         let port = PostgresCluster.freePort()
         let path = "\(directory)/\(name).toml"
         let config = """
@@ -193,7 +197,7 @@ final class ProxyFixture: @unchecked Sendable {
             \(rest)
             """
         try config.write(toFile: path, atomically: true, encoding: .utf8)
-        let p = try ProxyFixture.startProxy(configPath: path, logPath: "\(directory)/\(name).log", port: port)
+        let p = try ProxyFixture.startProxy(configPath: path, logPath: "\(directory)/\(name).log", port: port, fileLimit: fileLimit)
         return (p, port, path)
     }
 
