@@ -9,7 +9,7 @@ public struct SCRAMVerifier: Equatable, Sendable {
 
     /// Derives a verifier from a plaintext password (random salt, PostgreSQL's default 4096 iterations).
     public init(password: String, salt: [UInt8] = Crypto.randomBytes(16), iterations: Int = 4096) {
-        let salted = Crypto.pbkdf2SHA256(password: Array(password.utf8), salt: salt, iterations: iterations)
+        let salted = SCRAMClient.saltedPassword(password, salt: salt, iterations: iterations)
         let clientKey = Crypto.hmacSHA256(key: salted, Array("Client Key".utf8))
         self.iterations = iterations
         self.salt = salt
@@ -187,8 +187,9 @@ public struct SCRAMClient: Sendable {
         guard Crypto.equal(sig, expectedServerSignature) else { throw .serverSignatureMismatch }
     }
 
+    /// PBKDF2 of the password after SASLprep, as PostgreSQL derives a SCRAM verifier.
     public static func saltedPassword(_ password: String, salt: [UInt8], iterations: Int) -> [UInt8] {
-        Crypto.pbkdf2SHA256(password: Array(password.utf8), salt: salt, iterations: iterations)
+        Crypto.pbkdf2SHA256(password: Array(SASLprep.prepare(password).utf8), salt: salt, iterations: iterations)
     }
 }
 

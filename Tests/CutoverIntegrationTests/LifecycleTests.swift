@@ -41,6 +41,30 @@ import Testing
         #expect(served)
     }
 
+    @Test func nonASCIIPasswordsArePreparedAsPostgreSQLPreparesThem() throws {
+        // PostgreSQL stores the verifier of SASLprep(password): NFKC turns the Roman numeral into "IX" and
+        // composes the accents. The proxy must derive the same keys, toward the backend and for its clients.
+        let stored = "\u{2168}-s\u{E9}curit\u{E9}", spelled = "\u{2168}-se\u{301}curite\u{301}"
+        try f.legacy.createRole(name: "prepared_user", password: stored)
+        try f.legacy.psql("GRANT CONNECT ON DATABASE hexabuilders TO prepared_user")
+        let (p, port, _) = try f.ownProxy("saslprep", rest: """
+            [[users]]
+            name = "client_\u{2168}"
+            password = "\(spelled)"
+            [backends.prepared]
+            port = \(f.legacy.port)
+            database = "hexabuilders"
+            user = "prepared_user"
+            password = "\(spelled)"
+            [routes.prepared]
+            legacy = "prepared"
+            new = "prepared"
+            """)
+        defer { stopBackgroundProcess(p) }
+        let c = try PQConnection(f.conninfo(port, database: "prepared", user: "client_\u{2168}", password: stored))
+        #expect(try c.scalar("SELECT current_user") == "prepared_user")
+    }
+
     @Test func sighupReloadsUsersAndRoutesForNewSessions() throws {
         let (p, port, path) = try f.ownProxy("reload")
         defer { stopBackgroundProcess(p) }
