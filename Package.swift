@@ -27,8 +27,9 @@ let package = Package(
 
         // Pure wire protocol: messages, framer, encoder. No I/O.
         .target(name: "CutoverProtocol", swiftSettings: hotPathSettings),
-        // The C libraries other than libuv behind safe Swift: libcrypto (SCRAM, md5) and libpg_query.
-        .target(name: "CutoverNative", dependencies: ["COpenSSL", "CPGQuery"]),
+        // The C libraries other than libuv behind safe Swift: OpenSSL (SCRAM, md5, TLS), libpg_query, and
+        // libpq for the command-line tools (PGSession).
+        .target(name: "CutoverNative", dependencies: ["COpenSSL", "CPGQuery", "CLibPQ"]),
         // Pure domain: config, routes, phases, authentication exchanges, session state machines.
         .target(name: "CutoverCore", dependencies: [
             "CutoverProtocol", "CutoverNative",
@@ -42,7 +43,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: hotPathSettings),
         .executableTarget(name: "cutover", dependencies: [
-            "CutoverProxy", "CutoverCore", "CLibPQ",
+            "CutoverProxy", "CutoverCore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -12,6 +12,12 @@ public struct TableFingerprint: Equatable, Sendable {
     public init(columns: String, rows: Int64, hash: String) {
         self.columns = columns; self.rows = rows; self.hash = hash
     }
+
+    /// A table that was not read (only on the new side, or lacking some of legacy's columns): rows unknown.
+    public static let notRead = TableFingerprint(columns: "", rows: -1, hash: "")
+
+    /// The row count for a report ("-" when it was not read).
+    public var rowsText: String { rows < 0 ? "-" : "\(rows)" }
 }
 
 public enum TableVerdict: String, Sendable {

@@ -26,6 +26,8 @@ public final class TLSContext: @unchecked Sendable {
     public let isServer: Bool
     /// A server's channel binding data for SCRAM-SHA-256-PLUS (RFC 5929 `tls-server-end-point`: the hash of
     /// its certificate); nil for a client context or a certificate whose signature names no usable hash.
+    /// (A `var` with a default on purpose: every stored property is set before the first `throw` below, so
+    /// a failed init still runs `deinit` and frees the OpenSSL context.)
     public private(set) var serverEndPoint: [UInt8]?
 
     /// A server context from PEM files: the certificate file may hold the chain after the certificate.
@@ -126,13 +128,13 @@ public final class TLSStream {
             SSL_set_connect_state(s)
             if let serverName {
                 // Failing to set the name to check must not leave verify-full checking no name at all.
-                let set = Self.isIPAddress(serverName) ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s), serverName)
-                                                       : SSL_set1_host(s, serverName)
+                let isIP = Self.isIPAddress(serverName)
+                let set = isIP ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s), serverName) : SSL_set1_host(s, serverName)
                 guard set == 1 else {
                     SSL_free(s)
                     throw TLSError.fromQueue("cannot check the server's certificate for \(serverName)")
                 }
-                if !Self.isIPAddress(serverName) { _ = cutover_ssl_set_host_name(s, serverName) }
+                if !isIP { _ = cutover_ssl_set_host_name(s, serverName) } // SNI carries names only
             }
         }
     }
@@ -250,9 +252,6 @@ public final class TLSStream {
         ERR_clear_error()
         if isEstablished { _ = SSL_shutdown(ssl) }
     }
-
-    /// Whether there is output waiting for `takeOutput`.
-    public var hasOutput: Bool { BIO_ctrl_pending(output) > 0 }
 
     /// Hands what must go to the socket to `body` (in place, valid only during the call) and forgets it.
     /// The caller takes all of it: a connection copies what its socket refuses into its own queue.

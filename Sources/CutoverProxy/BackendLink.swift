@@ -202,7 +202,7 @@ final class BackendLink: TCPConnectionDelegate {
         }
         switch bytes[0] {
         case UInt8(ascii: "S"):
-            guard let context = login.tls else { return }
+            guard let context = login.tls else { return fail(unavailable("no TLS context for this backend")) }
             do {
                 let stream = try TLSStream(context: context, serverName: mode == .verifyFull ? login.backend.host : nil)
                 connection.filter = TLSFilter(stream)

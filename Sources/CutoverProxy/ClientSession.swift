@@ -174,23 +174,27 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         guard let framer, framer.value.bufferedByteCount == 0 else {
             return failClient(ProxyError.protocolViolation("received unencrypted data after SSL request"))
         }
-        guard let context = server.clientTLS, let stream = try? TLSStream(context: context) else {
-            return failClient(ProxyError.fatal("08006", "TLS is not available on this proxy"))
-        }
+        guard let context = server.clientTLS, let filter = tlsFilter(context, direct: false) else { return }
         client.write([0x53]) // 'S'
-        client.filter = TLSFilter(stream)
-        handshake?.value.channelBinding = context.serverEndPoint
+        client.filter = filter
     }
 
     /// A connection that opened with a TLS ClientHello: TLS without the SSLRequest exchange.
     private func startDirectTLS(_ clientHello: UnsafeRawBufferPointer, context: TLSContext) {
-        guard let stream = try? TLSStream(context: context) else {
-            return failClient(ProxyError.fatal("08006", "TLS is not available on this proxy"))
-        }
-        client.filter = TLSFilter(stream, requiresALPN: true)
+        guard let filter = tlsFilter(context, direct: true) else { return }
+        client.filter = filter
         handshake?.value.startedTLSDirectly()
-        handshake?.value.channelBinding = context.serverEndPoint
         client.refeedThroughFilter(clientHello)
+    }
+
+    /// The client connection's TLS, with SCRAM channel binding to its certificate (nil: failed, and said so).
+    private func tlsFilter(_ context: TLSContext, direct: Bool) -> TLSFilter? {
+        guard let stream = try? TLSStream(context: context) else {
+            failClient(ProxyError.fatal("08006", "TLS is not available on this proxy"))
+            return nil
+        }
+        handshake?.value.channelBinding = context.serverEndPoint
+        return TLSFilter(stream, requiresALPN: direct)
     }
 
     /// "TLSv1.3 TLS_AES_256_GCM_SHA384" for an encrypted client connection, nil for a clear-text one.

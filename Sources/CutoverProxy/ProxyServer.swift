@@ -63,8 +63,7 @@ public final class ProxyServer {
         mirrorQueueLimits = (config.server.mirrorQueueBytes, config.server.mirrorQueueStatements)
         self.logger = logger
         divergences = DivergenceRecorder(path: config.server.divergenceLog, capacity: config.server.divergenceMemory, logger: logger)
-        divergenceLimiter = DivergenceLimiter(perSecond: config.server.divergenceLogLimit)
-        routeDivergenceLimiter = DivergenceLimiter(perSecond: config.server.divergenceLogLimit * 10)
+        (divergenceLimiter, routeDivergenceLimiter) = Self.divergenceLimiters(config.server.divergenceLogLimit)
         resolvedAddresses = Self.resolve(config)
         clientTLS = try Self.clientTLSContext(config.server)
         backendTLS = try Self.backendTLSContexts(config)
@@ -557,10 +556,14 @@ public final class ProxyServer {
         divergences.open(newConfig.server.divergenceLog)
         divergences.setCapacity(newConfig.server.divergenceMemory)
         if newConfig.server.divergenceLogLimit != divergenceLimiter.perSecond {
-            divergenceLimiter = DivergenceLimiter(perSecond: newConfig.server.divergenceLogLimit)
-            routeDivergenceLimiter = DivergenceLimiter(perSecond: newConfig.server.divergenceLogLimit * 10)
+            (divergenceLimiter, routeDivergenceLimiter) = Self.divergenceLimiters(newConfig.server.divergenceLogLimit)
         }
         logger.info("configuration reloaded", metadata: ["routes": "\(newConfig.routes.keys.sorted())", "users": "\(newConfig.users.count)"])
+    }
+
+    /// Per statement, and (ten times as many) per route and kind, checked before a statement is parsed.
+    static func divergenceLimiters(_ perSecond: Int) -> (DivergenceLimiter, DivergenceLimiter) {
+        (DivergenceLimiter(perSecond: perSecond), DivergenceLimiter(perSecond: perSecond * 10))
     }
 
     static func clientTLSContext(_ s: ServerConfig) throws -> TLSContext? {

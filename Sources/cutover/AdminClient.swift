@@ -1,5 +1,6 @@
 // `cutover status` and `cutover phase`: talk to a running proxy's admin database through libpq.
 import ArgumentParser
+import CutoverCore
 import Foundation
 
 struct AdminOptions: ParsableArguments {
@@ -21,6 +22,9 @@ struct AdminOptions: ParsableArguments {
         throw ValidationError("give --admin-url or set CUTOVER_ADMIN_URL, e.g. postgresql://ops@127.0.0.1:6432/cutover")
     }
 }
+
+/// "1 table", "3 tables".
+func counted(_ n: Int, _ noun: String) -> String { "\(n) \(noun)\(n == 1 ? "" : "s")" }
 
 /// Prints rows as an aligned table.
 func printTable(_ columns: [String], _ rows: [[String]]) {

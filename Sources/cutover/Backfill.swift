@@ -74,7 +74,7 @@ struct Backfill: ParsableCommand {
             try new.session.run("COMMIT")
             try legacy.session.run("COMMIT")
             printTable(["table", "rows"], copied)
-            print("\nroute \(route): \(order.count) table\(order.count == 1 ? "" : "s"), \(total) rows and \(sequences) sequence\(sequences == 1 ? "" : "s") "
+            print("\nroute \(route): \(counted(order.count, "table")), \(total) rows and \(counted(sequences, "sequence")) "
                   + "copied from \(legacy) to \(new). Check with: cutover verify \(options.config) \(route)")
         } catch let e as PGSession.Failure {
             print("cutover: \(e) (nothing copied)")

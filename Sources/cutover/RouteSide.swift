@@ -65,14 +65,19 @@ struct RouteSide: CustomStringConvertible {
     }
 
     /// The table over `names` (legacy's columns; nil: this side's own). Nil when the table is not there
-    /// (any more); a hash of 0:0 with the columns marked missing when this side lacks one of `names`.
+    /// (any more); when this side lacks one of `names`, the table is not read (rows -1) and its columns
+    /// say which is missing.
     func fingerprint(_ table: String, names: [String]? = nil) throws -> (TableFingerprint, names: [String])? {
         let own = try columns(table)
         guard !own.isEmpty else { return nil }
         let wanted = names ?? own.map(\.name)
         let types = Dictionary(own.map { ($0.name, $0.type) }, uniquingKeysWith: { a, _ in a })
         let described = Verification.describeColumns(wanted, types: types)
-        guard wanted.allSatisfy({ types[$0] != nil }) else { return (TableFingerprint(columns: described, rows: -1, hash: ""), wanted) }
+        guard wanted.allSatisfy({ types[$0] != nil }) else {
+            var unread = TableFingerprint.notRead
+            unread.columns = described
+            return (unread, wanted)
+        }
         guard let row = try session.run(Verification.fingerprintQuery(schema: schema, table: table, columns: wanted)).rows.first else { return nil }
         return (TableFingerprint(columns: described, rows: Int64(row[0]) ?? -1, hash: row[1]), wanted)
     }

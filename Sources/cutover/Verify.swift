@@ -25,29 +25,35 @@ struct Verify: ParsableCommand {
         let (legacy, new) = try RouteSide.connectBoth(configPath: options.config, route: route)
         defer { legacy.session.close(); new.session.close() }
         do {
-            let legacyTables = try legacy.tables(only: tables)
             /// Legacy's table, and the new side's over legacy's columns.
-            func compare(_ table: String) throws -> TableComparison {
-                guard let (l, names) = try legacy.fingerprint(table) else { return TableComparison(table: table, legacy: nil, new: nil) }
-                return TableComparison(table: table, legacy: l, new: try new.fingerprint(table, names: names)?.0)
+            func read(_ table: String) throws -> (TableFingerprint, TableFingerprint?)? {
+                guard let (l, names) = try legacy.fingerprint(table) else { return nil }
+                return (l, try new.fingerprint(table, names: names)?.0)
             }
-            var rows = try legacyTables.map(compare)
-            rows += try new.tables(only: tables).filter { !legacyTables.contains($0) }.map {
-                TableComparison(table: $0, legacy: nil, new: try new.fingerprint($0)?.0)
+            var legacySide: [String: TableFingerprint] = [:], newSide: [String: TableFingerprint] = [:]
+            for table in try legacy.tables(only: tables) {
+                guard let (l, n) = try read(table) else { continue }
+                legacySide[table] = l
+                newSide[table] = n
             }
-            rows.sort { $0.table < $1.table }
+            // Tables legacy does not have are listed, not compared: no need to read them.
+            for table in try new.tables(only: tables) where legacySide[table] == nil { newSide[table] = .notRead }
+            var rows = Verification.compare(legacy: legacySide, new: newSide)
             for _ in 1..<attempts where rows.contains(where: \.verdict.mayBeTransient) {
                 Thread.sleep(forTimeInterval: 1)
-                for i in rows.indices where rows[i].verdict.mayBeTransient { rows[i] = try compare(rows[i].table) }
+                for i in rows.indices where rows[i].verdict.mayBeTransient {
+                    let sides = try read(rows[i].table)
+                    rows[i] = TableComparison(table: rows[i].table, legacy: sides?.0, new: sides?.1)
+                }
             }
             printTable(["table", "legacy_rows", "new_rows", "verdict"], rows.map {
-                [$0.table, $0.legacy.map { "\($0.rows)" } ?? "-", $0.new.map { "\($0.rows)" } ?? "-", $0.verdict.rawValue]
+                [$0.table, $0.legacy?.rowsText ?? "-", $0.new?.rowsText ?? "-", $0.verdict.rawValue]
             })
             for row in rows where row.verdict == .columnsDiffer {
                 print("\n\(row.table):\n  legacy: \(row.legacy?.columns ?? "")\n  new:    \(row.new?.columns ?? "")")
             }
             let differing = rows.filter(\.verdict.isDifference).count
-            print("\nroute \(route): \(rows.count) table\(rows.count == 1 ? "" : "s"), \(rows.filter { $0.verdict == .match }.count) match, \(differing) differ "
+            print("\nroute \(route): \(counted(rows.count, "table")), \(rows.filter { $0.verdict == .match }.count) match, \(differing) differ "
                   + "(legacy: \(legacy); new: \(new))")
             if differing > 0 { throw ExitCode(1) }
         } catch let e as PGSession.Failure {

@@ -1,23 +1,23 @@
-// A blocking libpq session for the command-line tools: the admin console, and backends for `verify`.
+// A blocking libpq session for the command-line tools (admin console, `verify`, `backfill`): libpq behind safe Swift.
 import CLibPQ
 import Glibc
 
 /// One libpq connection (command-line tools only, never on a loop thread).
-struct PGSession {
-    struct Failure: Error, CustomStringConvertible {
-        var description: String
+public struct PGSession {
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
     }
 
-    let conn: OpaquePointer
+    private let conn: OpaquePointer
 
     /// `reaching` names the other end in the error ("the admin console", "backend legacy").
-    init(_ conninfo: String, reaching: String) throws {
+    public init(_ conninfo: String, reaching: String) throws {
         guard let c = PQconnectdb(conninfo) else { throw Failure(description: "out of memory") }
         try self.init(c, reaching: reaching)
     }
 
     /// Connects with libpq keywords and values (no quoting of passwords or paths needed).
-    init(parameters: [(String, String)], reaching: String) throws {
+    public init(parameters: [(String, String)], reaching: String) throws {
         let keywords = parameters.map { strdup($0.0) }, values = parameters.map { strdup($0.1) }
         defer { (keywords + values).forEach { free($0) } }
         let k = keywords.map { UnsafePointer($0) } + [nil], v = values.map { UnsafePointer($0) } + [nil]
@@ -34,12 +34,12 @@ struct PGSession {
         conn = c
     }
 
-    func close() { PQfinish(conn) }
+    public func close() { PQfinish(conn) }
 
     /// Runs one statement; returns column names and rows (NULL as ""). Without parameters it uses the simple
     /// protocol (the admin console speaks only that); with them, PQexecParams.
     @discardableResult
-    func run(_ sql: String, _ parameters: [String] = []) throws -> (columns: [String], rows: [[String]]) {
+    public func run(_ sql: String, _ parameters: [String] = []) throws -> (columns: [String], rows: [[String]]) {
         let result: OpaquePointer?
         if parameters.isEmpty {
             result = PQexec(conn, sql)
@@ -65,7 +65,7 @@ struct PGSession {
 
     /// Streams `copyOut` (a `COPY ... TO STDOUT`) on `source` into `copyIn` (a `COPY ... FROM STDIN`) here,
     /// chunk by chunk, without holding the table in memory. Returns the rows copied.
-    func copy(from source: PGSession, _ copyOut: String, into copyIn: String) throws -> Int64 {
+    public func copy(from source: PGSession, _ copyOut: String, into copyIn: String) throws -> Int64 {
         try source.startCopy(copyOut, PGRES_COPY_OUT)
         do { try startCopy(copyIn, PGRES_COPY_IN) } catch { source.cancelAndDrain(); throw error }
         var chunk: UnsafeMutablePointer<CChar>?
