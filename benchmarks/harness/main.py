@@ -155,7 +155,7 @@ def main(argv=None):
             save(rec, meta, out_dir, targets)
         if "callgrind" not in skip:
             suites.log("callgrind")
-            suites.callgrind(mode, pin, rec, work, binary, legacy, new)
+            suites.callgrind(mode, pin, rec, work, binary, legacy, new, dual=dual)
             save(rec, meta, out_dir, targets)
         if "idle" not in skip:
             suites.log("idle clients")

@@ -81,6 +81,8 @@ class Analysis:
             s["instr_per_query"] = cg["cutover"]["instr_per_query"]
             s["pgbouncer_instr_per_query"] = cg["pgbouncer"]["instr_per_query"]
             s["instr_vs_pgbouncer"] = round(cg["cutover"]["instr_per_query"] / cg["pgbouncer"]["instr_per_query"], 2)
+            if "cutover_dual_async" in cg:
+                s["instr_per_query_dual_async"] = cg["cutover_dual_async"]["instr_per_query"]
         put("cpu_us_per_query", spread(self.values("select_simple", CUTOVER, "proxy_cpu_us_per_query")), 1)
         put("pgbouncer_cpu_us_per_query", spread(self.values("select_simple", PGBOUNCER, "proxy_cpu_us_per_query")), 1)
         put("tps_vs_pgbouncer_tls", self.pair("select_simple_tls", CUTOVER_TLS, PGBOUNCER_TLS, "tps"))
@@ -193,7 +195,11 @@ class Analysis:
                   f"`pgbench -S -M simple -c 1`, {n1} and {n2} transactions, each through a fresh proxy under "
                   f"`valgrind --tool=callgrind`; (I({n2}) − I({n1})) / {n2 - n1}.", "",
                   "| proxy | instructions/query |", "|---|---|",
-                  f"| Cutover | {cg['cutover']['instr_per_query']} |", f"| PgBouncer | {cg['pgbouncer']['instr_per_query']} |",
+                  f"| Cutover | {cg['cutover']['instr_per_query']} |", f"| PgBouncer | {cg['pgbouncer']['instr_per_query']} |"]
+            if "cutover_dual_async" in cg:
+                L.append(f"| Cutover `dual-legacy` async (each query also sent to the follower, digested, compared) "
+                         f"| {cg['cutover_dual_async']['instr_per_query']} |")
+            L += [
                   "", "Cutover's top functions per query (self cost, same difference method):", "",
                   "| instr/query | function |", "|---|---|"]
             for row in cg["cutover"]["top"][:15]:
@@ -203,10 +209,15 @@ class Analysis:
                       "| instr/query | function |", "|---|---|"]
                 for row in cg["cutover"]["top_inclusive"][:12]:
                     L.append(f"| {row['instr_per_query']:.0f} | `{row['function'][:140]}` |")
+            if "cutover_dual_async" in cg:
+                L += ["", "Cutover in `dual-legacy` async, top functions per query (self cost):", "",
+                      "| instr/query | function |", "|---|---|"]
+                for row in cg["cutover_dual_async"]["top"][:15]:
+                    L.append(f"| {row['instr_per_query']:.0f} | `{row['function'][:140]}` |")
             if "syscalls_per_query" in cg["cutover"]:
                 L += ["", "Syscalls per query (`strace -f -c`, same two run lengths and difference):", "",
                       "| proxy | total | top syscalls |", "|---|---|---|"]
-                for kind in ("cutover", "pgbouncer"):
+                for kind in [k for k in ("cutover", "cutover_dual_async", "pgbouncer") if k in cg]:
                     per = cg[kind].get("syscalls_per_query", {})
                     L.append(f"| {kind} | {sum(per.values()):.2f} | "
                              + ", ".join(f"{k} {v:g}" for k, v in list(per.items())[:6]) + " |")

@@ -198,11 +198,13 @@ def _demangle(names):
 
 
 def _traced_proxy_run(kind, tool, n, pin, work, cutover_binary, legacy, new):
-    """One fresh proxy under `tool` (callgrind or strace) serving `pgbench -S -M simple -c 1 -t n`; returns the report file."""
+    """One fresh proxy under `tool` (callgrind or strace) serving `pgbench -S -M simple -c 1 -t n`; returns the report
+    file. `kind`: "cutover" (route in `legacy`), "cutover_dual_async" (`dual-legacy`, async) or "pgbouncer"."""
     name = f"{tool}-{kind}-{n}"
     nopin = procs.Pinning(None)                  # the traced proxy is slow; let it use any CPU
-    if kind == "cutover":
-        proxy = services.Cutover(work, name, cutover_binary, legacy, new, "legacy", "async", nopin, 100)
+    if kind in ("cutover", "cutover_dual_async"):
+        phase = "legacy" if kind == "cutover" else "dual-legacy"
+        proxy = services.Cutover(work, name, cutover_binary, legacy, new, phase, "async", nopin, 100)
     else:
         proxy = services.PgBouncer(work, name, legacy, "session", nopin, 100, 10)
     out = os.path.join(proxy.dir, f"{tool}.out")
@@ -264,9 +266,10 @@ def _short_object(name):
     return re.sub(r"\[(?:[^\]]*/)?([^/\]]+)\]$", lambda m: f"[{m.group(1).replace('-stripped', '')}]", name)
 
 
-def callgrind(mode, pin, rec, work, cutover_binary, legacy, new):
+def callgrind(mode, pin, rec, work, cutover_binary, legacy, new, dual=False):
     """User-space instructions per select-only query: (I(n2) - I(n1)) / (n2 - n1), so start-up and login cancel out;
     the same difference per function gives the hot spots. Also syscalls per query from `strace -c`, same method.
+    With `dual`, also Cutover in `dual-legacy` async (every statement mirrored, digested and compared).
 
     Valgrind 3.19 cannot read the DWARF 5 that Swift 6 emits, so Cutover runs from a copy with the debug
     sections stripped (symbols stay, so functions are still named)."""
@@ -275,23 +278,23 @@ def callgrind(mode, pin, rec, work, cutover_binary, legacy, new):
     subprocess.run(["strip", "--strip-debug", stripped], check=True)
     n1, n2 = mode.callgrind
     result = {}
-    for kind in ("cutover", "pgbouncer"):
+    for kind in ("cutover", "cutover_dual_async", "pgbouncer") if dual else ("cutover", "pgbouncer"):
         files = {n: _traced_proxy_run(kind, "callgrind", n, pin, work, stripped, legacy, new) for n in (n1, n2)}
         total = (_total_instructions(files[n2]) - _total_instructions(files[n1])) / (n2 - n1)
         result[kind] = dict(instr_per_query=round(total), runs=[n1, n2],
                             top=_top_functions(files[n1], files[n2], n2 - n1),
                             top_inclusive=[row for row in _top_functions(
                                 files[n1], files[n2], n2 - n1, inclusive=True, count=40,
-                                only_object=os.path.basename(stripped) if kind == "cutover" else None)
+                                only_object=os.path.basename(stripped) if kind != "pgbouncer" else None)
                                 if row["instr_per_query"] < 0.9 * total][:20])
-        log(f"  callgrind {kind:10} {total:8.0f} instructions/query")
+        log(f"  callgrind {kind:18} {total:8.0f} instructions/query")
         if shutil.which("strace"):
             files = {n: _traced_proxy_run(kind, "strace", n, pin, work, cutover_binary, legacy, new) for n in (n1, n2)}
             c1, c2 = _strace_counts(files[n1]), _strace_counts(files[n2])
             per = {k: round((c2.get(k, 0) - c1.get(k, 0)) / (n2 - n1), 2) for k in set(c1) | set(c2)}
             per = {k: v for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.01}
             result[kind]["syscalls_per_query"] = per
-            log(f"  strace    {kind:10} {sum(per.values()):8.2f} syscalls/query: "
+            log(f"  strace    {kind:18} {sum(per.values()):8.2f} syscalls/query: "
                 + ", ".join(f"{k} {v:g}" for k, v in list(per.items())[:5]))
     rec.note("callgrind", result)
 
