@@ -12,6 +12,7 @@ static inline int uvshim_eagain(void) { return UV_EAGAIN; }
 static inline int uvshim_eof(void) { return UV_EOF; }
 static inline int uvshim_ecanceled(void) { return UV_ECANCELED; }
 static inline uv_handle_t *uvshim_poll_handle(uv_poll_t *t) { return (uv_handle_t *)t; }
+static inline uv_req_t *uvshim_getaddrinfo_req(uv_getaddrinfo_t *r) { return (uv_req_t *)r; }
 /* glibc declares accept4 only under _GNU_SOURCE, which would make these headers differ from Glibc's module. */
 extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
 /* Accepts as a non-blocking, close-on-exec socket in one call. */

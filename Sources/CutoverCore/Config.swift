@@ -53,6 +53,9 @@ public struct ServerConfig: Sendable, Equatable {
     public var flipTimeout = 5.0
     /// Follower logins (a forked backend and an authentication each) in flight at once, proxy-wide.
     public var followerLogins = 2
+    /// Seconds before a backend host name's addresses are looked up again when a connection needs them
+    /// (0: only at load and after a failed connection).
+    public var dnsRefresh = 30.0
     /// Where the HTTP endpoint for Prometheus (`/metrics`) and Kubernetes probes (`/healthz`, `/readyz`)
     /// listens; nil: no endpoint.
     public var metricsHost: String? = nil

@@ -139,7 +139,8 @@ private struct Parser {
                                          "client_idle_timeout", "shutdown_timeout", "write_high_water", "admin_database", "state_file",
                                          "divergence_log", "log_literals", "divergence_memory", "mirror_queue_bytes",
                                          "mirror_queue_statements", "follower_timeout", "flip_timeout", "metrics_listen",
-                                         "follower_logins", "divergence_log_limit", "client_tls", "client_tls_cert_file", "client_tls_key_file"])
+                                         "follower_logins", "divergence_log_limit", "client_tls", "client_tls_cert_file", "client_tls_key_file",
+                                         "dns_refresh"])
         if let (host, port) = hostPort(t, "listen") { s.listenHost = host; s.listenPort = port }
         if let (host, port) = hostPort(t, "metrics_listen") { s.metricsHost = host; s.metricsPort = port }
         if s.metricsHost != nil, s.metricsHost == s.listenHost, s.metricsPort == s.listenPort, s.listenPort != 0 {
@@ -163,6 +164,7 @@ private struct Parser {
         if let v = seconds(t, "follower_timeout", "server") { s.followerTimeout = v }
         if let v = seconds(t, "flip_timeout", "server") { s.flipTimeout = v }
         if let v = int(t, "follower_logins", "server", range: 1...1000) { s.followerLogins = v }
+        if let v = seconds(t, "dns_refresh", "server") { s.dnsRefresh = v }
         clientTLS(t, into: &s)
         return s
     }

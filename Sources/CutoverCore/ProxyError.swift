@@ -34,8 +34,10 @@ public enum ProxyError {
         fatal("53300", "sorry, too many clients already (the proxy's max_clients is \(limit))")
     }
 
-    public static func backendUnavailable(_ backend: BackendConfig, _ reason: String) -> ErrorFields {
-        fatal("08006", "cannot connect to backend \"\(backend.name)\" at \(backend.host):\(backend.port): \(reason)")
+    /// `address`: what a host name resolved to, named when it differs from the host.
+    public static func backendUnavailable(_ backend: BackendConfig, _ reason: String, address: String? = nil) -> ErrorFields {
+        let resolved = address.map { $0 == backend.host ? "" : " (\($0))" } ?? ""
+        return fatal("08006", "cannot connect to backend \"\(backend.name)\" at \(backend.host):\(backend.port)\(resolved): \(reason)")
     }
 
     public static func shuttingDown() -> ErrorFields {

@@ -128,7 +128,7 @@ public final class TLSStream {
             SSL_set_connect_state(s)
             if let serverName {
                 // Failing to set the name to check must not leave verify-full checking no name at all.
-                let isIP = Self.isIPAddress(serverName)
+                let isIP = IPAddress.isLiteral(serverName)
                 let set = isIP ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s), serverName) : SSL_set1_host(s, serverName)
                 guard set == 1 else {
                     SSL_free(s)
@@ -140,11 +140,6 @@ public final class TLSStream {
     }
 
     deinit { SSL_free(ssl) }
-
-    static func isIPAddress(_ s: String) -> Bool {
-        var v4 = in_addr(), v6 = in6_addr()
-        return inet_pton(AF_INET, s, &v4) == 1 || inet_pton(AF_INET6, s, &v6) == 1
-    }
 
     /// Whether the handshake chose the ALPN protocol "postgresql" (required of a direct TLS connection).
     public var negotiatedPostgresALPN: Bool { cutover_ssl_alpn_is_postgresql(ssl) == 1 }

@@ -14,6 +14,8 @@ protocol BackendLinkOwner: AnyObject {
     func backendDrained(_ link: BackendLink)
     /// A ParameterStatus after login (a SET of a reported parameter, e.g. application_name).
     func backendParameterChanged(_ link: BackendLink, name: String, value: String)
+    /// The TCP connect to `address` (what the backend's host resolved to) succeeded or failed.
+    func backendConnectOutcome(_ link: BackendLink, address: String, succeeded: Bool)
 }
 
 /// A session's connection to one backend (the leader now; a follower uses the same type).
@@ -28,7 +30,9 @@ final class BackendLink: TCPConnectionDelegate {
     /// What only the login needs, boxed and dropped once logged in: an idle link should cost little memory.
     private final class Login {
         let backend: BackendConfig
-        let address: String
+        /// What the backend's host resolved to; nil when it could not be resolved (`addressFailure` says why).
+        let address: String?
+        let addressFailure: String?
         let startedAt: UInt64
         var handshake: BackendHandshake
         var framer = MessageFramer(maxMessageSize: 1 << 30) // a backend row can be large; this only guards corruption
@@ -40,9 +44,10 @@ final class BackendLink: TCPConnectionDelegate {
         /// The backend's TLS context (nil: `tls = "disable"`), and whether its one-byte SSL answer is awaited.
         let tls: TLSContext?
         var awaitingTLSAnswer = false
-        init(backend: BackendConfig, address: String, startedAt: UInt64, handshake: BackendHandshake, tls: TLSContext?) {
+        init(backend: BackendConfig, address: String?, addressFailure: String?, startedAt: UInt64, handshake: BackendHandshake, tls: TLSContext?) {
             self.backend = backend
             self.address = address
+            self.addressFailure = addressFailure
             self.startedAt = startedAt
             self.handshake = handshake
             self.tls = tls
@@ -114,13 +119,14 @@ final class BackendLink: TCPConnectionDelegate {
     static let capturedDigesting = MessageScanner.IDSet(DigestBuilder.capturedIDs + [BackendMessageID.copyInResponse.rawValue,
                                                                                      BackendMessageID.parameterStatus.rawValue])
 
-    init(loop: EventLoop, backend: BackendConfig, address: String, side: Side?, owner: BackendLinkOwner, tls: TLSContext?,
-         saltedPassword: @escaping (String, [UInt8], Int) -> [UInt8]) {
+    /// `address`: where to connect, resolved from the backend's host (nil: it could not be, `addressFailure` says why).
+    init(loop: EventLoop, backend: BackendConfig, address: String?, addressFailure: String? = nil, side: Side?, owner: BackendLinkOwner,
+         tls: TLSContext?, saltedPassword: @escaping (String, [UInt8], Int) -> [UInt8]) {
         self.side = side
         backendName = backend.name
         self.owner = owner
         connection = TCPConnection(loop: loop)
-        login = Login(backend: backend, address: address, startedAt: loop.now, handshake: BackendHandshake(backend: backend, saltedPassword: saltedPassword), tls: tls)
+        login = Login(backend: backend, address: address, addressFailure: addressFailure, startedAt: loop.now, handshake: BackendHandshake(backend: backend, saltedPassword: saltedPassword), tls: tls)
         scanner = MessageScanner(captured: Self.captured, maxMessageSize: Int(Int32.max))
         connection.delegate = self
     }
@@ -160,17 +166,30 @@ final class BackendLink: TCPConnectionDelegate {
     func connect(nowNs: UInt64) {
         guard state == .connecting, let login, login.admittedAt == nil else { return }
         login.admittedAt = nowNs
-        if let rc = connection.connect(host: login.address, port: login.backend.port) {
-            fail(ProxyError.backendUnavailable(login.backend, uvErrorName(rc)))
+        guard let address = login.address else {
+            return failSoon(unavailable("could not resolve host name \"\(login.backend.host)\": \(login.addressFailure ?? "no address")"))
+        }
+        if let rc = connection.connect(host: address, port: login.backend.port) {
+            owner.backendConnectOutcome(self, address: address, succeeded: false)
+            failSoon(unavailable(uvErrorName(rc)))
         }
     }
+
+    /// Fails from the loop, not from inside `connect`: the session may not have stored this link yet.
+    private func failSoon(_ e: ErrorFields) {
+        connection.eventLoop.soon { [self] in fail(e) }
+    }
+
+    /// The address a TCP connect is in flight to (nil once connected, or before the connect started).
+    var connectingTo: String? { state == .connecting && login?.admittedAt != nil ? login?.address : nil }
 
     /// When this link's login was let through the gate (ns); nil while waiting, and once logged in.
     var loginAdmittedAt: UInt64? { login?.admittedAt }
 
     func connection(_ c: TCPConnection, didConnect error: Int32?) {
         guard state == .connecting, let login else { return }
-        if let error { return fail(ProxyError.backendUnavailable(login.backend, uvErrorName(error))) }
+        if let address = login.address { owner.backendConnectOutcome(self, address: address, succeeded: error == nil) }
+        if let error { return fail(unavailable(uvErrorName(error))) }
         state = .loggingIn
         connection.startReading()
         if login.backend.tls != .disable {
@@ -350,7 +369,7 @@ final class BackendLink: TCPConnectionDelegate {
 
     /// Connecting or logging in failed (the login state names the backend's address).
     func unavailable(_ reason: String) -> ErrorFields {
-        if let login { return ProxyError.backendUnavailable(login.backend, reason) }
+        if let login { return ProxyError.backendUnavailable(login.backend, reason, address: login.address) }
         return ProxyError.fatal("08006", "cannot connect to backend \"\(backendName)\": \(reason)")
     }
 

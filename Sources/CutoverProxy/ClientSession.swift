@@ -275,7 +275,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// Opens a backend connection logged in with the client's startup parameters.
     /// A follower's connect waits for the server's login gate (a flip gives every session one at once).
     func openLink(to backend: BackendConfig, side: Side?, database: String, searchPath: String?, isFollower: Bool = false) -> BackendLink {
-        let link = BackendLink(loop: server.loop, backend: backend, address: server.address(of: backend), side: side,
+        let target = server.address(of: backend)
+        let link = BackendLink(loop: server.loop, backend: backend, address: target.address, addressFailure: target.failure, side: side,
                                owner: self, tls: server.backendTLS[backend.name], saltedPassword: server.saltedPassword)
         let packet = BackendHandshake(backend: backend).startupPacket(client: startup, database: database, searchPath: searchPath)
         if isFollower {
@@ -434,6 +435,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     }
 
     func backendDrained(_ link: BackendLink) { maybeResumeClient() }
+
+    func backendConnectOutcome(_ link: BackendLink, address: String, succeeded: Bool) {
+        server.backendConnectOutcome(link.backendName, address: address, succeeded: succeeded)
+    }
 
     func backendParameterChanged(_ link: BackendLink, name: String, value: String) {
         guard link === leader, name == "application_name" else { return }

@@ -37,7 +37,9 @@ public final class ProxyServer {
     private(set) var clientTLS: TLSContext?
     /// The TLS context of every backend whose `tls` is not `disable`, by backend name.
     private(set) var backendTLS: [String: TLSContext] = [:]
-    private var resolvedAddresses: [String: String] = [:]
+    /// Where each backend's host name points (see ProxyServer+Addresses), and the lookups in flight.
+    var addressBook = BackendAddresses(refreshMs: 0)
+    var lookups: [String: HostLookup] = [:]
     private var saltedCache: [String: [UInt8]] = [:]
     private var shutdownDeadline: UInt64?
     private var onStopped: (() -> Void)?
@@ -64,7 +66,7 @@ public final class ProxyServer {
         self.logger = logger
         divergences = DivergenceRecorder(path: config.server.divergenceLog, capacity: config.server.divergenceMemory, logger: logger)
         (divergenceLimiter, routeDivergenceLimiter) = Self.divergenceLimiters(config.server.divergenceLogLimit)
-        resolvedAddresses = Self.resolve(config)
+        resolveAtStart()
         clientTLS = try Self.clientTLSContext(config.server)
         backendTLS = try Self.backendTLSContexts(config)
         if clientTLS != nil, let key = config.server.clientTLSKeyFile,
@@ -163,8 +165,12 @@ public final class ProxyServer {
             return
         }
         guard let backend = config.backends[leader.backendName] else { return }
+        guard let address = address(of: backend).address else {
+            logger.warning("cancel request not forwarded: the backend's host has no known address", metadata: ["backend": "\(backend.name)"])
+            return
+        }
         logger.info("forwarding cancel", metadata: ["session": "\(s.id)", "backend": "\(backend.name)"])
-        _ = CancelForwarder(loop: loop, address: address(of: backend), port: backend.port, key: real)
+        _ = CancelForwarder(loop: loop, address: address, port: backend.port, key: real)
     }
 
     // MARK: backends
@@ -219,8 +225,6 @@ public final class ProxyServer {
         if followerReadList.isEmpty { followerReader?.stop() }
     }
 
-    func address(of backend: BackendConfig) -> String { resolvedAddresses[backend.name] ?? backend.host }
-
     /// PBKDF2 costs about a millisecond; backends reuse salts, so derive once per (password, salt, iterations).
     func saltedPassword(_ password: String, _ salt: [UInt8], _ iterations: Int) -> [UInt8] {
         let key = "\(iterations):\(Crypto.base64(salt)):\(password)"
@@ -229,13 +233,6 @@ public final class ProxyServer {
         if saltedCache.count > 1024 { saltedCache.removeAll() }
         saltedCache[key] = value
         return value
-    }
-
-    /// Host names are resolved when the config is loaded, so no session blocks the loop on DNS.
-    static func resolve(_ config: CutoverConfig) -> [String: String] {
-        var out: [String: String] = [:]
-        for (name, b) in config.backends { out[name] = resolveHost(b.host) ?? b.host }
-        return out
     }
 
     static func detector(_ config: CutoverConfig) -> CrossSchemaDetector {
@@ -505,7 +502,11 @@ public final class ProxyServer {
             case .handshake where s.authTimeout > 0 && now - session.createdAt > UInt64(s.authTimeout * 1000):
                 session.failClient(ProxyError.fatal("08006", "authentication timed out after \(Int(s.authTimeout)) s"))
             case .connecting where s.connectTimeout > 0 && now - (session.leader?.connectStartedAt ?? now) > UInt64(s.connectTimeout * 1000):
-                if let leader = session.leader { session.failClient(leader.unavailable("timed out after \(s.connectTimeout) s")) }
+                if let leader = session.leader {
+                    // A connect that never completes (a host gone after a failover) counts against that address.
+                    if let address = leader.connectingTo { backendConnectOutcome(leader.backendName, address: address, succeeded: false) }
+                    session.failClient(leader.unavailable("timed out after \(s.connectTimeout) s"))
+                }
             case .draining:
                 session.checkFollowerTimeout(nowMs: now, nowNs: nowNs)
                 session.finishDrainingIfDone()
@@ -538,7 +539,7 @@ public final class ProxyServer {
     /// Replaces the config for new sessions; running sessions keep theirs. Route phases stay as they are.
     public func reload(_ newConfig: CutoverConfig) {
         config = newConfig
-        resolvedAddresses = Self.resolve(newConfig)
+        reconfigureAddresses(newConfig)
         saltedCache.removeAll()
         do { clientTLS = try Self.clientTLSContext(newConfig.server) } catch {
             logger.error("client TLS certificate not reloaded: the previous one stays in use", metadata: ["error": "\(error)"])
@@ -599,6 +600,7 @@ public final class ProxyServer {
     }
 
     private func finishShutdown() {
+        cancelLookups()
         metricsEndpoint?.close()
         metricsEndpoint = nil
         janitor?.close()

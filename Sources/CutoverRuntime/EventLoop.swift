@@ -98,15 +98,3 @@ public func raiseOpenFileLimit() -> (soft: UInt64, hard: UInt64) {
     }
     return (UInt64(lim.rlim_cur), UInt64(lim.rlim_max))
 }
-
-/// Blocking name resolution (only at config load): the first IPv4/IPv6 address of `host`.
-public func resolveHost(_ host: String) -> String? {
-    var hints = addrinfo()
-    hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-    var result: UnsafeMutablePointer<addrinfo>?
-    guard getaddrinfo(host, nil, &hints, &result) == 0, let first = result else { return nil }
-    defer { freeaddrinfo(result) }
-    var buffer = [CChar](repeating: 0, count: Int(NI_MAXHOST))
-    guard getnameinfo(first.pointee.ai_addr, first.pointee.ai_addrlen, &buffer, socklen_t(buffer.count), nil, 0, NI_NUMERICHOST) == 0 else { return nil }
-    return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-}

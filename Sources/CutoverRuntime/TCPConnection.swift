@@ -131,6 +131,11 @@ public final class TCPConnection: HandleOwner {
 
     deinit { handle.deallocate() }
 
+    /// The loop this connection runs on.
+    public var eventLoop: EventLoop {
+        Unmanaged<EventLoop>.fromOpaque(handle.pointee.loop.unsafelyUnwrapped.pointee.data.unsafelyUnwrapped).takeUnretainedValue()
+    }
+
     private func attach(_ socket: Int32) -> Int32 {
         let rc = uv_poll_init_socket(handle.pointee.loop, handle, socket)
         guard rc == 0 else { return rc }

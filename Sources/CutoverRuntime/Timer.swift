@@ -38,6 +38,19 @@ public final class LoopTimer: HandleOwner {
     func handleClosed() { Unmanaged.passUnretained(self).release() }
 }
 
+extension EventLoop {
+    /// Runs `body` from the loop at its next iteration: for an outcome that must not be reported from
+    /// inside the call that caused it (its caller may not have stored what the report is about yet).
+    public func soon(_ body: @escaping () -> Void) {
+        let timer = LoopTimer(loop: self, {})
+        timer.callback = { [unowned timer] in
+            timer.close() // libuv's +1 keeps it alive until the close callback
+            body()
+        }
+        timer.start(timeoutMs: 0)
+    }
+}
+
 /// Delivers a POSIX signal to a closure on the loop thread.
 public final class SignalWatcher: HandleOwner {
     let handle: UnsafeMutablePointer<uv_signal_t>

@@ -40,6 +40,7 @@ backend = "legacy"
     @Test func sampleLoadsAndResolves() throws {
         let c = try ConfigLoader.parse(sampleConfig, environment: env)
         #expect(c.server.listenPort == 6432 && c.server.maxClients == 50 && c.server.followerLogins == 2)
+        #expect(c.server.dnsRefresh == 30, "backend host names are looked up again after 30 s by default")
         #expect(c.backends["legacy"]?.password == "pw2")
         #expect(c.users["ops"]?.admin == true)
         guard case .route(let t) = c.resolve(database: "onboarding") else { Issue.record("no route"); return }
@@ -57,6 +58,7 @@ backend = "legacy"
         listen = "nowhere"
         metrics_listen = "127.0.0.1:99999"
         follower_logins = 0
+        dns_refresh = -1
         max_clients = 0
         colour = "blue"
         [[users]]
@@ -74,7 +76,7 @@ backend = "legacy"
             Issue.record("expected errors")
         } catch let e as ConfigErrors {
             let keys = Set(e.problems.map(\.key))
-            #expect(keys.isSuperset(of: ["server.listen", "server.metrics_listen", "server.follower_logins", "server.max_clients", "server.colour", "users[0].password_env",
+            #expect(keys.isSuperset(of: ["server.listen", "server.metrics_listen", "server.follower_logins", "server.dns_refresh", "server.max_clients", "server.colour", "users[0].password_env",
                                          "routes.r.new", "routes.r.phase"]))
         } catch { Issue.record("unexpected \(error)") }
     }

@@ -261,4 +261,36 @@ final class XorFilter: StreamFilter {
         timer.close()
         #expect(loop.shutdown() == 0)
     }
+
+    @Test func soonRunsAtTheNextIterationNotInsideTheCallAndLeavesNoHandle() {
+        let loop = EventLoop()
+        var ran = false
+        loop.soon { ran = true }
+        #expect(!ran, "not from inside the call")
+        #expect(loop.liveHandles == 1)
+        loop.runOnce(wait: true)
+        #expect(ran)
+        loop.runOnce()
+        #expect(loop.liveHandles == 0, "its timer is closed once it ran")
+        #expect(loop.shutdown() == 0)
+    }
+
+    @Test func hostLookupsResolveOffTheLoopAndReportFailures() {
+        let loop = EventLoop()
+        var results: [String: ([String], String?)] = [:]
+        for host in ["localhost", "nowhere.invalid", "127.0.0.1"] {
+            HostLookup.start(loop: loop, host: host) { results[host] = ($0, $1) }
+        }
+        #expect(results.isEmpty, "answers come from the loop, not from inside start")
+        var spins = 0
+        while results.count < 3 && spins < 2000 { loop.runOnce(wait: true); spins += 1 }
+        #expect(results["localhost"]?.0.contains("127.0.0.1") == true && results["localhost"]?.1 == nil)
+        #expect(results["127.0.0.1"]?.0 == ["127.0.0.1"])
+        #expect(results["nowhere.invalid"]?.0 == [] && results["nowhere.invalid"]?.1?.isEmpty == false,
+                "a name that does not resolve says why: \(String(describing: results["nowhere.invalid"]?.1))")
+        // Blocking, for start-up: the same answers.
+        #expect(HostLookup.resolveNow("localhost").addresses.contains("127.0.0.1"))
+        #expect(HostLookup.resolveNow("nowhere.invalid").failure != nil)
+        #expect(loop.shutdown() == 0)
+    }
 }

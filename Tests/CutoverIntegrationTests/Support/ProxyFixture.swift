@@ -145,12 +145,21 @@ final class ProxyFixture: @unchecked Sendable {
                                    "ONBOARDING_DB_PASSWORD": FixtureSecrets.onboardingPassword]
 
     /// `fileLimit`: the proxy runs with that many file descriptors at most (soft and hard limit).
-    static func startProxy(configPath: String, logPath: String, port: Int, fileLimit: Int? = nil) throws -> Process {
+    /// `hostsFile`: the proxy sees that file as its /etc/hosts (a bind mount in a mount namespace of its own:
+    /// root only, see `canOverrideHosts`); edited in place, it changes what the proxy's lookups answer.
+    static func startProxy(configPath: String, logPath: String, port: Int, fileLimit: Int? = nil, hostsFile: String? = nil) throws -> Process {
         let serve = ["serve", configPath, "--log-level", "info"]
-        let p = try fileLimit.map {
-            try startBackgroundProcess("/bin/sh", ["-c", "ulimit -n \($0) && exec \"$0\" \"$@\"", cutoverBinary] + serve,
-                                       environment: proxyEnvironment, logPath: logPath)
-        } ?? startBackgroundProcess(cutoverBinary, serve, environment: proxyEnvironment, logPath: logPath)
+        let p: Process
+        if let fileLimit {
+            p = try startBackgroundProcess("/bin/sh", ["-c", "ulimit -n \(fileLimit) && exec \"$0\" \"$@\"", cutoverBinary] + serve,
+                                           environment: proxyEnvironment, logPath: logPath)
+        } else if let hostsFile {
+            p = try startBackgroundProcess("/usr/bin/unshare", ["-m", "/bin/sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+                                                                hostsFile, cutoverBinary] + serve,
+                                           environment: proxyEnvironment, logPath: logPath)
+        } else {
+            p = try startBackgroundProcess(cutoverBinary, serve, environment: proxyEnvironment, logPath: logPath)
+        }
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline {
             if let c = try? RawClient(port: port) { _ = c; return p }
@@ -179,7 +188,8 @@ final class ProxyFixture: @unchecked Sendable {
 
     /// Starts a proxy of a test's own in front of the legacy cluster: route `onboarding`, user `onboarding_user`,
     /// `extraServer` lines in [server] and `rest` at the end. Returns the process, its port and its config file.
-    func ownProxy(_ name: String, server extraServer: String = "", rest: String = "", fileLimit: Int? = nil) throws -> (Process, Int, String) {
+    func ownProxy(_ name: String, server extraServer: String = "", rest: String = "", legacyHost: String? = nil, fileLimit: Int? = nil,
+                  hostsFile: String? = nil) throws -> (Process, Int, String) {
         let port = PostgresCluster.freePort()
         let path = "\(directory)/\(name).toml"
         let config = """
@@ -190,6 +200,7 @@ final class ProxyFixture: @unchecked Sendable {
             name = "onboarding_user"
             password = "\(FixtureSecrets.clientPassword)"
             \(legacyBackendTOML)
+            \(legacyHost.map { "host = \"\($0)\"" } ?? "")
             [routes.onboarding]
             legacy = "legacy"
             legacy_schema = "onboarding"
@@ -197,7 +208,8 @@ final class ProxyFixture: @unchecked Sendable {
             \(rest)
             """
         try config.write(toFile: path, atomically: true, encoding: .utf8)
-        let p = try ProxyFixture.startProxy(configPath: path, logPath: "\(directory)/\(name).log", port: port, fileLimit: fileLimit)
+        let p = try ProxyFixture.startProxy(configPath: path, logPath: "\(directory)/\(name).log", port: port, fileLimit: fileLimit,
+                                            hostsFile: hostsFile)
         return (p, port, path)
     }
 

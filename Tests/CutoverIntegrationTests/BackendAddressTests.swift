@@ -1,0 +1,116 @@
+// Integration: backend host names. One that does not resolve fails only its own route's logins, with the
+// reason; a reload that fixes it is looked up in the background; a name that moves (a failover's DNS switch)
+// is followed without a reload or restart.
+import Foundation
+import Testing
+
+@Suite(.serialized) struct BackendAddressTests {
+    let f: ProxyFixture
+    init() throws { f = try ProxyFixture.shared() }
+
+    /// Whether this run can give the proxy an /etc/hosts of its own (root, and mount namespaces allowed).
+    static let canOverrideHosts: Bool = {
+        guard getuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/unshare") else { return false }
+        return (try? runProcess("/usr/bin/unshare", ["-m", "/bin/sh", "-c", "mount --bind /etc/hosts /etc/hosts"]))?.succeeded == true
+    }()
+
+    func waitForLog(_ path: String, _ text: String, timeout: TimeInterval = 10) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let log = try? String(contentsOfFile: path, encoding: .utf8), log.contains(text) { return true }
+            usleep(100_000)
+        }
+        return false
+    }
+
+    /// The error of a login that must fail, or nil if it succeeded.
+    func loginError(_ conninfo: String) -> PQError? {
+        do { _ = try PQConnection(conninfo); return nil } catch let e as PQError { return e } catch { return PQError(message: "\(error)") }
+    }
+
+    @Test func anUnresolvableHostFailsOnlyItsRouteWithTheReasonAndAReloadThatFixesItIsPickedUp() throws {
+        let ghost = { (host: String) in """
+            [backends.ghost]
+            host = "\(host)"
+            port = \(f.legacy.port)
+            database = "hexabuilders"
+            user = "hexabuilders"
+            password = "\(FixtureSecrets.legacyPassword)"
+            [routes.ghostroute]
+            legacy = "ghost"
+            legacy_schema = "onboarding"
+            new = "ghost"
+            """ }
+        let (p, port, path) = try f.ownProxy("dns-unresolvable", rest: ghost("nowhere.invalid"))
+        defer { stopBackgroundProcess(p) }
+        let log = "\(f.directory)/dns-unresolvable.log"
+        #expect(waitForLog(log, "backend host lookup failed"), "the failed lookup at start is logged")
+
+        let error = loginError(f.conninfo(port, database: "ghostroute"))
+        #expect(error?.message.contains("cannot connect to backend \"ghost\" at nowhere.invalid:\(f.legacy.port)") == true
+                && error?.message.contains("could not resolve host name \"nowhere.invalid\"") == true,
+                "the client is told which backend and why: \(String(describing: error))")
+        let bystander = try PQConnection(f.conninfo(port))
+        #expect(try bystander.scalar("SELECT count(*) > 0 FROM candidates") == "t", "other routes are served meanwhile")
+
+        // The backend's host is corrected and the config reloaded: the name is looked up off the loop.
+        try """
+            [server]
+            listen = "127.0.0.1:\(port)"
+            [[users]]
+            name = "onboarding_user"
+            password = "\(FixtureSecrets.clientPassword)"
+            \(f.legacyBackendTOML)
+            [routes.onboarding]
+            legacy = "legacy"
+            legacy_schema = "onboarding"
+            new = "legacy"
+            \(ghost("localhost"))
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        kill(p.processIdentifier, SIGHUP)
+        #expect(waitForLog(log, "backend host resolved"), "the reload's lookup is logged")
+        var fixed: PQConnection?
+        for _ in 0..<50 where fixed == nil {
+            fixed = try? PQConnection(f.conninfo(port, database: "ghostroute"))
+            if fixed == nil { usleep(100_000) }
+        }
+        #expect(try fixed?.scalar("SELECT count(*) > 0 FROM candidates") == "t", "after the reload the route is served")
+        #expect(try bystander.scalar("SELECT 1") == "1", "a session from before the reload carries on")
+    }
+
+    @Test(.enabled(if: BackendAddressTests.canOverrideHosts, "needs root and mount namespaces for a private /etc/hosts"))
+    func aBackendNameThatMovesIsFollowedWithoutAReload() throws {
+        // The name first points at an address nothing listens on (the cluster listens on 127.0.0.1 only):
+        // the "old primary" after a failover. dns_refresh = 0: only the failed connections make the proxy look again.
+        let hosts = "\(f.directory)/dns-hosts"
+        try "127.0.0.2 legacy-db.test\n".write(toFile: hosts, atomically: false, encoding: .utf8)
+        let (p, port, _) = try f.ownProxy("dns-moves", server: "dns_refresh = 0", legacyHost: "legacy-db.test", hostsFile: hosts)
+        defer { stopBackgroundProcess(p) }
+        let log = "\(f.directory)/dns-moves.log"
+
+        let refused = loginError(f.conninfo(port))
+        #expect(refused?.message.contains("at legacy-db.test:\(f.legacy.port) (127.0.0.2)") == true,
+                "the error names the host and the address it resolved to: \(String(describing: refused))")
+
+        // The DNS switch: the name now points at the live server. Edited in place (the bind mount holds the inode).
+        let handle = try #require(FileHandle(forWritingAtPath: hosts))
+        try handle.truncate(atOffset: 0)
+        try handle.write(contentsOf: Data("127.0.0.1 legacy-db.test\n".utf8))
+        try handle.close()
+
+        var served: PQConnection?
+        var attempts = 0
+        let deadline = Date().addingTimeInterval(10)
+        while served == nil && Date() < deadline {
+            attempts += 1
+            served = try? PQConnection(f.conninfo(port))
+            if served == nil { usleep(200_000) }
+        }
+        #expect(try served?.scalar("SELECT count(*) > 0 FROM candidates") == "t",
+                "the moved name is followed without a reload (\(attempts) attempts)")
+        #expect(waitForLog(log, "backend host resolved", timeout: 1))
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(text.contains("addresses=127.0.0.1") && text.contains("previous=127.0.0.2"), "the move is logged with both addresses")
+        #expect(attempts <= 10, "followed within a few seconds of the switch, not at a refresh interval (\(attempts) attempts)")
+    }
+}
