@@ -136,11 +136,19 @@ public enum SQLBytes {
     /// word (`WITH moved AS (DELETE ...) INSERT ...`). The check errs towards yes (a `FOR UPDATE` or a verb
     /// in a string literal counts): for sync mirroring that only wraps a read in an implicit transaction.
     public static func modifiesData(_ text: String) -> Bool {
-        let keyword = leadingKeyword(text)
-        if keyword.isDML { return true }
-        guard keyword == .with else { return false }
         var t = text
-        return t.withUTF8 { raw in dmlWords.contains { containsWord(UnsafeRawBufferPointer(raw), lowercased: $0) } }
+        return t.withUTF8 { modifiesData(UnsafeRawBufferPointer($0), keyword: leadingKeyword(UnsafeRawBufferPointer($0))) }
+    }
+
+    /// The same, for a statement whose leading keyword is known already.
+    public static func modifiesData(_ raw: UnsafeRawBufferPointer, keyword: LeadingKeyword) -> Bool {
+        if keyword.isDML { return true }
+        return keyword == .with && dmlWords.contains { containsWord(raw, lowercased: $0) }
+    }
+
+    /// Whether a mirrored statement counts as a write for the async order check: it may change data, or it is a COPY.
+    public static func isWrite(_ raw: UnsafeRawBufferPointer, keyword: LeadingKeyword) -> Bool {
+        keyword == .copy || modifiesData(raw, keyword: keyword)
     }
 
     /// Case-insensitive search for `word` (lower case) standing alone: no letter, digit or `_` on either side.

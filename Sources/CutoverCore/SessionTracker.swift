@@ -9,6 +9,8 @@ public struct WorkUnit: Sendable, Equatable {
     public var statements: [String] = []
     /// True if the unit ends a transaction with COMMIT (sync mirroring commits on the follower first).
     public var commits = false
+    /// A statement of the unit may change data, or is a COPY (`SQLBytes.isWrite`; set while recording units).
+    public var writes = false
     /// Texts of the statements prepared (Parse) in this unit: checked for cross-schema references.
     public var parsed: [String] = []
     /// A statement of this unit may name another route's schema (a qualified name with a known schema):
@@ -153,7 +155,7 @@ public struct SessionTracker: Sendable {
 
     /// Starts the next unit without handing this one over (a single-side phase needs only the count).
     public mutating func skipUnit() {
-        if currentHasTexts { current = WorkUnit() } else { current.commits = false }
+        if currentHasTexts { current = WorkUnit() } else { current.commits = false; current.writes = false }
     }
 
     /// The session sent a unit that earns a ReadyForQuery (it skips Syncs the backend ignores during COPY IN).
@@ -194,6 +196,7 @@ public struct SessionTracker: Sendable {
             // tracked state, take an advisory lock, or name another schema.
             let tracked = keyword.affectsSessionState || SQLBytes.mayTakeAdvisoryLock(raw)
             let foreign = mayNameOtherSchema(raw)
+            if recordUnits && SQLBytes.isWrite(raw, keyword: keyword) { current.writes = true }
             if recordUnits || tracked || foreign {
                 let text = String(decoding: raw, as: UTF8.self)
                 if tracked { track(sql: text) }
@@ -230,7 +233,12 @@ public struct SessionTracker: Sendable {
             let portal = String(decoding: body.prefix { $0 != 0 }, as: UTF8.self)
             if let text = portalStatement[portal].flatMap({ statementText[$0] }) {
                 current.statements.append(text)
-                if SQLBytes.leadingKeyword(text).endsTransaction { current.commits = true }
+                var t = text
+                t.withUTF8 {
+                    let raw = UnsafeRawBufferPointer($0), keyword = SQLBytes.leadingKeyword(raw)
+                    if keyword.endsTransaction { current.commits = true }
+                    if SQLBytes.isWrite(raw, keyword: keyword) { current.writes = true }
+                }
             }
         case FrontendMessageID.close.rawValue:
             guard let body, body.count >= 2, body[0] == UInt8(ascii: "S") else { break }

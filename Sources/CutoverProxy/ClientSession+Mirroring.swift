@@ -23,11 +23,7 @@ struct PendingUnit {
         self.unit = unit
         self.leaderSentAt = leaderSentAt
         self.followerSentAt = followerSentAt
-        isWrite = unit.commits || unit.statements.contains {
-            // One keyword scan per statement (SELECT, the common case, ends it); WITH needs the body searched.
-            let keyword = SQLBytes.leadingKeyword($0)
-            return keyword.isDML || keyword == .copy || (keyword == .with && SQLBytes.modifiesData($0))
-        }
+        isWrite = unit.commits || unit.writes // classified by the tracker from the keyword it reads anyway
     }
 
     var leaderMs: Double? { leader == nil ? nil : Double(leaderDoneAt &- leaderSentAt) / 1e6 }

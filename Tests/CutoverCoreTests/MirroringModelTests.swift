@@ -49,6 +49,19 @@ private func queryBody(_ text: String) -> [UInt8] { Array(text.utf8) + [0] }
         let unit = t.received(id: FrontendMessageID.sync.rawValue, body: nil)
         #expect(unit?.statements == ["UPDATE t SET v = $1"] && unit?.parsed == ["UPDATE t SET v = $1"])
         #expect(withBody(queryBody("COMMIT")) { t.received(id: FrontendMessageID.query.rawValue, body: $0) }?.commits == true)
+        #expect(unit?.writes == true, "the prepared UPDATE executed is a write")
+    }
+
+    @Test func unitsKnowWhetherTheyWriteFromTheKeywordAlreadyRead() {
+        var t = SessionTracker()
+        t.recordUnits = true
+        func writes(_ sql: String) -> Bool? { withBody(queryBody(sql)) { t.received(id: FrontendMessageID.query.rawValue, body: $0) }?.writes }
+        #expect(writes("SELECT * FROM t FOR UPDATE") == false)
+        #expect(writes("/* c */ update t set v = 1") == true)
+        #expect(writes("COPY t FROM STDIN") == true)
+        #expect(writes("WITH moved AS (DELETE FROM a RETURNING *) SELECT * FROM moved") == true)
+        #expect(writes("WITH t AS (SELECT 1) SELECT * FROM t") == false)
+        #expect(writes("SELECT 1") == false, "a unit after a write starts clean")
     }
 
     @Test func replayCarriesSettingsAndPreparedStatements() throws {
