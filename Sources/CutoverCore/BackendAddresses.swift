@@ -32,7 +32,7 @@ public struct BackendAddresses: Sendable {
 
         init(host: String) {
             self.host = host
-            isLiteral = IPAddress.isLiteral(host)
+            isLiteral = host.hasPrefix("/") || IPAddress.isLiteral(host) // a socket directory needs no lookup either
             addresses = isLiteral ? [host] : []
         }
     }

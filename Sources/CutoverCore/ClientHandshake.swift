@@ -43,6 +43,9 @@ public struct ClientHandshake {
     public var channelBinding: [UInt8]?
 
     /// `phaseOf` gives a route's current (run-time) phase; the config's phase is only its initial value.
+    /// The client came through the Unix-domain socket: as PostgreSQL does, TLS is neither offered nor required.
+    public var isLocal = false
+
     public init(config: CutoverConfig, phaseOf: @escaping (String) -> Phase? = { _ in nil }) {
         self.config = config
         self.phaseOf = phaseOf
@@ -70,7 +73,7 @@ public struct ClientHandshake {
             return fail(ProxyError.describe(e))
         } catch { return fail(ProxyError.protocolViolation("invalid startup packet")) }
         switch packet {
-        case .sslRequest where config.server.clientTLS != .disable:
+        case .sslRequest where config.server.clientTLS != .disable && !isLocal:
             if tlsStarted { return fail(ProxyError.protocolViolation("SSLRequest received on an encrypted connection")) }
             tlsStarted = true
             return .startTLS
@@ -87,7 +90,7 @@ public struct ClientHandshake {
     mutating func startupReceived(_ message: StartupMessage) -> Action {
         startup = message
         if let refusal { return fail(refusal) }
-        if config.server.clientTLS == .require && !tlsStarted {
+        if config.server.clientTLS == .require && !tlsStarted && !isLocal {
             return fail(ProxyError.fatal("28000", "the proxy accepts only encrypted connections",
                                          hint: "Connect with sslmode=require (or verify-ca / verify-full)."))
         }

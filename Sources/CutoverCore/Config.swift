@@ -56,6 +56,9 @@ public struct ServerConfig: Sendable, Equatable {
     /// Seconds before a backend host name's addresses are looked up again when a connection needs them
     /// (0: only at load and after a failed connection).
     public var dnsRefresh = 30.0
+    /// A directory for a Unix-domain socket beside the TCP listener, `.s.PGSQL.<port>` as PostgreSQL names
+    /// it (so `psql -h DIR -p PORT` finds it); nil: TCP only.
+    public var unixSocketDirectory: String? = nil
     /// Where the HTTP endpoint for Prometheus (`/metrics`) and Kubernetes probes (`/healthz`, `/readyz`)
     /// listens; nil: no endpoint.
     public var metricsHost: String? = nil
@@ -126,6 +129,18 @@ public struct BackendConfig: Sendable, Equatable {
     public init(name: String, host: String, port: Int, database: String, user: String, password: String?) {
         self.name = name; self.host = host; self.port = port; self.database = database; self.user = user
         self.password = password
+    }
+
+    /// A `host` that starts with `/` is the directory of the server's Unix-domain socket, as in libpq.
+    public var isUnixSocket: Bool { host.hasPrefix("/") }
+    /// The socket file of a Unix-domain backend.
+    public var socketPath: String { PostgresSocket.path(directory: host, port: port) }
+}
+
+/// PostgreSQL's name for a Unix-domain socket: `<directory>/.s.PGSQL.<port>`.
+public enum PostgresSocket {
+    public static func path(directory: String, port: Int) -> String {
+        (directory.hasSuffix("/") ? String(directory.dropLast()) : directory) + "/.s.PGSQL.\(port)"
     }
 }
 

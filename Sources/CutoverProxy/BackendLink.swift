@@ -169,7 +169,8 @@ final class BackendLink: TCPConnectionDelegate {
         guard let address = login.address else {
             return failSoon(unavailable("could not resolve host name \"\(login.backend.host)\": \(login.addressFailure ?? "no address")"))
         }
-        if let rc = connection.connect(host: address, port: login.backend.port) {
+        if let rc = login.backend.isUnixSocket ? connection.connect(unixPath: login.backend.socketPath)
+                                               : connection.connect(host: address, port: login.backend.port) {
             owner.backendConnectOutcome(self, address: address, succeeded: false)
             failSoon(unavailable(uvErrorName(rc)))
         }
@@ -192,7 +193,7 @@ final class BackendLink: TCPConnectionDelegate {
         if let error { return fail(unavailable(uvErrorName(error))) }
         state = .loggingIn
         connection.startReading()
-        if login.backend.tls != .disable {
+        if login.backend.tls != .disable && !login.backend.isUnixSocket { // libpq, too, never asks for TLS on a Unix socket
             // No context means a reload could not build it: never fall back to clear text silently.
             guard login.tls != nil else { return fail(unavailable("no TLS context for this backend (see the log)")) }
             login.awaitingTLSAnswer = true

@@ -9,6 +9,7 @@ final class CancelForwarder: TCPConnectionDelegate {
     let packet: [UInt8]
     private var selfReference: CancelForwarder?
 
+    /// `address`: an IP address, or a Unix-domain socket file (starting with `/`).
     init(loop: EventLoop, address: String, port: Int, key: CancelRequest) {
         connection = TCPConnection(loop: loop)
         var w = ByteWriter()
@@ -16,7 +17,8 @@ final class CancelForwarder: TCPConnectionDelegate {
         packet = w.bytes
         connection.delegate = self
         selfReference = self // kept alive until the connection is done
-        if connection.connect(host: address, port: port) != nil { finish() }
+        let failed = address.hasPrefix("/") ? connection.connect(unixPath: address) : connection.connect(host: address, port: port)
+        if failed != nil { finish() }
     }
 
     deinit { connection.delegate = nil }

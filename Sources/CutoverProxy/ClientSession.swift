@@ -81,6 +81,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         loop = server.loop
         var handshake = ClientHandshake(config: config, phaseOf: { [unowned server] in server.routes[$0]?.phase })
         handshake.refusal = refusal
+        handshake.isLocal = client.isLocal
         self.handshake = Boxed(handshake)
         framer = Boxed(MessageFramer(untyped: true, maxMessageSize: min(config.server.maxMessageSize, 1 << 20)))
         clientScanner = MessageScanner(captured: .init(SessionTracker.capturedIDs), maxMessageSize: config.server.maxMessageSize)
@@ -139,7 +140,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         // 0x16 opens a TLS handshake; as a startup packet's first length byte it would be 369 MB, so it
         // cannot be one. PostgreSQL 17 clients open that way with sslnegotiation=direct.
         if bytes.first == 0x16, state == .handshake, framer.value.bufferedByteCount == 0,
-           let handshake, !handshake.value.tlsStarted, let context = server.clientTLS {
+           let handshake, !handshake.value.tlsStarted, !handshake.value.isLocal, let context = server.clientTLS {
             return startDirectTLS(bytes, context: context)
         }
         framer.value.append(bytes)

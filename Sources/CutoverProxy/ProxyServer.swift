@@ -20,6 +20,8 @@ public final class ProxyServer {
     private(set) var mirrorQueueLimits: (Int, Int)
     let logger: Logger
     private var listener: TCPListener?
+    /// The Unix-domain socket beside it (`unix_socket_dir`), if configured.
+    private var unixListener: TCPListener?
     /// Every session by the secret its client got in BackendKeyData (unique: a cancel request finds its session here).
     private(set) var sessions: [Int32: ClientSession] = [:]
     private var nextSessionID = 1
@@ -95,17 +97,30 @@ public final class ProxyServer {
         listener = try TCPListener(loop: loop, host: config.server.listenHost, port: config.server.listenPort) { [unowned self] c in
             self.accept(c)
         }
+        if let directory = config.server.unixSocketDirectory {
+            let path = PostgresSocket.path(directory: directory, port: port)
+            do {
+                unixListener = try TCPListener(loop: loop, unixPath: path) { [unowned self] c in self.accept(c) }
+            } catch {
+                listener?.close()
+                listener = nil
+                throw error
+            }
+        }
         let timer = LoopTimer(loop: loop) { [unowned self] in self.sweep() }
         timer.start(timeoutMs: 100, repeatMs: 100)
         janitor = timer
         startedAt = loop.now
         logger.info("listening", metadata: ["address": "\(config.server.listenHost):\(port)", "routes": "\(config.routes.keys.sorted())"])
+        if let path = unixListener?.unixPath { logger.info("listening", metadata: ["socket": "\(path)"]) }
         if let host = config.server.metricsHost {
             do {
                 metricsEndpoint = try MetricsEndpoint(loop: loop, server: self, host: host, port: config.server.metricsPort)
             } catch {
                 listener?.close()
                 listener = nil
+                unixListener?.close()
+                unixListener = nil
                 throw error
             }
             logger.info("metrics endpoint listening", metadata: ["address": "\(host):\(metricsPort)", "paths": "/metrics /healthz /readyz"])
@@ -170,7 +185,7 @@ public final class ProxyServer {
             return
         }
         logger.info("forwarding cancel", metadata: ["session": "\(s.id)", "backend": "\(backend.name)"])
-        _ = CancelForwarder(loop: loop, address: address, port: backend.port, key: real)
+        _ = CancelForwarder(loop: loop, address: backend.isUnixSocket ? backend.socketPath : address, port: backend.port, key: real)
     }
 
     // MARK: backends
@@ -587,6 +602,8 @@ public final class ProxyServer {
         shutdownDeadline = loop.now + UInt64(config.server.shutdownTimeout * 1000)
         listener?.close()
         listener = nil
+        unixListener?.close() // removes the socket file
+        unixListener = nil
         logger.info("shutting down", metadata: ["sessions": "\(sessions.count)", "timeout_s": "\(config.server.shutdownTimeout)"])
         for session in Array(sessions.values) {
             if session.state == .forwarding {

@@ -17,7 +17,22 @@ enum Socket {
         return (storage, socklen_t(isV6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size))
     }
 
-    /// A non-blocking, close-on-exec TCP socket of the address's family.
+    /// A Unix-domain socket address; nil if the path does not fit `sun_path` (107 bytes on Linux).
+    static func address(unixPath path: String) -> (storage: sockaddr_storage, length: socklen_t)? {
+        var storage = sockaddr_storage()
+        let bytes = Array(path.utf8)
+        let capacity = MemoryLayout.size(ofValue: sockaddr_un().sun_path)
+        guard !bytes.isEmpty, bytes.count < capacity, !bytes.contains(0) else { return nil }
+        withUnsafeMutableBytes(of: &storage) { raw in
+            raw.storeBytes(of: sa_family_t(AF_UNIX), toByteOffset: 0, as: sa_family_t.self)
+            let offset = MemoryLayout<sockaddr_un>.offset(of: \sockaddr_un.sun_path)!
+            raw.baseAddress!.advanced(by: offset).copyMemory(from: bytes, byteCount: bytes.count)
+        }
+        let offset = MemoryLayout<sockaddr_un>.offset(of: \sockaddr_un.sun_path)!
+        return (storage, socklen_t(offset + bytes.count + 1))
+    }
+
+    /// A non-blocking, close-on-exec stream socket of the address's family.
     static func open(family: sa_family_t) -> Int32 {
         let fd = socket(Int32(family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         return fd >= 0 ? fd : -errno
@@ -48,10 +63,37 @@ enum Socket {
     /// Binds and listens; returns the fd or a negative errno.
     static func listen(host: String, port: Int, backlog: Int32) -> Int32 {
         guard let (storage, length) = address(host: host, port: port) else { return -EINVAL }
+        return listen(storage, length, backlog: backlog)
+    }
+
+    /// Binds a Unix-domain socket at `path` (mode 0777, as PostgreSQL's default) and listens. A socket file
+    /// left by a process that is gone is replaced; one a live process accepts on is not (-EADDRINUSE).
+    static func listen(unixPath path: String, backlog: Int32) -> Int32 {
+        guard let (storage, length) = address(unixPath: path) else { return -ENAMETOOLONG }
+        var info = stat()
+        if lstat(path, &info) == 0 {
+            guard info.st_mode & S_IFMT == S_IFSOCK else { return -EEXIST }
+            let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            var address = storage
+            let alive = probe >= 0 && withUnsafeBytes(of: &address) {
+                Glibc.connect(probe, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), length)
+            } == 0
+            if probe >= 0 { Glibc.close(probe) }
+            if alive { return -EADDRINUSE }
+            unlink(path)
+        }
+        let fd = listen(storage, length, backlog: backlog)
+        if fd >= 0 { chmod(path, 0o777) }
+        return fd
+    }
+
+    private static func listen(_ storage: sockaddr_storage, _ length: socklen_t, backlog: Int32) -> Int32 {
         let fd = open(family: storage.ss_family)
         guard fd >= 0 else { return fd }
-        var on: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
+        if storage.ss_family != sa_family_t(AF_UNIX) {
+            var on: Int32 = 1
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
+        }
         var address = storage
         var rc = withUnsafeBytes(of: &address) { bind(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), length) }
         if rc == 0 { rc = Glibc.listen(fd, backlog) }

@@ -75,6 +75,7 @@ public final class TCPConnection: HandleOwner {
         static let attached = Flags(rawValue: 1 << 3)
         static let connecting = Flags(rawValue: 1 << 4)
         static let closeWhenFlushed = Flags(rawValue: 1 << 5)
+        static let local = Flags(rawValue: 1 << 6)
     }
     private var flags: Flags = []
     @inline(__always) private func flag(_ f: Flags) -> Bool { flags.contains(f) }
@@ -118,11 +119,14 @@ public final class TCPConnection: HandleOwner {
         handle.pointee.loop = loop.loop
     }
 
+    /// A Unix-domain socket: a client on this host (no TCP options; PostgreSQL offers such clients no TLS).
+    public var isLocal: Bool { flag(.local) }
+
     /// Wraps a socket accepted by a listener. Returns nil (and closes the socket) if libuv cannot poll it.
-    init?(loop: EventLoop, acceptedSocket fd: Int32) {
+    init?(loop: EventLoop, acceptedSocket fd: Int32, local: Bool = false) {
         handle = .allocate(capacity: 1)
         handle.pointee.loop = loop.loop
-        Socket.setNoDelay(fd)
+        if local { flags.insert(.local) } else { Socket.setNoDelay(fd) }
         guard attach(fd) == 0 else {
             Glibc.close(fd)
             return nil
@@ -148,11 +152,22 @@ public final class TCPConnection: HandleOwner {
     /// Starts an outbound connection to an IPv4/IPv6 literal address. Nil means the outcome will be
     /// reported to `connection(_:didConnect:)`.
     public func connect(host: String, port: Int) -> Int32? {
-        guard !isAttached, !isClosing else { return -EINVAL }
         guard let (storage, length) = Socket.address(host: host, port: port) else { return -EINVAL }
+        return connect(storage, length)
+    }
+
+    /// Starts an outbound connection to a Unix-domain socket file, reported the same way.
+    public func connect(unixPath: String) -> Int32? {
+        guard let (storage, length) = Socket.address(unixPath: unixPath) else { return -ENAMETOOLONG }
+        flags.insert(.local)
+        return connect(storage, length)
+    }
+
+    private func connect(_ storage: sockaddr_storage, _ length: socklen_t) -> Int32? {
+        guard !isAttached, !isClosing else { return -EINVAL }
         let socket = Socket.open(family: storage.ss_family)
         guard socket >= 0 else { return socket }
-        Socket.setNoDelay(socket)
+        if !isLocal { Socket.setNoDelay(socket) }
         immediateConnectError = Socket.connect(socket, to: storage, length: length)
         let rc = attach(socket)
         guard rc == 0 else {
@@ -259,6 +274,7 @@ public final class TCPConnection: HandleOwner {
 
     /// "host:port" of the peer, for logs.
     public var peerDescription: String {
+        if isLocal { return "[local]" } // as PostgreSQL names a Unix-socket client
         guard let (host, port) = Socket.name(fd, peer: true) else { return "?" }
         return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
     }

@@ -81,6 +81,15 @@ private func passwordBody(_ m: FrontendMessage) -> ArraySlice<UInt8> {
         #expect(cancel.startupPacketReceived(packet(.cancel(CancelRequest(processID: 1, secretKey: 2)))) == .cancel(CancelRequest(processID: 1, secretKey: 2)))
     }
 
+    @Test func aUnixSocketClientIsNeitherOfferedNorRequiredTLS() {
+        let startup = startupBody([("user", "onboarding_user"), ("database", "onboarding")])
+        var local = ClientHandshake(config: config(tls: .require))
+        local.isLocal = true
+        #expect(local.startupPacketReceived(packet(.sslRequest)) == .send([0x4E]), "answered N, as PostgreSQL answers on its socket")
+        guard case .send = local.startupPacketReceived(startup) else { Issue.record("require refused a Unix-socket client"); return }
+        #expect(!local.tlsStarted)
+    }
+
     @Test func rightPasswordConnectsToTheRoute() throws {
         guard case .connect(let target, let startup, let user) = try scramLogin(password: "pw1") else { Issue.record("no connect"); return }
         #expect(target.leader.name == "legacy" && target.searchPath == "onboarding" && user == "onboarding_user")
