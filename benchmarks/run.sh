@@ -8,7 +8,7 @@
 #   benchmarks/run.sh              # full: about 30 minutes
 #
 # Other options (passed to benchmarks/bench.py): --rounds N, --duration S, --cpu N, --no-pin,
-# --skip throughput,tls,copy,callgrind,idle,flip, --keep. --no-build uses the existing release binary;
+# --skip throughput,tls,unix,copy,callgrind,idle,flip, --keep. --no-build uses the existing release binary;
 # --ref REV builds that commit (exported with git archive) instead of the working tree, so edits in
 # progress do not end up in the numbers.
 set -euo pipefail

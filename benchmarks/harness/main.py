@@ -15,7 +15,7 @@ import numpy as np
 from . import procs, report, services, suites
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUITES = ("throughput", "tls", "copy", "callgrind", "idle", "flip")
+SUITES = ("throughput", "tls", "unix", "copy", "callgrind", "idle", "flip")
 
 
 @dataclass
@@ -122,6 +122,14 @@ def main(argv=None):
             targets += [services.Endpoint(report.PGBOUNCER_TLS, "PgBouncer session, TLS", pgb_tls.port, pgb_tls.service,
                                           sslmode="require"),
                         services.Endpoint(report.CUTOVER_TLS, "Cutover legacy, TLS", co_tls.port, co_tls.service, sslmode="require")]
+        if "unix" not in skip and "throughput" not in skip:
+            pgb_unix = services.PgBouncer(work, "pgbouncer-unix", legacy, "session", pin, 1000, 100, unix=True).start()
+            co_unix = services.Cutover(work, "cutover-unix", binary, legacy, new, "legacy", "async", pin, 1000, unix=True).start()
+            targets += [legacy.endpoint(report.DIRECT_UNIX, "direct, Unix socket", unix=True),
+                        services.Endpoint(report.PGBOUNCER_UNIX, "PgBouncer session, Unix sockets", pgb_unix.port, pgb_unix.service,
+                                          host=pgb_unix.dir),
+                        services.Endpoint(report.CUTOVER_UNIX, "Cutover legacy, Unix sockets", co_unix.port, co_unix.service,
+                                          host=co_unix.dir)]
         duals = {}
         if dual:
             for m in ("async", "sync"):
@@ -150,7 +158,7 @@ def main(argv=None):
             save(rec, meta, out_dir, targets)
         if "copy" not in skip:
             suites.log("COPY")
-            copy_targets = [t for t in targets if t.key != "pgbouncer_txn"]
+            copy_targets = [t for t in targets if t.key != "pgbouncer_txn" and not t.is_unix]
             suites.copy_rounds(mode, copy_targets, pin, rec, clusters, data_path, data_bytes)
             save(rec, meta, out_dir, targets)
         if "callgrind" not in skip:

@@ -19,7 +19,7 @@ def run_pgbench(endpoint, pin, args, log_dir=None, tag=None, timeout=None):
     latencies in microseconds (for a `-R` run they include the schedule lag: what the client saw).
     The proxy's CPU time (utime + stime from /proc) is read before and after.
     """
-    argv = ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(endpoint.port), "-U", USER] + list(args)
+    argv = ["pgbench", "-n", "-h", endpoint.host, "-p", str(endpoint.port), "-U", USER] + list(args)
     prefix = None
     if log_dir:
         prefix = os.path.join(log_dir, tag)

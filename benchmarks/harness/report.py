@@ -10,6 +10,9 @@ PGBOUNCER = "pgbouncer_session"
 DIRECT = "direct"
 CUTOVER_TLS = "cutover_tls"
 PGBOUNCER_TLS = "pgbouncer_tls"
+DIRECT_UNIX = "direct_unix"
+PGBOUNCER_UNIX = "pgbouncer_unix"
+CUTOVER_UNIX = "cutover_unix"
 SHORT = {"select_simple": "simple", "select_extended": "extended", "select_prepared": "prepared", "tpcb": "tpcb"}
 
 
@@ -85,6 +88,10 @@ class Analysis:
                 s["instr_per_query_dual_async"] = cg["cutover_dual_async"]["instr_per_query"]
         put("cpu_us_per_query", spread(self.values("select_simple", CUTOVER, "proxy_cpu_us_per_query")), 1)
         put("pgbouncer_cpu_us_per_query", spread(self.values("select_simple", PGBOUNCER, "proxy_cpu_us_per_query")), 1)
+        put("tps_vs_pgbouncer_unix", self.pair("select_simple_unix", CUTOVER_UNIX, PGBOUNCER_UNIX, "tps"))
+        put("tps_vs_direct_unix", self.pair("select_simple_unix", CUTOVER_UNIX, DIRECT_UNIX, "tps"))
+        put("cpu_us_per_query_unix", spread(self.values("select_simple_unix", CUTOVER_UNIX, "proxy_cpu_us_per_query")), 1)
+        put("pgbouncer_cpu_us_per_query_unix", spread(self.values("select_simple_unix", PGBOUNCER_UNIX, "proxy_cpu_us_per_query")), 1)
         put("tps_vs_pgbouncer_tls", self.pair("select_simple_tls", CUTOVER_TLS, PGBOUNCER_TLS, "tps"))
         put("cpu_us_per_query_tls", spread(self.values("select_simple_tls", CUTOVER_TLS, "proxy_cpu_us_per_query")), 1)
         put("pgbouncer_cpu_us_per_query_tls", spread(self.values("select_simple_tls", PGBOUNCER_TLS, "proxy_cpu_us_per_query")), 1)
@@ -154,15 +161,17 @@ class Analysis:
              "Values are `median [min–max]` over rounds; ratios are computed per round (same round, adjacent runs) "
              "and then summarized.", ""]
         L += ["## Throughput", "",
-              "| workload | target | TPS | vs direct | vs PgBouncer session (TLS rows: vs PgBouncer with TLS) | proxy CPU µs/query | of which user / kernel |",
+              "| workload | target | TPS | vs direct (Unix rows: direct on its socket) | vs PgBouncer session (TLS and Unix rows: the same PgBouncer setup) | proxy CPU µs/query | of which user / kernel |",
               "|---|---|---|---|---|---|---|"]
         for wl in self.workloads():
             if wl.startswith("copy_") or wl.startswith("fixed_rate"):
                 continue
             for t in self.targets_of(wl):
                 tps = spread(self.values(wl, t.key, "tps"))
-                L.append(f"| {wl} | {t.label} | {fmt(tps, 0)} | {fmt(self.pair(wl, t.key, DIRECT, 'tps'))} | "
-                         f"{fmt(self.pair(wl, t.key, PGBOUNCER_TLS if wl.endswith('_tls') else PGBOUNCER, 'tps'))} | "
+                direct = DIRECT_UNIX if wl.endswith("_unix") else DIRECT
+                bouncer = PGBOUNCER_TLS if wl.endswith("_tls") else PGBOUNCER_UNIX if wl.endswith("_unix") else PGBOUNCER
+                L.append(f"| {wl} | {t.label} | {fmt(tps, 0)} | {fmt(self.pair(wl, t.key, direct, 'tps'))} | "
+                         f"{fmt(self.pair(wl, t.key, bouncer, 'tps'))} | "
                          f"{fmt(spread(self.values(wl, t.key, 'proxy_cpu_us_per_query')), 1)} | {self.user_sys(wl, t.key)} |")
         L += ["", "## Latency (µs)", "",
               "Percentiles pooled over all rounds (pgbench per-transaction logs). `added p50` is the per-round "

@@ -23,6 +23,11 @@ class Endpoint:
     service: object = None          # the proxy's Service (for CPU and RSS), None for direct
     prepared_ok: bool = True        # PgBouncer 1.18 in transaction mode cannot keep prepared statements
     sslmode: str = None             # libpq's sslmode for this target's clients (the TLS targets: "require")
+    host: str = "127.0.0.1"         # a directory: the target's Unix-domain socket (the Unix targets)
+
+    @property
+    def is_unix(self):
+        return self.host.startswith("/")
 
     @property
     def proxy_pid(self):
@@ -37,7 +42,7 @@ class Endpoint:
 
     def psql(self, *statements, user=USER, db=DB):
         """psql argv; each statement is its own `-c`, so each runs in its own transaction."""
-        argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.port), "-U", user, "-d", db]
+        argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.host, "-p", str(self.port), "-U", user, "-d", db]
         for sql in statements:
             argv += ["-c", sql]
         return argv
@@ -131,15 +136,15 @@ class PostgresCluster(Managed):
         procs.run(pin.wrap(["pgbench", "-i", "-q", "-s", str(scale), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, DB]),
                   log=os.path.join(self.dir, "setup.log"), env=ep.env())
 
-    def endpoint(self, key="direct", label="direct"):
-        return Endpoint(key, label, self.port)
+    def endpoint(self, key="direct", label="direct", unix=False):
+        return Endpoint(key, label, self.port, host=self.dir if unix else "127.0.0.1")
 
 
 class PgBouncer(Managed):
     """PgBouncer 1.18 from Debian in front of the legacy cluster. Clients log in with `auth_type = trust`,
     as they do at Cutover, so neither proxy spends client-side SCRAM in a measurement."""
 
-    def __init__(self, root, name, legacy, pool_mode, pin, max_clients, pool_size, tls=None):
+    def __init__(self, root, name, legacy, pool_mode, pin, max_clients, pool_size, tls=None, unix=False):
         self.name = name
         self.dir = os.path.join(root, name)
         self.port = procs.free_port()
@@ -149,12 +154,12 @@ class PgBouncer(Managed):
         self.ini = os.path.join(self.dir, "pgbouncer.ini")
         with open(self.ini, "w") as f:
             f.write(f"""[databases]
-{DB} = host=127.0.0.1 port={legacy.port} dbname={DB} user={USER} password={PASSWORD}
+{DB} = host={legacy.dir if unix else "127.0.0.1"} port={legacy.port} dbname={DB} user={USER} password={PASSWORD}
 
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = {self.port}
-unix_socket_dir =
+unix_socket_dir = {self.dir if unix else ""}
 auth_type = trust
 auth_file = {self.dir}/userlist.txt
 pool_mode = {pool_mode}
@@ -183,7 +188,7 @@ ignore_startup_parameters = extra_float_digits
 class Cutover(Managed):
     """One `cutover serve` instance with a route `bench` (legacy + new) in a given phase and mirror mode."""
 
-    def __init__(self, root, name, binary, legacy, new, phase, mirror, pin, max_clients, tls=None):
+    def __init__(self, root, name, binary, legacy, new, phase, mirror, pin, max_clients, tls=None, unix=False):
         self.name = name
         self.binary = binary
         self.dir = os.path.join(root, name)
@@ -197,6 +202,7 @@ class Cutover(Managed):
 listen = "127.0.0.1:{self.port}"
 max_clients = {max_clients}
 state_file = "{self.dir}/state.json"
+{f'unix_socket_dir = "{self.dir}"' if unix else ""}
 {f'client_tls = "require"{chr(10)}client_tls_cert_file = "{tls[0]}"{chr(10)}client_tls_key_file = "{tls[1]}"' if tls else ""}
 
 [[users]]
@@ -209,14 +215,14 @@ auth = "trust"
 admin = true
 
 [backends.legacy]
-host = "127.0.0.1"
+host = "{legacy.dir if unix else "127.0.0.1"}"
 port = {legacy.port}
 database = "{DB}"
 user = "{USER}"
 password = "{PASSWORD}"
 
 [backends.new]
-host = "127.0.0.1"
+host = "{new.dir if unix else "127.0.0.1"}"
 port = {new.port}
 database = "{DB}"
 user = "{USER}"

@@ -26,13 +26,14 @@ class Workload:
     follower_apart: bool = False     # move the follower cluster to another CPU (see fixed_rate_follower_apart)
     only_targets: tuple = ()         # when set, the only targets this workload runs on
     tls: bool = False                # runs on the TLS targets (and only there)
+    unix: bool = False               # runs on the Unix-socket targets (and only there)
 
     def applies(self, endpoint):
         if self.key == "select_prepared" and not endpoint.prepared_ok:
             return False
         if self.only_targets and endpoint.key not in self.only_targets:
             return False
-        if self.tls != bool(endpoint.sslmode):
+        if self.tls != bool(endpoint.sslmode) or self.unix != endpoint.is_unix:
             return False
         return endpoint.key not in self.skip_targets
 
@@ -47,6 +48,11 @@ def workloads(mode):
         # what encryption costs each proxy (both terminate TLS with OpenSSL; the link to PostgreSQL stays clear).
         Workload("select_simple_tls", "select-only, -M simple, 8 clients, TLS (sslmode=require)", ["-S", "-M", "simple"] + c8,
                  tls=True),
+        # The same with every hop on a Unix-domain socket (client → proxy → PostgreSQL; direct: client →
+        # PostgreSQL), as with the proxy beside its clients and its database on one host: what the TCP
+        # loopback hops cost, which is most of a proxy's CPU per query.
+        Workload("select_simple_unix", "select-only, -M simple, 8 clients, Unix sockets", ["-S", "-M", "simple"] + c8,
+                 unix=True),
         # tpcb-like: BEGIN, 3 UPDATEs, SELECT, INSERT, END = 7 statements.
         Workload("tpcb", "TPC-B (tpcb-like), 8 clients", ["-M", "simple"] + c8, queries_per_tx=7),
         Workload("latency_c1", "select-only, 1 client (latency)", ["-S", "-M", "simple", "-c", "1"], latency=True),
