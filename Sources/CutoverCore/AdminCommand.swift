@@ -7,6 +7,7 @@ public enum AdminCommand: Equatable, Sendable {
     case showSessions
     case showDivergences(route: String?)
     case showStats
+    case showBackends
     case setPhase(route: String, phase: Phase, force: Bool)
     case setMirror(route: String, mode: MirrorMode)
     case pause(route: String, timeout: Double?)
@@ -19,7 +20,7 @@ public enum AdminCommand: Equatable, Sendable {
         public var sqlState: String
     }
 
-    public static let usage = "commands: SHOW ROUTES | SHOW SESSIONS | SHOW DIVERGENCES [route] | SHOW STATS | SET PHASE <route> TO <phase> [FORCE] | SET MIRROR <route> TO async|sync | PAUSE <route> [timeout_seconds] | RESUME <route> | RELOAD"
+    public static let usage = "commands: SHOW ROUTES | SHOW SESSIONS | SHOW DIVERGENCES [route] | SHOW STATS | SHOW BACKENDS | SET PHASE <route> TO <phase> [FORCE] | SET MIRROR <route> TO async|sync | PAUSE <route> [timeout_seconds] | RESUME <route> | RELOAD"
 
     public static func parse(_ text: String) throws(ParseError) -> AdminCommand {
         var t = text.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -33,6 +34,7 @@ public enum AdminCommand: Equatable, Sendable {
         case ("SHOW", 2) where upper[1] == "ROUTES": return .showRoutes
         case ("SHOW", 2) where upper[1] == "SESSIONS": return .showSessions
         case ("SHOW", 2) where upper[1] == "STATS": return .showStats
+        case ("SHOW", 2) where upper[1] == "BACKENDS": return .showBackends
         case ("SHOW", 2) where upper[1] == "HELP": return .show(help: true)
         case ("SHOW", 2) where upper[1] == "DIVERGENCES": return .showDivergences(route: nil)
         case ("SHOW", 3) where upper[1] == "DIVERGENCES": return .showDivergences(route: name(2))

@@ -29,6 +29,7 @@ final class AdminConsole {
             case .showSessions: send(.success(sessions()))
             case .showDivergences(let route): send(.success(divergences(route)))
             case .showStats: send(.success(stats()))
+            case .showBackends: send(.success(backends()))
             case .show: send(.success(AdminResult(columns: ["usage"], rows: [[AdminCommand.usage]], tag: "SHOW")))
             case .setPhase(let route, let phase, let force): server.setPhase(route, to: phase, force: force, reply: send)
             case .setMirror(let route, let mode): send(.success(try server.setMirror(route, to: mode)))
@@ -91,6 +92,29 @@ final class AdminConsole {
             [d.time, d.route, d.kind.rawValue, "\(d.session)", d.statement, d.leader?.summary, d.follower?.summary, d.detail]
         }
         return AdminResult(columns: ["time", "route", "kind", "session", "statement", "leader", "follower", "detail"], rows: rows, tag: "SHOW")
+    }
+
+    /// Where each backend is reached now (what its host name resolved to, and when), and who uses it.
+    private func backends() -> AdminResult {
+        var leaders: [String: Int] = [:], followers: [String: Int] = [:]
+        for s in server.sessions.values {
+            if let l = s.leader?.backendName { leaders[l, default: 0] += 1 }
+            if let f = s.follower?.backendName { followers[f, default: 0] += 1 }
+        }
+        let now = server.loop.now
+        let rows: [[String?]] = server.config.backends.values.sorted { $0.name < $1.name }.map { b in
+            let entry = server.addressBook.entries[b.name]
+            let lookup: String? = entry.map { e in
+                if e.lookupInFlight { return "in flight" }
+                if let failure = e.lastFailure { return "failed: \(failure)" }
+                return e.resolvedAt == nil ? nil : "ok"
+            } ?? nil
+            return [b.name, b.host, "\(b.port)", entry.map { $0.addresses.joined(separator: ", ") },
+                    entry?.resolvedAt.map { "\((now &- $0) / 1000)" }, lookup, b.isUnixSocket ? "unix socket" : b.tls.rawValue,
+                    "\(leaders[b.name] ?? 0)", "\(followers[b.name] ?? 0)"]
+        }
+        return AdminResult(columns: ["backend", "host", "port", "addresses", "resolved_s_ago", "lookup", "tls", "leaders", "followers"],
+                           rows: rows, tag: "SHOW")
     }
 
     private func stats() -> AdminResult {

@@ -208,6 +208,7 @@ extension SessionTracker {
 @Suite struct AdminCommandTests {
     @Test func parsesEveryCommand() throws {
         #expect(try AdminCommand.parse("show routes;") == .showRoutes)
+        #expect(try AdminCommand.parse("show backends") == .showBackends)
         #expect(try AdminCommand.parse("SHOW DIVERGENCES onboarding") == .showDivergences(route: "onboarding"))
         #expect(try AdminCommand.parse("SET PHASE onboarding TO dual-legacy") == .setPhase(route: "onboarding", phase: .dualLegacy, force: false))
         #expect(try AdminCommand.parse("set phase onboarding to new force") == .setPhase(route: "onboarding", phase: .new, force: true))

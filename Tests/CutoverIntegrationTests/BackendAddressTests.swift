@@ -28,8 +28,22 @@ import Testing
         do { _ = try PQConnection(conninfo); return nil } catch let e as PQError { return e } catch { return PQError(message: "\(error)") }
     }
 
+    static let adminTOML = """
+        [[users]]
+        name = "ops"
+        password = "\(FixtureSecrets.adminPassword)"
+        admin = true
+        """
+
+    /// `SHOW BACKENDS` rows by backend name.
+    func backends(_ port: Int) throws -> [String: [String?]] {
+        let admin = try PQConnection(f.conninfo(port, database: "cutover", user: "ops", password: FixtureSecrets.adminPassword))
+        return Dictionary(try admin.query("SHOW BACKENDS").map { ($0[0] ?? "", $0) }, uniquingKeysWith: { a, _ in a })
+    }
+
     @Test func anUnresolvableHostFailsOnlyItsRouteWithTheReasonAndAReloadThatFixesItIsPickedUp() throws {
         let ghost = { (host: String) in """
+            \(Self.adminTOML)
             [backends.ghost]
             host = "\(host)"
             port = \(f.legacy.port)
@@ -52,6 +66,11 @@ import Testing
                 "the client is told which backend and why: \(String(describing: error))")
         let bystander = try PQConnection(f.conninfo(port))
         #expect(try bystander.scalar("SELECT count(*) > 0 FROM candidates") == "t", "other routes are served meanwhile")
+        // SHOW BACKENDS: backend, host, port, addresses, resolved_s_ago, lookup, tls, leaders, followers.
+        var rows = try backends(port)
+        #expect(rows["ghost"]?[3] == "" && rows["ghost"]?[5]?.hasPrefix("failed: ") == true, "the console says why: \(String(describing: rows["ghost"]))")
+        #expect(rows["legacy"]?[3] == "127.0.0.1" && rows["legacy"]?[4] == nil && rows["legacy"]?[7] == "1",
+                "an IP address needs no lookup; the bystander's session is counted: \(String(describing: rows["legacy"]))")
 
         // The backend's host is corrected and the config reloaded: the name is looked up off the loop.
         try """
@@ -75,6 +94,9 @@ import Testing
             if fixed == nil { usleep(100_000) }
         }
         #expect(try fixed?.scalar("SELECT count(*) > 0 FROM candidates") == "t", "after the reload the route is served")
+        rows = try backends(port)
+        #expect(rows["ghost"]?[1] == "localhost" && rows["ghost"]?[3]?.contains("127.0.0.1") == true && rows["ghost"]?[5] == "ok"
+                && rows["ghost"]?[4] != nil, "the console shows where the name points now: \(String(describing: rows["ghost"]))")
         #expect(try bystander.scalar("SELECT 1") == "1", "a session from before the reload carries on")
     }
 
