@@ -222,7 +222,9 @@ public final class TCPConnection: HandleOwner {
         var offset = 0
         if pending.isEmpty && !isConnecting {
             while true {
-                let n = Glibc.write(fd, bytes.baseAddress, bytes.count)
+                // send/recv rather than write/read: socket calls without the file layer's hooks, and
+                // MSG_NOSIGNAL keeps a reset peer an error code even where SIGPIPE was not ignored.
+                let n = Glibc.send(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
                 if n == bytes.count { return true }
                 if n >= 0 { offset = n; break }
                 let e = errno
@@ -324,7 +326,7 @@ public final class TCPConnection: HandleOwner {
     @inline(__always)
     private func readAvailable() {
         let buffer = EventLoop.readBuffer(of: handle.pointee.loop)
-        let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
+        let n = Glibc.recv(fd, buffer.baseAddress, buffer.count, 0)
         if n > 0 {
             let bytes = UnsafeRawBufferPointer(start: buffer.baseAddress, count: n)
             if let filter { return received(bytes, through: filter) }
@@ -344,7 +346,7 @@ public final class TCPConnection: HandleOwner {
         var delivered = false
         let buffer = EventLoop.readBuffer(of: handle.pointee.loop)
         while isReading, !isClosing, isAttached, !isConnecting {
-            let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
+            let n = Glibc.recv(fd, buffer.baseAddress, buffer.count, 0)
             if n > 0 {
                 delivered = true
                 let bytes = UnsafeRawBufferPointer(start: buffer.baseAddress, count: n)
@@ -383,7 +385,7 @@ public final class TCPConnection: HandleOwner {
 
     private func flush() {
         while !pending.isEmpty {
-            let n = pending.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + pendingHead, $0.count - pendingHead) }
+            let n = pending.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + pendingHead, $0.count - pendingHead, Int32(MSG_NOSIGNAL)) }
             if n < 0 {
                 let e = errno
                 if e == EINTR { continue }
