@@ -9,7 +9,7 @@ final class CancelForwarder: TCPConnectionDelegate {
     let packet: [UInt8]
     private var selfReference: CancelForwarder?
 
-    /// `address`: an IP address, or a Unix-domain socket file (starting with `/`).
+    /// `address`: an IP address, or a Unix-domain socket file (starting with `/`; `port` is then unused).
     init(loop: EventLoop, address: String, port: Int, key: CancelRequest) {
         connection = TCPConnection(loop: loop)
         var w = ByteWriter()

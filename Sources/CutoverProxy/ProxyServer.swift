@@ -179,13 +179,14 @@ public final class ProxyServer {
             logger.info("cancel request matched no session")
             return
         }
-        guard let backend = config.backends[leader.backendName] else { return }
-        guard let address = address(of: backend).address else {
-            logger.warning("cancel request not forwarded: the backend's host has no known address", metadata: ["backend": "\(backend.name)"])
+        // To the server this session's leader is connected to, not to a fresh choice among the backend's
+        // addresses (a name with several, or one that moved since, would reach a server without that key).
+        guard let (address, port) = leader.connection.peerAddress, !address.isEmpty else {
+            logger.warning("cancel request not forwarded: the leader's connection has no peer address", metadata: ["backend": "\(leader.backendName)"])
             return
         }
-        logger.info("forwarding cancel", metadata: ["session": "\(s.id)", "backend": "\(backend.name)"])
-        _ = CancelForwarder(loop: loop, address: backend.isUnixSocket ? backend.socketPath : address, port: backend.port, key: real)
+        logger.info("forwarding cancel", metadata: ["session": "\(s.id)", "backend": "\(leader.backendName)"])
+        _ = CancelForwarder(loop: loop, address: address, port: port, key: real)
     }
 
     // MARK: backends

@@ -114,7 +114,8 @@ enum Socket {
         }
     }
 
-    /// "host:port" of either end of a socket.
+    /// The address and port of either end of a socket; for a Unix-domain socket, its path (empty for an
+    /// unnamed client end) and port 0.
     static func name(_ fd: Int32, peer: Bool) -> (host: String, port: Int)? {
         var storage = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
@@ -125,6 +126,11 @@ enum Socket {
         guard rc == 0 else { return nil }
         var name = [CChar](repeating: 0, count: 64)
         return withUnsafeBytes(of: &storage) { raw in
+            if raw.load(as: sockaddr.self).sa_family == sa_family_t(AF_UNIX) {
+                let offset = MemoryLayout<sockaddr_un>.offset(of: \sockaddr_un.sun_path)!
+                let path = raw[offset..<max(offset, min(Int(len), raw.count))].prefix { $0 != 0 }
+                return (String(decoding: path, as: UTF8.self), 0)
+            }
             if raw.load(as: sockaddr.self).sa_family == sa_family_t(AF_INET6) {
                 var a = raw.load(as: sockaddr_in6.self)
                 uv_ip6_name(&a, &name, 64)

@@ -274,6 +274,10 @@ public final class TCPConnection: HandleOwner {
         Unmanaged.passUnretained(self).release() // libuv's +1 from attach
     }
 
+    /// Where this connection is connected to: the peer's IP address and port, or for a Unix-domain
+    /// socket its path and port 0 (nil if the socket cannot say).
+    public var peerAddress: (host: String, port: Int)? { Socket.name(fd, peer: true) }
+
     /// "host:port" of the peer, for logs.
     public var peerDescription: String {
         if isLocal { return "[local]" } // as PostgreSQL names a Unix-socket client

@@ -44,12 +44,7 @@ import Testing
     @Test func anUnresolvableHostFailsOnlyItsRouteWithTheReasonAndAReloadThatFixesItIsPickedUp() throws {
         let ghost = { (host: String) in """
             \(Self.adminTOML)
-            [backends.ghost]
-            host = "\(host)"
-            port = \(f.legacy.port)
-            database = "hexabuilders"
-            user = "hexabuilders"
-            password = "\(FixtureSecrets.legacyPassword)"
+            \(f.backendTOML("ghost", host: host))
             [routes.ghostroute]
             legacy = "ghost"
             legacy_schema = "onboarding"
@@ -73,19 +68,7 @@ import Testing
                 "an IP address needs no lookup; the bystander's session is counted: \(String(describing: rows["legacy"]))")
 
         // The backend's host is corrected and the config reloaded: the name is looked up off the loop.
-        try """
-            [server]
-            listen = "127.0.0.1:\(port)"
-            [[users]]
-            name = "onboarding_user"
-            password = "\(FixtureSecrets.clientPassword)"
-            \(f.legacyBackendTOML)
-            [routes.onboarding]
-            legacy = "legacy"
-            legacy_schema = "onboarding"
-            new = "legacy"
-            \(ghost("localhost"))
-            """.write(toFile: path, atomically: true, encoding: .utf8)
+        try f.ownConfig(port: port, rest: ghost("localhost")).write(toFile: path, atomically: true, encoding: .utf8)
         kill(p.processIdentifier, SIGHUP)
         #expect(waitForLog(log, "backend host resolved"), "the reload's lookup is logged")
         var fixed: PQConnection?

@@ -51,11 +51,7 @@ import Testing
             [[users]]
             name = "client_\u{2168}"
             password = "\(spelled)"
-            [backends.prepared]
-            port = \(f.legacy.port)
-            database = "hexabuilders"
-            user = "prepared_user"
-            password = "\(spelled)"
+            \(f.backendTOML("prepared", user: "prepared_user", password: spelled))
             [routes.prepared]
             legacy = "prepared"
             new = "prepared"

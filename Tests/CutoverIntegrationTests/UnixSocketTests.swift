@@ -43,18 +43,7 @@ import Testing
     @Test func aSocketDirectoryThatDoesNotExistStopsTheStartWithTheReason() throws {
         let port = PostgresCluster.freePort()
         let path = "\(f.directory)/unix-missing.toml"
-        try """
-            [server]
-            listen = "127.0.0.1:\(port)"
-            unix_socket_dir = "/nonexistent-cutover-dir"
-            [[users]]
-            name = "u"
-            auth = "trust"
-            \(f.legacyBackendTOML)
-            [routes.onboarding]
-            legacy = "legacy"
-            new = "legacy"
-            """.write(toFile: path, atomically: true, encoding: .utf8)
+        try f.ownConfig(port: port, server: "unix_socket_dir = \"/nonexistent-cutover-dir\"").write(toFile: path, atomically: true, encoding: .utf8)
         let result = try f.cli(["serve", path])
         #expect(!result.succeeded)
         #expect((result.stdout + result.stderr).contains("cannot listen on /nonexistent-cutover-dir/.s.PGSQL.\(port)"),

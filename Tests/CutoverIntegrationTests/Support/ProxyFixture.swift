@@ -182,32 +182,46 @@ final class ProxyFixture: @unchecked Sendable {
     }
 
     /// `[backends.legacy]`: the shared instance's database as its owner, for configs of a test's own.
-    var legacyBackendTOML: String {
-        "[backends.legacy]\nport = \(legacy.port)\ndatabase = \"hexabuilders\"\nuser = \"hexabuilders\"\npassword = \"\(FixtureSecrets.legacyPassword)\""
+    var legacyBackendTOML: String { backendTOML("legacy") }
+
+    /// `[backends.NAME]` on the legacy cluster's shared database (its owner by default; `host`: how to reach it).
+    func backendTOML(_ name: String, host: String? = nil, user: String = "hexabuilders",
+                     password: String = FixtureSecrets.legacyPassword) -> String {
+        """
+        [backends.\(name)]
+        \(host.map { "host = \"\($0)\"" } ?? "")
+        port = \(legacy.port)
+        database = "hexabuilders"
+        user = "\(user)"
+        password = "\(password)"
+        """
     }
 
-    /// Starts a proxy of a test's own in front of the legacy cluster: route `onboarding`, user `onboarding_user`,
-    /// `extraServer` lines in [server] and `rest` at the end. Returns the process, its port and its config file.
+    /// The config of a proxy of a test's own in front of the legacy cluster, listening on `port`: route
+    /// `onboarding`, user `onboarding_user`, `extraServer` lines in [server] and `rest` at the end.
+    func ownConfig(port: Int, server extraServer: String = "", rest: String = "", legacyHost: String? = nil) -> String {
+        """
+        [server]
+        listen = "127.0.0.1:\(port)"
+        \(extraServer)
+        [[users]]
+        name = "onboarding_user"
+        password = "\(FixtureSecrets.clientPassword)"
+        \(backendTOML("legacy", host: legacyHost))
+        [routes.onboarding]
+        legacy = "legacy"
+        legacy_schema = "onboarding"
+        new = "legacy"
+        \(rest)
+        """
+    }
+
+    /// Starts a proxy of a test's own with `ownConfig`. Returns the process, its port and its config file.
     func ownProxy(_ name: String, server extraServer: String = "", rest: String = "", legacyHost: String? = nil, fileLimit: Int? = nil,
                   hostsFile: String? = nil) throws -> (Process, Int, String) {
         let port = PostgresCluster.freePort()
         let path = "\(directory)/\(name).toml"
-        let config = """
-            [server]
-            listen = "127.0.0.1:\(port)"
-            \(extraServer)
-            [[users]]
-            name = "onboarding_user"
-            password = "\(FixtureSecrets.clientPassword)"
-            \(legacyBackendTOML)
-            \(legacyHost.map { "host = \"\($0)\"" } ?? "")
-            [routes.onboarding]
-            legacy = "legacy"
-            legacy_schema = "onboarding"
-            new = "legacy"
-            \(rest)
-            """
-        try config.write(toFile: path, atomically: true, encoding: .utf8)
+        try ownConfig(port: port, server: extraServer, rest: rest, legacyHost: legacyHost).write(toFile: path, atomically: true, encoding: .utf8)
         let p = try ProxyFixture.startProxy(configPath: path, logPath: "\(directory)/\(name).log", port: port, fileLimit: fileLimit,
                                             hostsFile: hostsFile)
         return (p, port, path)
