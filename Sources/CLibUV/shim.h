@@ -8,6 +8,7 @@ static inline uv_handle_t *uvshim_tcp_handle(uv_tcp_t *t) { return (uv_handle_t 
 static inline uv_handle_t *uvshim_timer_handle(uv_timer_t *t) { return (uv_handle_t *)t; }
 static inline uv_handle_t *uvshim_signal_handle(uv_signal_t *t) { return (uv_handle_t *)t; }
 static inline uv_handle_t *uvshim_async_handle(uv_async_t *t) { return (uv_handle_t *)t; }
+static inline uv_handle_t *uvshim_check_handle(uv_check_t *t) { return (uv_handle_t *)t; }
 static inline int uvshim_eagain(void) { return UV_EAGAIN; }
 static inline int uvshim_eof(void) { return UV_EOF; }
 static inline int uvshim_ecanceled(void) { return UV_ECANCELED; }

@@ -50,7 +50,7 @@ public struct MessageScanner: Sendable {
     /// Scans `chunk`. `visit(id, body, endOffset)` runs for each message that completes in it; `body` is
     /// non-nil only for captured ids and is valid only during the call; `endOffset` is where the
     /// message ends within `chunk`. A length over `maxMessageSize` (or under 4) throws before its body is read.
-    @inlinable public mutating func scan(_ chunk: UnsafeRawBufferPointer,
+    @inlinable @inline(__always) public mutating func scan(_ chunk: UnsafeRawBufferPointer,
                               _ visit: (UInt8, UnsafeRawBufferPointer?, Int) throws -> Void) throws {
         var i = 0
         let n = chunk.count

@@ -3,7 +3,8 @@ import CutoverCore
 import CutoverProtocol
 import CutoverRuntime
 
-/// What a BackendLink tells its session.
+/// What a BackendLink tells its session (the `ClientSession` that owns it: the link holds that class, not
+/// this protocol, so that its calls need no retain/release pair; the protocol lists what it may call).
 protocol BackendLinkOwner: AnyObject {
     func backendReady(_ link: BackendLink, parameters: [(String, String)], key: CancelRequest?)
     func backendLoginFailed(_ link: BackendLink, _ error: ErrorFields)
@@ -25,8 +26,10 @@ final class BackendLink: TCPConnectionDelegate {
     /// The backend's name, for logs and the admin console (its whole config is needed only to log in).
     let backendName: String
     let connection: TCPConnection
-    // unowned(unsafe): the session owns its links and outlives them; a checked unowned costs a retain per access.
-    unowned(unsafe) let owner: BackendLinkOwner
+    /// The session that owns this link and outlives it. Unretained, and called through `owner { }` without a
+    /// retain/release pair: an unowned protocol existential (as this was) is copied strong on every call.
+    private let ownerRef: Unmanaged<ClientSession>
+    @inline(__always) private func owner<R>(_ call: (ClientSession) -> R) -> R { ownerRef._withUnsafeGuaranteedRef(call) }
     /// What only the login needs, boxed and dropped once logged in: an idle link should cost little memory.
     private final class Login {
         let backend: BackendConfig
@@ -120,18 +123,25 @@ final class BackendLink: TCPConnectionDelegate {
                                                                                      BackendMessageID.parameterStatus.rawValue])
 
     /// `address`: where to connect, resolved from the backend's host (nil: it could not be, `addressFailure` says why).
-    init(loop: EventLoop, backend: BackendConfig, address: String?, addressFailure: String? = nil, side: Side?, owner: BackendLinkOwner,
+    init(loop: EventLoop, backend: BackendConfig, address: String?, addressFailure: String? = nil, side: Side?, owner: ClientSession,
          tls: TLSContext?, saltedPassword: @escaping (String, [UInt8], Int) -> [UInt8]) {
         self.side = side
         backendName = backend.name
-        self.owner = owner
+        ownerRef = Unmanaged.passUnretained(owner)
         connection = TCPConnection(loop: loop)
         login = Login(backend: backend, address: address, addressFailure: addressFailure, startedAt: loop.now, handshake: BackendHandshake(backend: backend, saltedPassword: saltedPassword), tls: tls)
         scanner = MessageScanner(captured: Self.captured, maxMessageSize: Int(Int32.max))
+        super.init()
         connection.delegate = self
     }
 
     deinit { connection.delegate = nil }
+
+    /// An owner letting go of `old` hands it to the loop first: its connection calls it unretained, so it
+    /// must outlive the callback that may be running now (see `EventLoop.retire`).
+    static func retire(_ old: BackendLink?, replacedBy new: BackendLink?) {
+        if let old, old !== new { old.connection.eventLoop.retire(old) }
+    }
 
     /// Turns unit digests on or off. Only at a message boundary (the session switches phases when idle).
     func setDigesting(_ on: Bool) {
@@ -171,7 +181,7 @@ final class BackendLink: TCPConnectionDelegate {
         }
         if let rc = login.backend.isUnixSocket ? connection.connect(unixPath: login.backend.socketPath)
                                                : connection.connect(host: address, port: login.backend.port) {
-            owner.backendConnectOutcome(self, address: address, succeeded: false)
+            owner { $0.backendConnectOutcome(self, address: address, succeeded: false) }
             failSoon(unavailable(uvErrorName(rc)))
         }
     }
@@ -187,9 +197,9 @@ final class BackendLink: TCPConnectionDelegate {
     /// When this link's login was let through the gate (ns); nil while waiting, and once logged in.
     var loginAdmittedAt: UInt64? { login?.admittedAt }
 
-    func connection(_ c: TCPConnection, didConnect error: Int32?) {
+    override func connection(_ c: TCPConnection, didConnect error: Int32?) {
         guard state == .connecting, let login else { return }
-        if let address = login.address { owner.backendConnectOutcome(self, address: address, succeeded: error == nil) }
+        if let address = login.address { owner { $0.backendConnectOutcome(self, address: address, succeeded: error == nil) } }
         if let error { return fail(unavailable(uvErrorName(error))) }
         state = .loggingIn
         connection.startReading()
@@ -239,7 +249,7 @@ final class BackendLink: TCPConnectionDelegate {
         }
     }
 
-    func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) {
+    override func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) {
         switch state {
         case .loggingIn: loginRead(bytes)
         case .ready: passThrough(bytes)
@@ -266,7 +276,7 @@ final class BackendLink: TCPConnectionDelegate {
                     state = .ready
                     self.key = key
                     self.login = nil
-                    owner.backendReady(self, parameters: parameters, key: key)
+                    owner { $0.backendReady(self, parameters: parameters, key: key) }
                     if let queued = spill?.queuedUntilReady, !queued.isEmpty, state == .ready {
                         connection.write(queued)
                         spill?.queuedUntilReady = []
@@ -302,7 +312,7 @@ final class BackendLink: TCPConnectionDelegate {
                 if id == BackendMessageID.parameterStatus.rawValue, let body, !isInternal {
                     // Rare (a SET of a reported parameter): decoded here, forwarded with the rest.
                     if case .parameterStatus(let name, let value)? = try? BackendMessage.decode(id: id, raw: body) {
-                        owner.backendParameterChanged(self, name: name, value: value)
+                        owner { $0.backendParameterChanged(self, name: name, value: value) }
                     }
                     return
                 }
@@ -323,7 +333,7 @@ final class BackendLink: TCPConnectionDelegate {
         } catch {
             // A corrupt stream from a backend cannot be forwarded safely.
             close()
-            owner.backendLost(self, nil)
+            owner { $0.backendLost(self, nil) }
             return
         }
         // The partial message at the end belongs to whatever unit is current.
@@ -333,33 +343,33 @@ final class BackendLink: TCPConnectionDelegate {
                 else { keptRanges.append(lastEnd..<bytes.count) }
             }
         }
-        guard dropped else { return owner.backendRead(self, bytes) }
+        guard dropped else { return owner { $0.backendRead(self, bytes) } }
         let spill = spillForWrite
         spill.scratch.removeAll(keepingCapacity: true)
         for r in keptRanges { spill.scratch.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[r])) }
-        spill.scratch.withUnsafeBytes { owner.backendRead(self, $0) }
+        spill.scratch.withUnsafeBytes { kept in owner { $0.backendRead(self, kept) } }
     }
 
     private func fail(_ e: ErrorFields) {
         guard state != .closed else { return }
         state = .closed
         connection.close()
-        owner.backendLoginFailed(self, e)
+        owner { $0.backendLoginFailed(self, e) }
     }
 
-    func connectionDidDrain(_ c: TCPConnection) { owner.backendDrained(self) }
+    override func connectionDidDrain(_ c: TCPConnection) { owner { $0.backendDrained(self) } }
 
-    func connection(_ c: TCPConnection, didFail error: Int32?) {
+    override func connection(_ c: TCPConnection, didFail error: Int32?) {
         let was = state
         state = .closed
         switch was {
         case .connecting:
-            owner.backendLoginFailed(self, unavailable(error.map(uvErrorName) ?? "connection closed"))
+            owner { $0.backendLoginFailed(self, unavailable(error.map(uvErrorName) ?? "connection closed")) }
         case .loggingIn:
             let tlsFailure = (c.filter as? TLSFilter)?.failure
-            owner.backendLoginFailed(self, unavailable(tlsFailure.map { "TLS: \($0)" } ?? "connection closed during login"))
+            owner { $0.backendLoginFailed(self, unavailable(tlsFailure.map { "TLS: \($0)" } ?? "connection closed during login")) }
         case .ready:
-            owner.backendLost(self, error)
+            owner { $0.backendLost(self, error) }
         case .closed:
             break
         }

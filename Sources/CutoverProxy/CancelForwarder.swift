@@ -15,6 +15,7 @@ final class CancelForwarder: TCPConnectionDelegate {
         var w = ByteWriter()
         StartupPacket.cancel(key).encode(into: &w)
         packet = w.bytes
+        super.init()
         connection.delegate = self
         selfReference = self // kept alive until the connection is done
         let failed = address.hasPrefix("/") ? connection.connect(unixPath: address) : connection.connect(host: address, port: port)
@@ -23,19 +24,24 @@ final class CancelForwarder: TCPConnectionDelegate {
 
     deinit { connection.delegate = nil }
 
-    func connection(_ c: TCPConnection, didConnect error: Int32?) {
+    override func connection(_ c: TCPConnection, didConnect error: Int32?) {
         if error != nil { return finish() }
         connection.write(packet)
         connection.closeAfterWrites()
-        selfReference = nil
+        done()
     }
 
-    func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) {}
-    func connectionDidDrain(_ c: TCPConnection) {}
-    func connection(_ c: TCPConnection, didFail error: Int32?) { selfReference = nil }
+    override func connection(_ c: TCPConnection, didFail error: Int32?) { done() }
 
     private func finish() {
         connection.close()
+        done()
+    }
+
+    /// Lets go of itself, after the callback that may be running now (its connection calls it unretained).
+    private func done() {
+        guard let me = selfReference else { return }
+        connection.eventLoop.retire(me)
         selfReference = nil
     }
 }

@@ -26,8 +26,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// Whole-message framing for the login and the admin console; nil while forwarding (boxed: 8 bytes, not 32).
     private var framer: Boxed<MessageFramer>?
     private var clientScanner: MessageScanner
-    var leader: BackendLink?
-    var follower: BackendLink?
+    // A link let go of may be the one whose callback is running (a follower dropped on its own answer).
+    var leader: BackendLink? { willSet { BackendLink.retire(leader, replacedBy: newValue) } }
+    var follower: BackendLink? { willSet { BackendLink.retire(follower, replacedBy: newValue) } }
     private(set) var startup = StartupMessage(parameters: [])
     /// As last SET by the client, else from the startup message (read when needed, not stored twice).
     var applicationName: String { cold?.applicationName ?? startup["application_name"] ?? "" }
@@ -87,6 +88,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         clientScanner = MessageScanner(captured: .init(SessionTracker.capturedIDs), maxMessageSize: config.server.maxMessageSize)
         createdAt = loop.now
         lastActivity = createdAt
+        super.init()
         client.delegate = self
         client.startReading()
     }
@@ -104,7 +106,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
 
     // MARK: client events
 
-    func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) {
+    override func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) {
         lastActivity = loop.now
         switch state {
         case .handshake, .admin: framedBytes(bytes)
@@ -114,7 +116,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         }
     }
 
-    func connectionDidDrain(_ c: TCPConnection) {
+    override func connectionDidDrain(_ c: TCPConnection) {
         // The client caught up: read from the leader again.
         if leaderPaused, let leader {
             leaderPaused = false
@@ -122,9 +124,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         }
     }
 
-    func connection(_ c: TCPConnection, didConnect error: Int32?) {}
+    override func connection(_ c: TCPConnection, didConnect error: Int32?) {}
 
-    func connection(_ c: TCPConnection, didFail error: Int32?) {
+    override func connection(_ c: TCPConnection, didFail error: Int32?) {
         if let reason = (c.filter as? TLSFilter)?.failure {
             logger.info("client TLS failed", metadata: ["error": "\(reason)", "peer": "\(c.peerDescription)"])
         } else if let error {

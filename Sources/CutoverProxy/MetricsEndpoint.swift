@@ -28,7 +28,10 @@ final class MetricsEndpoint {
         exchanges.append(Exchange(connection: c, endpoint: self, startedAt: now))
     }
 
-    fileprivate func ended(_ e: Exchange) { exchanges.removeAll { $0 === e } }
+    fileprivate func ended(_ e: Exchange) {
+        loop.retire(e) // called from the exchange's own callbacks
+        exchanges.removeAll { $0 === e }
+    }
 
     func close() {
         listener?.close()
@@ -71,13 +74,14 @@ final class MetricsEndpoint {
             self.connection = connection
             self.endpoint = endpoint
             self.startedAt = startedAt
+            super.init()
             connection.delegate = self
             connection.startReading()
         }
 
         deinit { connection.delegate = nil }
 
-        func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) {
+        override func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) {
             guard !done else { return }
             received.append(contentsOf: bytes)
             do {
@@ -109,8 +113,8 @@ final class MetricsEndpoint {
             endpoint.ended(self)
         }
 
-        func connectionDidDrain(_ c: TCPConnection) {}
-        func connection(_ c: TCPConnection, didConnect error: Int32?) {}
-        func connection(_ c: TCPConnection, didFail error: Int32?) { finish() }
+        override func connectionDidDrain(_ c: TCPConnection) {}
+        override func connection(_ c: TCPConnection, didConnect error: Int32?) {}
+        override func connection(_ c: TCPConnection, didFail error: Int32?) { finish() }
     }
 }

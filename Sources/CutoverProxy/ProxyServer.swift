@@ -166,6 +166,7 @@ public final class ProxyServer {
 
     func sessionEnded(_ s: ClientSession, wasActive: Bool) {
         if wasActive { activeSessions -= 1 }
+        loop.retire(s) // this usually runs inside one of the session's own callbacks
         sessions[s.proxySecret] = nil
         if shutdownDeadline != nil && sessions.isEmpty { finishShutdown() }
     }

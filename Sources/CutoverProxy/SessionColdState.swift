@@ -37,7 +37,7 @@ final class SessionColdState {
     /// that did so within its interval (an active session reads at each batch anyway).
     var followerReadAt: UInt64 = 0
     /// A follower logged in ahead of a flip that adds one (see `openStandby`), adopted when the flip switches.
-    var standby: BackendLink?
+    var standby: BackendLink? { willSet { BackendLink.retire(standby, replacedBy: newValue) } }
 
     /// What an absent box reads as.
     static let quietLockStep = LockStep()

@@ -9,21 +9,49 @@ public final class EventLoop {
     /// connection: an idle connection costs no buffer at all.
     let readBuffer: UnsafeMutableRawPointer
     let readBufferSize: Int
+    /// Objects let go of inside a callback, kept until it has returned (see `retire`).
+    private var retired: [AnyObject] = []
+    /// Releases `retired` in the check phase, right after the I/O callbacks of the iteration. Started only
+    /// while something is retired, and unreferenced: it never keeps the loop running by itself.
+    private let retireCheck: UnsafeMutablePointer<uv_check_t>
 
     public init(readBufferSize: Int = 256 << 10) {
         loop = .allocate(capacity: 1)
         uv_loop_init(loop)
         self.readBufferSize = readBufferSize
         readBuffer = .allocate(byteCount: readBufferSize, alignment: 16)
+        retireCheck = .allocate(capacity: 1)
         // Handles find their EventLoop through libuv's loop (a connection then needs no field for it).
         loop.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+        uv_check_init(loop, retireCheck)
+        retireCheck.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+        uv_unref(uvshim_check_handle(retireCheck))
         // A write to a reset peer must be an error code, not a process kill.
         signal(SIGPIPE, SIG_IGN)
     }
 
     deinit {
         readBuffer.deallocate()
+        retireCheck.deallocate()
         loop.deallocate()
+    }
+
+    /// Keeps `object` alive until the libuv callback running now has returned.
+    ///
+    /// Connections call their delegates, and backend links their sessions, through unretained references:
+    /// no retain/release pair per call. So an owner that lets go of such an object while one of its
+    /// callbacks may be on the stack (a session ending on a read, a follower dropped from its own answer)
+    /// hands it here first; it is freed in this iteration's check phase, when no callback is running.
+    public func retire(_ object: AnyObject) {
+        if retired.isEmpty { uv_check_start(retireCheck, onRetireCheck) }
+        retired.append(object)
+    }
+
+    fileprivate func releaseRetired() {
+        uv_check_stop(retireCheck)
+        var done: [AnyObject] = []
+        swap(&done, &retired)
+        done.removeAll() // their deinits may retire more: that starts the check again, for the next iteration
     }
 
     /// The shared read buffer of the EventLoop that owns `loop`, borrowed without a retain (an EventLoop
@@ -55,6 +83,7 @@ public final class EventLoop {
     /// (0 means nothing leaked).
     @discardableResult
     public func shutdown() -> Int32 {
+        releaseRetired()
         uv_walk(loop, { handle, _ in
             if let handle, uv_is_closing(handle) == 0 { uv_close(handle, closeAnyHandle) }
         }, nil)
@@ -62,14 +91,22 @@ public final class EventLoop {
         return uv_loop_close(loop)
     }
 
-    /// Number of handles libuv still tracks as active or open (a leak check for tests).
+    /// Number of handles libuv still tracks as active or open, the loop's own retire check aside (a leak
+    /// check for tests).
     public var liveHandles: Int {
         var count = 0
         withUnsafeMutablePointer(to: &count) { p in
-            uv_walk(loop, { _, arg in arg!.assumingMemoryBound(to: Int.self).pointee += 1 }, UnsafeMutableRawPointer(p))
+            uv_walk(loop, { handle, arg in
+                // The retire check is the one handle whose data is the EventLoop itself.
+                if handle!.pointee.data != handle!.pointee.loop.pointee.data { arg!.assumingMemoryBound(to: Int.self).pointee += 1 }
+            }, UnsafeMutableRawPointer(p))
         }
         return count
     }
+}
+
+private func onRetireCheck(_ handle: UnsafeMutablePointer<uv_check_t>?) {
+    Unmanaged<EventLoop>.fromOpaque(handle!.pointee.data!).takeUnretainedValue().releaseRetired()
 }
 
 /// Close callback for handles found by `uv_walk` at shutdown: each owner's own callback already ran or never will,

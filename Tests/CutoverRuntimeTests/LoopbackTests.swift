@@ -7,15 +7,15 @@ import Testing
 final class EchoPeer: TCPConnectionDelegate {
     let connection: TCPConnection
     var pausedCount = 0
-    init(_ c: TCPConnection) { connection = c; c.delegate = self; c.startReading() }
+    init(_ c: TCPConnection) { connection = c; super.init(); c.delegate = self; c.startReading() }
     deinit { connection.delegate = nil }
-    func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) {
+    override func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) {
         c.write(bytes)
         if c.queuedBytes > 64 << 10 { pausedCount += 1; c.stopReading() }
     }
-    func connectionDidDrain(_ c: TCPConnection) { c.startReading() }
-    func connection(_ c: TCPConnection, didConnect error: Int32?) {}
-    func connection(_ c: TCPConnection, didFail error: Int32?) {}
+    override func connectionDidDrain(_ c: TCPConnection) { c.startReading() }
+    override func connection(_ c: TCPConnection, didConnect error: Int32?) {}
+    override func connection(_ c: TCPConnection, didFail error: Int32?) {}
 }
 
 /// Collects what it reads once told to start, and how the stream ended.
@@ -24,12 +24,12 @@ final class Collector: TCPConnectionDelegate {
     var received: [UInt8] = []
     var ended = false
     var endError: Int32?
-    init(_ c: TCPConnection) { connection = c; c.delegate = self }
+    init(_ c: TCPConnection) { connection = c; super.init(); c.delegate = self }
     deinit { connection.delegate = nil }
-    func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) { received.append(contentsOf: bytes) }
-    func connectionDidDrain(_ c: TCPConnection) {}
-    func connection(_ c: TCPConnection, didConnect error: Int32?) {}
-    func connection(_ c: TCPConnection, didFail error: Int32?) { ended = true; endError = error }
+    override func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) { received.append(contentsOf: bytes) }
+    override func connectionDidDrain(_ c: TCPConnection) {}
+    override func connection(_ c: TCPConnection, didConnect error: Int32?) {}
+    override func connection(_ c: TCPConnection, didFail error: Int32?) { ended = true; endError = error }
 }
 
 /// Sends a payload and collects what comes back.
@@ -39,17 +39,37 @@ final class Sender: TCPConnectionDelegate {
     var received: [UInt8] = []
     var connectError: Int32?? = nil
     var failed = false
-    init(_ c: TCPConnection, payload: [UInt8]) { connection = c; self.payload = payload; c.delegate = self }
+    init(_ c: TCPConnection, payload: [UInt8]) { connection = c; self.payload = payload; super.init(); c.delegate = self }
     deinit { connection.delegate = nil }
-    func connection(_ c: TCPConnection, didConnect error: Int32?) {
+    override func connection(_ c: TCPConnection, didConnect error: Int32?) {
         connectError = .some(error)
         guard error == nil else { return }
         c.startReading()
         c.write(payload)
     }
-    func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) { received.append(contentsOf: bytes) }
-    func connectionDidDrain(_ c: TCPConnection) {}
-    func connection(_ c: TCPConnection, didFail error: Int32?) { failed = true }
+    override func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) { received.append(contentsOf: bytes) }
+    override func connectionDidDrain(_ c: TCPConnection) {}
+    override func connection(_ c: TCPConnection, didFail error: Int32?) { failed = true }
+}
+
+/// Lets go of itself on the first bytes it reads (as a session ending on a Terminate does), then goes on
+/// working: the loop must keep it alive until the callback has returned. Its deinit reports what it counted.
+final class LetGoOnRead: TCPConnectionDelegate {
+    let connection: TCPConnection
+    var letGo: () -> Void = {}
+    var onDeinit: (Int) -> Void = { _ in }
+    var countedAfterLetGo = 0
+    init(_ c: TCPConnection) { connection = c; super.init(); c.delegate = self; c.startReading() }
+    deinit {
+        connection.delegate = nil
+        connection.close()
+        onDeinit(countedAfterLetGo)
+    }
+    override func connection(_ c: TCPConnection, didRead bytes: UnsafeRawBufferPointer) {
+        c.eventLoop.retire(self)
+        letGo() // the owner's last reference goes here
+        countedAfterLetGo += bytes.count
+    }
 }
 
 /// glibc's size of a heap block (malloc.h is not in the Glibc module).
@@ -272,6 +292,31 @@ final class XorFilter: StreamFilter {
         #expect(ran)
         loop.runOnce()
         #expect(loop.liveHandles == 0, "its timer is closed once it ran")
+        #expect(loop.shutdown() == 0)
+    }
+
+    @Test func aDelegateLetGoOfInItsOwnCallbackIsFreedOnlyOnceTheCallbackHasReturned() throws {
+        // Connections call their delegates unretained: without `retire`, this delegate would be freed inside
+        // its own callback, and its deinit would report 0.
+        let loop = EventLoop()
+        var held: LetGoOnRead?
+        var reported: [Int] = []
+        let listener = try TCPListener(loop: loop, host: "127.0.0.1", port: 0) { c in
+            let d = LetGoOnRead(c)
+            d.letGo = { held = nil }
+            d.onDeinit = { reported.append($0) }
+            held = d
+        }
+        let sender = Sender(TCPConnection(loop: loop), payload: [1, 2, 3])
+        #expect(sender.connection.connect(host: "127.0.0.1", port: listener.port) == nil)
+        var spins = 0
+        while reported.isEmpty && spins < 1000 { loop.runOnce(wait: true); spins += 1 }
+        #expect(held == nil)
+        #expect(reported == [3], "freed after its callback returned, not inside it")
+        sender.connection.close()
+        listener.close()
+        for _ in 0..<10 { loop.runOnce() }
+        #expect(loop.liveHandles == 0, "the loop's own retire check is not counted")
         #expect(loop.shutdown() == 0)
     }
 
