@@ -187,7 +187,10 @@ public struct SessionTracker: Sendable {
         case FrontendMessageID.query.rawValue:
             guard let body else { break }
             // A Query is one string and its NUL (PostgreSQL rejects anything after it): no search needed.
-            let raw = body.last == 0 ? UnsafeRawBufferPointer(rebasing: body.dropLast()) : Self.cString(body).0
+            // (Pointer arithmetic: `last` and `dropLast()` on the buffer cost ~70 instructions per query.)
+            let n = body.count
+            let raw = n > 0 && body.load(fromByteOffset: n - 1, as: UInt8.self) == 0
+                ? UnsafeRawBufferPointer(start: body.baseAddress, count: n - 1) : Self.cString(body).0
             let keyword = SQLBytes.leadingKeyword(raw)
             if keyword.endsTransaction { current.commits = true }
             if keyword == .rollback || keyword == .abort { rollbackUnits.append(unitsSent) }

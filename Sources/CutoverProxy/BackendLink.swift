@@ -293,6 +293,7 @@ final class BackendLink: TCPConnectionDelegate {
 
     private func passThrough(_ bytes: UnsafeRawBufferPointer) {
         boundaries.removeAll()
+        if digest == nil && internalUnits == 0 { return passThroughPlain(bytes) }
         // Cutting internal answers out: `kept` counts reported bytes, `dropped` says whether any were cut.
         var lastEnd = 0, kept = 0, dropped = false
         // Only chunks that may hold internal answers track ranges (no allocation on the common path).
@@ -309,32 +310,10 @@ final class BackendLink: TCPConnectionDelegate {
                     else { keptRanges.append(lastEnd..<endOffset) }
                 }
                 lastEnd = endOffset
-                if id == BackendMessageID.parameterStatus.rawValue, let body, !isInternal {
-                    // Rare (a SET of a reported parameter): decoded here, forwarded with the rest.
-                    if case .parameterStatus(let name, let value)? = try? BackendMessage.decode(id: id, raw: body) {
-                        owner { $0.backendParameterChanged(self, name: name, value: value) }
-                    }
-                    return
-                }
-                if id == BackendMessageID.copyInResponse.rawValue {
-                    boundaries.append(Boundary(endOffset: kept, digest: nil, status: .idle, isInternal: isInternal, isCopyIn: true))
-                    return
-                }
-                if id == BackendMessageID.readyForQuery.rawValue, let body, body.count == 1,
-                   let status = TransactionStatus(rawValue: body[0]) {
-                    if isInternal {
-                        internalUnits -= 1
-                        boundaries.append(Boundary(endOffset: kept, digest: unit, status: status, isInternal: true))
-                    } else {
-                        boundaries.append(Boundary(endOffset: kept, digest: unit, status: status))
-                    }
-                }
+                if let body { noteCaptured(id: id, body: body, reportedEnd: kept, unit: unit, isInternal: isInternal) }
             }
         } catch {
-            // A corrupt stream from a backend cannot be forwarded safely.
-            close()
-            owner { $0.backendLost(self, nil) }
-            return
+            return corruptStream()
         }
         // The partial message at the end belongs to whatever unit is current.
         if filtering && lastEnd < bytes.count {
@@ -348,6 +327,43 @@ final class BackendLink: TCPConnectionDelegate {
         spill.scratch.removeAll(keepingCapacity: true)
         for r in keptRanges { spill.scratch.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[r])) }
         spill.scratch.withUnsafeBytes { kept in owner { $0.backendRead(self, kept) } }
+    }
+
+    /// No digests and no internal answers to cut out (every session in a single-side phase): each message
+    /// costs its header and, for the few captured ones, one id check.
+    private func passThroughPlain(_ bytes: UnsafeRawBufferPointer) {
+        do {
+            try scanner.scan(bytes) { id, body, endOffset in
+                if let body { noteCaptured(id: id, body: body, reportedEnd: endOffset, unit: nil, isInternal: false) }
+            }
+        } catch {
+            return corruptStream()
+        }
+        owner { $0.backendRead(self, bytes) }
+    }
+
+    /// A captured message (ReadyForQuery, CopyInResponse, ParameterStatus) that ends at `reportedEnd` in the
+    /// bytes reported to the session.
+    @inline(__always)
+    private func noteCaptured(id: UInt8, body: UnsafeRawBufferPointer, reportedEnd: Int, unit: UnitDigest?, isInternal: Bool) {
+        if id == BackendMessageID.readyForQuery.rawValue {
+            guard body.count == 1, let status = TransactionStatus(rawValue: body[0]) else { return }
+            if isInternal { internalUnits -= 1 }
+            boundaries.append(Boundary(endOffset: reportedEnd, digest: unit, status: status, isInternal: isInternal))
+        } else if id == BackendMessageID.copyInResponse.rawValue {
+            boundaries.append(Boundary(endOffset: reportedEnd, digest: nil, status: .idle, isInternal: isInternal, isCopyIn: true))
+        } else if id == BackendMessageID.parameterStatus.rawValue, !isInternal {
+            // Rare (a SET of a reported parameter): decoded here, forwarded with the rest.
+            if case .parameterStatus(let name, let value)? = try? BackendMessage.decode(id: id, raw: body) {
+                owner { $0.backendParameterChanged(self, name: name, value: value) }
+            }
+        }
+    }
+
+    /// A corrupt stream from a backend cannot be forwarded safely.
+    private func corruptStream() {
+        close()
+        owner { $0.backendLost(self, nil) }
     }
 
     private func fail(_ e: ErrorFields) {

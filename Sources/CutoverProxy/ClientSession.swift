@@ -343,7 +343,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
 
     private func leaderRead(_ link: BackendLink, _ bytes: UnsafeRawBufferPointer) {
         var forwardFrom = 0
-        for b in link.boundaries {
+        // By index: `for b in link.boundaries` copies the list (a retain of its array per read).
+        let boundaryCount = link.boundaries.count
+        for k in 0..<boundaryCount {
+            let b = link.boundaries[k]
             if b.isCopyIn {
                 if !b.isInternal { copyInStarted() }
                 continue
@@ -460,7 +463,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
 
     func forwardFromClient(_ bytes: UnsafeRawBufferPointer) {
         guard let leader else { return }
-        if parkedSince != nil || (route?.pause != nil && isDrainedAtBoundary) {
+        if parkedSince != nil || (route?.isPaused == true && isDrainedAtBoundary) {
             // The route is paused and this session is between transactions: hold the new one back.
             if parkedSince == nil { parkedSince = loop.now }
             parkedBytes.append(contentsOf: bytes)
@@ -564,15 +567,19 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     func reachedIdleBoundaryIfIdle() {
         guard isIdleAtBoundary else { return }
         if closeWhenIdle { return failClient(ProxyError.shuttingDown()) }
-        guard let route, isDrainedAtBoundary else { return }
-        if let pause = route.pause {
-            // During a leader flip the switch happens for all sessions at once; a manual pause still lets a
-            // parked session take a flip that keeps the leader.
-            if !pause.isFlip && (sessionPhase != route.phase || mirrorMode != route.mirror) { applyRoutePhase() }
-            server.checkPause(route)
-            return
-        }
-        if sessionPhase != route.phase || mirrorMode != route.mirror { applyRoutePhase() }
+        // Fields read through `self.route` each time: a local binding would live (retained) to the end of scope.
+        guard isDrainedAtBoundary, let phase = route?.phase, let mirror = route?.mirror, let paused = route?.isPaused else { return }
+        let behind = sessionPhase != phase || mirrorMode != mirror
+        if paused { return reachedIdleBoundaryWhilePaused(behind: behind) }
+        if behind { applyRoutePhase() }
+    }
+
+    private func reachedIdleBoundaryWhilePaused(behind: Bool) {
+        guard let route, let pause = route.pause else { return }
+        // During a leader flip the switch happens for all sessions at once; a manual pause still lets a
+        // parked session take a flip that keeps the leader.
+        if !pause.isFlip && behind { applyRoutePhase() }
+        server.checkPause(route)
     }
 
     // MARK: ending

@@ -12,7 +12,9 @@ final class RouteRuntime {
     var inSync = true
     var outOfSyncReason: String?
     var sessions: [Int: ClientSession] = [:]
-    var pause: RoutePause?
+    var pause: RoutePause? { didSet { isPaused = pause != nil } }
+    /// `pause != nil`, for the per-statement checks: a Bool is read without copying (retaining) the pause.
+    private(set) var isPaused = false
     /// A flip that adds a follower, waiting for its sessions' standby followers to log in before it pauses.
     var warmUp: FlipWarmUp?
     var stats = RouteStats()
