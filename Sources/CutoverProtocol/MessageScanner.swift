@@ -4,27 +4,19 @@
 /// the chunk. Bodies are handed over only for the ids in `captured` (the ones that drive decisions); the
 /// rest are skipped by length without being read, so DataRow and CopyData cost one header each.
 public struct MessageScanner: Sendable {
-    /// A set of message ids as a 256-bit map.
+    /// A set of message ids. Every PostgreSQL message id is ASCII, so two words cover them; an id of 128 or
+    /// more is never a member. Two words, not four, so `contains` is a shift and a conditional move.
     public struct IDSet: Sendable {
-        @usableFromInline var bits: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        @usableFromInline var low: UInt64 = 0   // ids 0–63
+        @usableFromInline var high: UInt64 = 0  // ids 64–127
         public init(_ ids: [UInt8]) { for id in ids { insert(id) } }
         public mutating func insert(_ id: UInt8) {
-            let bit = UInt64(1) << UInt64(id & 63)
-            switch id >> 6 {
-            case 0: bits.0 |= bit
-            case 1: bits.1 |= bit
-            case 2: bits.2 |= bit
-            default: bits.3 |= bit
-            }
+            precondition(id < 128, "message ids are ASCII")
+            if id < 64 { low |= 1 << UInt64(id) } else { high |= 1 << UInt64(id & 63) }
         }
         @inlinable @inline(__always) public func contains(_ id: UInt8) -> Bool {
-            let bit = UInt64(1) << UInt64(id & 63)
-            switch id >> 6 {
-            case 0: return bits.0 & bit != 0
-            case 1: return bits.1 & bit != 0
-            case 2: return bits.2 & bit != 0
-            default: return bits.3 & bit != 0
-            }
+            guard id < 128 else { return false }
+            return ((id < 64 ? low : high) >> UInt64(id & 63)) & 1 != 0
         }
     }
 
@@ -54,25 +46,27 @@ public struct MessageScanner: Sendable {
                               _ visit: (UInt8, UnsafeRawBufferPointer?, Int) throws -> Void) throws {
         var i = 0
         let n = chunk.count
-        guard n > 0, let base = chunk.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return }
+        guard n > 0, let raw = chunk.baseAddress else { return }
+        let base = raw.assumingMemoryBound(to: UInt8.self)
         while i < n {
-            if bodyRemaining == 0 && headerFill == 0 && !capturing && n - i >= 5 {
-                // Fast path: a whole header in the chunk.
-                let id = base[i]
-                let length = Int(Int32(bitPattern: UInt32(base[i + 1]) << 24 | UInt32(base[i + 2]) << 16
-                    | UInt32(base[i + 3]) << 8 | UInt32(base[i + 4])))
-                try check(length)
-                let bodyStart = i + 5, bodyLen = length - 4
-                if bodyStart + bodyLen <= n {
-                    let body = captured.contains(id)
-                        ? UnsafeRawBufferPointer(rebasing: chunk[bodyStart..<bodyStart + bodyLen]) : nil
-                    i = bodyStart + bodyLen
-                    try visit(id, body, i)
-                    continue
+            if bodyRemaining == 0 && headerFill == 0 && !capturing {
+                // Fast path: whole messages, each header read once and each body skipped by its length. The
+                // state fields are not touched until a message straddles the chunk's end. Wrapping arithmetic
+                // is safe: 5 ≤ length + 1 ≤ Int32.max + 1 and i ≤ n.
+                while n &- i >= 5 {
+                    let id = base[i]
+                    let length = Int(Int32(bigEndian: raw.loadUnaligned(fromByteOffset: i &+ 1, as: Int32.self)))
+                    try check(length)
+                    let bodyStart = i &+ 5, end = i &+ 1 &+ length
+                    guard end <= n else {
+                        begin(id: id, length: length)
+                        i = bodyStart
+                        break
+                    }
+                    i = end
+                    try visit(id, captured.contains(id) ? UnsafeRawBufferPointer(start: raw + bodyStart, count: end &- bodyStart) : nil, end)
                 }
-                begin(id: id, length: length)
-                i = bodyStart
-                continue
+                if i >= n || bodyRemaining > 0 || capturing { continue }
             }
             if bodyRemaining == 0 && !capturing {
                 // Slow path: the header straddles chunks.

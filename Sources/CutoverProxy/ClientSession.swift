@@ -469,47 +469,18 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             parkedBytes.append(contentsOf: bytes)
             return
         }
-        var terminated = false
-        var flushAt: Int?
         // Units are collected only for mirroring and lock-step; a single-side phase just counts them.
         let collecting = follower != nil || !lockStepIsQuiet
-        var unitCount = 0
         // Async mirroring with a batching follower registers each unit as it ends (no per-chunk list).
         let batching = collecting && lockStepIsQuiet && mirrorMode == .async && follower?.connection.readsOnDemand == true
+        var chunk = ClientChunk(collecting: collecting, batching: batching)
         if collecting && !batching && !chunkUnits.isEmpty { chunkUnits.removeAll(keepingCapacity: true) }
         do {
-            try clientScanner.scan(bytes) { id, body, endOffset in
-                let endsUnit = tracker.messageEndsUnit(id: id, body: body)
-                switch id {
-                case FrontendMessageID.execute.rawValue, FrontendMessageID.query.rawValue: syncsSinceExecute = 0
-                case FrontendMessageID.copyDone.rawValue, FrontendMessageID.copyFail.rawValue: clientCopyIn = false
-                case FrontendMessageID.terminate.rawValue: terminated = true
-                case FrontendMessageID.flush.rawValue: flushAt = endOffset
-                default: break
-                }
-                guard endsUnit else { return }
-                // During COPY IN the backend ignores Sync: no ReadyForQuery will answer it.
-                if clientCopyIn && id == FrontendMessageID.sync.rawValue { return tracker.skipUnit() }
-                if id == FrontendMessageID.sync.rawValue { syncsSinceExecute += 1 }
-                pendingReadyForQuery += 1
-                tracker.unitSent()
-                unitCount += 1
-                if batching {
-                    let unit = tracker.takeUnit()
-                    if unit.crossSchemaCandidate, let route { server.checkCrossSchema(unit, session: self, route: route) }
-                    registerUnit(unit, followerSent: false) // sent with the batch (see `followerOutbox`)
-                } else if collecting {
-                    chunkUnits.append((endOffset, tracker.takeUnit()))
-                } else if tracker.current.crossSchemaCandidate {
-                    let unit = tracker.takeUnit()
-                    if let route { server.checkCrossSchema(unit, session: self, route: route) }
-                } else {
-                    tracker.skipUnit()
-                }
-            }
+            try scanClientChunk(bytes, &chunk)
         } catch let e as ProtocolError {
             return failClient(ProxyError.describe(e))
         } catch { return failClient(ProxyError.protocolViolation("invalid message")) }
+        let unitCount = chunk.unitCount, terminated = chunk.terminated
         if unitCount > 0, let route {
             route.stats.statements += unitCount
             if route.phase.follower == nil { route.unmirroredStatements += unitCount }
@@ -521,7 +492,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         }
         if (follower != nil && mirrorMode == .sync && !terminated) || !lockStepIsQuiet {
             // Lock-step; also after mirroring stopped mid-unit, so nothing overtakes what is queued.
-            runLockStep(lockStep.clientSent(Array(bytes), units: chunkUnits, flushAt: flushAt, status: transactionStatus, now: loop.now))
+            runLockStep(lockStep.clientSent(Array(bytes), units: chunkUnits, flushAt: chunk.flushAt, status: transactionStatus, now: loop.now))
             checkMirrorBounds()
             if lockStep.queuedBytes > server.writeHighWater, !clientPaused {
                 // Lock-step queues what the client pipelines; past the bound, stop reading it.
@@ -548,6 +519,55 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if leader.connection.queuedBytes > server.writeHighWater, !clientPaused {
             clientPaused = true
             client.stopReading()
+        }
+    }
+
+    /// What one client chunk's messages told `forwardFromClient`.
+    struct ClientChunk {
+        let collecting: Bool
+        let batching: Bool
+        var terminated = false
+        var flushAt: Int?
+        var unitCount = 0
+        init(collecting: Bool, batching: Bool) { self.collecting = collecting; self.batching = batching }
+    }
+
+    /// The scan in a function of its own, small enough for `scan` to be inlined: inside the large
+    /// `forwardFromClient` it was specialized out of line, taking the session +1 per chunk.
+    private func scanClientChunk(_ bytes: UnsafeRawBufferPointer, _ chunk: inout ClientChunk) throws {
+        try clientScanner.scan(bytes) { id, body, endOffset in clientMessage(id, body, endOffset, &chunk) }
+    }
+
+    /// One client message, ending at `endOffset` in the chunk: tracked, and counted (and collected for the
+    /// follower when mirroring) if it ends a unit.
+    @inline(__always)
+    private func clientMessage(_ id: UInt8, _ body: UnsafeRawBufferPointer?, _ endOffset: Int, _ chunk: inout ClientChunk) {
+        let endsUnit = tracker.messageEndsUnit(id: id, body: body)
+        switch id {
+        case FrontendMessageID.execute.rawValue, FrontendMessageID.query.rawValue: syncsSinceExecute = 0
+        case FrontendMessageID.copyDone.rawValue, FrontendMessageID.copyFail.rawValue: clientCopyIn = false
+        case FrontendMessageID.terminate.rawValue: chunk.terminated = true
+        case FrontendMessageID.flush.rawValue: chunk.flushAt = endOffset
+        default: break
+        }
+        guard endsUnit else { return }
+        // During COPY IN the backend ignores Sync: no ReadyForQuery will answer it.
+        if clientCopyIn && id == FrontendMessageID.sync.rawValue { return tracker.skipUnit() }
+        if id == FrontendMessageID.sync.rawValue { syncsSinceExecute += 1 }
+        pendingReadyForQuery += 1
+        tracker.unitSent()
+        chunk.unitCount += 1
+        if chunk.batching {
+            let unit = tracker.takeUnit()
+            if unit.crossSchemaCandidate, let route { server.checkCrossSchema(unit, session: self, route: route) }
+            registerUnit(unit, followerSent: false) // sent with the batch (see `followerOutbox`)
+        } else if chunk.collecting {
+            chunkUnits.append((endOffset, tracker.takeUnit()))
+        } else if tracker.current.crossSchemaCandidate {
+            let unit = tracker.takeUnit()
+            if let route { server.checkCrossSchema(unit, session: self, route: route) }
+        } else {
+            tracker.skipUnit()
         }
     }
 
