@@ -462,7 +462,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     // MARK: forwarding
 
     func forwardFromClient(_ bytes: UnsafeRawBufferPointer) {
-        guard let leader else { return }
+        // Unretained: a link let go of is retired, not freed, while a callback runs (see BackendLink.retire);
+        // a strong local would cost a retain/release pair per chunk.
+        guard let leader = leader.map(Unmanaged.passUnretained) else { return }
         if parkedSince != nil || (route?.isPaused == true && isDrainedAtBoundary) {
             // The route is paused and this session is between transactions: hold the new one back.
             if parkedSince == nil { parkedSince = loop.now }
@@ -500,7 +502,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 client.stopReading()
             }
         } else {
-            leader.send(bytes)
+            leader._withUnsafeGuaranteedRef { $0.send(bytes) }
             if let follower {
                 if batching {
                     // Batched for the follower; its units (registered above) count as sent when it goes.
@@ -516,7 +518,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             }
         }
         if terminated { return end(reason: "client terminated") }
-        if leader.connection.queuedBytes > server.writeHighWater, !clientPaused {
+        if leader._withUnsafeGuaranteedRef({ $0.connection.queuedBytes }) > server.writeHighWater, !clientPaused {
             clientPaused = true
             client.stopReading()
         }

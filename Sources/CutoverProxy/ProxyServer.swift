@@ -93,19 +93,29 @@ public final class ProxyServer {
     public var port: Int { listener?.port ?? 0 }
     public var sessionCount: Int { sessions.count }
 
-    public func start() throws {
-        listener = try TCPListener(loop: loop, host: config.server.listenHost, port: config.server.listenPort) { [unowned self] c in
+    private func openUnixListener(port: Int) throws {
+        guard let directory = config.server.unixSocketDirectory else { return }
+        unixListener = try TCPListener(loop: loop, unixPath: PostgresSocket.path(directory: directory, port: port)) { [unowned self] c in
             self.accept(c)
         }
-        if let directory = config.server.unixSocketDirectory {
-            let path = PostgresSocket.path(directory: directory, port: port)
-            do {
-                unixListener = try TCPListener(loop: loop, unixPath: path) { [unowned self] c in self.accept(c) }
-            } catch {
-                listener?.close()
-                listener = nil
-                throw error
+    }
+
+    public func start() throws {
+        // The socket file first when the port is known: a client (or a readiness probe) that reaches the TCP
+        // port then finds the socket file ready too. Port 0 is known only once the TCP listener is bound.
+        let configuredPort = config.server.listenPort
+        if configuredPort != 0 { try openUnixListener(port: configuredPort) }
+        do {
+            listener = try TCPListener(loop: loop, host: config.server.listenHost, port: configuredPort) { [unowned self] c in
+                self.accept(c)
             }
+            if configuredPort == 0 { try openUnixListener(port: port) }
+        } catch {
+            unixListener?.close()
+            unixListener = nil
+            listener?.close()
+            listener = nil
+            throw error
         }
         let timer = LoopTimer(loop: loop) { [unowned self] in self.sweep() }
         timer.start(timeoutMs: 100, repeatMs: 100)
