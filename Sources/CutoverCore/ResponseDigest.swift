@@ -213,11 +213,30 @@ public struct DigestBuilder: Sendable {
         rowHash = 0
     }
 
-    /// FNV-1a over the row's bytes, then a SplitMix64 finalizer so that sums of hashes mix well.
+    /// A word at a time (each 8 bytes multiplied in, then the length, so trailing zero bytes count), then a
+    /// SplitMix64 finalizer so that sums of hashes mix well. Byte-wise FNV-1a cost ~5 instructions per byte
+    /// of every row, on both sides of a dual phase.
     @inline(__always)
     public static func hash(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+        let n = bytes.count
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        if let base = bytes.baseAddress {
+            var i = 0
+            while i &+ 8 <= n {
+                h = (h ^ base.loadUnaligned(fromByteOffset: i, as: UInt64.self)) &* 0x9e37_79b9_7f4a_7c15
+                h ^= h >> 29
+                i &+= 8
+            }
+            if i < n {
+                var tail: UInt64 = 0
+                var shift: UInt64 = 0
+                while i < n { tail |= UInt64(base.load(fromByteOffset: i, as: UInt8.self)) << shift; shift &+= 8; i &+= 1 }
+                h = (h ^ tail) &* 0x9e37_79b9_7f4a_7c15
+                h ^= h >> 29
+            }
+        }
+        // The length last, not in the seed: XORed in with the data it cancels against it ([10, 48] vs [11, 48, 0]).
+        h = (h ^ UInt64(truncatingIfNeeded: n)) &* 0x9e37_79b9_7f4a_7c15
         h = (h ^ (h >> 30)) &* 0xbf58_476d_1ce4_e5b9
         h = (h ^ (h >> 27)) &* 0x94d0_49bb_1331_11eb
         return h ^ (h >> 31)

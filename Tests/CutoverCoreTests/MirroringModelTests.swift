@@ -173,6 +173,25 @@ extension SessionTracker {
         #expect(UnitDigest.differences(leader: a, follower: c).map(\.kind) == [.rowContent])
     }
 
+    @Test func rowHashTellsApartEveryOneByteChangeLengthAndTrailingZero() {
+        // Word-at-a-time hashing must still see each byte: rows of 0–40 bytes, each with every single byte
+        // changed, and each with a zero byte appended, all hash differently.
+        var seen: [UInt64: [UInt8]] = [:]
+        func add(_ row: [UInt8]) {
+            let h = withBody(row) { DigestBuilder.hash($0) }
+            #expect(seen[h] == nil, "\(row) collides with \(seen[h] ?? [])")
+            seen[h] = row
+        }
+        for n in 0...40 {
+            let row = (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
+            add(row)
+            add(row + [0])
+            for i in 0..<n { var changed = row; changed[i] ^= 0x01; add(changed); changed[i] ^= 0x03; add(changed) } // no byte becomes 0
+        }
+        let rows: Int = (0...40).map { 2 + 2 * $0 }.reduce(0, +)
+        #expect(seen.count == rows, "every row was distinct, so every hash is")
+    }
+
     @Test func tagsErrorsAndCountsAreCompared() {
         let ok = digest([.commandComplete(tag: "UPDATE 1"), .readyForQuery(.idle)])!
         let zero = digest([.commandComplete(tag: "UPDATE 0"), .readyForQuery(.idle)])!
