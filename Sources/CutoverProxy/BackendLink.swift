@@ -403,9 +403,12 @@ final class BackendLink: TCPConnectionDelegate {
     /// Politely ends the backend session (Terminate) and closes once it is written.
     func terminate() {
         guard state != .closed else { return }
-        if state == .ready { connection.write([FrontendMessageID.terminate.rawValue, 0, 0, 0, 4]) }
+        let wasReady = state == .ready
+        if wasReady { connection.write([FrontendMessageID.terminate.rawValue, 0, 0, 0, 4]) }
         state = .closed
-        connection.closeAfterWrites()
+        // A link still connecting or logging in has nothing worth flushing: closed at once, or a connect in
+        // flight would keep its socket (and libuv's reference) after it completes.
+        if wasReady { connection.closeAfterWrites() } else { connection.close() }
     }
 
     func close() {

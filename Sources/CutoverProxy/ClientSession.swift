@@ -622,6 +622,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         guard state != .closed && state != .draining else { return }
         let wasActive = state == .forwarding || state == .admin
         client.closeAfterWrites()
+        // Closing can fail the client connection at once (a TLS close_notify that cannot be sent), and that
+        // ends the session from inside: it must not be finished twice.
+        guard state != .closed && state != .draining else { return }
         logger.debug("session ended", metadata: ["reason": "\(reason)"])
         if cold != nil { lockStep.dropQueued() }
         if follower != nil && (lockStepIsBusy || pendingUnitCount > 0) {
@@ -646,6 +649,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             clampUnitCursors()
             leaderReleased = true
             leader?.terminate()
+            guard state == .draining else { return } // the Terminate failed at once and finished the session
         }
         guard !lockStepIsBusy, follower == nil || pendingUnitCount == 0 else { return }
         state = .closed

@@ -275,7 +275,7 @@ public final class TCPConnection: HandleOwner {
         if let filter, isAttached { filter.finishing(send: { _ = writeToSocket($0) }) }
         guard !isClosing else { return }
         stopReading()
-        if pending.isEmpty && !isConnecting { return shutdownAndClose() }
+        if pending.isEmpty { return isConnecting ? close() : shutdownAndClose() } // connecting: nothing to say yet
         closeWhenFlushed = true
     }
 
@@ -330,6 +330,7 @@ public final class TCPConnection: HandleOwner {
         if e == 0 { e = Socket.pendingError(fd) }
         if e == 0 && status < 0 { e = status }
         if e != 0 {
+            if closeWhenFlushed { return close() } // its owner already let it go
             delegateRef?._withUnsafeGuaranteedRef { $0.connection(self, didConnect: e) }
             return
         }

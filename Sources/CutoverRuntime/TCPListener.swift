@@ -80,12 +80,23 @@ public final class TCPListener: HandleOwner {
     public func close() {
         guard !closed else { return }
         closed = true
+        // The file goes now, not in the close callback: a start that fails right after (its TCP port taken)
+        // exits without running the loop again.
+        removeSocketFile()
         uv_close(uvshim_poll_handle(handle), onListenerClose)
+    }
+
+    private var socketFileRemoved = false
+    /// Once: a second unlink could remove a file another proxy has created since.
+    private func removeSocketFile() {
+        guard let unixPath, !socketFileRemoved else { return }
+        socketFileRemoved = true
+        unlink(unixPath)
     }
 
     func handleClosed() {
         Glibc.close(fd)
-        if let unixPath { unlink(unixPath) }
+        removeSocketFile()
         if reserveFD >= 0 { Glibc.close(reserveFD) }
         reserveFD = -1
         Unmanaged.passUnretained(self).release()

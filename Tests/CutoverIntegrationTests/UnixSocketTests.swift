@@ -49,4 +49,26 @@ import Testing
         #expect((result.stdout + result.stderr).contains("cannot listen on /nonexistent-cutover-dir/.s.PGSQL.\(port)"),
                 "the error names the socket path: \(result.stderr)")
     }
+
+    @Test func aStartThatCannotTakeItsTCPPortLeavesNoSocketFile() throws {
+        // The socket file is created first (so it is ready when the TCP port answers); a start that then
+        // fails on the TCP port must remove it before exiting.
+        let directory = try #require(mkdtemp(strdup("/tmp/cutover-sock-XXXXXX")).map { String(cString: $0) })
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let port = PostgresCluster.freePort()
+        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(holder) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        #expect(bound == 0 && listen(holder, 1) == 0, "the port is taken")
+        let path = "\(f.directory)/unix-port-taken.toml"
+        try f.ownConfig(port: port, server: "unix_socket_dir = \"\(directory)\"").write(toFile: path, atomically: true, encoding: .utf8)
+        let result = try f.cli(["serve", path])
+        #expect(!result.succeeded)
+        #expect((result.stdout + result.stderr).contains("cannot listen on"), "the error says why: \(result.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: "\(directory)/.s.PGSQL.\(port)"), "no socket file is left behind")
+    }
 }

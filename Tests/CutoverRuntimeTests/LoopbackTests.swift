@@ -320,6 +320,34 @@ final class XorFilter: StreamFilter {
         #expect(loop.shutdown() == 0)
     }
 
+    @Test func aConnectionLetGoOfWhileConnectingIsClosedNotLeaked() throws {
+        // A session ending while its backend connect is in flight: with nothing queued, closeAfterWrites
+        // closes at once; before, the completed connect left the socket open and the handle alive for good.
+        let loop = EventLoop()
+        var peers: [Collector] = []
+        let listener = try TCPListener(loop: loop, host: "127.0.0.1", port: 0) { c in
+            peers.append(Collector(c))
+            c.startReading()
+        }
+        let quiet = TCPConnection(loop: loop)
+        #expect(quiet.connect(host: "127.0.0.1", port: listener.port) == nil)
+        quiet.closeAfterWrites() // before the connect has completed
+        // One with a write queued behind the connect still gets it out, then closes.
+        let talker = TCPConnection(loop: loop)
+        #expect(talker.connect(host: "127.0.0.1", port: listener.port) == nil)
+        talker.write([1, 2, 3])
+        talker.closeAfterWrites()
+        var spins = 0 // not blocking: with the leak, nothing more would ever happen on the loop
+        while (peers.count < 2 || !peers.allSatisfy(\.ended)) && spins < 2000 { loop.runOnce(); usleep(1000); spins += 1 }
+        #expect(peers.count == 2 && peers.allSatisfy(\.ended), "both peers saw their connection end")
+        #expect(peers.map(\.received).sorted { $0.count < $1.count } == [[], [1, 2, 3]])
+        peers.forEach { $0.connection.close() }
+        listener.close()
+        for _ in 0..<10 { loop.runOnce() }
+        #expect(loop.liveHandles == 0, "neither connection is left open")
+        #expect(loop.shutdown() == 0)
+    }
+
     @Test func hostLookupsResolveOffTheLoopAndReportFailures() {
         let loop = EventLoop()
         var results: [String: ([String], String?)] = [:]
