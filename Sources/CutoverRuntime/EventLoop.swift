@@ -11,6 +11,8 @@ public final class EventLoop {
     let readBufferSize: Int
     /// Objects let go of inside a callback, kept until it has returned (see `retire`).
     private var retired: [AnyObject] = []
+    /// Set by `shutdown`: the retire check is closed, so what is retired after is kept until deinit.
+    private var isShutDown = false
     /// Releases `retired` in the check phase, right after the I/O callbacks of the iteration. Started only
     /// while something is retired, and unreferenced: it never keeps the loop running by itself.
     private let retireCheck: UnsafeMutablePointer<uv_check_t>
@@ -43,12 +45,12 @@ public final class EventLoop {
     /// callbacks may be on the stack (a session ending on a read, a follower dropped from its own answer)
     /// hands it here first; it is freed in this iteration's check phase, when no callback is running.
     public func retire(_ object: AnyObject) {
-        if retired.isEmpty { uv_check_start(retireCheck, onRetireCheck) }
+        if retired.isEmpty && !isShutDown { uv_check_start(retireCheck, onRetireCheck) }
         retired.append(object)
     }
 
     fileprivate func releaseRetired() {
-        uv_check_stop(retireCheck)
+        if !isShutDown { uv_check_stop(retireCheck) }
         var done: [AnyObject] = []
         swap(&done, &retired)
         done.removeAll() // their deinits may retire more: that starts the check again, for the next iteration
@@ -84,6 +86,7 @@ public final class EventLoop {
     @discardableResult
     public func shutdown() -> Int32 {
         releaseRetired()
+        isShutDown = true
         uv_walk(loop, { handle, _ in
             if let handle, uv_is_closing(handle) == 0 { uv_close(handle, closeAnyHandle) }
         }, nil)
