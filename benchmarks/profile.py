@@ -74,20 +74,18 @@ def parse(path, callees):
     pending = None
     with open(path) as f:
         for line in f:
-            if line.startswith(("ob=", "cob=")):
-                m = re.match(r"c?ob=\((\d+)\)(?: (.*))?", line.strip())
+            if line.startswith(("ob=", "cob=", "fn=", "cfn=")):
+                key, value = line.strip().split("=", 1)
+                table = objects if key.endswith("ob") else names   # callee and caller share each table
+                m = re.match(r"\((\d+)\)(?: (.*))?", value)
                 if m.group(2):
-                    objects[m.group(1)] = m.group(2)
-                if line.startswith("ob="):
-                    obj = objects[m.group(1)]
-            elif line.startswith(("fn=", "cfn=")):
-                m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line.strip())
-                if m.group(2):
-                    names[m.group(1)] = m.group(2)
-                if line.startswith("fn="):
-                    fn = names[m.group(1)]
-                else:
-                    cfn = names[m.group(1)]
+                    table[m.group(1)] = m.group(2)
+                if key == "ob":
+                    obj = table[m.group(1)]
+                elif key == "fn":
+                    fn = table[m.group(1)]
+                elif key == "cfn":
+                    cfn = table[m.group(1)]
             elif line.startswith("calls="):
                 pending = int(line.split()[0][6:])
             elif line[:1] in "0123456789+-*":

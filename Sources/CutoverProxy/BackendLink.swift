@@ -28,8 +28,8 @@ final class BackendLink: TCPConnectionDelegate {
     let connection: TCPConnection
     /// The session that owns this link and outlives it. Unretained, and called through `owner { }` without a
     /// retain/release pair: an unowned protocol existential (as this was) is copied strong on every call.
-    private let ownerRef: Unmanaged<ClientSession>
-    @inline(__always) private func owner<R>(_ call: (ClientSession) -> R) -> R { ownerRef._withUnsafeGuaranteedRef(call) }
+    private let ownerRef: Unretained<ClientSession>
+    @inline(__always) private func owner<R>(_ call: (ClientSession) -> R) -> R { ownerRef.call(call) }
     /// What only the login needs, boxed and dropped once logged in: an idle link should cost little memory.
     private final class Login {
         let backend: BackendConfig
@@ -127,7 +127,7 @@ final class BackendLink: TCPConnectionDelegate {
          tls: TLSContext?, saltedPassword: @escaping (String, [UInt8], Int) -> [UInt8]) {
         self.side = side
         backendName = backend.name
-        ownerRef = Unmanaged.passUnretained(owner)
+        ownerRef = Unretained(owner)
         connection = TCPConnection(loop: loop)
         login = Login(backend: backend, address: address, addressFailure: addressFailure, startedAt: loop.now, handshake: BackendHandshake(backend: backend, saltedPassword: saltedPassword), tls: tls)
         scanner = MessageScanner(captured: Self.captured, maxMessageSize: Int(Int32.max))

@@ -464,7 +464,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     func forwardFromClient(_ bytes: UnsafeRawBufferPointer) {
         // Unretained: a link let go of is retired, not freed, while a callback runs (see BackendLink.retire);
         // a strong local would cost a retain/release pair per chunk.
-        guard let leader = leader.map(Unmanaged.passUnretained) else { return }
+        guard let leader = leader.map(Unretained.init) else { return }
         if parkedSince != nil || (route?.isPaused == true && isDrainedAtBoundary) {
             // The route is paused and this session is between transactions: hold the new one back.
             if parkedSince == nil { parkedSince = loop.now }
@@ -502,7 +502,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 client.stopReading()
             }
         } else {
-            leader._withUnsafeGuaranteedRef { $0.send(bytes) }
+            leader.call { $0.send(bytes) }
             if let follower {
                 if batching {
                     // Batched for the follower; its units (registered above) count as sent when it goes.
@@ -518,7 +518,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             }
         }
         if terminated { return end(reason: "client terminated") }
-        if leader._withUnsafeGuaranteedRef({ $0.connection.queuedBytes }) > server.writeHighWater, !clientPaused {
+        if leader.call({ $0.connection.queuedBytes }) > server.writeHighWater, !clientPaused {
             clientPaused = true
             client.stopReading()
         }
@@ -531,7 +531,6 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         var terminated = false
         var flushAt: Int?
         var unitCount = 0
-        init(collecting: Bool, batching: Bool) { self.collecting = collecting; self.batching = batching }
     }
 
     /// The scan in a function of its own, small enough for `scan` to be inlined: inside the large

@@ -54,12 +54,11 @@ public final class TCPConnection: HandleOwner {
     /// Not retained and not weak (a weak load costs a side-table lookup per callback): every owner sets
     /// it to nil in its deinit, and the connection (kept alive by libuv until its close callback) checks it.
     public var delegate: TCPConnectionDelegate? {
-        get { delegateRef?.takeUnretainedValue() }
-        set { delegateRef = newValue.map { Unmanaged.passUnretained($0) } }
+        get { delegateRef?.object }
+        set { delegateRef = newValue.map(Unretained.init) }
     }
-    /// Called through `_withUnsafeGuaranteedRef`: the delegate outlives every call (see above), so no
-    /// retain/release pair is needed around it.
-    private var delegateRef: Unmanaged<TCPConnectionDelegate>?
+    /// The delegate outlives every call (see above), so no retain/release pair is needed around it.
+    private var delegateRef: Unretained<TCPConnectionDelegate>?
     /// Bytes the kernel did not take yet, from `pendingHead` on. Empty (no capacity) when caught up.
     private var pending: [UInt8] = []
     /// Set by the owner when the stream switches to TLS (after the SSLRequest exchange); every later read
@@ -331,11 +330,11 @@ public final class TCPConnection: HandleOwner {
         if e == 0 && status < 0 { e = status }
         if e != 0 {
             if closeWhenFlushed { return close() } // its owner already let it go
-            delegateRef?._withUnsafeGuaranteedRef { $0.connection(self, didConnect: e) }
+            delegateRef?.call { $0.connection(self, didConnect: e) }
             return
         }
         updatePolling()
-        delegateRef?._withUnsafeGuaranteedRef { $0.connection(self, didConnect: nil) }
+        delegateRef?.call { $0.connection(self, didConnect: nil) }
         if !pending.isEmpty && !isClosing { flush() }
     }
 
@@ -346,7 +345,7 @@ public final class TCPConnection: HandleOwner {
         if n > 0 {
             let bytes = UnsafeRawBufferPointer(start: buffer.baseAddress, count: n)
             if let filter { return received(bytes, through: filter) }
-            delegateRef?._withUnsafeGuaranteedRef { $0.connection(self, didRead: bytes) }
+            delegateRef?.call { $0.connection(self, didRead: bytes) }
         } else if n == 0 {
             fail(nil)
         } else {
@@ -366,7 +365,7 @@ public final class TCPConnection: HandleOwner {
             if n > 0 {
                 delivered = true
                 let bytes = UnsafeRawBufferPointer(start: buffer.baseAddress, count: n)
-                if let filter { received(bytes, through: filter) } else { delegateRef?._withUnsafeGuaranteedRef { $0.connection(self, didRead: bytes) } }
+                if let filter { received(bytes, through: filter) } else { delegateRef?.call { $0.connection(self, didRead: bytes) } }
                 if n < buffer.count { break } // drained (a fuller buffer may have more behind it)
                 continue
             }
@@ -390,7 +389,7 @@ public final class TCPConnection: HandleOwner {
     @inline(never)
     private func received(_ bytes: UnsafeRawBufferPointer, through filter: StreamFilter) {
         let outcome = filter.received(bytes, deliver: { decoded in
-            if !isClosing { delegateRef?._withUnsafeGuaranteedRef { $0.connection(self, didRead: decoded) } }
+            if !isClosing { delegateRef?.call { $0.connection(self, didRead: decoded) } }
         }, send: { _ = writeToSocket($0) })
         switch outcome {
         case .open: break
@@ -417,7 +416,7 @@ public final class TCPConnection: HandleOwner {
         }
         if closeWhenFlushed { return shutdownAndClose() }
         updatePolling()
-        delegateRef?._withUnsafeGuaranteedRef { $0.connectionDidDrain(self) }
+        delegateRef?.call { $0.connectionDidDrain(self) }
     }
 
     private func shutdownAndClose() {
