@@ -10,7 +10,9 @@ import CutoverNative
 /// DNS switch) must not wait for the refresh interval. Lookups of one name are at most one at a time and
 /// one per `retryMs`. A failed lookup keeps the addresses known before (a DNS outage does not take down
 /// backends whose addresses still work). A name with several addresses is used round robin, and an address
-/// that refused a connection is passed over for `failureMemoryMs` while another is left.
+/// that refused a connection is passed over for `failureMemoryMs` while another is left. Each choice also
+/// lists the name's other addresses, for the connection to try in turn if its first one fails (as libpq
+/// tries every address of a host).
 public struct BackendAddresses: Sendable {
     public struct Entry: Sendable, Equatable {
         public let host: String
@@ -39,10 +41,20 @@ public struct BackendAddresses: Sendable {
 
     /// What a connection should do: connect to `address` (nil: the name has no known address, say why with
     /// `failure`), and whether the caller must start a lookup of the name now (it was marked in flight).
+    /// `fallbacks` are the name's other addresses, to try in this order if `address` fails: the rotation's
+    /// next ones first, those that refused a connection lately last.
     public struct Choice: Equatable, Sendable {
         public var address: String?
         public var failure: String?
         public var startLookup: Bool
+        public var fallbacks: [String]
+
+        public init(address: String?, failure: String?, startLookup: Bool, fallbacks: [String] = []) {
+            self.address = address
+            self.failure = failure
+            self.startLookup = startLookup
+            self.fallbacks = fallbacks
+        }
     }
 
     public private(set) var entries: [String: Entry] = [:]
@@ -94,15 +106,12 @@ public struct BackendAddresses: Sendable {
         }
         // Round robin, passing over addresses that refused a connection lately while another is left.
         let n = e.addresses.count
-        var pick = e.next % n
-        for step in 0..<n {
-            let candidate = (e.next + step) % n
-            if let at = e.failedAt[e.addresses[candidate]], now &- at < failureMemoryMs { continue }
-            pick = candidate
-            break
-        }
-        e.next = (pick + 1) % n
-        return Choice(address: e.addresses[pick], failure: nil, startLookup: startLookup)
+        let rotation = (0..<n).map { e.addresses[(e.next + $0) % n] }
+        let failedAt = e.failedAt, memory = failureMemoryMs
+        let failedLately = { (address: String) in failedAt[address].map { now &- $0 < memory } ?? false }
+        let order = rotation.filter { !failedLately($0) } + rotation.filter(failedLately)
+        e.next = (e.addresses.firstIndex(of: order[0])! + 1) % n
+        return Choice(address: order[0], failure: nil, startLookup: startLookup, fallbacks: Array(order.dropFirst()))
     }
 
     /// A lookup of `name` started for `host` ended with `addresses` (empty: it failed, `failure` says why).

@@ -17,6 +17,8 @@ protocol BackendLinkOwner: AnyObject {
     func backendParameterChanged(_ link: BackendLink, name: String, value: String)
     /// The TCP connect to `address` (what the backend's host resolved to) succeeded or failed.
     func backendConnectOutcome(_ link: BackendLink, address: String, succeeded: Bool)
+    /// The connect to `failed` did not succeed (`reason`); the link is trying `next`, the host's next address.
+    func backendFallingBack(_ link: BackendLink, failed: String, reason: String, next: String)
 }
 
 /// A session's connection to one backend (the leader now; a follower uses the same type).
@@ -25,7 +27,8 @@ final class BackendLink: TCPConnectionDelegate {
 
     /// The backend's name, for logs and the admin console (its whole config is needed only to log in).
     let backendName: String
-    let connection: TCPConnection
+    /// Replaced only while connecting, when the login falls back to the backend's next address.
+    private(set) var connection: TCPConnection
     /// The session that owns this link and outlives it. Unretained, and called through `owner { }` without a
     /// retain/release pair: an unowned protocol existential (as this was) is copied strong on every call.
     private let ownerRef: Unretained<ClientSession>
@@ -33,10 +36,16 @@ final class BackendLink: TCPConnectionDelegate {
     /// What only the login needs, boxed and dropped once logged in: an idle link should cost little memory.
     private final class Login {
         let backend: BackendConfig
-        /// What the backend's host resolved to; nil when it could not be resolved (`addressFailure` says why).
-        let address: String?
+        /// What the backend's host resolved to, in the order to try them (empty when it could not be
+        /// resolved: `addressFailure` says why); `attempt` is the one connected or being connected to.
+        let addresses: [String]
+        var attempt = 0
+        var address: String? { attempt < addresses.count ? addresses[attempt] : nil }
+        /// The addresses tried before the current one, and why each failed (named in the final error).
+        var failures: [String] = []
         let addressFailure: String?
-        let startedAt: UInt64
+        /// When the current address's connect started: `connect_timeout` applies to each address, as in libpq.
+        var startedAt: UInt64
         var handshake: BackendHandshake
         var framer = MessageFramer(maxMessageSize: 1 << 30) // a backend row can be large; this only guards corruption
         var startup: [UInt8] = []
@@ -47,9 +56,9 @@ final class BackendLink: TCPConnectionDelegate {
         /// The backend's TLS context (nil: `tls = "disable"`), and whether its one-byte SSL answer is awaited.
         let tls: TLSContext?
         var awaitingTLSAnswer = false
-        init(backend: BackendConfig, address: String?, addressFailure: String?, startedAt: UInt64, handshake: BackendHandshake, tls: TLSContext?) {
+        init(backend: BackendConfig, addresses: [String], addressFailure: String?, startedAt: UInt64, handshake: BackendHandshake, tls: TLSContext?) {
             self.backend = backend
-            self.address = address
+            self.addresses = addresses
             self.addressFailure = addressFailure
             self.startedAt = startedAt
             self.handshake = handshake
@@ -122,14 +131,15 @@ final class BackendLink: TCPConnectionDelegate {
     static let capturedDigesting = MessageScanner.IDSet(DigestBuilder.capturedIDs + [BackendMessageID.copyInResponse.rawValue,
                                                                                      BackendMessageID.parameterStatus.rawValue])
 
-    /// `address`: where to connect, resolved from the backend's host (nil: it could not be, `addressFailure` says why).
-    init(loop: EventLoop, backend: BackendConfig, address: String?, addressFailure: String? = nil, side: Side?, owner: ClientSession,
+    /// `addresses`: where to connect, resolved from the backend's host, in the order to try them (empty: it
+    /// could not be resolved, `addressFailure` says why).
+    init(loop: EventLoop, backend: BackendConfig, addresses: [String], addressFailure: String? = nil, side: Side?, owner: ClientSession,
          tls: TLSContext?, saltedPassword: @escaping (String, [UInt8], Int) -> [UInt8]) {
         self.side = side
         backendName = backend.name
         ownerRef = Unretained(owner)
         connection = TCPConnection(loop: loop)
-        login = Login(backend: backend, address: address, addressFailure: addressFailure, startedAt: loop.now, handshake: BackendHandshake(backend: backend, saltedPassword: saltedPassword), tls: tls)
+        login = Login(backend: backend, addresses: addresses, addressFailure: addressFailure, startedAt: loop.now, handshake: BackendHandshake(backend: backend, saltedPassword: saltedPassword), tls: tls)
         scanner = MessageScanner(captured: Self.captured, maxMessageSize: Int(Int32.max))
         super.init()
         connection.delegate = self
@@ -176,14 +186,40 @@ final class BackendLink: TCPConnectionDelegate {
     func connect(nowNs: UInt64) {
         guard state == .connecting, let login, login.admittedAt == nil else { return }
         login.admittedAt = nowNs
-        guard let address = login.address else {
+        guard login.address != nil else {
             return failSoon(unavailable("could not resolve host name \"\(login.backend.host)\": \(login.addressFailure ?? "no address")"))
         }
+        connectToCurrentAddress(login)
+    }
+
+    private func connectToCurrentAddress(_ login: Login) {
+        guard let address = login.address else { return }
         if let rc = login.backend.isUnixSocket ? connection.connect(unixPath: login.backend.socketPath)
                                                : connection.connect(host: address, port: login.backend.port) {
             owner { $0.backendConnectOutcome(self, address: address, succeeded: false) }
-            failSoon(unavailable(uvErrorName(rc)))
+            if !fallBack(uvErrorName(rc)) { failSoon(unavailable(uvErrorName(rc))) }
         }
+    }
+
+    /// The TCP connect to the current address failed (`reason`): tries the backend's next address, on a new
+    /// socket, and returns true; false when none is left (the caller fails the login). A host name with
+    /// several addresses (IPv4 and IPv6, or a DNS name over replicas) then fails a login only when every
+    /// address does.
+    @discardableResult
+    func fallBack(_ reason: String) -> Bool {
+        guard state == .connecting, let login, let failed = login.address, login.attempt + 1 < login.addresses.count else { return false }
+        login.failures.append("\(failed): \(reason)")
+        login.attempt += 1
+        let loop = connection.eventLoop
+        login.startedAt = loop.now
+        // The old socket may be in its own callback now: it stops calling this link, and closes.
+        connection.delegate = nil
+        connection.close()
+        connection = TCPConnection(loop: loop)
+        connection.delegate = self
+        owner { $0.backendFallingBack(self, failed: failed, reason: reason, next: login.address ?? "") }
+        connectToCurrentAddress(login)
+        return true
     }
 
     /// Fails from the loop, not from inside `connect`: the session may not have stored this link yet.
@@ -200,7 +236,10 @@ final class BackendLink: TCPConnectionDelegate {
     override func connection(_ c: TCPConnection, didConnect error: Int32?) {
         guard state == .connecting, let login else { return }
         if let address = login.address { owner { $0.backendConnectOutcome(self, address: address, succeeded: error == nil) } }
-        if let error { return fail(unavailable(uvErrorName(error))) }
+        if let error {
+            if fallBack(uvErrorName(error)) { return }
+            return fail(unavailable(uvErrorName(error)))
+        }
         state = .loggingIn
         connection.startReading()
         if login.backend.tls != .disable && !login.backend.isUnixSocket { // libpq, too, never asks for TLS on a Unix socket
@@ -391,12 +430,15 @@ final class BackendLink: TCPConnectionDelegate {
         }
     }
 
-    /// When the connect started; nil once logged in (the connect timeout applies only until then).
+    /// When the connect to the current address started; nil once logged in (the connect timeout applies only until then).
     var connectStartedAt: UInt64? { login?.startedAt }
 
-    /// Connecting or logging in failed (the login state names the backend's address).
+    /// Connecting or logging in failed (the login state names the backend's address, and those tried before it).
     func unavailable(_ reason: String) -> ErrorFields {
-        if let login { return ProxyError.backendUnavailable(login.backend, reason, address: login.address) }
+        if let login {
+            let earlier = login.failures.isEmpty ? "" : "; tried before: \(login.failures.joined(separator: "; "))"
+            return ProxyError.backendUnavailable(login.backend, reason + earlier, address: login.address)
+        }
         return ProxyError.fatal("08006", "cannot connect to backend \"\(backendName)\": \(reason)")
     }
 

@@ -279,7 +279,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// A follower's connect waits for the server's login gate (a flip gives every session one at once).
     func openLink(to backend: BackendConfig, side: Side?, database: String, searchPath: String?, isFollower: Bool = false) -> BackendLink {
         let target = server.address(of: backend)
-        let link = BackendLink(loop: server.loop, backend: backend, address: target.address, addressFailure: target.failure, side: side,
+        let link = BackendLink(loop: server.loop, backend: backend, addresses: target.addresses, addressFailure: target.failure, side: side,
                                owner: self, tls: server.backendTLS[backend.name], saltedPassword: server.saltedPassword)
         let packet = BackendHandshake(backend: backend).startupPacket(client: startup, database: database, searchPath: searchPath)
         if isFollower {
@@ -444,6 +444,11 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
 
     func backendConnectOutcome(_ link: BackendLink, address: String, succeeded: Bool) {
         server.backendConnectOutcome(link.backendName, address: address, succeeded: succeeded)
+    }
+
+    func backendFallingBack(_ link: BackendLink, failed: String, reason: String, next: String) {
+        logger.warning("backend address failed, trying the next", metadata: [
+            "backend": "\(link.backendName)", "address": "\(failed)", "error": "\(reason)", "next": "\(next)"])
     }
 
     func backendParameterChanged(_ link: BackendLink, name: String, value: String) {

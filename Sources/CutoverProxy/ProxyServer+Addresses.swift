@@ -20,12 +20,12 @@ extension ProxyServer {
         for name in addressBook.configure(newConfig.backends.mapValues(\.host), now: loop.now) { startLookup(name) }
     }
 
-    /// Where a new connection to `backend` goes, or why it cannot; starts a background lookup when one is due
-    /// (the connection meanwhile uses the addresses known now).
-    func address(of backend: BackendConfig) -> (address: String?, failure: String?) {
+    /// Where a new connection to `backend` goes (its addresses in the order to try them), or why it cannot;
+    /// starts a background lookup when one is due (the connection meanwhile uses the addresses known now).
+    func address(of backend: BackendConfig) -> (addresses: [String], failure: String?) {
         let choice = addressBook.choose(backend.name, now: loop.now)
         if choice.startLookup { startLookup(backend.name) }
-        return (choice.address, choice.failure)
+        return (choice.address.map { [$0] + choice.fallbacks } ?? [], choice.failure)
     }
 
     /// A connection's TCP connect ended: a failure passes that address over for a while and has the name

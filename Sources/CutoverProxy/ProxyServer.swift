@@ -530,9 +530,14 @@ public final class ProxyServer {
                 session.failClient(ProxyError.fatal("08006", "authentication timed out after \(Int(s.authTimeout)) s"))
             case .connecting where s.connectTimeout > 0 && now - (session.leader?.connectStartedAt ?? now) > UInt64(s.connectTimeout * 1000):
                 if let leader = session.leader {
-                    // A connect that never completes (a host gone after a failover) counts against that address.
-                    if let address = leader.connectingTo { backendConnectOutcome(leader.backendName, address: address, succeeded: false) }
-                    session.failClient(leader.unavailable("timed out after \(s.connectTimeout) s"))
+                    // A connect that never completes (a host gone after a failover) counts against that address,
+                    // and the host's next address, if any, gets a connect_timeout of its own (as in libpq).
+                    let reason = "timed out after \(s.connectTimeout) s"
+                    if let address = leader.connectingTo {
+                        backendConnectOutcome(leader.backendName, address: address, succeeded: false)
+                        if leader.fallBack(reason) { continue }
+                    }
+                    session.failClient(leader.unavailable(reason))
                 }
             case .draining:
                 session.checkFollowerTimeout(nowMs: now, nowNs: nowNs)

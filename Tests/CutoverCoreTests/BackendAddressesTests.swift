@@ -95,6 +95,18 @@ import Testing
         #expect(book.choose("db", now: 200 + 10_000).address == "10.0.0.2")
     }
 
+    @Test func eachChoiceListsTheOtherAddressesToFallBackOnRefusedOnesLast() {
+        var book = resolved(["10.0.0.1", "10.0.0.2", "10.0.0.3"])
+        #expect(book.choose("db", now: 100) == .init(address: "10.0.0.1", failure: nil, startLookup: false, fallbacks: ["10.0.0.2", "10.0.0.3"]))
+        #expect(book.choose("db", now: 100).fallbacks == ["10.0.0.3", "10.0.0.1"], "the rotation's order, from the pick on")
+        book.connectFailed("db", address: "10.0.0.1", now: 200)
+        let next = book.choose("db", now: 300)
+        #expect(next.address == "10.0.0.3" && next.fallbacks == ["10.0.0.2", "10.0.0.1"],
+                "an address that refused lately is tried last, not left out: \(next)")
+        var single = resolved(["10.0.0.5"])
+        #expect(single.choose("db", now: 100).fallbacks.isEmpty)
+    }
+
     @Test func whenEveryAddressRefusedTheRotationGoesOn() {
         var book = resolved(["10.0.0.1", "10.0.0.2"])
         book.connectFailed("db", address: "10.0.0.1", now: 100)

@@ -118,4 +118,66 @@ import Testing
         #expect(text.contains("addresses=127.0.0.1") && text.contains("previous=127.0.0.2"), "the move is logged with both addresses")
         #expect(attempts <= 10, "followed within a few seconds of the switch, not at a refresh interval (\(attempts) attempts)")
     }
+
+    /// A proxy whose legacy backend is the host name `name`, resolved through a private hosts file with
+    /// `addresses` (in that order: glibc keeps it for addresses of one scope).
+    func proxyOnName(_ test: String, _ name: String, _ addresses: [String], server: String = "") throws -> (Process, Int, String) {
+        let hosts = "\(f.directory)/\(test)-hosts"
+        try addresses.map { "\($0) \(name)\n" }.joined().write(toFile: hosts, atomically: false, encoding: .utf8)
+        let (p, port, _) = try f.ownProxy(test, server: server, legacyHost: name, hostsFile: hosts)
+        return (p, port, "\(f.directory)/\(test).log")
+    }
+
+    @Test(.enabled(if: BackendAddressTests.canOverrideHosts, "needs root and mount namespaces for a private /etc/hosts"))
+    func aLoginFallsBackToTheNamesNextAddressWhenOneRefuses() throws {
+        // 127.0.0.2 refuses (the cluster listens on 127.0.0.1 only): a replica gone, or an IPv6 address the
+        // server does not listen on. Round robin sends every other login there first.
+        let (p, port, log) = try proxyOnName("dns-fallback", "multi-db.test", ["127.0.0.1", "127.0.0.2"])
+        defer { stopBackgroundProcess(p) }
+        var served = 0
+        for attempt in 0..<4 {
+            do {
+                let c = try PQConnection(f.conninfo(port))
+                if try c.scalar("SELECT count(*) > 0 FROM candidates") == "t" { served += 1 }
+            } catch {
+                Issue.record("login \(attempt) failed: \(error)")
+            }
+        }
+        #expect(served == 4, "every login is served while one address works")
+        #expect(waitForLog(log, "backend address failed, trying the next", timeout: 2))
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(text.contains("address=127.0.0.2") && text.contains("next=127.0.0.1"), "the fallback is logged with both addresses")
+    }
+
+    @Test(.enabled(if: BackendAddressTests.canOverrideHosts, "needs root and mount namespaces for a private /etc/hosts"))
+    func aLoginThatFindsNoAddressAnsweringNamesEveryAddressTried() throws {
+        let (p, port, _) = try proxyOnName("dns-all-refuse", "dead-db.test", ["127.0.0.2", "127.0.0.3"])
+        defer { stopBackgroundProcess(p) }
+        let error = loginError(f.conninfo(port))
+        let message = error?.message ?? ""
+        #expect(message.contains("cannot connect to backend \"legacy\" at dead-db.test:\(f.legacy.port)")
+                && message.contains("127.0.0.2") && message.contains("127.0.0.3") && message.contains("tried before"),
+                "the error names both addresses: \(message)")
+    }
+
+    @Test(.enabled(if: BackendAddressTests.canOverrideHosts, "needs root and mount namespaces for a private /etc/hosts"))
+    func anAddressThatNeverAnswersGetsConnectTimeoutThenTheNextIsTried() throws {
+        // 192.0.2.99 (TEST-NET-1) drops the SYN: a host gone after a failover. connect_timeout = 1.
+        let (p, port, log) = try proxyOnName("dns-blackhole", "slow-db.test", ["127.0.0.1", "192.0.2.99"], server: "connect_timeout = 1")
+        defer { stopBackgroundProcess(p) }
+        var slowest = 0.0
+        for attempt in 0..<2 {
+            let started = Date()
+            do {
+                let c = try PQConnection(f.conninfo(port))
+                #expect(try c.scalar("SELECT 1") == "1")
+            } catch {
+                Issue.record("login \(attempt) failed: \(error)")
+            }
+            slowest = max(slowest, Date().timeIntervalSince(started))
+        }
+        #expect(slowest >= 0.9 && slowest < 5, "one login waited its connect_timeout on the silent address, then was served (\(slowest) s)")
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(text.contains("address=192.0.2.99") && text.contains("timed out after 1.0 s"), "the timeout and the fallback are logged")
+    }
 }
