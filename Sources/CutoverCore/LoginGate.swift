@@ -6,12 +6,16 @@
 public struct LoginGate<Ticket> {
     public private(set) var limit: Int
     public private(set) var inFlight = 0
-    private var waiting: [Ticket] = []
+    /// Tickets waiting from `head` on. A slot is cleared when its ticket is admitted: the gate must not keep
+    /// an admitted ticket (a backend link, and through it its session's buffers) alive until the queue empties.
+    private var waiting: [Ticket?] = []
     private var head = 0
 
     public init(limit: Int) { self.limit = max(1, limit) }
 
     public var waitingCount: Int { waiting.count - head }
+    /// Slots the queue holds, cleared ones included (tests check that it does not grow).
+    var storedSlots: Int { waiting.count }
 
     /// True: start it now (it counts as in flight). False: it waits its turn.
     public mutating func request(_ ticket: Ticket) -> Bool {
@@ -27,9 +31,7 @@ public struct LoginGate<Ticket> {
     public mutating func finished() -> Ticket? {
         inFlight = max(0, inFlight - 1)
         guard waitingCount > 0, inFlight < limit else { return nil } // (a lowered limit: in flight may exceed it)
-        let next = waiting[head]
-        head += 1
-        if head == waiting.count { waiting.removeAll(keepingCapacity: false); head = 0 }
+        let next = takeHead()
         inFlight += 1
         return next
     }
@@ -40,19 +42,33 @@ public struct LoginGate<Ticket> {
         limit = max(1, newLimit)
         var admitted: [Ticket] = []
         while inFlight < limit, waitingCount > 0 {
-            admitted.append(waiting[head])
-            head += 1
+            admitted.append(takeHead())
             inFlight += 1
         }
-        if head == waiting.count { waiting.removeAll(keepingCapacity: false); head = 0 }
         return admitted
     }
 
     /// Removes a waiting ticket (its session ended first); false if it was not waiting.
     public mutating func withdraw(where matches: (Ticket) -> Bool) -> Bool {
-        guard let i = waiting[head...].firstIndex(where: matches) else { return false }
+        guard let i = waiting[head...].firstIndex(where: { $0.map(matches) ?? false }) else { return false }
         waiting.remove(at: i)
-        if head == waiting.count { waiting.removeAll(keepingCapacity: false); head = 0 }
+        compact()
         return true
+    }
+
+    /// The first waiting ticket, its slot cleared.
+    private mutating func takeHead() -> Ticket {
+        let ticket = waiting[head]!
+        waiting[head] = nil
+        head += 1
+        compact()
+        return ticket
+    }
+
+    /// Drops the cleared slots once they are half the array (or all of it), so a queue that never empties
+    /// (a steady trickle of follower logins) does not grow.
+    private mutating func compact() {
+        if head == waiting.count { waiting.removeAll(keepingCapacity: false); head = 0 }
+        else if head >= 32 && head * 2 >= waiting.count { waiting.removeFirst(head); head = 0 }
     }
 }

@@ -47,4 +47,39 @@ import Testing
         #expect(next == [nil, nil, 4], "the fourth waits until in-flight drops under the new limit")
         #expect(g.setLimit(0).isEmpty && g.limit == 1)
     }
+
+    final class Ticket: Equatable {
+        let n: Int
+        init(_ n: Int) { self.n = n }
+        static func == (a: Ticket, b: Ticket) -> Bool { a.n == b.n }
+    }
+
+    @Test func anAdmittedTicketIsNotKeptWhileOthersStillWait() {
+        var g = LoginGate<Ticket>(limit: 1)
+        weak var admittedLater: Ticket?
+        do {
+            let first = Ticket(1), second = Ticket(2)
+            admittedLater = second
+            _ = g.request(first)
+            _ = g.request(second)
+            _ = g.request(Ticket(3))
+            #expect(g.finished() == second)
+        }
+        #expect(admittedLater == nil, "ticket 2 was admitted and let go of by its owner: the gate holds it no longer")
+        #expect(g.waitingCount == 1 && g.finished()?.n == 3)
+    }
+
+    @Test func aQueueThatNeverEmptiesStaysSmall() {
+        // A steady trickle: one finishes, one arrives, with always about 100 waiting.
+        var g = LoginGate<Int>(limit: 1)
+        for i in 0..<100 { _ = g.request(i) }
+        var order: [Int] = []
+        for i in 100..<10_000 {
+            _ = g.request(i)
+            if let next = g.finished() { order.append(next) }
+        }
+        #expect(order == Array(1..<9_901), "first come, first served throughout")
+        #expect(g.waitingCount == 99, "ticket 0 went straight in")
+        #expect(g.storedSlots <= 2 * 100 + 32, "cleared slots are dropped as it goes: \(g.storedSlots) stored")
+    }
 }
