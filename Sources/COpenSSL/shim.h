@@ -41,3 +41,32 @@ static inline int cutover_ssl_alpn_is_postgresql(const SSL *ssl) {
     SSL_get0_alpn_selected(ssl, &p, &n);
     return n == 10 && memcmp(p, "postgresql", 10) == 0;
 }
+
+/* Client certificates (auth = "cert"): ask every TLS client for one, checked against the CA file; a client
+   that sends none still connects (only cert users need one), one that sends an untrusted one fails the
+   handshake, as PostgreSQL does with ssl_ca_file set. The session id context lets OpenSSL resume sessions
+   of a context that verifies peers. */
+static inline void cutover_ssl_ctx_request_client_certificates(SSL_CTX *ctx, STACK_OF(X509_NAME) *names) {
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_CLIENT_ONCE, NULL);
+    if (names) SSL_CTX_set_client_CA_list(ctx, names);
+    static const unsigned char sid[] = "cutover";
+    SSL_CTX_set_session_id_context(ctx, sid, sizeof sid - 1);
+}
+/* The verified peer certificate's subject CN as UTF-8 into `out` (NUL-terminated): its length, or -1 when
+   there is no verified certificate, no CN, more than one, or one with an embedded NUL (refused, as
+   PostgreSQL refuses them: "a\0b" must not pass for "a"). */
+static inline int cutover_ssl_peer_common_name(const SSL *ssl, char *out, int size) {
+    X509 *cert = SSL_get0_peer_certificate(ssl);
+    if (!cert || SSL_get_verify_result(ssl) != X509_V_OK) return -1;
+    X509_NAME *subject = X509_get_subject_name(cert);
+    int i = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+    if (i < 0 || X509_NAME_get_index_by_NID(subject, NID_commonName, i) >= 0) return -1;
+    unsigned char *utf8 = NULL;
+    int n = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, i)));
+    if (n < 0) return -1;
+    if (n >= size || memchr(utf8, 0, (size_t)n)) { OPENSSL_free(utf8); return -1; }
+    memcpy(out, utf8, (size_t)n);
+    out[n] = 0;
+    OPENSSL_free(utf8);
+    return n;
+}

@@ -41,6 +41,9 @@ public struct ClientHandshake {
     /// Set by the session once TLS has started: our certificate's `tls-server-end-point` hash, so
     /// SCRAM-SHA-256-PLUS is offered (channel binding) as well as SCRAM-SHA-256.
     public var channelBinding: [UInt8]?
+    /// Set by the session once TLS is established: the client certificate's common name, when the client
+    /// sent one that verified against `client_tls_ca_file` (what a `cert` user is authenticated by).
+    public var clientCertificateName: String?
 
     /// `phaseOf` gives a route's current (run-time) phase; the config's phase is only its initial value.
     /// The client came through the Unix-domain socket: as PostgreSQL does, TLS is neither offered nor required.
@@ -107,6 +110,17 @@ public struct ClientHandshake {
         let user = config.users[userName]
         switch user?.auth ?? .scramSHA256 {
         case .trust:
+            return authenticated(userName)
+        case .cert:
+            // As PostgreSQL's cert method: the certificate is the proof, its CN must be the user name.
+            guard tlsStarted, let name = clientCertificateName else {
+                return fail(ProxyError.fatal("28000", "connection requires a valid client certificate",
+                                             hint: "Connect over TLS with sslcert and sslkey: a certificate issued by a CA in client_tls_ca_file."))
+            }
+            guard name == userName else {
+                return fail(ProxyError.fatal("28000", "certificate authentication failed for user \"\(userName)\"",
+                                             detail: "The certificate's common name \"\(name)\" is not the user name."))
+            }
             return authenticated(userName)
         case .md5:
             let salt = Crypto.randomBytes(4)

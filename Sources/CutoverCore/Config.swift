@@ -67,6 +67,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var clientTLS = ClientTLSMode.disable
     public var clientTLSCertificateFile: String? = nil
     public var clientTLSKeyFile: String? = nil
+    /// CA certificates client certificates must chain to (`auth = "cert"` users need one); nil: none asked for.
+    public var clientTLSCAFile: String? = nil
     public init() {}
 }
 
@@ -97,7 +99,9 @@ public enum ClientTLSMode: String, Sendable, Equatable {
 }
 
 /// How a user proves who they are to the proxy.
-public enum AuthMethod: String, Sendable, Equatable { case scramSHA256 = "scram-sha-256", md5, trust }
+/// `cert`: a TLS client certificate that verifies against `[server] client_tls_ca_file` and whose subject
+/// common name is the user name (PostgreSQL's `cert` method); no password.
+public enum AuthMethod: String, Sendable, Equatable { case scramSHA256 = "scram-sha-256", md5, trust, cert }
 
 public struct UserConfig: Sendable, Equatable {
     public var name: String

@@ -100,6 +100,9 @@ private struct Parser {
                     guard let t = v.table else { problem("users[\(i)]", "must be a table"); continue }
                     if let user = user(t, "users[\(i)]") {
                         if c.users[user.name] != nil { problem("users[\(i)].name", "duplicate user \(user.name)") }
+                        if user.auth == .cert && (c.server.clientTLSCAFile == nil || c.server.clientTLS == .disable) {
+                            problem("users[\(i)].auth", "cert needs client TLS and [server] client_tls_ca_file (the CAs client certificates must chain to)")
+                        }
                         c.users[user.name] = user
                     }
                 }
@@ -139,7 +142,7 @@ private struct Parser {
                                          "client_idle_timeout", "shutdown_timeout", "write_high_water", "admin_database", "state_file",
                                          "divergence_log", "log_literals", "divergence_memory", "mirror_queue_bytes",
                                          "mirror_queue_statements", "follower_timeout", "flip_timeout", "metrics_listen",
-                                         "follower_logins", "divergence_log_limit", "client_tls", "client_tls_cert_file", "client_tls_key_file",
+                                         "follower_logins", "divergence_log_limit", "client_tls", "client_tls_cert_file", "client_tls_key_file", "client_tls_ca_file",
                                          "dns_refresh", "unix_socket_dir"])
         if let (host, port) = hostPort(t, "listen") { s.listenHost = host; s.listenPort = port }
         if let (host, port) = hostPort(t, "metrics_listen") { s.metricsHost = host; s.metricsPort = port }
@@ -181,6 +184,7 @@ private struct Parser {
     mutating func clientTLS(_ t: TOMLTable, into s: inout ServerConfig) {
         s.clientTLSCertificateFile = string(t, "client_tls_cert_file", "server").map(absolute)
         s.clientTLSKeyFile = string(t, "client_tls_key_file", "server").map(absolute)
+        s.clientTLSCAFile = string(t, "client_tls_ca_file", "server").map(absolute)
         if let m = string(t, "client_tls", "server") {
             if let v = ClientTLSMode(rawValue: m) { s.clientTLS = v } else { problem("server.client_tls", "must be disable, allow or require") }
         } else if s.clientTLSCertificateFile != nil && s.clientTLSKeyFile != nil {
@@ -192,6 +196,11 @@ private struct Parser {
         }
         do { _ = try TLSContext(certificateFile: certificate, keyFile: key) } catch {
             problem("server.client_tls_cert_file", "\(error)")
+        }
+        if let ca = s.clientTLSCAFile {
+            do { _ = try TLSContext(certificateFile: certificate, keyFile: key, clientCAFile: ca) } catch {
+                problem("server.client_tls_ca_file", "\(error)")
+            }
         }
     }
 
@@ -213,7 +222,7 @@ private struct Parser {
         guard let name = string(t, "name", path, required: true) else { return nil }
         var auth = AuthMethod.scramSHA256
         if let a = string(t, "auth", path) {
-            if let m = AuthMethod(rawValue: a) { auth = m } else { problem("\(path).auth", "must be scram-sha-256, md5 or trust") }
+            if let m = AuthMethod(rawValue: a) { auth = m } else { problem("\(path).auth", "must be scram-sha-256, md5, cert or trust") }
         }
         let password = secret(t, path)
         var verifier: SCRAMVerifier?
@@ -222,8 +231,8 @@ private struct Parser {
             if verifier == nil { problem("\(path).scram", "not a SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey> verifier") }
         }
         let sourceGiven = ["password", "password_env", "password_file", "scram"].contains { t[$0] != nil }
-        if auth != .trust && !sourceGiven {
-            problem(path, "needs password, password_env, password_file or scram (or auth = \"trust\")")
+        if auth != .trust && auth != .cert && !sourceGiven {
+            problem(path, "needs password, password_env, password_file or scram (or auth = \"cert\" or \"trust\")")
         }
         let plaintextGiven = ["password", "password_env", "password_file"].contains { t[$0] != nil }
         if auth == .md5 && sourceGiven && !plaintextGiven { problem(path, "md5 authentication needs a plaintext password source") }

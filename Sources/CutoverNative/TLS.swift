@@ -31,7 +31,10 @@ public final class TLSContext: @unchecked Sendable {
     public private(set) var serverEndPoint: [UInt8]?
 
     /// A server context from PEM files: the certificate file may hold the chain after the certificate.
-    public init(certificateFile: String, keyFile: String) throws {
+    /// With `clientCAFile`, clients are asked for a certificate chaining to those CAs (see
+    /// `TLSStream.verifiedPeerCommonName`): one that sends none still connects, one whose certificate does
+    /// not verify fails the handshake.
+    public init(certificateFile: String, keyFile: String, clientCAFile: String? = nil) throws {
         ERR_clear_error()
         guard let c = SSL_CTX_new(TLS_server_method()) else { throw TLSError.fromQueue("cannot create a TLS context") }
         context = c
@@ -48,6 +51,13 @@ public final class TLSContext: @unchecked Sendable {
         }
         serverEndPoint = Self.endPoint(of: SSL_CTX_get0_certificate(c))
         cutover_ssl_ctx_offer_postgresql_alpn(c)
+        if let clientCAFile {
+            guard SSL_CTX_load_verify_locations(c, clientCAFile, nil) == 1 else {
+                throw TLSError.fromQueue("cannot load the client CA certificates \(clientCAFile)")
+            }
+            // The CertificateRequest names these CAs, so a client with several certificates picks the right one.
+            cutover_ssl_ctx_request_client_certificates(c, SSL_load_client_CA_file(clientCAFile))
+        }
     }
 
     /// RFC 5929 `tls-server-end-point`: the certificate hashed with its signature's hash function, SHA-256
@@ -153,6 +163,16 @@ public final class TLSStream {
     /// The server's channel binding data as a client sees it (its certificate's `tls-server-end-point` hash),
     /// once established.
     public var peerEndPoint: [UInt8]? { isEstablished ? TLSContext.endPoint(of: SSL_get0_peer_certificate(ssl)) : nil }
+
+    /// On a server, the client certificate's subject common name, once the handshake is done and only if
+    /// the certificate verified against the context's client CAs; nil without one (or with a CN that is
+    /// missing, repeated, or holds a NUL byte).
+    public var verifiedPeerCommonName: String? {
+        guard isEstablished else { return nil }
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard cutover_ssl_peer_common_name(ssl, &buffer, Int32(buffer.count)) >= 0 else { return nil }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
 
     /// Starts a client's handshake (its ClientHello is then in the output).
     public func start() throws {

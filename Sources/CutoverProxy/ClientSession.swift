@@ -152,6 +152,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 guard let handshake else { return }
                 let action: ClientHandshake.Action
                 if frame.id == nil {
+                    if let tls = client.filter as? TLSFilter { handshake.value.clientCertificateName = tls.stream.verifiedPeerCommonName }
                     action = handshake.value.startupPacketReceived(frame.body)
                 } else if frame.id == FrontendMessageID.password.rawValue {
                     action = handshake.value.passwordMessageReceived(frame.body)

@@ -102,6 +102,25 @@ backend = "legacy"
         #expect(missing["server.client_tls_cert_file"]?.contains("none.crt") == true, "check-config names the file it cannot load")
     }
 
+    @Test func certUsersNeedClientTLSWithACAFileThatLoads() throws {
+        let cert = try SelfSignedCertificate()
+        defer { cert.remove() }
+        let files = "client_tls_cert_file = \"\(cert.certificate)\"\nclient_tls_key_file = \"\(cert.key)\""
+        let certUser = "[[users]]\nname = \"svc\"\nauth = \"cert\"\n"
+        func parse(_ server: String) throws -> CutoverConfig { try ConfigLoader.parse("[server]\n\(server)\n\(certUser)", environment: [:]) }
+        func problems(_ server: String) -> [String: String] {
+            do { _ = try parse(server); return [:] } catch let e as ConfigErrors {
+                return Dictionary(e.problems.map { ($0.key, $0.message) }, uniquingKeysWith: { a, _ in a })
+            } catch { return ["?": "\(error)"] }
+        }
+        let ok = try parse(files + "\nclient_tls_ca_file = \"\(cert.certificate)\"")
+        #expect(ok.users["svc"]?.auth == .cert && ok.server.clientTLSCAFile == cert.certificate, "no password needed")
+        #expect(problems(files)["users[0].auth"]?.contains("client_tls_ca_file") == true)
+        #expect(problems("client_tls_ca_file = \"\(cert.certificate)\"")["users[0].auth"] != nil, "without client TLS no certificate can arrive")
+        let missing = problems(files + "\nclient_tls_ca_file = \"\(cert.directory)/none.pem\"")
+        #expect(missing["server.client_tls_ca_file"]?.contains("none.pem") == true, "check-config names the CA file it cannot load")
+    }
+
     @Test func backendTLSDefaultsToPreferAndVerificationNeedsALoadableCA() throws {
         let cert = try SelfSignedCertificate()
         defer { cert.remove() }

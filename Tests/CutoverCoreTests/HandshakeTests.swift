@@ -90,6 +90,34 @@ private func passwordBody(_ m: FrontendMessage) -> ArraySlice<UInt8> {
         #expect(!local.tlsStarted)
     }
 
+    @Test func aCertUserIsAuthenticatedByTheVerifiedCertificatesCommonNameAlone() {
+        var c = config(tls: .allow)
+        c.users["cert_user"] = UserConfig(name: "cert_user", auth: .cert, password: nil)
+        let startup = startupBody([("user", "cert_user"), ("database", "onboarding")])
+        func attempt(tls: Bool, commonName: String?) -> ClientHandshake.Action {
+            var h = ClientHandshake(config: c)
+            if tls { #expect(h.startupPacketReceived(packet(.sslRequest)) == .startTLS) }
+            h.clientCertificateName = commonName
+            return h.startupPacketReceived(startup)
+        }
+        guard case .connect(_, _, let user) = attempt(tls: true, commonName: "cert_user") else { Issue.record("the right certificate was refused"); return }
+        #expect(user == "cert_user", "no password exchange: the certificate is the proof")
+        guard case .fail(let none) = attempt(tls: true, commonName: nil) else { Issue.record("no certificate was accepted"); return }
+        #expect(none.sqlState == "28000" && none.message == "connection requires a valid client certificate")
+        guard case .fail(let clear) = attempt(tls: false, commonName: "cert_user") else { Issue.record("clear text was accepted"); return }
+        #expect(clear.sqlState == "28000", "a name without TLS proves nothing")
+        guard case .fail(let other) = attempt(tls: true, commonName: "onboarding_user") else { Issue.record("another user's certificate was accepted"); return }
+        #expect(other.sqlState == "28000" && other.message == "certificate authentication failed for user \"cert_user\"")
+        #expect(other[0x44]?.contains("onboarding_user") == true, "the detail names the certificate's CN")
+        // A password user is not let in by a certificate alone.
+        var h = ClientHandshake(config: c)
+        _ = h.startupPacketReceived(packet(.sslRequest))
+        h.clientCertificateName = "onboarding_user"
+        guard case .send = h.startupPacketReceived(startupBody([("user", "onboarding_user"), ("database", "onboarding")])) else {
+            Issue.record("a SCRAM user skipped the password"); return
+        }
+    }
+
     @Test func rightPasswordConnectsToTheRoute() throws {
         guard case .connect(let target, let startup, let user) = try scramLogin(password: "pw1") else { Issue.record("no connect"); return }
         #expect(target.leader.name == "legacy" && target.searchPath == "onboarding" && user == "onboarding_user")

@@ -183,4 +183,48 @@ import Testing
         usleep(500_000)
         #expect(try PQConnection(f.conninfo(port, extra: "sslmode=verify-full sslrootcert=\(renewed.certificate)")).isOK)
     }
+
+    @Test func aCertUserLogsInWithACertificateFromTheCAAndNothingElseLetsItIn() throws {
+        let ca = try CertificateAuthority(), stranger = try CertificateAuthority(name: "Another CA")
+        defer { ca.remove(); stranger.remove(); certificate.remove() }
+        let (p, port, path) = try f.ownProxy("tls-cert-auth", server: """
+            client_tls = "allow"
+            client_tls_cert_file = "\(certificate.certificate)"
+            client_tls_key_file = "\(certificate.key)"
+            client_tls_ca_file = "\(ca.certificate)"
+            """, rest: """
+            [[users]]
+            name = "cert_user"
+            auth = "cert"
+            """)
+        defer { stopBackgroundProcess(p) }
+        func login(_ extra: String) -> (PQConnection?, String) {
+            do { return (try PQConnection(f.conninfo(port, user: "cert_user", password: "", extra: extra)), "") } catch let e as PQError {
+                return (nil, e.message)
+            } catch { return (nil, "\(error)") }
+        }
+        let own = try ca.issue(commonName: "cert_user")
+        let (served, error) = login("sslmode=require sslcert=\(own.certificate) sslkey=\(own.key)")
+        #expect(try served?.scalar("SELECT current_schema()") == "onboarding", "the certificate is the proof: \(error)")
+
+        let someoneElse = try ca.issue(commonName: "onboarding_user")
+        let (_, wrongName) = login("sslmode=require sslcert=\(someoneElse.certificate) sslkey=\(someoneElse.key)")
+        #expect(wrongName.contains("certificate authentication failed for user \"cert_user\""), "\(wrongName)")
+        let (_, noCertificate) = login("sslmode=require sslcert=\(ca.directory)/none.crt")
+        #expect(noCertificate.contains("connection requires a valid client certificate"), "\(noCertificate)")
+        let (_, clearText) = login("sslmode=disable")
+        #expect(clearText.contains("connection requires a valid client certificate"), "\(clearText)")
+        // A certificate from a CA the proxy does not trust fails the TLS handshake itself.
+        let forged = try stranger.issue(commonName: "cert_user")
+        let (forgedIn, untrusted) = login("sslmode=require sslcert=\(forged.certificate) sslkey=\(forged.key)")
+        #expect(forgedIn == nil && untrusted.lowercased().contains("unknown ca"), "\(untrusted)")
+        usleep(100_000)
+        let log = try String(contentsOfFile: path.replacingOccurrences(of: ".toml", with: ".log"), encoding: .utf8)
+        #expect(log.contains("client TLS failed"), "the refused handshake is logged")
+
+        // Password users on the same proxy are asked for no certificate, over TLS or not.
+        #expect(try PQConnection(f.conninfo(port, extra: "sslmode=require")).isOK)
+        #expect(try PQConnection(f.conninfo(port, extra: "sslmode=disable")).isOK)
+        #expect(try served?.scalar("SELECT 1") == "1", "the certificate session carries on")
+    }
 }
