@@ -13,6 +13,8 @@ public final class EventLoop {
     private var retired: [AnyObject] = []
     /// Set by `shutdown`: the retire check is closed, so what is retired after is kept until deinit.
     private var isShutDown = false
+    /// Set by `shutdown` when a request outlived its grace: the thread pool may still post to the loop.
+    private var isAbandoned = false
     /// Releases `retired` in the check phase, right after the I/O callbacks of the iteration. Started only
     /// while something is retired, and unreferenced: it never keeps the loop running by itself.
     private let retireCheck: UnsafeMutablePointer<uv_check_t>
@@ -34,6 +36,7 @@ public final class EventLoop {
 
     deinit {
         readBuffer.deallocate()
+        guard !isAbandoned else { return }
         retireCheck.deallocate()
         loop.deallocate()
     }
@@ -82,15 +85,28 @@ public final class EventLoop {
     public func stop() { uv_stop(loop) }
 
     /// Closes every handle still open, drains their callbacks and closes the loop. Returns uv_loop_close's result
-    /// (0 means nothing leaked).
+    /// (0 means nothing leaked), or `UV_EBUSY` when a request was still running after `requestGraceMs`.
+    ///
+    /// Requests outlive their handles: a host name lookup already running on the thread pool cannot be
+    /// cancelled, and one stuck on a name server that does not answer takes the resolver's whole timeout
+    /// (10 s by default). Shutdown waits for it at most `requestGraceMs`, sleeping rather than spinning;
+    /// after that the loop is abandoned: not closed, and its memory never freed (the thread pool still
+    /// holds it), which costs nothing in a process about to exit.
     @discardableResult
-    public func shutdown() -> Int32 {
+    public func shutdown(requestGraceMs: UInt64 = 1000) -> Int32 {
         releaseRetired()
         isShutDown = true
         uv_walk(loop, { handle, _ in
             if let handle, uv_is_closing(handle) == 0 { uv_close(handle, closeAnyHandle) }
         }, nil)
-        while uv_run(loop, UV_RUN_NOWAIT) != 0 {}
+        let deadline = uv_hrtime() + requestGraceMs * 1_000_000
+        while uv_run(loop, UV_RUN_NOWAIT) != 0 {
+            guard uv_hrtime() < deadline else {
+                isAbandoned = true
+                return -EBUSY
+            }
+            usleep(1000)
+        }
         return uv_loop_close(loop)
     }
 

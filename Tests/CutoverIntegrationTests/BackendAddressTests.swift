@@ -180,4 +180,31 @@ import Testing
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         #expect(text.contains("address=192.0.2.99") && text.contains("timed out after 1.0 s"), "the timeout and the fallback are logged")
     }
+
+    @Test(.enabled(if: BackendAddressTests.canOverrideHosts, "needs root and mount namespaces for a private /etc/hosts"))
+    func aLookupHangingOnAnUnansweringNameServerDoesNotHoldUpShutdown() throws {
+        // The name resolves from the hosts file at start; then it leaves the file, so the next lookup asks a
+        // name server that never answers (TEST-NET-1), for 2 × 5 s: a DNS outage during a SIGTERM.
+        let hosts = "\(f.directory)/dns-hang-hosts", resolv = "\(f.directory)/dns-hang-resolv.conf"
+        try "127.0.0.1 hang-db.test\n".write(toFile: hosts, atomically: false, encoding: .utf8)
+        try "nameserver 192.0.2.99\noptions timeout:5 attempts:2\n".write(toFile: resolv, atomically: false, encoding: .utf8)
+        let (p, port, _) = try f.ownProxy("dns-hang", server: "dns_refresh = 1", legacyHost: "hang-db.test", hostsFile: hosts, resolvConf: resolv)
+        defer { stopBackgroundProcess(p) }
+        let log = "\(f.directory)/dns-hang.log"
+        let handle = try #require(FileHandle(forWritingAtPath: hosts))
+        try handle.truncate(atOffset: 0)
+        try handle.close()
+        usleep(1_200_000) // past dns_refresh: the next connection starts a lookup (and uses the address known)
+        let c = try PQConnection(f.conninfo(port))
+        #expect(try c.scalar("SELECT 1") == "1", "the connection does not wait for DNS")
+        usleep(300_000) // the lookup is running on the thread pool now
+        let started = Date()
+        kill(p.processIdentifier, SIGTERM)
+        p.waitUntilExit()
+        let took = Date().timeIntervalSince(started)
+        #expect(took < 4, "shutdown waited \(took) s for a lookup it cannot cancel")
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(text.contains("a host name lookup was still running at exit") && text.contains("loop_close=-16"),
+                "the abandoned lookup is said, and the loop left open: \(text)")
+    }
 }

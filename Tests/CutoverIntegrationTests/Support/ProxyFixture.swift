@@ -147,14 +147,17 @@ final class ProxyFixture: @unchecked Sendable {
     /// `fileLimit`: the proxy runs with that many file descriptors at most (soft and hard limit).
     /// `hostsFile`: the proxy sees that file as its /etc/hosts (a bind mount in a mount namespace of its own:
     /// root only, see `canOverrideHosts`); edited in place, it changes what the proxy's lookups answer.
-    static func startProxy(configPath: String, logPath: String, port: Int, fileLimit: Int? = nil, hostsFile: String? = nil) throws -> Process {
+    /// `resolvConf`: likewise its /etc/resolv.conf (with `hostsFile` only), e.g. a name server that never answers.
+    static func startProxy(configPath: String, logPath: String, port: Int, fileLimit: Int? = nil, hostsFile: String? = nil,
+                           resolvConf: String? = nil) throws -> Process {
         let serve = ["serve", configPath, "--log-level", "info"]
         let p: Process
         if let fileLimit {
             p = try startBackgroundProcess("/bin/sh", ["-c", "ulimit -n \(fileLimit) && exec \"$0\" \"$@\"", cutoverBinary] + serve,
                                            environment: proxyEnvironment, logPath: logPath)
         } else if let hostsFile {
-            p = try startBackgroundProcess("/usr/bin/unshare", ["-m", "/bin/sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+            let resolv = resolvConf.map { "mount --bind \"\($0)\" /etc/resolv.conf && " } ?? ""
+            p = try startBackgroundProcess("/usr/bin/unshare", ["-m", "/bin/sh", "-c", "mount --bind \"$0\" /etc/hosts && \(resolv)exec \"$@\"",
                                                                 hostsFile, cutoverBinary] + serve,
                                            environment: proxyEnvironment, logPath: logPath)
         } else {
@@ -218,12 +221,12 @@ final class ProxyFixture: @unchecked Sendable {
 
     /// Starts a proxy of a test's own with `ownConfig`. Returns the process, its port and its config file.
     func ownProxy(_ name: String, server extraServer: String = "", rest: String = "", legacyHost: String? = nil, fileLimit: Int? = nil,
-                  hostsFile: String? = nil) throws -> (Process, Int, String) {
+                  hostsFile: String? = nil, resolvConf: String? = nil) throws -> (Process, Int, String) {
         let port = PostgresCluster.freePort()
         let path = "\(directory)/\(name).toml"
         try ownConfig(port: port, server: extraServer, rest: rest, legacyHost: legacyHost).write(toFile: path, atomically: true, encoding: .utf8)
         let p = try ProxyFixture.startProxy(configPath: path, logPath: "\(directory)/\(name).log", port: port, fileLimit: fileLimit,
-                                            hostsFile: hostsFile)
+                                            hostsFile: hostsFile, resolvConf: resolvConf)
         return (p, port, path)
     }
 
