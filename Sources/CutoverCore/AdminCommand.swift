@@ -14,13 +14,17 @@ public enum AdminCommand: Equatable, Sendable {
     case resume(route: String)
     case reload
     case show(help: Bool)
+    /// Cancels the statement a session's leader is running (as the client's own cancel would).
+    case cancel(session: Int)
+    /// Ends a session: its client is told why and its backends let go (a running statement cancelled first).
+    case kill(session: Int)
 
     public struct ParseError: Error, Equatable, Sendable {
         public var message: String
         public var sqlState: String
     }
 
-    public static let usage = "commands: SHOW ROUTES | SHOW SESSIONS | SHOW DIVERGENCES [route] | SHOW STATS | SHOW BACKENDS | SET PHASE <route> TO <phase> [FORCE] | SET MIRROR <route> TO async|sync | PAUSE <route> [timeout_seconds] | RESUME <route> | RELOAD"
+    public static let usage = "commands: SHOW ROUTES | SHOW SESSIONS | SHOW DIVERGENCES [route] | SHOW STATS | SHOW BACKENDS | SET PHASE <route> TO <phase> [FORCE] | SET MIRROR <route> TO async|sync | PAUSE <route> [timeout_seconds] | RESUME <route> | CANCEL <session id> | KILL <session id> | RELOAD"
 
     public static func parse(_ text: String) throws(ParseError) -> AdminCommand {
         var t = text.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -61,6 +65,9 @@ public enum AdminCommand: Equatable, Sendable {
             return .pause(route: name(1)!, timeout: s)
         case ("RESUME", 2): return .resume(route: name(1)!)
         case ("RELOAD", 1): return .reload
+        case ("CANCEL", 2), ("KILL", 2):
+            guard let id = Int(words[1]), id > 0 else { throw syntax("\(first) takes a session id (the id column of SHOW SESSIONS)") }
+            return first == "KILL" ? .kill(session: id) : .cancel(session: id)
         default: throw syntax("unknown command \"\(t)\"")
         }
     }

@@ -39,6 +39,21 @@ final class AdminConsole {
                 guard let p = r.pause, !p.isFlip else { throw ProxyServer.AdminError(code: "55000", message: "route \(route) is not paused") }
                 let stall = server.endPause(r)
                 send(.success(AdminResult(columns: ["route", "longest_stall_ms"], rows: [[route, "\(Int(stall))"]], tag: "RESUME")))
+            case .cancel(let id), .kill(let id):
+                guard let target = server.session(withID: id) else { throw ProxyServer.AdminError(code: "42704", message: "no session \(id)") }
+                let row: [String?] = ["\(id)", target.route?.name, target.user, target.describeActivity]
+                if case .kill = command {
+                    guard target !== session else {
+                        throw ProxyServer.AdminError(code: "55000", message: "session \(id) is this admin session: disconnect instead")
+                    }
+                    server.kill(target)
+                    send(.success(AdminResult(columns: ["session", "route", "user", "activity"], rows: [row], tag: "KILL")))
+                } else {
+                    guard target.state == .forwarding, server.cancelLeader(of: target) else {
+                        throw ProxyServer.AdminError(code: "55000", message: "session \(id) has no backend statement to cancel")
+                    }
+                    send(.success(AdminResult(columns: ["session", "route", "user", "activity"], rows: [row], tag: "CANCEL")))
+                }
             case .reload:
                 guard let reloader = server.reloader else { throw ProxyServer.AdminError(code: "55000", message: "this proxy has no config file to reload") }
                 do { server.reload(try reloader()) } catch {

@@ -185,19 +185,40 @@ public final class ProxyServer {
 
     /// A client's CancelRequest carries the pid it was given and the proxy's secret; the leader gets its real key.
     func forwardCancel(_ key: CancelRequest) {
-        guard let s = sessions[key.secretKey], s.clientVisiblePIDMatches(key.processID),
-              let leader = s.leader, let real = leader.key else {
+        guard let s = sessions[key.secretKey], s.clientVisiblePIDMatches(key.processID), cancelLeader(of: s) else {
             logger.info("cancel request matched no session")
             return
         }
+    }
+
+    /// Sends a CancelRequest with the real key to the backend `s`'s leader runs on; false if it has no
+    /// logged-in leader to cancel on.
+    @discardableResult
+    func cancelLeader(of s: ClientSession) -> Bool {
+        guard let leader = s.leader, let real = leader.key else { return false }
         // To the server this session's leader is connected to, not to a fresh choice among the backend's
         // addresses (a name with several, or one that moved since, would reach a server without that key).
         guard let (address, port) = leader.connection.peerAddress, !address.isEmpty else {
             logger.warning("cancel request not forwarded: the leader's connection has no peer address", metadata: ["backend": "\(leader.backendName)"])
-            return
+            return true
         }
         logger.info("forwarding cancel", metadata: ["session": "\(s.id)", "backend": "\(leader.backendName)"])
         _ = CancelForwarder(loop: loop, address: address, port: port, key: real)
+        return true
+    }
+
+    /// The session with the admin console's id (SHOW SESSIONS), if it is still there.
+    func session(withID id: Int) -> ClientSession? {
+        sessions.values.first { Int($0.id) == id && $0.state != .closed }
+    }
+
+    /// KILL: the session ends as if its client had gone, and the client is told why (57P01, what
+    /// pg_terminate_backend sends). A statement still running on its leader is cancelled first, so the
+    /// backend lets go of its locks now rather than when the statement ends.
+    func kill(_ s: ClientSession) {
+        if s.state == .forwarding && s.pendingReadyForQuery > 0 { cancelLeader(of: s) } // (idle in a transaction, Terminate suffices)
+        logger.warning("session killed by an admin", metadata: ["session": "\(s.id)", "user": "\(s.user)"])
+        s.failClient(ProxyError.fatal("57P01", "terminating connection due to administrator command"))
     }
 
     // MARK: backends

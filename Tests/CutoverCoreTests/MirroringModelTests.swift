@@ -235,11 +235,14 @@ extension SessionTracker {
         #expect(try AdminCommand.parse("PAUSE r 2.5") == .pause(route: "r", timeout: 2.5))
         #expect(try AdminCommand.parse("RESUME r") == .resume(route: "r"))
         #expect(try AdminCommand.parse("RELOAD") == .reload)
+        #expect(try AdminCommand.parse("kill 42;") == .kill(session: 42))
+        #expect(try AdminCommand.parse("CANCEL 7") == .cancel(session: 7))
     }
 
     @Test func refusesWithSQLStates() {
         for (text, state) in [("DROP TABLE x", "42601"), ("SET PHASE r TO sideways", "22023"), ("SET MIRROR r TO maybe", "22023"),
-                              ("PAUSE r -1", "42601"), ("", "42601")] {
+                              ("PAUSE r -1", "42601"), ("", "42601"),
+                              ("KILL", "42601"), ("KILL x", "42601"), ("KILL 0", "42601"), ("CANCEL -3", "42601")] {
             do { _ = try AdminCommand.parse(text); Issue.record("accepted \(text)") } catch { #expect(error.sqlState == state, "\(text)") }
         }
     }

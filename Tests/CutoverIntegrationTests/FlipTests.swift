@@ -199,6 +199,69 @@ import Testing
         #expect(throws: PQError.self) { try PQConnection(f.conninfo(database: "cutover")) }
     }
 
+    @Test func anAdminCancelsASessionsStatementAndKillsASessionHoldingATransaction() throws {
+        let a = try f.admin()
+        let marker = "kill_test_\(getpid())"
+        func sessionID(_ app: String) throws -> String? {
+            try a.query("SHOW SESSIONS").first { $0[3] == app }?[0] ?? nil
+        }
+        // CANCEL: a long statement is cancelled with the real key, the session carries on.
+        let sleeper = try PQConnection(f.conninfo(extra: "application_name=\(marker)_sleeper"))
+        let sleeperID = try #require(try sessionID("\(marker)_sleeper"))
+        sleeper.start("SELECT pg_sleep(20)")
+        usleep(300_000)
+        let cancelled = try a.query("CANCEL \(sleeperID)")
+        #expect(cancelled.first?[0] == sleeperID && cancelled.first?[3] == "running", "\(cancelled)")
+        #expect(sleeper.awaitResults() == "57014", "the statement was cancelled")
+        #expect(try sleeper.scalar("SELECT 1") == "1", "and the session goes on")
+
+        // KILL: a session idle in a transaction (what blocks a flip until flip_timeout) is ended, its client
+        // told why, its transaction rolled back on the backend, and others are untouched.
+        // (A raw client, to read the FATAL as it arrives: libpq hands an error that comes while it is idle to
+        // its notice processor.)
+        let holdout = try RawClient(port: f.proxyPort)
+        holdout.send(RawClient.startup([("user", "trust_user"), ("database", "onboarding"), ("application_name", "\(marker)_holdout")]))
+        #expect(holdout.readUntilReady().ready)
+        holdout.send(RawClient.query("BEGIN; SELECT count(*) FROM candidates"))
+        #expect(holdout.readUntilReady().ready)
+        let holdoutID = try #require(try sessionID("\(marker)_holdout"))
+        let bystander = try PQConnection(f.conninfo(extra: "application_name=\(marker)_bystander"))
+        let killed = try a.query("KILL \(holdoutID)")
+        #expect(killed.first?[3] == "in transaction", "\(killed)")
+        let (farewell, closed) = holdout.readUntilClosed()
+        #expect(closed && RawClient.errorCode(in: farewell) == "57P01"
+                && String(decoding: farewell, as: UTF8.self).contains("terminating connection due to administrator command"),
+                "the client is told why, then the connection closes")
+        usleep(200_000)
+        #expect(try sessionID("\(marker)_holdout") == nil, "gone from SHOW SESSIONS")
+        let onLegacy = try f.recruitmentLegacy().scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = '\(marker)_holdout'")
+        #expect(onLegacy == "0", "its backend is gone, its transaction with it")
+        #expect(try bystander.scalar("SELECT 1") == "1")
+
+        // A running statement is cancelled by KILL too, so its backend stops now.
+        let busy = try PQConnection(f.conninfo(extra: "application_name=\(marker)_busy"))
+        let busyID = try #require(try sessionID("\(marker)_busy"))
+        busy.start("SELECT pg_sleep(20)")
+        usleep(300_000)
+        let started = Date()
+        try a.query("KILL \(busyID)")
+        var gone = false
+        while !gone && Date().timeIntervalSince(started) < 5 {
+            gone = try f.recruitmentLegacy().scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = '\(marker)_busy'") == "0"
+            if !gone { usleep(100_000) }
+        }
+        #expect(gone, "the backend's statement stopped at the KILL, not 20 s later")
+
+        func sqlState(_ command: String) -> String? {
+            do { try a.query(command); return nil } catch let e as PQError { return e.sqlState } catch { return "?" }
+        }
+        #expect(sqlState("KILL 999999") == "42704")
+        #expect(sqlState("KILL me") == "42601")
+        #expect(sqlState("CANCEL \(sleeperID)") == nil, "a cancel with nothing running is harmless")
+        let own = try #require(try a.query("SHOW SESSIONS").first { $0[2] == "ops" && $0[5] == "admin" }?[0] ?? nil)
+        #expect(sqlState("KILL \(own)") == "55000")
+    }
+
     @Test func cliStatusAndPhaseTalkToTheRunningProxy() throws {
         let url = "host=127.0.0.1 port=\(f.proxyPort) dbname=cutover user=ops password=\(FixtureSecrets.adminPassword)"
         let status = try runProcess(ProxyFixture.cutoverBinary, ["status", "--admin-url", url])

@@ -83,19 +83,27 @@ final class PQConnection {
 
     /// Sends `sql` without waiting, cancels it after `delay`, and returns (error SQLSTATE, seconds from cancel to result).
     func cancelAfter(_ delay: TimeInterval, running sql: String) -> (String?, TimeInterval) {
-        PQsendQuery(conn, sql)
+        start(sql)
         Thread.sleep(forTimeInterval: delay)
         let cancel = PQgetCancel(conn)
         var err = [CChar](repeating: 0, count: 256)
         let sentAt = Date()
         PQcancel(cancel, &err, 256)
         PQfreeCancel(cancel)
+        return (awaitResults(), Date().timeIntervalSince(sentAt))
+    }
+
+    /// Sends `sql` without waiting for its answer (collect it with `awaitResults`).
+    func start(_ sql: String) { PQsendQuery(conn, sql) }
+
+    /// Waits for every result of the query `start` sent; the SQLSTATE of the error, if one ended it.
+    func awaitResults() -> String? {
         var state: String?
         while let res = PQgetResult(conn) {
             if let s = PQresultErrorField(res, Int32(UInt8(ascii: "C"))) { state = String(cString: s) }
             PQclear(res)
         }
-        return (state, Date().timeIntervalSince(sentAt))
+        return state
     }
 }
 

@@ -36,6 +36,38 @@ final class RawClient {
         }
     }
 
+    /// A protocol 3.0 StartupMessage with `parameters`.
+    static func startup(_ parameters: [(String, String)]) -> [UInt8] {
+        var body: [UInt8] = [0, 3, 0, 0]
+        for (k, v) in parameters { body += Array(k.utf8) + [0] + Array(v.utf8) + [0] }
+        body.append(0)
+        return withUnsafeBytes(of: UInt32(body.count + 4).bigEndian, Array.init) + body
+    }
+
+    /// A simple-protocol Query message.
+    static func query(_ sql: String) -> [UInt8] {
+        let body = Array(sql.utf8) + [0]
+        return [UInt8(ascii: "Q")] + withUnsafeBytes(of: UInt32(body.count + 4).bigEndian, Array.init) + body
+    }
+
+    /// Reads whole messages until a ReadyForQuery (true) or EOF/timeout (false); returns what was read.
+    func readUntilReady() -> (bytes: [UInt8], ready: Bool) {
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            var i = 0
+            while i + 5 <= out.count {
+                let len = Int(UInt32(out[i + 1]) << 24 | UInt32(out[i + 2]) << 16 | UInt32(out[i + 3]) << 8 | UInt32(out[i + 4]))
+                if i + 1 + len > out.count { break }
+                if out[i] == UInt8(ascii: "Z") { return (out, true) }
+                i += 1 + len
+            }
+            let n = recv(fd, &buf, buf.count, 0)
+            if n <= 0 { return (out, false) }
+            out.append(contentsOf: buf[0..<n])
+        }
+    }
+
     /// The SQLSTATE of the first ErrorResponse in `bytes`, if any.
     static func errorCode(in bytes: [UInt8]) -> String? {
         var i = 0
