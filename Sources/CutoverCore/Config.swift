@@ -56,6 +56,11 @@ public struct ServerConfig: Sendable, Equatable {
     /// Seconds before a backend host name's addresses are looked up again when a connection needs them
     /// (0: only at load and after a failed connection).
     public var dnsRefresh = 30.0
+    /// Idle logged-in backend connections kept per login (backend, side and startup packet) when their
+    /// session ends, for the next session that logs in the same way; 0: none (every session logs in).
+    public var backendPoolSize = 0
+    /// Seconds an idle backend connection is kept in that pool (0: no limit).
+    public var backendIdleTimeout = 60.0
     /// A directory for a Unix-domain socket beside the TCP listener, `.s.PGSQL.<port>` as PostgreSQL names
     /// it (so `psql -h DIR -p PORT` finds it); nil: TCP only.
     public var unixSocketDirectory: String? = nil

@@ -117,6 +117,7 @@ final class AdminConsole {
             if let f = s.follower?.backendName { followers[f, default: 0] += 1 }
         }
         let now = server.loop.now
+        let idle = server.idleBackends?.countsByBackend() ?? [:]
         let rows: [[String?]] = server.config.backends.values.sorted { $0.name < $1.name }.map { b in
             let entry = server.addressBook.entries[b.name]
             let lookup: String? = entry.map { e in
@@ -126,9 +127,9 @@ final class AdminConsole {
             } ?? nil
             return [b.name, b.host, "\(b.port)", entry.map { $0.addresses.joined(separator: ", ") },
                     entry?.resolvedAt.map { "\((now &- $0) / 1000)" }, lookup, b.isUnixSocket ? "unix socket" : b.tls.rawValue,
-                    "\(leaders[b.name] ?? 0)", "\(followers[b.name] ?? 0)"]
+                    "\(leaders[b.name] ?? 0)", "\(followers[b.name] ?? 0)", "\(idle[b.name] ?? 0)"]
         }
-        return AdminResult(columns: ["backend", "host", "port", "addresses", "resolved_s_ago", "lookup", "tls", "leaders", "followers"],
+        return AdminResult(columns: ["backend", "host", "port", "addresses", "resolved_s_ago", "lookup", "tls", "leaders", "followers", "idle"],
                            rows: rows, tag: "SHOW")
     }
 

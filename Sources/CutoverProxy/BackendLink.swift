@@ -23,7 +23,8 @@ protocol BackendLinkOwner: AnyObject {
 
 /// A session's connection to one backend (the leader now; a follower uses the same type).
 final class BackendLink: TCPConnectionDelegate {
-    enum State { case connecting, loggingIn, ready, closed }
+    /// `parked`: in the server's idle pool, between sessions (see `park`).
+    enum State { case connecting, loggingIn, ready, parked, closed }
 
     /// The backend's name, for logs and the admin console (its whole config is needed only to log in).
     let backendName: String
@@ -31,7 +32,7 @@ final class BackendLink: TCPConnectionDelegate {
     private(set) var connection: TCPConnection
     /// The session that owns this link and outlives it. Unretained, and called through `owner { }` without a
     /// retain/release pair: an unowned protocol existential (as this was) is copied strong on every call.
-    private let ownerRef: Unretained<ClientSession>
+    private var ownerRef: Unretained<ClientSession>
     @inline(__always) private func owner<R>(_ call: (ClientSession) -> R) -> R { ownerRef.call(call) }
     /// What only the login needs, boxed and dropped once logged in: an idle link should cost little memory.
     private final class Login {
@@ -73,6 +74,10 @@ final class BackendLink: TCPConnectionDelegate {
         var queuedUntilReady: [UInt8] = []
         /// Kept bytes of a chunk that had internal answers cut out of it.
         var scratch: [UInt8] = []
+        /// With a backend pool: the login's startup packet (the pool's key) and the ParameterStatus values
+        /// the backend reported at login (what a later session that takes the link is told).
+        var startup: [UInt8] = []
+        var loginParameters: [(String, String)] = []
     }
     private var spill: Spill?
     private var spillForWrite: Spill {
@@ -121,6 +126,9 @@ final class BackendLink: TCPConnectionDelegate {
     }
     /// Which side of the route this link talks to.
     let side: Side?
+    /// Keep the startup packet and the login's ParameterStatus values, so the link can go to the server's
+    /// idle pool when its session ends (set before `start` when pooling is on).
+    var keepsLogin = false
     /// Units the proxy itself sent (replayed state, the implicit BEGIN/COMMIT of sync mirroring): their
     /// answers are consumed here and never reach the client; their end is reported as an internal boundary.
     var internalUnits: Int32 = 0
@@ -178,6 +186,7 @@ final class BackendLink: TCPConnectionDelegate {
 
     /// Keeps the startup packet for `connect`; `onSettled` is told once when the login ends, either way.
     func prepare(startup: [UInt8], onSettled: ((BackendLink) -> Void)?) {
+        if keepsLogin { spillForWrite.startup = startup }
         login?.startup = startup
         login?.settled = onSettled
     }
@@ -292,6 +301,7 @@ final class BackendLink: TCPConnectionDelegate {
         switch state {
         case .loggingIn: loginRead(bytes)
         case .ready: passThrough(bytes)
+        case .parked: parkedRead(bytes)
         case .connecting, .closed: break
         }
     }
@@ -314,6 +324,7 @@ final class BackendLink: TCPConnectionDelegate {
                 case .ready(let parameters, let key, _):
                     state = .ready
                     self.key = key
+                    if keepsLogin { spillForWrite.loginParameters = parameters }
                     self.login = nil
                     owner { $0.backendReady(self, parameters: parameters, key: key) }
                     if let queued = spill?.queuedUntilReady, !queued.isEmpty, state == .ready {
@@ -412,7 +423,9 @@ final class BackendLink: TCPConnectionDelegate {
         owner { $0.backendLoginFailed(self, e) }
     }
 
-    override func connectionDidDrain(_ c: TCPConnection) { owner { $0.backendDrained(self) } }
+    override func connectionDidDrain(_ c: TCPConnection) {
+        if state == .ready { owner { $0.backendDrained(self) } }
+    }
 
     override func connection(_ c: TCPConnection, didFail error: Int32?) {
         let was = state
@@ -425,8 +438,8 @@ final class BackendLink: TCPConnectionDelegate {
             owner { $0.backendLoginFailed(self, unavailable(tlsFailure.map { "TLS: \($0)" } ?? "connection closed during login")) }
         case .ready:
             owner { $0.backendLost(self, error) }
-        case .closed:
-            break
+        case .parked, .closed:
+            break // a parked link has no session; the pool finds it closed
         }
     }
 
@@ -445,7 +458,7 @@ final class BackendLink: TCPConnectionDelegate {
     /// Politely ends the backend session (Terminate) and closes once it is written.
     func terminate() {
         guard state != .closed else { return }
-        let wasReady = state == .ready
+        let wasReady = state == .ready || state == .parked
         if wasReady { connection.write([FrontendMessageID.terminate.rawValue, 0, 0, 0, 4]) }
         state = .closed
         // A link still connecting or logging in has nothing worth flushing: closed at once, or a connect in
@@ -456,6 +469,67 @@ final class BackendLink: TCPConnectionDelegate {
     func close() {
         state = .closed
         connection.close()
+    }
+
+    // MARK: the idle pool
+
+    /// The pool's key for this link: its backend and the login's startup packet (nil if not kept).
+    var poolKey: IdleBackendPool.Key? {
+        guard keepsLogin, let startup = spill?.startup, !startup.isEmpty else { return nil }
+        return IdleBackendPool.Key(backend: backendName, side: side, startup: startup)
+    }
+
+    /// What the backend reported at login, for a session that takes the link from the pool.
+    var loginParameters: [(String, String)] { spill?.loginParameters ?? [] }
+
+    /// Whether the link can serve another session once reset: logged in, every answer read, nothing queued.
+    var isReusable: Bool {
+        state == .ready && internalUnits == 0 && scanner.atMessageBoundary && connection.queuedBytes == 0 && keepsLogin
+    }
+
+    /// Into the pool. The session that let it go is ending, so from here the link calls no session: it
+    /// resets the backend with DISCARD ALL (settings, prepared statements, temporary tables, LISTEN,
+    /// advisory locks: an idle pooled backend must hold no lock and get no notification), reads the answer
+    /// itself, and then reads only to notice the backend going away (it closes on EOF or on anything the
+    /// backend sends unasked).
+    func park() {
+        setDigesting(false)
+        connection.readsOnDemand = false
+        state = .parked
+        internalUnits = 1
+        var w = ByteWriter(capacity: 20)
+        FrontendMessage.query("DISCARD ALL").encode(into: &w)
+        connection.write(w.bytes)
+        connection.startReading()
+    }
+
+    /// Parked, reset done, and the backend has not gone or spoken since: a session may take it.
+    var isResetAndIdle: Bool {
+        state == .parked && internalUnits == 0 && scanner.atMessageBoundary && connection.peerIsIdleAndOpen
+    }
+
+    /// Out of the pool, for `session` (only once `isResetAndIdle`).
+    func adopt(by session: ClientSession) {
+        ownerRef = Unretained(session)
+        state = .ready
+    }
+
+    /// A parked link's reads: the reset's answer (a DISCARD ALL CommandComplete, ParameterStatus for reset
+    /// values, ReadyForQuery idle), then nothing. An error, a transaction left open, or anything after the
+    /// reset closes the link.
+    private func parkedRead(_ bytes: UnsafeRawBufferPointer) {
+        var usable = true
+        do {
+            try scanner.scan(bytes) { id, body, _ in
+                guard usable else { return }
+                if internalUnits == 0 || id == BackendMessageID.errorResponse.rawValue { usable = false; return }
+                if id == BackendMessageID.readyForQuery.rawValue {
+                    internalUnits -= 1
+                    if body?.first != TransactionStatus.idle.rawValue { usable = false }
+                }
+            }
+        } catch { usable = false }
+        if !usable { close() }
     }
 }
 

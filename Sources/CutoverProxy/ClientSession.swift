@@ -272,17 +272,32 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
 
     private func connectLeader(_ target: RouteTarget) {
         state = .connecting
-        leader = openLink(to: target.leader, side: target.phase.leader, database: target.database, searchPath: target.searchPath)
+        let side = target.phase.leader
+        let packet = BackendHandshake(backend: target.leader).startupPacket(client: startup, database: target.database, searchPath: target.searchPath)
+        let pooled = server.idleBackends?.take(IdleBackendPool.Key(backend: target.leader.name, side: side, startup: packet))
+        leader = pooled ?? openLink(to: target.leader, side: side, packet: packet)
         if target.follower != nil { startFollower(replay: false) }
+        if let pooled {
+            // Logged in and reset already: the client is served at once.
+            pooled.adopt(by: self)
+            logger.debug("backend connection reused", metadata: ["backend": "\(pooled.backendName)", "backend.pid": "\(pooled.key?.processID ?? 0)"])
+            backendReady(pooled, parameters: pooled.loginParameters, key: pooled.key)
+        }
     }
 
     /// Opens a backend connection logged in with the client's startup parameters.
     /// A follower's connect waits for the server's login gate (a flip gives every session one at once).
     func openLink(to backend: BackendConfig, side: Side?, database: String, searchPath: String?, isFollower: Bool = false) -> BackendLink {
+        let packet = BackendHandshake(backend: backend).startupPacket(client: startup, database: database, searchPath: searchPath)
+        return openLink(to: backend, side: side, packet: packet, isFollower: isFollower)
+    }
+
+    private func openLink(to backend: BackendConfig, side: Side?, packet: [UInt8], isFollower: Bool = false) -> BackendLink {
         let target = server.address(of: backend)
         let link = BackendLink(loop: server.loop, backend: backend, addresses: target.addresses, addressFailure: target.failure, side: side,
                                owner: self, tls: server.backendTLS[backend.name], saltedPassword: server.saltedPassword)
-        let packet = BackendHandshake(backend: backend).startupPacket(client: startup, database: database, searchPath: searchPath)
+        // With a pool, any leader may end up there (a follower becomes the leader when a flip swaps them).
+        link.keepsLogin = server.idleBackends != nil
         if isFollower {
             link.prepare(startup: packet, onSettled: { [unowned server] in server.followerLoginSettled($0) })
             server.admitFollowerLogin(link)
@@ -489,6 +504,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             return failClient(ProxyError.describe(e))
         } catch { return failClient(ProxyError.protocolViolation("invalid message")) }
         let unitCount = chunk.unitCount, terminated = chunk.terminated
+        // The client's Terminate is not passed on: ending the backends is the session's call at its end (a
+        // pooled backend must never see it), and nothing after a Terminate counts.
+        let bytes = terminated ? UnsafeRawBufferPointer(rebasing: bytes[..<chunk.terminateAt]) : bytes
         if unitCount > 0, let route {
             route.stats.statements += unitCount
             if route.phase.follower == nil { route.unmirroredStatements += unitCount }
@@ -535,6 +553,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         let collecting: Bool
         let batching: Bool
         var terminated = false
+        /// Where the Terminate message starts.
+        var terminateAt = 0
         var flushAt: Int?
         var unitCount = 0
     }
@@ -553,7 +573,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         switch id {
         case FrontendMessageID.execute.rawValue, FrontendMessageID.query.rawValue: syncsSinceExecute = 0
         case FrontendMessageID.copyDone.rawValue, FrontendMessageID.copyFail.rawValue: clientCopyIn = false
-        case FrontendMessageID.terminate.rawValue: chunk.terminated = true
+        case FrontendMessageID.terminate.rawValue:
+            if !chunk.terminated { chunk.terminateAt = endOffset - 5 }
+            chunk.terminated = true
         case FrontendMessageID.flush.rawValue: chunk.flushAt = endOffset
         default: break
         }
@@ -640,8 +662,21 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             return
         }
         state = .closed
-        leader?.terminate()
+        releaseLeader()
         finish(wasActive: wasActive)
+    }
+
+    /// The session is done with its leader: to the server's idle pool when it can serve another session as it
+    /// is (idle, every answer read, nothing queued, not shutting down), else ended with Terminate.
+    private func releaseLeader() {
+        guard let link = leader else { return }
+        if let pool = server.idleBackends, !closeWhenIdle, !server.isShuttingDown, transactionStatus == .idle,
+           pendingReadyForQuery == 0, !clientCopyIn, lockStepIsQuiet, !leaderPaused, link.isReusable, let key = link.poolKey,
+           pool.park(link, key: key, now: loop.now) {
+            leader = nil // the pool has it; this session must not reach it again
+            return
+        }
+        link.terminate()
     }
 
     /// Called as a draining session's backends answer: lets the leader go once no unit is in lock-step,
@@ -653,7 +688,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             while units.count > unitsHead, let last = units.last, last.leader == nil { units.removeLast() }
             clampUnitCursors()
             leaderReleased = true
-            leader?.terminate()
+            releaseLeader()
             guard state == .draining else { return } // the Terminate failed at once and finished the session
         }
         guard !lockStepIsBusy, follower == nil || pendingUnitCount == 0 else { return }

@@ -15,6 +15,9 @@ extension ProxyServer {
         m.sample("cutover_client_connections_max", config.server.maxClients)
         m.family("cutover_sessions_active", .gauge, "Sessions connected to a backend and forwarding")
         m.sample("cutover_sessions_active", activeSessions)
+        m.family("cutover_backend_idle_connections", .gauge, "Logged-in backend connections kept idle for later sessions (backend_pool_size)")
+        let idle = idleBackends?.countsByBackend() ?? [:]
+        for name in config.backends.keys.sorted() { m.sample("cutover_backend_idle_connections", ["backend": name], idle[name] ?? 0) }
 
         let all = routes.values.sorted { $0.name < $1.name }
         m.family("cutover_route_phase", .gauge, "1 for the route's current phase, 0 for the others")

@@ -44,6 +44,9 @@ public final class ProxyServer {
     var lookups: [String: HostLookup] = [:]
     private var saltedCache: [String: [UInt8]] = [:]
     private var shutdownDeadline: UInt64?
+    var isShuttingDown: Bool { shutdownDeadline != nil }
+    /// Idle logged-in backend connections sessions left, for later sessions (nil: `backend_pool_size` is 0).
+    private(set) var idleBackends: IdleBackendPool?
     private var onStopped: (() -> Void)?
     public private(set) var activeSessions = 0
     /// Run-time state of every route, restored from the state file.
@@ -101,6 +104,7 @@ public final class ProxyServer {
     }
 
     public func start() throws {
+        configurePool(config.server)
         // The socket file first when the port is known: a client (or a readiness probe) that reaches the TCP
         // port then finds the socket file ready too. Port 0 is known only once the TCP listener is bound.
         let configuredPort = config.server.listenPort
@@ -205,6 +209,19 @@ public final class ProxyServer {
         logger.info("forwarding cancel", metadata: ["session": "\(s.id)", "backend": "\(leader.backendName)"])
         _ = CancelForwarder(loop: loop, address: address, port: port, key: real)
         return true
+    }
+
+    /// The idle backend pool as `backend_pool_size` and `backend_idle_timeout` say (at start and at a reload).
+    func configurePool(_ s: ServerConfig) {
+        guard s.backendPoolSize > 0 else {
+            idleBackends?.terminateAll()
+            idleBackends = nil
+            return
+        }
+        let pool = idleBackends ?? IdleBackendPool(sizePerLogin: s.backendPoolSize, idleTimeoutMs: 0)
+        pool.sizePerLogin = s.backendPoolSize
+        pool.idleTimeoutMs = UInt64(s.backendIdleTimeout * 1000)
+        idleBackends = pool
     }
 
     /// The session with the admin console's id (SHOW SESSIONS), if it is still there.
@@ -545,6 +562,7 @@ public final class ProxyServer {
         let now = loop.now
         let nowNs = loop.nanoseconds
         let s = config.server
+        if let pool = idleBackends, pool.count > 0 { pool.expire(now: now) }
         for session in Array(sessions.values) {
             switch session.state {
             case .handshake where s.authTimeout > 0 && now - session.createdAt > UInt64(s.authTimeout * 1000):
@@ -591,6 +609,9 @@ public final class ProxyServer {
 
     /// Replaces the config for new sessions; running sessions keep theirs. Route phases stay as they are.
     public func reload(_ newConfig: CutoverConfig) {
+        // Idle backend connections logged in under the old backend settings (host, user, password, TLS) go.
+        if newConfig.backends != config.backends { idleBackends?.terminateAll() }
+        configurePool(newConfig.server)
         config = newConfig
         reconfigureAddresses(newConfig)
         saltedCache.removeAll()
@@ -655,6 +676,7 @@ public final class ProxyServer {
     }
 
     private func finishShutdown() {
+        idleBackends?.terminateAll()
         cancelLookups()
         metricsEndpoint?.close()
         metricsEndpoint = nil

@@ -288,6 +288,15 @@ public final class TCPConnection: HandleOwner {
     /// socket its path and port 0 (nil if the socket cannot say).
     public var peerAddress: (host: String, port: Int)? { Socket.name(fd, peer: true) }
 
+    /// An idle connection's peer is still there and has sent nothing: no EOF, no reset, no bytes waiting
+    /// (a peek, nothing is consumed). For a connection kept unread between users (a pooled backend).
+    public var peerIsIdleAndOpen: Bool {
+        guard isAttached, !isClosing, !isConnecting, fd >= 0, pending.isEmpty else { return false }
+        var byte: UInt8 = 0
+        let n = recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+        return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
+    }
+
     /// "host:port" of the peer, for logs.
     public var peerDescription: String {
         if isLocal { return "[local]" } // as PostgreSQL names a Unix-socket client

@@ -1,0 +1,113 @@
+// Integration: backend_pool_size keeps the backend connections of ended sessions for later ones that log in
+// the same way, reset with DISCARD ALL, and never hands out one that is busy, dead or expired.
+import Foundation
+import Glibc
+import Testing
+
+@Suite(.serialized) struct BackendPoolTests {
+    let f: ProxyFixture
+    init() throws { f = try ProxyFixture.shared() }
+
+    static let adminTOML = """
+        [[users]]
+        name = "ops"
+        password = "\(FixtureSecrets.adminPassword)"
+        admin = true
+        """
+
+    func pooledProxy(_ name: String, size: Int = 2, idleTimeout: Double = 60) throws -> (Process, Int) {
+        let (p, port, _) = try f.ownProxy(name, server: "backend_pool_size = \(size)\nbackend_idle_timeout = \(idleTimeout)", rest: Self.adminTOML)
+        return (p, port)
+    }
+
+    /// Backends on the legacy cluster whose application_name is `app` (a direct look, not through the proxy).
+    func backendsOnLegacy(_ app: String) throws -> Int {
+        Int(try f.recruitmentLegacy().scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = '\(app)'") ?? "") ?? -1
+    }
+
+    @Test func anEndedSessionsBackendServesTheNextSessionResetLikeAFreshLogin() throws {
+        let (p, port) = try pooledProxy("pool-reuse")
+        defer { stopBackgroundProcess(p) }
+        let app = "pool_reuse_\(getpid())"
+        var firstPID: String?
+        do {
+            let c = try PQConnection(f.conninfo(port, extra: "application_name=\(app)"))
+            firstPID = try c.scalar("SELECT pg_backend_pid()")
+            try c.query("SET work_mem = '77MB'")
+            try c.query("CREATE TEMP TABLE pool_scratch (x int)")
+            try c.query("PREPARE pool_stmt AS SELECT 1")
+            try c.query("LISTEN pool_channel")
+            try c.query("SELECT pg_advisory_lock(4242)")
+            try c.query("SET application_name = 'renamed_by_client'")
+        }
+        usleep(200_000)
+        #expect(try backendsOnLegacy("\(app)") == 1, "the backend stays, idle, reset to the login's application_name")
+        let other = try f.recruitmentLegacy()
+        #expect(try other.scalar("SELECT pg_try_advisory_lock(4242)") == "t", "reset as it was parked: an idle backend holds no lock")
+        try other.query("SELECT pg_advisory_unlock(4242)")
+        let admin = try PQConnection(f.conninfo(port, database: "cutover", user: "ops", password: FixtureSecrets.adminPassword))
+        #expect(try admin.query("SHOW BACKENDS").first { $0[0] == "legacy" }?[9] == "1", "SHOW BACKENDS counts it idle")
+
+        let next = try PQConnection(f.conninfo(port, extra: "application_name=\(app)"))
+        #expect(try next.scalar("SELECT pg_backend_pid()") == firstPID, "the same backend, no new login")
+        #expect("\(next.backendPID)" == firstPID, "BackendKeyData carries its pid")
+        #expect(try next.scalar("SHOW work_mem") != "77MB", "settings reset")
+        #expect(try next.scalar("SELECT to_regclass('pg_temp.pool_scratch') IS NULL") == "t", "temporary table gone")
+        #expect(try next.scalar("SELECT count(*) FROM pg_prepared_statements") == "0", "prepared statements gone")
+        #expect(try next.scalar("SELECT count(*) FROM pg_listening_channels()") == "0", "LISTEN gone")
+        #expect(try next.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()") == "0", "advisory lock released")
+        #expect(try next.scalar("SELECT current_setting('application_name')") == app)
+        #expect(try next.scalar("SELECT current_schema()") == "onboarding", "the route's search_path, from the login")
+        let (state, _) = next.cancelAfter(0.3, running: "SELECT pg_sleep(20)")
+        #expect(state == "57014", "a cancel reaches the reused backend")
+        #expect(try admin.query("SHOW BACKENDS").first { $0[0] == "legacy" }?[9] == "0")
+    }
+
+    @Test func onlyAnIdenticalLoginReusesAndABusyOrDeadBackendIsNeverHandedOut() throws {
+        let (p, port) = try pooledProxy("pool-rules")
+        defer { stopBackgroundProcess(p) }
+        let app = "pool_rules_\(getpid())"
+        func pid(_ c: PQConnection) throws -> String? { try c.scalar("SELECT pg_backend_pid()") }
+        var pooled: String?
+        do { pooled = try pid(try PQConnection(f.conninfo(port, extra: "application_name=\(app)"))) }
+        usleep(100_000)
+        let other = try PQConnection(f.conninfo(port, extra: "application_name=\(app)_other"))
+        #expect(try pid(other) != pooled, "another startup parameter: a login of its own")
+
+        // A client that leaves in the middle of a transaction: its backend is not kept.
+        var midTransaction: String?
+        do {
+            let c = try PQConnection(f.conninfo(port, extra: "application_name=\(app)_tx"))
+            midTransaction = try pid(c)
+            try c.query("BEGIN")
+            try c.query("SELECT 1")
+        }
+        usleep(200_000)
+        #expect(try backendsOnLegacy("\(app)_tx") == 0, "its backend was ended, not pooled")
+        let afterTx = try PQConnection(f.conninfo(port, extra: "application_name=\(app)_tx"))
+        #expect(try pid(afterTx) != midTransaction)
+        #expect(try afterTx.scalar("SELECT 1") == "1")
+
+        // The pooled backend is terminated behind the proxy's back: the next session gets a fresh one, no error.
+        let killer = try f.recruitmentLegacy()
+        #expect(try killer.scalar("SELECT pg_terminate_backend(\(pooled ?? "0"))") == "t")
+        usleep(200_000)
+        let fresh = try PQConnection(f.conninfo(port, extra: "application_name=\(app)"))
+        #expect(try pid(fresh) != pooled && (try fresh.scalar("SELECT 6 * 7")) == "42")
+    }
+
+    @Test func thePoolKeepsAtMostItsSizePerLoginAndLetsIdleBackendsGoAfterTheTimeout() throws {
+        let (p, port) = try pooledProxy("pool-limits", size: 2, idleTimeout: 1)
+        defer { stopBackgroundProcess(p) }
+        let app = "pool_limits_\(getpid())"
+        do {
+            let clients = try (0..<4).map { _ in try PQConnection(f.conninfo(port, extra: "application_name=\(app)")) }
+            for c in clients { #expect(try c.scalar("SELECT 1") == "1") }
+            #expect(try backendsOnLegacy(app) == 4)
+        }
+        usleep(300_000)
+        #expect(try backendsOnLegacy(app) == 2, "two kept, two ended")
+        usleep(1_500_000)
+        #expect(try backendsOnLegacy(app) == 0, "past backend_idle_timeout the kept ones are ended too")
+    }
+}
