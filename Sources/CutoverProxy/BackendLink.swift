@@ -47,6 +47,8 @@ final class BackendLink: TCPConnectionDelegate {
         let addressFailure: String?
         /// When the current address's connect started: `connect_timeout` applies to each address, as in libpq.
         var startedAt: UInt64
+        /// When the TCP connect to the current address was started (ms; a follower's first one waits for the gate).
+        var attemptStartedAt: UInt64 = 0
         var handshake: BackendHandshake
         var framer = MessageFramer(maxMessageSize: 1 << 30) // a backend row can be large; this only guards corruption
         var startup: [UInt8] = []
@@ -170,7 +172,13 @@ final class BackendLink: TCPConnectionDelegate {
 
     /// Writes now if logged in, else queues until login completes.
     func send(_ bytes: UnsafeRawBufferPointer) {
-        if state == .ready { connection.write(bytes) } else if state != .closed { spillForWrite.queuedUntilReady.append(contentsOf: bytes) }
+        if state == .ready {
+            // Borrowed, not retained: `connection` is a `var` (replaced only while connecting), and a plain call
+            // through it retains it around the write. The link holds it strongly for the whole call.
+            Unretained(connection).call { $0.write(bytes) }
+        } else if state != .closed {
+            spillForWrite.queuedUntilReady.append(contentsOf: bytes)
+        }
     }
 
     func send(_ bytes: [UInt8]) { bytes.withUnsafeBytes { send($0) } }
@@ -203,10 +211,12 @@ final class BackendLink: TCPConnectionDelegate {
 
     private func connectToCurrentAddress(_ login: Login) {
         guard let address = login.address else { return }
+        login.attemptStartedAt = connection.eventLoop.now
         if let rc = login.backend.isUnixSocket ? connection.connect(unixPath: login.backend.socketPath)
                                                : connection.connect(host: address, port: login.backend.port) {
-            owner { $0.backendConnectOutcome(self, address: address, succeeded: false) }
-            if !fallBack(uvErrorName(rc)) { failSoon(unavailable(uvErrorName(rc))) }
+            // A local failure (no socket: EMFILE, ENOBUFS): no other address would fare better, and this
+            // one is not to blame. The connect's own outcome (refused, unreachable) comes to didConnect.
+            failSoon(unavailable(uvErrorName(rc)))
         }
     }
 
@@ -234,6 +244,16 @@ final class BackendLink: TCPConnectionDelegate {
     /// Fails from the loop, not from inside `connect`: the session may not have stored this link yet.
     private func failSoon(_ e: ErrorFields) {
         connection.eventLoop.soon { [self] in fail(e) }
+    }
+
+    /// A follower's or standby's TCP connect still unanswered after `limitMs` (a host that drops SYNs): counted
+    /// against that address and moved on to the next one, as the sweep does for leaders. (With no address
+    /// left it waits on: `follower_timeout` and `flip_timeout` bound a follower's login.)
+    func fallBackIfConnectTimedOut(nowMs: UInt64, limitMs: UInt64) {
+        guard let address = connectingTo, let login, nowMs &- login.attemptStartedAt > limitMs,
+              login.attempt + 1 < login.addresses.count else { return }
+        owner { $0.backendConnectOutcome(self, address: address, succeeded: false) }
+        fallBack("timed out after \(Double(limitMs) / 1000) s")
     }
 
     /// The address a TCP connect is in flight to (nil once connected, or before the connect started).

@@ -563,7 +563,13 @@ public final class ProxyServer {
         let nowNs = loop.nanoseconds
         let s = config.server
         if let pool = idleBackends, pool.count > 0 { pool.expire(now: now) }
+        let connectLimitMs = UInt64(s.connectTimeout * 1000)
         for session in Array(sessions.values) {
+            if s.connectTimeout > 0, session.state == .forwarding || session.state == .connecting {
+                // Followers and standbys get the leader's per-address connect_timeout too (no allocation per sweep).
+                session.follower?.fallBackIfConnectTimedOut(nowMs: now, limitMs: connectLimitMs)
+                session.standby?.fallBackIfConnectTimedOut(nowMs: now, limitMs: connectLimitMs)
+            }
             switch session.state {
             case .handshake where s.authTimeout > 0 && now - session.createdAt > UInt64(s.authTimeout * 1000):
                 session.failClient(ProxyError.fatal("08006", "authentication timed out after \(Int(s.authTimeout)) s"))

@@ -14,7 +14,7 @@ public final class EventLoop {
     /// Set by `shutdown`: the retire check is closed, so what is retired after is kept until deinit.
     private var isShutDown = false
     /// Set by `shutdown` when a request outlived its grace: the thread pool may still post to the loop.
-    private var isAbandoned = false
+    public private(set) var isAbandoned = false
     /// Releases `retired` in the check phase, right after the I/O callbacks of the iteration. Started only
     /// while something is retired, and unreferenced: it never keeps the loop running by itself.
     private let retireCheck: UnsafeMutablePointer<uv_check_t>

@@ -107,9 +107,9 @@ struct Serve: ParsableCommand {
         loop.run()
         for w in watchers { w.close() }
         let rc = loop.shutdown()
-        if rc == -EBUSY { logger.warning("a host name lookup was still running at exit and was left behind (a name server not answering)") }
+        if loop.isAbandoned { logger.warning("a host name lookup was still running at exit and was left behind (a name server not answering)") }
         logger.info("stopped", metadata: ["loop_close": "\(rc)"])
-        if rc == -EBUSY {
+        if loop.isAbandoned {
             // libuv's exit-time destructor joins its thread pool, which would wait out the lookup after all.
             fflush(nil)
             _exit(0)

@@ -207,4 +207,42 @@ import Testing
         #expect(text.contains("a host name lookup was still running at exit") && text.contains("loop_close=-16"),
                 "the abandoned lookup is said, and the loop left open: \(text)")
     }
+
+    @Test(.enabled(if: BackendAddressTests.canOverrideHosts, "needs root and mount namespaces for a private /etc/hosts"))
+    func aFollowersConnectToASilentAddressMovesOnAfterConnectTimeout() throws {
+        // The follower's host name: the new cluster's address and one that drops the SYN. Round robin sends
+        // the second session's follower to the silent one first.
+        let hosts = "\(f.directory)/dns-follower-hosts"
+        try "127.0.0.1 follower-db.test\n192.0.2.99 follower-db.test\n".write(toFile: hosts, atomically: false, encoding: .utf8)
+        let rest = """
+            \(Self.adminTOML)
+            [backends.newside]
+            host = "follower-db.test"
+            port = \(f.onboarding.port)
+            database = "recruitment"
+            user = "recruitment_user"
+            password = "\(FixtureSecrets.recruitmentPassword)"
+            [routes.fallbackroute]
+            legacy = "legacy"
+            legacy_schema = "recruitment"
+            new = "newside"
+            phase = "dual-legacy"
+            """
+        let (p, port, _) = try f.ownProxy("dns-follower", server: "connect_timeout = 1\nfollower_timeout = 3", rest: rest, hostsFile: hosts)
+        defer { stopBackgroundProcess(p) }
+        let log = "\(f.directory)/dns-follower.log"
+        let sessions = try (0..<2).map { _ in try PQConnection(f.conninfo(port, database: "fallbackroute")) }
+        for c in sessions { #expect(try c.scalar("SELECT 6 * 7") == "42") }
+        let admin = try PQConnection(f.conninfo(port, database: "cutover", user: "ops", password: FixtureSecrets.adminPassword))
+        var stats: [String?] = []
+        let deadline = Date().addingTimeInterval(2.5) // inside follower_timeout: only a fallback can make it
+        repeat {
+            usleep(100_000)
+            stats = try admin.query("SHOW STATS").first { $0[0] == "fallbackroute" } ?? []
+        } while stats.count > 2 && stats[2] != "2" && Date() < deadline
+        #expect(stats.count > 2 && stats[2] == "2", "both sessions' statements were compared: \(stats)")
+        #expect(try admin.query("SHOW ROUTES").first { $0[0] == "fallbackroute" }?[6] == "yes", "the route stays in sync")
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(text.contains("address=192.0.2.99") && text.contains("next=127.0.0.1"), "the follower's fallback is logged")
+    }
 }
