@@ -59,6 +59,8 @@ public struct ServerConfig: Sendable, Equatable {
     /// Idle logged-in backend connections kept per login (backend, side and startup packet) when their
     /// session ends, for the next session that logs in the same way; 0: none (every session logs in).
     public var backendPoolSize = 0
+    /// Idle backend connections kept in all (the oldest is ended past it).
+    public var backendPoolTotal = 100
     /// Seconds an idle backend connection is kept in that pool (0: no limit).
     public var backendIdleTimeout = 60.0
     /// A directory for a Unix-domain socket beside the TCP listener, `.s.PGSQL.<port>` as PostgreSQL names

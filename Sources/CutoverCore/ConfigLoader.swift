@@ -143,7 +143,7 @@ private struct Parser {
                                          "divergence_log", "log_literals", "divergence_memory", "mirror_queue_bytes",
                                          "mirror_queue_statements", "follower_timeout", "flip_timeout", "metrics_listen",
                                          "follower_logins", "divergence_log_limit", "client_tls", "client_tls_cert_file", "client_tls_key_file", "client_tls_ca_file",
-                                         "dns_refresh", "unix_socket_dir", "backend_pool_size", "backend_idle_timeout"])
+                                         "dns_refresh", "unix_socket_dir", "backend_pool_size", "backend_pool_total", "backend_idle_timeout"])
         if let (host, port) = hostPort(t, "listen") { s.listenHost = host; s.listenPort = port }
         if let (host, port) = hostPort(t, "metrics_listen") { s.metricsHost = host; s.metricsPort = port }
         if s.metricsHost != nil, s.metricsHost == s.listenHost, s.metricsPort == s.listenPort, s.listenPort != 0 {
@@ -169,6 +169,7 @@ private struct Parser {
         if let v = int(t, "follower_logins", "server", range: 1...1000) { s.followerLogins = v }
         if let v = seconds(t, "dns_refresh", "server") { s.dnsRefresh = v }
         if let v = int(t, "backend_pool_size", "server", range: 0...100_000) { s.backendPoolSize = v }
+        if let v = int(t, "backend_pool_total", "server", range: 1...1_000_000) { s.backendPoolTotal = v }
         if let v = seconds(t, "backend_idle_timeout", "server") { s.backendIdleTimeout = v }
         if let v = string(t, "unix_socket_dir", "server") {
             s.unixSocketDirectory = absolute(v)

@@ -80,6 +80,7 @@ final class BackendLink: TCPConnectionDelegate {
         /// the backend reported at login (what a later session that takes the link is told).
         var startup: [UInt8] = []
         var loginParameters: [(String, String)] = []
+        var poolGeneration = 0
     }
     private var spill: Spill?
     private var spillForWrite: Spill {
@@ -131,6 +132,9 @@ final class BackendLink: TCPConnectionDelegate {
     /// Keep the startup packet and the login's ParameterStatus values, so the link can go to the server's
     /// idle pool when its session ends (set before `start` when pooling is on).
     var keepsLogin = false
+    /// Never to be pooled: a cancel was sent to its backend (one still in flight would hit the next session's
+    /// statement), or the client's Terminate reached it in part.
+    var isTainted = false
     /// Units the proxy itself sent (replayed state, the implicit BEGIN/COMMIT of sync mirroring): their
     /// answers are consumed here and never reach the client; their end is reported as an internal boundary.
     var internalUnits: Int32 = 0
@@ -504,7 +508,16 @@ final class BackendLink: TCPConnectionDelegate {
 
     /// Whether the link can serve another session once reset: logged in, every answer read, nothing queued.
     var isReusable: Bool {
-        state == .ready && internalUnits == 0 && scanner.atMessageBoundary && connection.queuedBytes == 0 && keepsLogin
+        state == .ready && internalUnits == 0 && scanner.atMessageBoundary && connection.queuedBytes == 0 && keepsLogin && !isTainted
+    }
+
+    /// Parked and still waiting for its reset's answer (taken within moments of parking): not usable yet.
+    var isResetting: Bool { state == .parked && internalUnits > 0 }
+
+    /// The pool generation it was logged in under (a reload that changes backends starts a new one).
+    var poolGeneration: Int {
+        get { spill?.poolGeneration ?? 0 }
+        set { spillForWrite.poolGeneration = newValue }
     }
 
     /// Into the pool. The session that let it go is ending, so from here the link calls no session: it

@@ -64,6 +64,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// Set by a graceful shutdown: end the session at its next idle boundary.
     var closeWhenIdle = false
     private var clientPaused = false
+    /// Extended-protocol messages went to the leader since the last Sync (or Query): a backend left so
+    /// would take the pool's reset as part of them (or skip it after an error), and a Sync from the pool
+    /// would commit what the client never synced.
+    private var extendedSinceSync = false
     var leaderPaused = false
     /// The client is streaming COPY data: its Syncs are ignored by the backend until CopyDone/CopyFail.
     private var clientCopyIn = false
@@ -297,7 +301,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         let link = BackendLink(loop: server.loop, backend: backend, addresses: target.addresses, addressFailure: target.failure, side: side,
                                owner: self, tls: server.backendTLS[backend.name], saltedPassword: server.saltedPassword)
         // With a pool, any leader may end up there (a follower becomes the leader when a flip swaps them).
-        link.keepsLogin = server.idleBackends != nil
+        if let pool = server.idleBackends {
+            link.keepsLogin = true
+            link.poolGeneration = pool.generation
+        }
         if isFollower {
             link.prepare(startup: packet, onSettled: { [unowned server] in server.followerLoginSettled($0) })
             server.admitFollowerLogin(link)
@@ -497,6 +504,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         // Async mirroring with a batching follower registers each unit as it ends (no per-chunk list).
         let batching = collecting && lockStepIsQuiet && mirrorMode == .async && follower?.connection.readsOnDemand == true
         var chunk = ClientChunk(collecting: collecting, batching: batching)
+        chunk.startsMidMessage = !clientScanner.atMessageBoundary
         if collecting && !batching && !chunkUnits.isEmpty { chunkUnits.removeAll(keepingCapacity: true) }
         do {
             try scanClientChunk(bytes, &chunk)
@@ -553,10 +561,15 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         let collecting: Bool
         let batching: Bool
         var terminated = false
-        /// Where the Terminate message starts.
+        /// Where the Terminate message starts (the chunk's end when it began in an earlier chunk: its first
+        /// bytes went to the backend already, so the rest goes too).
         var terminateAt = 0
         var flushAt: Int?
         var unitCount = 0
+        /// The chunk's first message began in an earlier chunk.
+        var startsMidMessage = false
+        /// Where the last message seen ended.
+        var lastEnd = 0
     }
 
     /// The scan in a function of its own, small enough for `scan` to be inlined: inside the large
@@ -570,13 +583,32 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     @inline(__always)
     private func clientMessage(_ id: UInt8, _ body: UnsafeRawBufferPointer?, _ endOffset: Int, _ chunk: inout ClientChunk) {
         let endsUnit = tracker.messageEndsUnit(id: id, body: body)
+        defer { chunk.lastEnd = endOffset }
         switch id {
-        case FrontendMessageID.execute.rawValue, FrontendMessageID.query.rawValue: syncsSinceExecute = 0
+        case FrontendMessageID.query.rawValue:
+            syncsSinceExecute = 0
+            extendedSinceSync = false
+        case FrontendMessageID.execute.rawValue:
+            syncsSinceExecute = 0
+            extendedSinceSync = true
+        case FrontendMessageID.sync.rawValue: extendedSinceSync = false
+        case FrontendMessageID.parse.rawValue, FrontendMessageID.bind.rawValue, FrontendMessageID.describe.rawValue,
+             FrontendMessageID.close.rawValue:
+            extendedSinceSync = true
         case FrontendMessageID.copyDone.rawValue, FrontendMessageID.copyFail.rawValue: clientCopyIn = false
         case FrontendMessageID.terminate.rawValue:
-            if !chunk.terminated { chunk.terminateAt = endOffset - 5 }
+            if !chunk.terminated {
+                if chunk.lastEnd == 0 && chunk.startsMidMessage {
+                    chunk.terminateAt = endOffset // split across reads: complete it, and keep this backend out of the pool
+                    leader?.isTainted = true
+                } else {
+                    chunk.terminateAt = chunk.lastEnd
+                }
+            }
             chunk.terminated = true
-        case FrontendMessageID.flush.rawValue: chunk.flushAt = endOffset
+        case FrontendMessageID.flush.rawValue:
+            chunk.flushAt = endOffset
+            extendedSinceSync = true
         default: break
         }
         guard endsUnit else { return }
@@ -670,9 +702,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// is (idle, every answer read, nothing queued, not shutting down), else ended with Terminate.
     private func releaseLeader() {
         guard let link = leader else { return }
-        if let pool = server.idleBackends, !closeWhenIdle, !server.isShuttingDown, transactionStatus == .idle,
-           pendingReadyForQuery == 0, !clientCopyIn, lockStepIsQuiet, !leaderPaused, link.isReusable, let key = link.poolKey,
-           pool.park(link, key: key, now: loop.now) {
+        if server.idleBackends != nil, !closeWhenIdle, !server.isShuttingDown, transactionStatus == .idle,
+           pendingReadyForQuery == 0, !extendedSinceSync, clientScanner.atMessageBoundary, !clientCopyIn, lockStepIsQuiet,
+           !leaderPaused, link.isReusable, server.parkIdle(link) {
             leader = nil // the pool has it; this session must not reach it again
             return
         }

@@ -2,15 +2,19 @@
 // way (`backend_pool_size`): a client that connects per request then costs no PostgreSQL fork and login.
 import CutoverCore
 
-/// Idle backend links by login: the backend's name, the side, and the exact startup packet the proxy sent it (user,
-/// database, search_path, the client's parameters), so a link is only reused for a session that would have
-/// logged in identically. Most recently parked first (its backend's caches are warmest).
+/// Idle backend links by login: the backend's name, the side, and the exact startup packet the proxy sent it
+/// (user, database, search_path, the client's parameters), so a link is only reused for a session that would
+/// have logged in identically. Most recently parked first (its backend's caches are warmest).
 ///
 /// A parked link has no session (`BackendLink.park`): it resets its backend with `DISCARD ALL` as it is
 /// parked, so an idle backend holds none of the previous session's settings, prepared statements,
 /// temporary tables, LISTENs or advisory locks, and a session that takes it starts as after a fresh login.
 /// It keeps reading, to close when its backend goes away; whether it is reset and still idle is checked
 /// again when it is taken.
+///
+/// Bounds: `sizePerLogin` links per key, and `maxTotal` in all (the key holds client-chosen parameters such
+/// as application_name, so without a total a client varying them could fill PostgreSQL's max_connections
+/// with idle backends); past the total the oldest link anywhere is ended.
 final class IdleBackendPool {
     struct Key: Hashable {
         let backend: String
@@ -25,37 +29,53 @@ final class IdleBackendPool {
     }
 
     private var entries: [Key: [Entry]] = [:]
-    /// Idle links kept per key at most.
     var sizePerLogin: Int
+    var maxTotal: Int
     /// How long a link may stay parked (ms); 0: no limit.
     var idleTimeoutMs: UInt64
+    /// Links logged in under an older generation are not taken back (a reload changed the backends).
+    private(set) var generation = 1
     private(set) var count = 0
 
-    init(sizePerLogin: Int, idleTimeoutMs: UInt64) {
+    init(sizePerLogin: Int, maxTotal: Int, idleTimeoutMs: UInt64) {
         self.sizePerLogin = sizePerLogin
+        self.maxTotal = maxTotal
         self.idleTimeoutMs = idleTimeoutMs
     }
 
-    /// Keeps `link` for a later session; false (the caller terminates it) when that login's pool is full.
+    /// Keeps `link` for a later session; false (the caller terminates it) when it was logged in under an
+    /// older generation or that login's share is full of live links.
     func park(_ link: BackendLink, key: Key, now: UInt64) -> Bool {
-        guard sizePerLogin > 0, entries[key, default: []].count < sizePerLogin else { return false }
+        guard sizePerLogin > 0, maxTotal > 0, link.poolGeneration == generation else { return false }
+        dropClosed(key)
+        guard entries[key, default: []].count < sizePerLogin else { return false }
+        if count >= maxTotal { evictOldest() }
         link.park()
         entries[key, default: []].append(Entry(link: link, since: now))
         count += 1
         return true
     }
 
-    /// The most recently parked link for `key` whose backend is still there; those found gone are closed.
+    /// The most recently parked link for `key` that is reset and whose backend is still there. Links found
+    /// closed or gone are ended; one still waiting for its reset's answer stays parked for a later session.
     func take(_ key: Key) -> BackendLink? {
-        while let entry = entries[key]?.popLast() {
-            count -= 1
-            if entries[key]?.isEmpty == true { entries[key] = nil }
-            if entry.link.isResetAndIdle { return entry.link }
-            // Closed by the server, said something unasked (a FATAL before closing), or its reset is still
-            // on the way (taken within microseconds of parking): a fresh login is the safe choice.
-            entry.link.terminate()
+        guard var list = entries[key] else { return nil }
+        var found: BackendLink?
+        var i = list.count - 1
+        while i >= 0 && found == nil {
+            let link = list[i].link
+            if link.isResetAndIdle {
+                found = link
+                list.remove(at: i)
+            } else if !link.isResetting {
+                link.terminate() // closed by the server, or it said something unasked (a FATAL before closing)
+                list.remove(at: i)
+            }
+            i -= 1
         }
-        return nil
+        count -= (entries[key]!.count - list.count)
+        entries[key] = list.isEmpty ? nil : list
+        return found
     }
 
     /// Idle links per backend name (SHOW BACKENDS, metrics).
@@ -65,26 +85,44 @@ final class IdleBackendPool {
         return counts
     }
 
-    /// Terminates links parked longer than the idle timeout, and those over a lowered size; returns how many.
-    @discardableResult
-    func expire(now: UInt64) -> Int {
-        var closed = 0
+    /// Ends links parked longer than the idle timeout, closed ones, and those over a lowered size or total.
+    func expire(now: UInt64) {
         for key in Array(entries.keys) {
-            var list = entries[key]!
+            dropClosed(key)
+            guard var list = entries[key] else { continue }
             let over = max(0, list.count - sizePerLogin)
-            let expired = list.enumerated().filter { i, e in i < over || (idleTimeoutMs > 0 && now &- e.since >= idleTimeoutMs) }.map(\.offset)
+            let expired = list.indices.filter { i in i < over || (idleTimeoutMs > 0 && now &- list[i].since >= idleTimeoutMs) }
             for i in expired.reversed() { list.remove(at: i).link.terminate() }
-            closed += expired.count
+            count -= expired.count
             entries[key] = list.isEmpty ? nil : list
         }
-        count -= closed
-        return closed
+        while count > maxTotal { evictOldest() }
     }
 
-    /// Terminates every parked link (shutdown, or a reload that may have changed backends).
+    /// Ends every parked link, and starts a new generation: links of running sessions, logged in under the
+    /// settings before a reload, are not taken in when those sessions end.
     func terminateAll() {
         for list in entries.values { for e in list { e.link.terminate() } }
         entries = [:]
         count = 0
+        generation += 1
+    }
+
+    /// Forgets links of `key` that closed while parked (the backend went away).
+    private func dropClosed(_ key: Key) {
+        guard let list = entries[key] else { return }
+        let live = list.filter { !$0.link.isClosed }
+        guard live.count != list.count else { return }
+        count -= list.count - live.count
+        entries[key] = live.isEmpty ? nil : live
+    }
+
+    /// Ends the link parked longest, whatever its login.
+    private func evictOldest() {
+        guard let (key, _) = entries.min(by: { ($0.value.first?.since ?? .max) < ($1.value.first?.since ?? .max) }),
+              var list = entries[key], !list.isEmpty else { return }
+        list.removeFirst().link.terminate()
+        count -= 1
+        entries[key] = list.isEmpty ? nil : list
     }
 }

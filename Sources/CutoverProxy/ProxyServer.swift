@@ -200,6 +200,7 @@ public final class ProxyServer {
     @discardableResult
     func cancelLeader(of s: ClientSession) -> Bool {
         guard let leader = s.leader, let real = leader.key else { return false }
+        leader.isTainted = true // a cancel still on its way must not reach the next session's statement
         // To the server this session's leader is connected to, not to a fresh choice among the backend's
         // addresses (a name with several, or one that moved since, would reach a server without that key).
         guard let (address, port) = leader.connection.peerAddress, !address.isEmpty else {
@@ -218,10 +219,23 @@ public final class ProxyServer {
             idleBackends = nil
             return
         }
-        let pool = idleBackends ?? IdleBackendPool(sizePerLogin: s.backendPoolSize, idleTimeoutMs: 0)
+        let pool = idleBackends ?? IdleBackendPool(sizePerLogin: s.backendPoolSize, maxTotal: s.backendPoolTotal, idleTimeoutMs: 0)
         pool.sizePerLogin = s.backendPoolSize
+        pool.maxTotal = s.backendPoolTotal
         pool.idleTimeoutMs = UInt64(s.backendIdleTimeout * 1000)
         idleBackends = pool
+    }
+
+    /// Parks a session's idle leader for a later session, unless it was logged in before a reload changed
+    /// the backends, or it is connected to an address its host name no longer resolves to (a failover's
+    /// DNS switch: later sessions must reach the new server). False: the caller ends it.
+    func parkIdle(_ link: BackendLink) -> Bool {
+        guard let pool = idleBackends, let key = link.poolKey, let backend = config.backends[link.backendName] else { return false }
+        if !backend.isUnixSocket, let known = addressBook.entries[backend.name]?.addresses,
+           let peer = link.connection.peerAddress?.host, !known.contains(peer) {
+            return false
+        }
+        return pool.park(link, key: key, now: loop.now)
     }
 
     /// The session with the admin console's id (SHOW SESSIONS), if it is still there.
@@ -235,6 +249,7 @@ public final class ProxyServer {
     func kill(_ s: ClientSession) {
         if s.state == .forwarding && s.pendingReadyForQuery > 0 { cancelLeader(of: s) } // (idle in a transaction, Terminate suffices)
         logger.warning("session killed by an admin", metadata: ["session": "\(s.id)", "user": "\(s.user)"])
+        if s.state == .draining { return s.forceFinish() } // its client is gone already: stop waiting for the follower
         s.failClient(ProxyError.fatal("57P01", "terminating connection due to administrator command"))
     }
 

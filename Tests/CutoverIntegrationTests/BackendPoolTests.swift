@@ -110,4 +110,68 @@ import Testing
         usleep(1_500_000)
         #expect(try backendsOnLegacy(app) == 0, "past backend_idle_timeout the kept ones are ended too")
     }
+
+    @Test func aBackendThatMayStillBeBusyOrWasLoggedInUnderOldSettingsIsNotKept() throws {
+        let (p, port, path) = try f.ownProxy("pool-unsafe", server: "backend_pool_size = 4\nbackend_pool_total = 3",
+                                             rest: Self.adminTOML + "\n[[users]]\nname = \"trust_user\"\nauth = \"trust\"\n")
+        defer { stopBackgroundProcess(p) }
+        let app = "pool_unsafe_\(getpid())"
+        func login(_ name: String) throws -> RawClient {
+            let c = try RawClient(port: port)
+            c.send(RawClient.startup([("user", "trust_user"), ("database", "onboarding"), ("application_name", name)]))
+            #expect(c.readUntilReady().ready)
+            return c
+        }
+        // Extended-protocol messages with no Sync (an implicit transaction still open), then gone.
+        do {
+            let c = try login("\(app)_unsynced")
+            let parse: [UInt8] = [UInt8(ascii: "P")] + [0, 0, 0, 16] + Array("\0SELECT 1\0".utf8) + [0, 0]
+            let bind: [UInt8] = [UInt8(ascii: "B"), 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0]
+            let execute: [UInt8] = [UInt8(ascii: "E"), 0, 0, 0, 9, 0, 0, 0, 0, 0]
+            c.send(parse + bind + execute + [UInt8(ascii: "H"), 0, 0, 0, 4])
+            usleep(200_000)
+            c.send([UInt8(ascii: "X"), 0, 0, 0, 4])
+        }
+        // A Terminate split across two reads (its first bytes reach the backend before the proxy sees it whole).
+        do {
+            let c = try login("\(app)_split")
+            c.send([UInt8(ascii: "X"), 0, 0])
+            usleep(200_000)
+            c.send([0, 4])
+            _ = c.readUntilClosed()
+        }
+        // A session whose statement was cancelled (a late cancel must not hit the next session).
+        do {
+            let c = try PQConnection(f.conninfo(port, extra: "application_name=\(app)_cancelled"))
+            let (state, _) = c.cancelAfter(0.3, running: "SELECT pg_sleep(20)")
+            #expect(state == "57014")
+        }
+        usleep(300_000)
+        for kind in ["unsynced", "split", "cancelled"] {
+            #expect(try backendsOnLegacy("\(app)_\(kind)") == 0, "\(kind): ended, not kept")
+        }
+        #expect(try PQConnection(f.conninfo(port)).isOK, "the proxy is still up")
+
+        // At most backend_pool_total in all, whatever the logins.
+        do {
+            let clients = try (0..<4).map { i in try PQConnection(f.conninfo(port, extra: "application_name=\(app)_many\(i % 2)")) }
+            for c in clients { #expect(try c.scalar("SELECT 1") == "1") }
+        }
+        usleep(300_000)
+        let kept = try (0..<2).map { try backendsOnLegacy("\(app)_many\($0)") }.reduce(0, +)
+        #expect(kept == 3, "four idle backends, three kept (\(kept))")
+
+        // A reload that changes the backend: sessions logged in before it do not leave their backends behind.
+        var before: PQConnection? = try PQConnection(f.conninfo(port, extra: "application_name=\(app)_reload"))
+        #expect(try before?.scalar("SELECT 1") == "1")
+        let config = try String(contentsOfFile: path, encoding: .utf8)
+        try config.replacingOccurrences(of: "[backends.legacy]", with: "[backends.legacy]\ntls = \"disable\"")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        kill(p.processIdentifier, SIGHUP)
+        usleep(500_000)
+        #expect(try backendsOnLegacy("\(app)_many0") + backendsOnLegacy("\(app)_many1") == 0, "the reload ended the idle ones")
+        before = nil // its session ends, idle
+        usleep(300_000)
+        #expect(try backendsOnLegacy("\(app)_reload") == 0, "logged in under the old settings: ended")
+    }
 }
