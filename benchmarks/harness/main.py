@@ -130,6 +130,10 @@ def main(argv=None):
                                           host=pgb_unix.dir),
                         services.Endpoint(report.CUTOVER_UNIX, "Cutover legacy, Unix sockets", co_unix.port, co_unix.service,
                                           host=co_unix.dir)]
+        if "throughput" not in skip:
+            co_pool = services.Cutover(work, "cutover-pooled", binary, legacy, new, "legacy", "async", pin, 1000,
+                                       extra_server="backend_pool_size = 16").start()
+            targets.append(services.Endpoint(suites.CUTOVER_POOLED, "Cutover legacy, backend_pool_size = 16", co_pool.port, co_pool.service))
         duals = {}
         if dual:
             for m in ("async", "sync"):
@@ -158,7 +162,7 @@ def main(argv=None):
             save(rec, meta, out_dir, targets)
         if "copy" not in skip:
             suites.log("COPY")
-            copy_targets = [t for t in targets if t.key != "pgbouncer_txn" and not t.is_unix]
+            copy_targets = [t for t in targets if t.key not in ("pgbouncer_txn", suites.CUTOVER_POOLED) and not t.is_unix]
             suites.copy_rounds(mode, copy_targets, pin, rec, clusters, data_path, data_bytes)
             save(rec, meta, out_dir, targets)
         if "callgrind" not in skip:

@@ -53,7 +53,8 @@ def parse_summary(stdout, stderr):
     r["transactions"] = int(m.group(1)) if m else 0
     m = re.search(r"number of failed transactions: (\d+)", stdout)
     r["failed"] = int(m.group(1)) if m else 0
-    m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", stdout)
+    # With -C, pgbench counts the reconnections in: "(including reconnection times)".
+    m = re.search(r"tps = ([\d.]+) \((?:without initial connection time|including reconnection times)\)", stdout)
     r["tps"] = float(m.group(1)) if m else 0.0
     m = re.search(r"latency average = ([\d.]+) ms", stdout)
     if m:

@@ -95,6 +95,9 @@ class Analysis:
         put("tps_vs_pgbouncer_tls", self.pair("select_simple_tls", CUTOVER_TLS, PGBOUNCER_TLS, "tps"))
         put("cpu_us_per_query_tls", spread(self.values("select_simple_tls", CUTOVER_TLS, "proxy_cpu_us_per_query")), 1)
         put("pgbouncer_cpu_us_per_query_tls", spread(self.values("select_simple_tls", PGBOUNCER_TLS, "proxy_cpu_us_per_query")), 1)
+        put("tps_vs_pgbouncer_connect", self.pair("connect_select", "cutover_pooled", PGBOUNCER, "tps"))
+        put("tps_vs_direct_connect", self.pair("connect_select", "cutover_pooled", DIRECT, "tps"))
+        put("tps_pooled_vs_unpooled_connect", self.pair("connect_select", "cutover_pooled", CUTOVER, "tps"))
         put("added_p50_us", self.pair("latency_c1", CUTOVER, DIRECT, "latency_us", op="diff", sub="p50"), 1)
         put("pgbouncer_added_p50_us", self.pair("latency_c1", PGBOUNCER, DIRECT, "latency_us", op="diff", sub="p50"), 1)
         for dual in ("async", "sync"):

@@ -188,7 +188,7 @@ ignore_startup_parameters = extra_float_digits
 class Cutover(Managed):
     """One `cutover serve` instance with a route `bench` (legacy + new) in a given phase and mirror mode."""
 
-    def __init__(self, root, name, binary, legacy, new, phase, mirror, pin, max_clients, tls=None, unix=False):
+    def __init__(self, root, name, binary, legacy, new, phase, mirror, pin, max_clients, tls=None, unix=False, extra_server=""):
         self.name = name
         self.binary = binary
         self.dir = os.path.join(root, name)
@@ -204,6 +204,7 @@ max_clients = {max_clients}
 state_file = "{self.dir}/state.json"
 {f'unix_socket_dir = "{self.dir}"' if unix else ""}
 {f'client_tls = "require"{chr(10)}client_tls_cert_file = "{tls[0]}"{chr(10)}client_tls_key_file = "{tls[1]}"' if tls else ""}
+{extra_server}
 
 [[users]]
 name = "{USER}"

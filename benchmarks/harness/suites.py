@@ -13,6 +13,8 @@ import numpy as np
 from . import pgbench, procs, services
 from .pgwire import IdleSessions
 
+CUTOVER_POOLED = "cutover_pooled"
+
 
 @dataclass
 class Workload:
@@ -31,6 +33,8 @@ class Workload:
     def applies(self, endpoint):
         if self.key == "select_prepared" and not endpoint.prepared_ok:
             return False
+        if endpoint.key == CUTOVER_POOLED and self.key != "connect_select":
+            return False  # the pooled instance is there for the connect-per-transaction workload only
         if self.only_targets and endpoint.key not in self.only_targets:
             return False
         if self.tls != bool(endpoint.sslmode) or self.unix != endpoint.is_unix:
@@ -56,6 +60,12 @@ def workloads(mode):
         # tpcb-like: BEGIN, 3 UPDATEs, SELECT, INSERT, END = 7 statements.
         Workload("tpcb", "TPC-B (tpcb-like), 8 clients", ["-M", "simple"] + c8, queries_per_tx=7),
         Workload("latency_c1", "select-only, 1 client (latency)", ["-S", "-M", "simple", "-c", "1"], latency=True),
+        # A new connection for every transaction (pgbench -C), as an application without a pool of its own
+        # connects: PgBouncer (session mode) reuses its server connections; Cutover logs in to PostgreSQL per
+        # session unless `backend_pool_size` is set (the cutover_pooled target). Direct clients pay their own
+        # SCRAM login each time; clients log in to both proxies with trust.
+        Workload("connect_select", "select-only, a new connection per transaction (-C), 8 clients",
+                 ["-S", "-M", "simple", "-C"] + c8, only_targets=("direct", "pgbouncer_session", "cutover_legacy", CUTOVER_POOLED)),
         Workload("fixed_rate", f"TPC-B at {mode.rate} tx/s, 4 clients (latency)",
                  ["-M", "simple", "-c", "4", "-j", "1", "-R", str(mode.rate)], latency=True, queries_per_tx=7,
                  skip_targets=("pgbouncer_txn",), rate=True),
