@@ -12,6 +12,10 @@ Runs `pgbench -S -M simple -c 1` through a fresh Cutover under `callgrind --dump
   benchmarks/profile.py BINARY annotate SYMBOL_SUBSTRING                disassembly of one function with the
                                                                           per-query count of each instruction
 
+With --connect, every query comes on a new connection (pgbench -C) through a proxy with backend_pool_size: the
+cost of a session's start and end with a pooled backend (64 810 → 23 368 own instructions per session in the
+commit that added it: the pool key's hashing, the per-session logger, startup parameter lookups).
+
 BINARY is a release build with debug info (`swift build -c release`: .build/release/cutover); callgrind runs a
 copy stripped of it (valgrind 3.19 cannot read Swift's DWARF 5), and addresses are mapped back with objdump.
 This is how the hot path went from 3 456 to 2 546 instructions per query (docs/benchmarks.md).
@@ -32,7 +36,7 @@ from harness import pgbench, procs, services  # noqa: E402
 RUNS = (1000, 3000)
 
 
-def profile(binary, phase):
+def profile(binary, phase, connect=False):
     """The two callgrind output files, keyed by run length."""
     work = tempfile.mkdtemp(prefix="cutover-profile-")
     os.chmod(work, 0o755)
@@ -50,11 +54,12 @@ def profile(binary, phase):
             c.create_bench_db(1, pin)
             clusters[name] = c
         for n in RUNS:
-            proxy = services.Cutover(work, f"cutover-{n}", stripped, clusters["legacy"], clusters["new"], phase, "async", pin, 10)
+            proxy = services.Cutover(work, f"cutover-{n}", stripped, clusters["legacy"], clusters["new"], phase, "async", pin, 10,
+                                     extra_server="backend_pool_size = 4" if connect else "")
             out = os.path.join(work, f"callgrind-{n}.out")
             proxy.start(["valgrind", "--tool=callgrind", "--dump-instr=yes", f"--callgrind-out-file={out}"])
             res = pgbench.run_pgbench(services.Endpoint("cutover", "cutover", proxy.port), pin,
-                                      ["-S", "-M", "simple", "-c", "1", "-t", str(n)], timeout=600)
+                                      ["-S", "-M", "simple", "-c", "1", "-t", str(n)] + (["-C"] if connect else []), timeout=1200)
             proxy.stop(120)
             if res["transactions"] != n:
                 raise SystemExit(f"pgbench through the proxy failed: {res.get('stderr_tail', '')}")
@@ -151,10 +156,12 @@ def main():
     p.add_argument("names", nargs="*", help="calls: the callees; annotate: a substring of the function's symbol")
     p.add_argument("--phase", default="legacy", choices=("legacy", "dual-legacy"))
     p.add_argument("--top", type=int, default=40)
+    p.add_argument("--connect", action="store_true",
+                   help="a new connection per query (pgbench -C) through a proxy with backend_pool_size: the session set-up cost")
     args = p.parse_args()
     binary = os.path.abspath(args.binary)
     callees = set(args.names or ["swift_retain", "swift_release"]) if args.mode == "calls" else set()
-    work, outs = profile(binary, args.phase)
+    work, outs = profile(binary, args.phase, args.connect)
     try:
         (s1, c1, k1), (s2, c2, k2) = (parse(outs[n], callees) for n in RUNS)
     finally:

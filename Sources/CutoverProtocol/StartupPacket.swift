@@ -81,7 +81,31 @@ public struct StartupMessage: Equatable, Sendable {
         return pairs
     }
 
-    public subscript(key: String) -> String? { parameters.first { $0.0 == key }?.1 }
+    /// One parameter, found in the raw pairs without decoding the others (`user`, `database` and
+    /// `application_name` are read several times per session).
+    public subscript(key: String) -> String? {
+        let wanted = Array(key.utf8)
+        return raw.withUnsafeBufferPointer { r -> String? in
+            var i = 0
+            while i < r.count {
+                let keyStart = i
+                while i < r.count && r[i] != 0 { i += 1 }
+                let keyEnd = i
+                guard keyEnd > keyStart else { return nil } // the terminating empty key
+                i += 1
+                let valueStart = i
+                while i < r.count && r[i] != 0 { i += 1 }
+                let valueEnd = min(i, r.count)
+                i += 1
+                if keyEnd - keyStart == wanted.count && wanted.withUnsafeBufferPointer({ w in
+                    (0..<w.count).allSatisfy { r[keyStart + $0] == w[$0] }
+                }) {
+                    return String(decoding: UnsafeBufferPointer(rebasing: r[valueStart..<valueEnd]), as: UTF8.self)
+                }
+            }
+            return nil
+        }
+    }
 
     public var user: String? { self["user"] }
     /// The database defaults to the user name, as in PostgreSQL.

@@ -79,7 +79,8 @@ final class BackendLink: TCPConnectionDelegate {
         /// With a backend pool: the login's startup packet (the pool's key) and the ParameterStatus values
         /// the backend reported at login (what a later session that takes the link is told).
         var startup: [UInt8] = []
-        var loginParameters: [(String, String)] = []
+        /// Encoded once, as ParameterStatus messages: a pooled link's next sessions get these bytes as they are.
+        var loginParameters: [UInt8] = []
         var poolGeneration = 0
     }
     private var spill: Spill?
@@ -348,7 +349,7 @@ final class BackendLink: TCPConnectionDelegate {
                 case .ready(let parameters, let key, _):
                     state = .ready
                     self.key = key
-                    if keepsLogin { spillForWrite.loginParameters = parameters }
+                    if keepsLogin { spillForWrite.loginParameters = Self.parameterStatusBytes(parameters) }
                     self.login = nil
                     owner { $0.backendReady(self, parameters: parameters, key: key) }
                     if let queued = spill?.queuedUntilReady, !queued.isEmpty, state == .ready {
@@ -504,7 +505,14 @@ final class BackendLink: TCPConnectionDelegate {
     }
 
     /// What the backend reported at login, for a session that takes the link from the pool.
-    var loginParameters: [(String, String)] { spill?.loginParameters ?? [] }
+    var loginParameters: [UInt8] { spill?.loginParameters ?? [] }
+
+    /// The backend's ParameterStatus messages, as a client is sent them at login.
+    static func parameterStatusBytes(_ parameters: [(String, String)]) -> [UInt8] {
+        var w = ByteWriter(capacity: 512)
+        for (name, value) in parameters { BackendMessage.parameterStatus(name: name, value: value).encode(into: &w) }
+        return w.bytes
+    }
 
     /// Whether the link can serve another session once reset: logged in, every answer read, nothing queued.
     var isReusable: Bool {

@@ -99,6 +99,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
 
     deinit { client.delegate = nil }
 
+    /// Whether a message at `level` would be logged: the per-session messages check first, because building
+    /// `logger` (its metadata) costs more than the rest of a pooled session's start (callgrind).
+    func logs(_ level: Logger.Level) -> Bool { server.logger.logLevel <= level }
+
     /// Built when something is logged (rarely), not stored: an idle session should cost little memory.
     var logger: Logger {
         var l = server.logger
@@ -284,8 +288,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if let pooled {
             // Logged in and reset already: the client is served at once.
             pooled.adopt(by: self)
-            logger.debug("backend connection reused", metadata: ["backend": "\(pooled.backendName)", "backend.pid": "\(pooled.key?.processID ?? 0)"])
-            backendReady(pooled, parameters: pooled.loginParameters, key: pooled.key)
+            if logs(.debug) { logger.debug("backend connection reused", metadata: ["backend": "\(pooled.backendName)", "backend.pid": "\(pooled.key?.processID ?? 0)"]) }
+            serveClient(leader: pooled, parameterStatus: pooled.loginParameters, key: pooled.key)
         }
     }
 
@@ -320,13 +324,19 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if link === standby { return standbySettled(link, failure: nil) }
         if link === follower { return updateFollowerReading() }
         guard link === leader, state == .connecting else { return }
+        serveClient(leader: link, parameterStatus: link.keepsLogin ? link.loginParameters : BackendLink.parameterStatusBytes(parameters), key: key)
+    }
+
+    /// The leader is logged in (or came from the pool): the client gets AuthenticationOk, the backend's
+    /// ParameterStatus messages (`parameterStatus`, encoded), BackendKeyData and ReadyForQuery, and is served.
+    private func serveClient(leader link: BackendLink, parameterStatus: [UInt8], key: CancelRequest?) {
         var w = ByteWriter(capacity: 512)
         if cold != nil {
             w.writeBytes(loginPrefix)
             loginPrefix = []
         }
         BackendMessage.authentication(.ok).encode(into: &w)
-        for (name, value) in parameters { BackendMessage.parameterStatus(name: name, value: value).encode(into: &w) }
+        w.writeBytes(parameterStatus)
         // The leader's real process id (pg_backend_pid() agrees) and the proxy's own secret.
         clientVisiblePID = key?.processID ?? 0
         BackendMessage.backendKeyData(CancelRequest(processID: clientVisiblePID, secretKey: proxySecret)).encode(into: &w)
@@ -334,8 +344,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         state = .forwarding
         updateFollowerReading() // a follower that logged in first was polled until now
         server.sessionStarted(self)
-        logger.info("session started", metadata: ["backend": "\(link.backendName)", "backend.pid": "\(key?.processID ?? 0)",
-                                                  "phase": "\(sessionPhase.rawValue)", "application_name": "\(applicationName)"])
+        if logs(.info) { logger.info("session started", metadata: ["backend": "\(link.backendName)", "backend.pid": "\(key?.processID ?? 0)",
+                                                  "phase": "\(sessionPhase.rawValue)", "application_name": "\(applicationName)"]) }
         client.write(w.bytes)
         if !pendingClientBytes.isEmpty {
             let early = pendingClientBytes
@@ -684,7 +694,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         // Closing can fail the client connection at once (a TLS close_notify that cannot be sent), and that
         // ends the session from inside: it must not be finished twice.
         guard state != .closed && state != .draining else { return }
-        logger.debug("session ended", metadata: ["reason": "\(reason)"])
+        if logs(.debug) { logger.debug("session ended", metadata: ["reason": "\(reason)"]) }
         if cold != nil { lockStep.dropQueued() }
         if follower != nil && (lockStepIsBusy || pendingUnitCount > 0) {
             state = .draining
