@@ -174,4 +174,44 @@ import Testing
         usleep(300_000)
         #expect(try backendsOnLegacy("\(app)_reload") == 0, "logged in under the old settings: ended")
     }
+
+    @Test func aPooledLeaderServesADualPhaseSessionWithAFreshFollowerAndNothingDiverges() throws {
+        // The recruitment schema on legacy leads, the recruitment database on the new cluster follows.
+        let rest = """
+            \(Self.adminTOML)
+            [backends.newside]
+            port = \(f.onboarding.port)
+            database = "recruitment"
+            user = "recruitment_user"
+            password = "\(FixtureSecrets.recruitmentPassword)"
+            [routes.pooldual]
+            legacy = "legacy"
+            legacy_schema = "recruitment"
+            new = "newside"
+            phase = "dual-legacy"
+            """
+        let (p, port, _) = try f.ownProxy("pool-dual", server: "backend_pool_size = 2\ndivergence_log = \"pool-dual.jsonl\"", rest: rest)
+        defer { stopBackgroundProcess(p) }
+        let app = "pool_dual_\(getpid())"
+        var leaderPID: String?
+        for round in 0..<3 {
+            let c = try PQConnection(f.conninfo(port, database: "pooldual", extra: "application_name=\(app)"))
+            let pid: String? = "\(c.backendPID)" // from BackendKeyData: pg_backend_pid() would differ on the follower
+            if round == 0 { leaderPID = pid } else { #expect(pid == leaderPID, "round \(round): the pooled leader again") }
+            #expect(try c.scalar("SELECT count(*) FROM pg_prepared_statements") == "0")
+            try c.query("PREPARE s\(round) AS SELECT $1::int * 2")
+            #expect(try c.scalar("EXECUTE s\(round)(21)") == "42")
+            #expect(try c.query("SELECT g, md5(g::text) FROM generate_series(1, 50) g").count == 50)
+        }
+        let admin = try PQConnection(f.conninfo(port, database: "cutover", user: "ops", password: FixtureSecrets.adminPassword))
+        var stats: [String?] = []
+        for _ in 0..<50 {
+            stats = try admin.query("SHOW STATS").first { $0[0] == "pooldual" } ?? []
+            if stats.count > 5, stats[5] == "0", stats[1] == stats[2] { break }
+            usleep(100_000)
+        }
+        #expect(stats.count > 3 && stats[1] == stats[2] && stats[3] == "0",
+                "every statement of the three sessions compared, none diverged: \(stats)")
+        #expect(try admin.query("SHOW ROUTES").first { $0[0] == "pooldual" }?[6] == "yes")
+    }
 }
