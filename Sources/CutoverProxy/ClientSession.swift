@@ -246,6 +246,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             isWildcard = target.route == nil
             if let prefix = handshake?.value.takePendingPrefix(), !prefix.isEmpty { loginPrefix = prefix }
             handshake = nil
+            // Messages the client pipelined behind its login (no need to wait for AuthenticationOk with trust)
+            // go to the leader once it is ready, like bytes that arrive while it connects.
+            if let rest = framer?.value.takeRemainder(), !rest.isEmpty { pendingClientBytes.append(contentsOf: rest) }
             framer = nil // the login buffer is not needed any more
             if let name = target.route, let r = server.routes[name] {
                 route = r

@@ -18,6 +18,17 @@ import Testing
         return try condition()
     }
 
+    @Test func aQueryPipelinedBehindTheStartupMessageIsAnsweredAfterTheLogin() throws {
+        // With trust there is nothing to wait for: a client may send its first Query in the same packet.
+        let c = try RawClient(port: f.proxyPort)
+        c.send(RawClient.startup([("user", "trust_user"), ("database", "onboarding")]) + RawClient.query("SELECT 6 * 7 AS answer"))
+        let (login, ready) = c.readUntilReady()
+        #expect(ready && login.first == UInt8(ascii: "R"), "logged in")
+        let (answer, answered) = c.readUntilReady()
+        let text = String(decoding: answer, as: UTF8.self)
+        #expect(answered && text.contains("answer") && text.contains("42"), "the pipelined query was run, not dropped: \(answer)")
+    }
+
     @Test func aClientThatVanishesMidStatementDoesNotLeaveADrainingSession() throws {
         try f.walk("recruitment", to: "legacy")
         try f.adminRun("SET PHASE recruitment TO dual-legacy")
