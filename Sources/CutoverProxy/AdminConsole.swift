@@ -56,7 +56,7 @@ final class AdminConsole {
                 }
             case .reload:
                 guard let reloader = server.reloader else { throw ProxyServer.AdminError(code: "55000", message: "this proxy has no config file to reload") }
-                do { server.reload(try reloader()) } catch {
+                do { try server.reload(try reloader()) } catch {
                     throw ProxyServer.AdminError(code: "F0000", message: "reload failed, the running configuration is unchanged: \(error)")
                 }
                 send(.success(AdminResult(columns: [], rows: [], tag: "RELOAD")))

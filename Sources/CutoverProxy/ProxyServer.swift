@@ -629,19 +629,20 @@ public final class ProxyServer {
     // MARK: lifecycle
 
     /// Replaces the config for new sessions; running sessions keep theirs. Route phases stay as they are.
-    public func reload(_ newConfig: CutoverConfig) {
+    /// All of it or (when its TLS files cannot be loaded now) none of it: a reload that rotated the client
+    /// CA, say, must not take effect without its certificates.
+    public func reload(_ newConfig: CutoverConfig) throws {
+        // The files were checked when the config was loaded; they may have changed since (a renewal in progress).
+        let newClientTLS = try Self.clientTLSContext(newConfig.server)
+        let newBackendTLS = try Self.backendTLSContexts(newConfig)
         // Idle backend connections logged in under the old backend settings (host, user, password, TLS) go.
         if newConfig.backends != config.backends { idleBackends?.terminateAll() }
         configurePool(newConfig.server)
         config = newConfig
         reconfigureAddresses(newConfig)
         saltedCache.removeAll()
-        do { clientTLS = try Self.clientTLSContext(newConfig.server) } catch {
-            logger.error("client TLS certificate not reloaded: the previous one stays in use", metadata: ["error": "\(error)"])
-        }
-        do { backendTLS = try Self.backendTLSContexts(newConfig) } catch {
-            logger.error("backend TLS settings not reloaded: the previous ones stay in use", metadata: ["error": "\(error)"])
-        }
+        clientTLS = newClientTLS
+        backendTLS = newBackendTLS
         for link in followerLogins.setLimit(newConfig.server.followerLogins) {
             if link.isClosed { followerLoginSettled(link) } else { link.connect(nowNs: loop.nanoseconds) } // a closed one frees its slot
         }

@@ -99,7 +99,7 @@ struct Serve: ParsableCommand {
         watchers.append(SignalWatcher(loop: loop, signal: SIGINT, stop))
         watchers.append(SignalWatcher(loop: loop, signal: SIGHUP) { _ in
             do {
-                server.reload(try server.reloader!())
+                try server.reload(try server.reloader!())
             } catch {
                 logger.error("reload failed; keeping the previous configuration", metadata: ["error": "\(error)"])
             }
