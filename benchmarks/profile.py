@@ -36,7 +36,7 @@ from harness import pgbench, procs, services  # noqa: E402
 RUNS = (1000, 3000)
 
 
-def profile(binary, phase, connect=False):
+def profile(binary, phase, connect=False, pool=4):
     """The two callgrind output files, keyed by run length."""
     work = tempfile.mkdtemp(prefix="cutover-profile-")
     os.chmod(work, 0o755)
@@ -55,7 +55,7 @@ def profile(binary, phase, connect=False):
             clusters[name] = c
         for n in RUNS:
             proxy = services.Cutover(work, f"cutover-{n}", stripped, clusters["legacy"], clusters["new"], phase, "async", pin, 10,
-                                     extra_server="backend_pool_size = 4" if connect else "")
+                                     extra_server=f"backend_pool_size = {pool}" if connect else "")
             out = os.path.join(work, f"callgrind-{n}.out")
             proxy.start(["valgrind", "--tool=callgrind", "--dump-instr=yes", f"--callgrind-out-file={out}"])
             res = pgbench.run_pgbench(services.Endpoint("cutover", "cutover", proxy.port), pin,
@@ -158,10 +158,11 @@ def main():
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--connect", action="store_true",
                    help="a new connection per query (pgbench -C) through a proxy with backend_pool_size: the session set-up cost")
+    p.add_argument("--pool", type=int, default=4, help="with --connect: backend_pool_size (0: a backend login per session)")
     args = p.parse_args()
     binary = os.path.abspath(args.binary)
     callees = set(args.names or ["swift_retain", "swift_release"]) if args.mode == "calls" else set()
-    work, outs = profile(binary, args.phase, args.connect)
+    work, outs = profile(binary, args.phase, args.connect, args.pool)
     try:
         (s1, c1, k1), (s2, c2, k2) = (parse(outs[n], callees) for n in RUNS)
     finally:
