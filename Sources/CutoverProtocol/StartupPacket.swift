@@ -91,7 +91,7 @@ public struct StartupMessage: Equatable, Sendable {
                 let keyStart = i
                 while i < r.count && r[i] != 0 { i += 1 }
                 let keyEnd = i
-                guard keyEnd > keyStart else { return nil } // the terminating empty key
+                guard keyEnd > keyStart, keyEnd < r.count else { return nil } // the terminating empty key, or a cut pair
                 i += 1
                 let valueStart = i
                 while i < r.count && r[i] != 0 { i += 1 }

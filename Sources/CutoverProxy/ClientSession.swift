@@ -118,7 +118,13 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         lastActivity = loop.now
         switch state {
         case .handshake, .admin: framedBytes(bytes)
-        case .connecting: pendingClientBytes.append(contentsOf: bytes) // pipelined before AuthenticationOk
+        case .connecting:
+            pendingClientBytes.append(contentsOf: bytes) // pipelined before AuthenticationOk
+            if pendingClientBytes.count > server.writeHighWater && !clientPaused {
+                // Held in memory until the backend login ends (a connect timeout per address): bounded.
+                clientPaused = true
+                client.stopReading()
+            }
         case .forwarding: forwardFromClient(bytes)
         case .closed, .draining: break
         }
@@ -354,6 +360,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             let early = pendingClientBytes
             pendingClientBytes = []
             early.withUnsafeBytes { forwardFromClient($0) }
+            maybeResumeClient() // paused while they piled up during the login
         } else {
             reachedIdleBoundaryIfIdle()
         }

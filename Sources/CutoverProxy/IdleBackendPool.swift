@@ -1,7 +1,6 @@
 // Logged-in backend connections a session left idle, kept for the next session that would log in the same
 // way (`backend_pool_size`): a client that connects per request then costs no PostgreSQL fork and login.
 import CutoverCore
-import Glibc
 
 /// Idle backend links by login: the backend's name, the side, and the exact startup packet the proxy sent it
 /// (user, database, search_path, the client's parameters), so a link is only reused for a session that would
@@ -17,33 +16,7 @@ import Glibc
 /// as application_name, so without a total a client varying them could fill PostgreSQL's max_connections
 /// with idle backends); past the total the oldest link anywhere is ended.
 final class IdleBackendPool {
-    struct Key: Hashable {
-        let backend: String
-        /// The side of a route the link serves (a flip that swaps leader and follower looks at it).
-        let side: Side?
-        let startup: [UInt8]
-        /// The startup packet hashed once, word at a time: Array's own hashing and comparison go through
-        /// a protocol witness per byte (callgrind: ~7 000 instructions per session for the pool's lookups).
-        private let digest: UInt64
-
-        init(backend: String, side: Side?, startup: [UInt8]) {
-            self.backend = backend
-            self.side = side
-            self.startup = startup
-            digest = startup.withUnsafeBytes { DigestBuilder.hash($0) }
-        }
-
-        func hash(into h: inout Hasher) {
-            h.combine(digest)
-            h.combine(backend)
-            h.combine(side)
-        }
-
-        static func == (a: Key, b: Key) -> Bool {
-            a.digest == b.digest && a.backend == b.backend && a.side == b.side && a.startup.count == b.startup.count
-                && a.startup.isEmpty || a.startup.withUnsafeBytes { x in b.startup.withUnsafeBytes { y in memcmp(x.baseAddress!, y.baseAddress!, x.count) == 0 } }
-        }
-    }
+    typealias Key = PooledLoginKey
 
     private struct Entry {
         let link: BackendLink

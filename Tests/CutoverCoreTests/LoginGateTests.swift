@@ -83,3 +83,23 @@ import Testing
         #expect(g.storedSlots <= 2 * 100 + 32, "cleared slots are dropped as it goes: \(g.storedSlots) stored")
     }
 }
+
+@Suite struct PooledLoginKeyTests {
+    @Test func onlyTheSameBackendSideAndStartupBytesAreTheSameLogin() {
+        let packet: [UInt8] = Array("user\0u\0database\0d\0application_name\0a\0\0".utf8)
+        let key = PooledLoginKey(backend: "legacy", side: .legacy, startup: packet)
+        #expect(key == PooledLoginKey(backend: "legacy", side: .legacy, startup: packet))
+        #expect(key.hashValue == PooledLoginKey(backend: "legacy", side: .legacy, startup: packet).hashValue)
+        var sameLength = packet
+        sameLength[sameLength.count - 3] = UInt8(ascii: "b") // application_name b
+        #expect(key != PooledLoginKey(backend: "legacy", side: .legacy, startup: sameLength), "one byte differs")
+        #expect(key != PooledLoginKey(backend: "legacy", side: .legacy, startup: packet + [0]), "longer")
+        #expect(PooledLoginKey(backend: "legacy", side: .legacy, startup: packet + [0]) != key, "shorter (no read past the end)")
+        #expect(key != PooledLoginKey(backend: "other", side: .legacy, startup: packet), "another backend")
+        #expect(key != PooledLoginKey(backend: "legacy", side: .new, startup: packet), "another side")
+        #expect(PooledLoginKey(backend: "b", side: nil, startup: []) == PooledLoginKey(backend: "b", side: nil, startup: []))
+        var pool: Set<PooledLoginKey> = [key]
+        pool.insert(PooledLoginKey(backend: "legacy", side: .legacy, startup: sameLength))
+        #expect(pool.count == 2 && pool.contains(PooledLoginKey(backend: "legacy", side: .legacy, startup: packet)))
+    }
+}
