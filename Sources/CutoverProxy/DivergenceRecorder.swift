@@ -16,16 +16,25 @@ final class DivergenceRecorder {
         open(path)
     }
 
-    func open(_ newPath: String?) {
-        guard newPath != path else { return }
+    /// Switches the log to `newPath` (nil: none). False when the new file cannot be opened: the log
+    /// written so far stays in use (a reload is then refused whole).
+    @discardableResult
+    func open(_ newPath: String?) -> Bool {
+        guard newPath != path else { return true }
+        var newFile: FileHandle?
+        if let newPath {
+            if !FileManager.default.fileExists(atPath: newPath) { _ = FileManager.default.createFile(atPath: newPath, contents: nil) } // a failure shows as nil below
+            newFile = FileHandle(forWritingAtPath: newPath)
+            guard newFile != nil else {
+                logger.error("cannot open divergence log", metadata: ["path": "\(newPath)"])
+                return false
+            }
+            _ = try? newFile?.seekToEnd()
+        }
         try? file?.close()
-        file = nil
+        file = newFile
         path = newPath
-        guard let newPath else { return }
-        if !FileManager.default.fileExists(atPath: newPath) { _ = FileManager.default.createFile(atPath: newPath, contents: nil) } // a failure shows as nil below
-        file = FileHandle(forWritingAtPath: newPath)
-        _ = try? file?.seekToEnd()
-        if file == nil { logger.error("cannot open divergence log", metadata: ["path": "\(newPath)"]) }
+        return true
     }
 
     func setCapacity(_ n: Int) { capacity = n; trim() }

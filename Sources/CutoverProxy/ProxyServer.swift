@@ -373,10 +373,11 @@ public final class ProxyServer {
 
     // MARK: phases
 
-    struct AdminError: Error {
+    struct AdminError: Error, CustomStringConvertible {
         var code: String
         var message: String
         var detail: String?
+        var description: String { message }
     }
 
     func persist() throws {
@@ -629,12 +630,15 @@ public final class ProxyServer {
     // MARK: lifecycle
 
     /// Replaces the config for new sessions; running sessions keep theirs. Route phases stay as they are.
-    /// All of it or (when its TLS files cannot be loaded now) none of it: a reload that rotated the client
-    /// CA, say, must not take effect without its certificates.
+    /// All of it or (when its TLS files or its divergence log cannot be opened now) none of it: a reload
+    /// that rotated the client CA, say, must not take effect without its certificates.
     public func reload(_ newConfig: CutoverConfig) throws {
         // The files were checked when the config was loaded; they may have changed since (a renewal in progress).
         let newClientTLS = try Self.clientTLSContext(newConfig.server)
         let newBackendTLS = try Self.backendTLSContexts(newConfig)
+        guard divergences.open(newConfig.server.divergenceLog) else {
+            throw AdminError(code: "F0000", message: "cannot open the divergence log \(newConfig.server.divergenceLog ?? "")")
+        }
         // Idle backend connections logged in under the old backend settings (host, user, password, TLS) go.
         if newConfig.backends != config.backends { idleBackends?.terminateAll() }
         configurePool(newConfig.server)
@@ -650,7 +654,6 @@ public final class ProxyServer {
             if let r = routes[name] { r.config = rc } else { routes[name] = RouteRuntime(config: rc, phase: rc.phase, mirror: rc.mirror) }
         }
         crossSchema = Self.detector(newConfig)
-        divergences.open(newConfig.server.divergenceLog)
         divergences.setCapacity(newConfig.server.divergenceMemory)
         if newConfig.server.divergenceLogLimit != divergenceLimiter.perSecond {
             (divergenceLimiter, routeDivergenceLimiter) = Self.divergenceLimiters(newConfig.server.divergenceLogLimit)

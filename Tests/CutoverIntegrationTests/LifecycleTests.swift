@@ -179,4 +179,33 @@ import Testing
         let log = (try? String(contentsOfFile: "\(f.directory)/metrics.log", encoding: .utf8)) ?? ""
         #expect(log.contains("loop_close=0"), "every handle, the endpoint's too, closed: \(log)")
     }
+
+    @Test func aReloadWhoseDivergenceLogCannotBeOpenedChangesNothing() throws {
+        let admin = """
+            [[users]]
+            name = "ops"
+            password = "\(FixtureSecrets.adminPassword)"
+            admin = true
+            """
+        let (p, port, path) = try f.ownProxy("reload-whole", server: "divergence_log = \"reload-whole.jsonl\"", rest: admin)
+        defer { stopBackgroundProcess(p) }
+        let console = try PQConnection(f.conninfo(port, database: "cutover", user: "ops", password: FixtureSecrets.adminPassword))
+        // The new config adds a route, and names a divergence log in a directory that does not exist.
+        let config = try String(contentsOfFile: path, encoding: .utf8)
+        try (config.replacingOccurrences(of: "divergence_log = \"reload-whole.jsonl\"", with: "divergence_log = \"/nonexistent-dir/d.jsonl\"")
+             + "\n[routes.latecomer]\nlegacy = \"legacy\"\nlegacy_schema = \"onboarding\"\nnew = \"legacy\"\n")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        do {
+            try console.query("RELOAD")
+            Issue.record("the reload was accepted")
+        } catch let e as PQError {
+            #expect(e.message.contains("divergence log"), "\(e.message)")
+        }
+        #expect(try console.query("SHOW ROUTES").allSatisfy { $0[0] != "latecomer" }, "nothing of the refused reload took effect")
+        // Fixed, the same reload goes through.
+        try (config + "\n[routes.latecomer]\nlegacy = \"legacy\"\nlegacy_schema = \"onboarding\"\nnew = \"legacy\"\n")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        try console.query("RELOAD")
+        #expect(try console.query("SHOW ROUTES").contains { $0[0] == "latecomer" })
+    }
 }
