@@ -26,7 +26,9 @@ import Testing
     }
 
     @Test func anEndedSessionsBackendServesTheNextSessionResetLikeAFreshLogin() throws {
-        let (p, port) = try pooledProxy("pool-reuse")
+        let mport = PostgresCluster.freePort()
+        let (p, port, _) = try f.ownProxy("pool-reuse", server: "backend_pool_size = 2\nmetrics_listen = \"127.0.0.1:\(mport)\"",
+                                          rest: Self.adminTOML)
         defer { stopBackgroundProcess(p) }
         let app = "pool_reuse_\(getpid())"
         var firstPID: String?
@@ -47,6 +49,8 @@ import Testing
         try other.query("SELECT pg_advisory_unlock(4242)")
         let admin = try PQConnection(f.conninfo(port, database: "cutover", user: "ops", password: FixtureSecrets.adminPassword))
         #expect(try admin.query("SHOW BACKENDS").first { $0[0] == "legacy" }?[9] == "1", "SHOW BACKENDS counts it idle")
+        let scrape = RawClient.httpGet(port: mport, path: "/metrics")
+        #expect(scrape.contains("cutover_backend_idle_connections{backend=\"legacy\"} 1\n"), "and /metrics: \(scrape.suffix(400))")
 
         let next = try PQConnection(f.conninfo(port, extra: "application_name=\(app)"))
         #expect(try next.scalar("SELECT pg_backend_pid()") == firstPID, "the same backend, no new login")

@@ -36,6 +36,13 @@ final class RawClient {
         }
     }
 
+    /// The whole answer (headers and body) of one HTTP GET to 127.0.0.1:`port` (empty if it cannot connect).
+    static func httpGet(port: Int, path: String) -> String {
+        guard let c = try? RawClient(port: port) else { return "" }
+        c.send(Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".utf8))
+        return String(decoding: c.readUntilClosed().bytes, as: UTF8.self)
+    }
+
     /// A protocol 3.0 StartupMessage with `parameters`.
     static func startup(_ parameters: [(String, String)]) -> [UInt8] {
         var body: [UInt8] = [0, 3, 0, 0]
