@@ -602,6 +602,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// follower when mirroring) if it ends a unit.
     @inline(__always)
     private func clientMessage(_ id: UInt8, _ body: UnsafeRawBufferPointer?, _ endOffset: Int, _ chunk: inout ClientChunk) {
+        guard !chunk.terminated else { return } // after a Terminate nothing counts (nothing after it is sent on)
         let endsUnit = tracker.messageEndsUnit(id: id, body: body)
         defer { chunk.lastEnd = endOffset }
         switch id {

@@ -1,5 +1,6 @@
 // Integration: backend_pool_size keeps the backend connections of ended sessions for later ones that log in
 // the same way, reset with DISCARD ALL, and never hands out one that is busy, dead or expired.
+import CLibPQ
 import Foundation
 import Glibc
 import Testing
@@ -77,6 +78,22 @@ import Testing
         usleep(100_000)
         let other = try PQConnection(f.conninfo(port, extra: "application_name=\(app)_other"))
         #expect(try pid(other) != pooled, "another startup parameter: a login of its own")
+
+        // Messages after a Terminate are not run, and do not keep the backend out of the pool.
+        var afterTerminate: String?
+        do {
+            let c = try PQConnection(f.conninfo(port, extra: "application_name=\(app)_after"))
+            afterTerminate = try pid(c)
+            c.start("SELECT 1") // then the raw socket gets a Terminate with a Query behind it, in one write
+            _ = c.awaitResults()
+            let fd = PQsocket(c.conn)
+            let bytes: [UInt8] = [UInt8(ascii: "X"), 0, 0, 0, 4] + RawClient.query("SELECT pg_sleep(30)")
+            _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            usleep(300_000)
+        }
+        #expect(try backendsOnLegacy("\(app)_after") == 1, "kept idle: the query behind the Terminate never ran")
+        let reused = try PQConnection(f.conninfo(port, extra: "application_name=\(app)_after"))
+        #expect(try pid(reused) == afterTerminate)
 
         // A client that leaves in the middle of a transaction: its backend is not kept.
         var midTransaction: String?
