@@ -1,6 +1,5 @@
 // What makes two backend logins interchangeable, for the idle backend pool: the backend, the side, and the
 // exact startup packet the proxy sent.
-import Glibc
 
 /// The idle pool's key. The startup packet holds the client's parameters (application_name, options, …),
 /// so a link is reused only for a session that would have logged in identically.
@@ -27,8 +26,7 @@ public struct PooledLoginKey: Hashable, Sendable {
     }
 
     public static func == (a: PooledLoginKey, b: PooledLoginKey) -> Bool {
-        guard a.digest == b.digest, a.backend == b.backend, a.side == b.side, a.startup.count == b.startup.count else { return false }
-        guard !a.startup.isEmpty else { return true }
-        return a.startup.withUnsafeBytes { x in b.startup.withUnsafeBytes { y in memcmp(x.baseAddress!, y.baseAddress!, x.count) == 0 } }
+        // The digest first: the byte comparison runs only for what is almost surely a match.
+        a.digest == b.digest && a.backend == b.backend && a.side == b.side && a.startup == b.startup
     }
 }

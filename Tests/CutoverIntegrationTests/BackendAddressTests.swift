@@ -28,13 +28,6 @@ import Testing
         do { _ = try PQConnection(conninfo); return nil } catch let e as PQError { return e } catch { return PQError(message: "\(error)") }
     }
 
-    static let adminTOML = """
-        [[users]]
-        name = "ops"
-        password = "\(FixtureSecrets.adminPassword)"
-        admin = true
-        """
-
     /// `SHOW BACKENDS` rows by backend name.
     func backends(_ port: Int) throws -> [String: [String?]] {
         let admin = try PQConnection(f.conninfo(port, database: "cutover", user: "ops", password: FixtureSecrets.adminPassword))
@@ -43,7 +36,7 @@ import Testing
 
     @Test func anUnresolvableHostFailsOnlyItsRouteWithTheReasonAndAReloadThatFixesItIsPickedUp() throws {
         let ghost = { (host: String) in """
-            \(Self.adminTOML)
+            \(ProxyFixture.adminTOML)
             \(f.backendTOML("ghost", host: host))
             [routes.ghostroute]
             legacy = "ghost"
@@ -214,20 +207,7 @@ import Testing
         // the second session's follower to the silent one first.
         let hosts = "\(f.directory)/dns-follower-hosts"
         try "127.0.0.1 follower-db.test\n192.0.2.99 follower-db.test\n".write(toFile: hosts, atomically: false, encoding: .utf8)
-        let rest = """
-            \(Self.adminTOML)
-            [backends.newside]
-            host = "follower-db.test"
-            port = \(f.onboarding.port)
-            database = "recruitment"
-            user = "recruitment_user"
-            password = "\(FixtureSecrets.recruitmentPassword)"
-            [routes.fallbackroute]
-            legacy = "legacy"
-            legacy_schema = "recruitment"
-            new = "newside"
-            phase = "dual-legacy"
-            """
+        let rest = ProxyFixture.adminTOML + "\n" + f.dualLegacyRouteTOML("fallbackroute", newHost: "follower-db.test")
         let (p, port, _) = try f.ownProxy("dns-follower", server: "connect_timeout = 1\nfollower_timeout = 3", rest: rest, hostsFile: hosts)
         defer { stopBackgroundProcess(p) }
         let log = "\(f.directory)/dns-follower.log"

@@ -9,15 +9,8 @@ import Testing
     let f: ProxyFixture
     init() throws { f = try ProxyFixture.shared() }
 
-    static let adminTOML = """
-        [[users]]
-        name = "ops"
-        password = "\(FixtureSecrets.adminPassword)"
-        admin = true
-        """
-
     func pooledProxy(_ name: String, size: Int = 2, idleTimeout: Double = 60) throws -> (Process, Int) {
-        let (p, port, _) = try f.ownProxy(name, server: "backend_pool_size = \(size)\nbackend_idle_timeout = \(idleTimeout)", rest: Self.adminTOML)
+        let (p, port, _) = try f.ownProxy(name, server: "backend_pool_size = \(size)\nbackend_idle_timeout = \(idleTimeout)", rest: ProxyFixture.adminTOML)
         return (p, port)
     }
 
@@ -29,7 +22,7 @@ import Testing
     @Test func anEndedSessionsBackendServesTheNextSessionResetLikeAFreshLogin() throws {
         let mport = PostgresCluster.freePort()
         let (p, port, _) = try f.ownProxy("pool-reuse", server: "backend_pool_size = 2\nmetrics_listen = \"127.0.0.1:\(mport)\"",
-                                          rest: Self.adminTOML)
+                                          rest: ProxyFixture.adminTOML)
         defer { stopBackgroundProcess(p) }
         let app = "pool_reuse_\(getpid())"
         var firstPID: String?
@@ -134,7 +127,7 @@ import Testing
 
     @Test func aBackendThatMayStillBeBusyOrWasLoggedInUnderOldSettingsIsNotKept() throws {
         let (p, port, path) = try f.ownProxy("pool-unsafe", server: "backend_pool_size = 4\nbackend_pool_total = 3",
-                                             rest: Self.adminTOML + "\n[[users]]\nname = \"trust_user\"\nauth = \"trust\"\n")
+                                             rest: ProxyFixture.adminTOML + "\n[[users]]\nname = \"trust_user\"\nauth = \"trust\"\n")
         defer { stopBackgroundProcess(p) }
         let app = "pool_unsafe_\(getpid())"
         func login(_ name: String) throws -> RawClient {
@@ -198,19 +191,7 @@ import Testing
 
     @Test func aPooledLeaderServesADualPhaseSessionWithAFreshFollowerAndNothingDiverges() throws {
         // The recruitment schema on legacy leads, the recruitment database on the new cluster follows.
-        let rest = """
-            \(Self.adminTOML)
-            [backends.newside]
-            port = \(f.onboarding.port)
-            database = "recruitment"
-            user = "recruitment_user"
-            password = "\(FixtureSecrets.recruitmentPassword)"
-            [routes.pooldual]
-            legacy = "legacy"
-            legacy_schema = "recruitment"
-            new = "newside"
-            phase = "dual-legacy"
-            """
+        let rest = ProxyFixture.adminTOML + "\n" + f.dualLegacyRouteTOML("pooldual")
         let (p, port, _) = try f.ownProxy("pool-dual", server: "backend_pool_size = 2\ndivergence_log = \"pool-dual.jsonl\"", rest: rest)
         defer { stopBackgroundProcess(p) }
         let app = "pool_dual_\(getpid())"

@@ -181,13 +181,7 @@ import Testing
     }
 
     @Test func aReloadWhoseDivergenceLogCannotBeOpenedChangesNothing() throws {
-        let admin = """
-            [[users]]
-            name = "ops"
-            password = "\(FixtureSecrets.adminPassword)"
-            admin = true
-            """
-        let (p, port, path) = try f.ownProxy("reload-whole", server: "divergence_log = \"reload-whole.jsonl\"", rest: admin)
+        let (p, port, path) = try f.ownProxy("reload-whole", server: "divergence_log = \"reload-whole.jsonl\"", rest: ProxyFixture.adminTOML)
         defer { stopBackgroundProcess(p) }
         let console = try PQConnection(f.conninfo(port, database: "cutover", user: "ops", password: FixtureSecrets.adminPassword))
         // The new config adds a route, and names a divergence log in a directory that does not exist.

@@ -184,6 +184,32 @@ final class ProxyFixture: @unchecked Sendable {
         onboarding.destroy()
     }
 
+    /// The admin user `ops`, for configs of a test's own.
+    static let adminTOML = """
+        [[users]]
+        name = "ops"
+        password = "\(FixtureSecrets.adminPassword)"
+        admin = true
+        """
+
+    /// A route `name` in `dual-legacy` for a config of a test's own: the recruitment schema on legacy leads,
+    /// backend `newside` (the recruitment database on the new cluster, at `newHost` if given) follows.
+    func dualLegacyRouteTOML(_ name: String, newHost: String? = nil) -> String {
+        """
+        [backends.newside]
+        \(newHost.map { "host = \"\($0)\"" } ?? "")
+        port = \(onboarding.port)
+        database = "recruitment"
+        user = "recruitment_user"
+        password = "\(FixtureSecrets.recruitmentPassword)"
+        [routes.\(name)]
+        legacy = "legacy"
+        legacy_schema = "recruitment"
+        new = "newside"
+        phase = "dual-legacy"
+        """
+    }
+
     /// `[backends.legacy]`: the shared instance's database as its owner, for configs of a test's own.
     var legacyBackendTOML: String { backendTOML("legacy") }
 
