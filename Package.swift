@@ -17,6 +17,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        // HDR latency histograms for `cutover bench` (small: it brings only swift-numerics).
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // C libraries, each behind a module map with a `link` line (pkg-config only adds search paths).
@@ -42,8 +44,13 @@ let package = Package(
             "CutoverProtocol", "CutoverCore", "CutoverRuntime",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: hotPathSettings),
+        // `cutover bench`: a libpq load client with HDR latency histograms (no proxy code in it).
+        .target(name: "CutoverBench", dependencies: [
+            "CutoverNative",
+            .product(name: "Histogram", package: "hdrhistogram-swift"),
+        ]),
         .executableTarget(name: "cutover", dependencies: [
-            "CutoverProxy", "CutoverCore",
+            "CutoverProxy", "CutoverCore", "CutoverBench",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -53,6 +60,7 @@ let package = Package(
         .testTarget(name: "CutoverProtocolTests", dependencies: ["CutoverProtocol"]),
         .testTarget(name: "CutoverCoreTests", dependencies: ["CutoverCore", "CutoverProtocol", "CutoverTestSupport"]),
         .testTarget(name: "CutoverRuntimeTests", dependencies: ["CutoverRuntime"]),
+        .testTarget(name: "CutoverBenchTests", dependencies: ["CutoverBench"]),
         .testTarget(name: "CutoverIntegrationTests", dependencies: ["CLibPQ", "CutoverCore", "CutoverTestSupport"]),
     ]
 )

@@ -1,4 +1,4 @@
-// The `cutover` command: serve the proxy, check a config file (and, later, operate a running proxy).
+// The `cutover` command: serve the proxy, check a config file; the other subcommands live in their own files.
 import ArgumentParser
 import CutoverCore
 import CutoverProxy
@@ -11,7 +11,7 @@ struct Cutover: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cutover",
         abstract: "A PostgreSQL proxy that moves each service's schema to its own instance with no downtime.",
-        subcommands: [Serve.self, CheckConfig.self, Status.self, PhaseCommand.self, Verify.self, Backfill.self])
+        subcommands: [Serve.self, CheckConfig.self, Status.self, PhaseCommand.self, Verify.self, Backfill.self, Bench.self])
 }
 
 struct ConfigOption: ParsableArguments {
