@@ -7,6 +7,8 @@
 #include <openssl/ssl.h>
 #include <openssl/err.h>
 #include <openssl/buffer.h>
+#include <openssl/pem.h>
+#include <openssl/x509_vfy.h>
 #include <string.h>
 
 /* Function-like macros Swift does not import. */
@@ -51,6 +53,30 @@ static inline void cutover_ssl_ctx_request_client_certificates(SSL_CTX *ctx, STA
     if (names) SSL_CTX_set_client_CA_list(ctx, names);
     static const unsigned char sid[] = "cutover";
     SSL_CTX_set_session_id_context(ctx, sid, sizeof sid - 1);
+}
+/* Certificate revocation lists for client certificates (PostgreSQL's ssl_crl_file): every CRL in the PEM file
+   goes into the context's store and every certificate of a client's chain must then be checked against its
+   issuer's CRL (X509_V_FLAG_CRL_CHECK_ALL, as PostgreSQL sets). Returns the number of CRLs added: 0 (a file
+   without one would make every client certificate fail "unable to get certificate CRL") or -1 is an error. */
+static inline int cutover_ssl_ctx_load_crls(SSL_CTX *ctx, const char *path) {
+    BIO *in = BIO_new_file(path, "r");
+    if (!in) return -1;
+    X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+    int added = 0;
+    X509_CRL *crl;
+    while ((crl = PEM_read_bio_X509_CRL(in, NULL, NULL, NULL)) != NULL) {
+        int ok = X509_STORE_add_crl(store, crl);
+        X509_CRL_free(crl);
+        if (!ok) { BIO_free(in); return -1; }
+        added++;
+    }
+    BIO_free(in);
+    /* The loop ends at the end of the file ("no start line"); anything else is a damaged CRL, left queued. */
+    unsigned long last = ERR_peek_last_error();
+    if (last != 0 && !(ERR_GET_LIB(last) == ERR_LIB_PEM && ERR_GET_REASON(last) == PEM_R_NO_START_LINE)) return -1;
+    ERR_clear_error();
+    if (added > 0) X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+    return added;
 }
 /* The verified peer certificate's subject CN as UTF-8 into `out` (NUL-terminated): its length, or -1 when
    there is no verified certificate, no CN, more than one, or one with an embedded NUL (refused, as

@@ -76,6 +76,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var clientTLSKeyFile: String? = nil
     /// CA certificates client certificates must chain to (`auth = "cert"` users need one); nil: none asked for.
     public var clientTLSCAFile: String? = nil
+    /// Certificate revocation lists for those CAs (PEM); nil: no revocation check.
+    public var clientTLSCRLFile: String? = nil
     public init() {}
 }
 

@@ -142,7 +142,7 @@ private struct Parser {
                                          "client_idle_timeout", "shutdown_timeout", "write_high_water", "admin_database", "state_file",
                                          "divergence_log", "log_literals", "divergence_memory", "mirror_queue_bytes",
                                          "mirror_queue_statements", "follower_timeout", "flip_timeout", "metrics_listen",
-                                         "follower_logins", "divergence_log_limit", "client_tls", "client_tls_cert_file", "client_tls_key_file", "client_tls_ca_file",
+                                         "follower_logins", "divergence_log_limit", "client_tls", "client_tls_cert_file", "client_tls_key_file", "client_tls_ca_file", "client_tls_crl_file",
                                          "dns_refresh", "unix_socket_dir", "backend_pool_size", "backend_pool_total", "backend_idle_timeout"])
         if let (host, port) = hostPort(t, "listen") { s.listenHost = host; s.listenPort = port }
         if let (host, port) = hostPort(t, "metrics_listen") { s.metricsHost = host; s.metricsPort = port }
@@ -188,6 +188,7 @@ private struct Parser {
         s.clientTLSCertificateFile = string(t, "client_tls_cert_file", "server").map(absolute)
         s.clientTLSKeyFile = string(t, "client_tls_key_file", "server").map(absolute)
         s.clientTLSCAFile = string(t, "client_tls_ca_file", "server").map(absolute)
+        s.clientTLSCRLFile = string(t, "client_tls_crl_file", "server").map(absolute)
         if let m = string(t, "client_tls", "server") {
             if let v = ClientTLSMode(rawValue: m) { s.clientTLS = v } else { problem("server.client_tls", "must be disable, allow or require") }
         } else if s.clientTLSCertificateFile != nil && s.clientTLSKeyFile != nil {
@@ -202,8 +203,15 @@ private struct Parser {
         }
         if let ca = s.clientTLSCAFile {
             do { _ = try TLSContext(certificateFile: certificate, keyFile: key, clientCAFile: ca) } catch {
-                problem("server.client_tls_ca_file", "\(error)")
+                return problem("server.client_tls_ca_file", "\(error)")
             }
+            if let crl = s.clientTLSCRLFile {
+                do { _ = try TLSContext(certificateFile: certificate, keyFile: key, clientCAFile: ca, clientCRLFile: crl) } catch {
+                    problem("server.client_tls_crl_file", "\(error)")
+                }
+            }
+        } else if s.clientTLSCRLFile != nil {
+            problem("server.client_tls_crl_file", "needs client_tls_ca_file (the CAs whose revocations it lists)")
         }
     }
 

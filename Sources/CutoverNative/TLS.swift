@@ -33,8 +33,9 @@ public final class TLSContext: @unchecked Sendable {
     /// A server context from PEM files: the certificate file may hold the chain after the certificate.
     /// With `clientCAFile`, clients are asked for a certificate chaining to those CAs (see
     /// `TLSStream.verifiedPeerCommonName`): one that sends none still connects, one whose certificate does
-    /// not verify fails the handshake.
-    public init(certificateFile: String, keyFile: String, clientCAFile: String? = nil) throws {
+    /// not verify fails the handshake. With `clientCRLFile` (PEM, one CRL per CA of the chain), a revoked
+    /// client certificate, or one whose issuer's CRL is missing or past its next update, does not verify.
+    public init(certificateFile: String, keyFile: String, clientCAFile: String? = nil, clientCRLFile: String? = nil) throws {
         ERR_clear_error()
         guard let c = SSL_CTX_new(TLS_server_method()) else { throw TLSError.fromQueue("cannot create a TLS context") }
         context = c
@@ -57,6 +58,13 @@ public final class TLSContext: @unchecked Sendable {
             }
             // The CertificateRequest names these CAs, so a client with several certificates picks the right one.
             cutover_ssl_ctx_request_client_certificates(c, SSL_load_client_CA_file(clientCAFile))
+            if let clientCRLFile {
+                let added = cutover_ssl_ctx_load_crls(c, clientCRLFile)
+                guard added > 0 else {
+                    throw added == 0 ? TLSError("\(clientCRLFile) holds no certificate revocation list (PEM, -----BEGIN X509 CRL-----)")
+                                     : TLSError.fromQueue("cannot load the certificate revocation list \(clientCRLFile)")
+                }
+            }
         }
     }
 

@@ -180,7 +180,7 @@ final class BackendLink: TCPConnectionDelegate {
         if state == .ready {
             // Borrowed, not retained: `connection` is a `var` (replaced only while connecting), and a plain call
             // through it retains it around the write. The link holds it strongly for the whole call.
-            Unretained(connection).call { $0.write(bytes) }
+            _ = Unretained(connection).call { $0.write(bytes) }
         } else if state != .closed {
             spillForWrite.queuedUntilReady.append(contentsOf: bytes)
         }

@@ -668,7 +668,8 @@ public final class ProxyServer {
 
     static func clientTLSContext(_ s: ServerConfig) throws -> TLSContext? {
         guard s.clientTLS != .disable, let certificate = s.clientTLSCertificateFile, let key = s.clientTLSKeyFile else { return nil }
-        return try TLSContext(certificateFile: certificate, keyFile: key, clientCAFile: s.clientTLSCAFile)
+        return try TLSContext(certificateFile: certificate, keyFile: key, clientCAFile: s.clientTLSCAFile,
+                              clientCRLFile: s.clientTLSCAFile == nil ? nil : s.clientTLSCRLFile)
     }
 
     static func backendTLSContexts(_ config: CutoverConfig) throws -> [String: TLSContext] {

@@ -119,6 +119,23 @@ backend = "legacy"
         #expect(problems("client_tls_ca_file = \"\(cert.certificate)\"")["users[0].auth"] != nil, "without client TLS no certificate can arrive")
         let missing = problems(files + "\nclient_tls_ca_file = \"\(cert.directory)/none.pem\"")
         #expect(missing["server.client_tls_ca_file"]?.contains("none.pem") == true, "check-config names the CA file it cannot load")
+
+        // Revocation lists: loaded with their CA, or a problem naming what is wrong with the file.
+        let ca = try CertificateAuthority()
+        defer { ca.remove() }
+        let crl = ca.directory + "/ok.crl"
+        try ca.writeRevocationList(to: crl)
+        let withCA = files + "\nclient_tls_ca_file = \"\(ca.certificate)\"\n"
+        #expect(try parse(withCA + "client_tls_crl_file = \"\(crl)\"").server.clientTLSCRLFile == crl)
+        #expect(problems(files + "\nclient_tls_crl_file = \"\(crl)\"")["server.client_tls_crl_file"]?.contains("needs client_tls_ca_file") == true)
+        #expect(problems(withCA + "client_tls_crl_file = \"\(ca.directory)/none.crl\"")["server.client_tls_crl_file"]?.contains("none.crl") == true)
+        #expect(problems(withCA + "client_tls_crl_file = \"\(ca.certificate)\"")["server.client_tls_crl_file"]?
+            .contains("holds no certificate revocation list") == true)
+        let damaged = ca.directory + "/damaged.crl"
+        let text = try String(contentsOfFile: crl, encoding: .utf8)
+        try (text + "-----BEGIN X509 CRL-----\nnot base64 at all\n-----END X509 CRL-----\n").write(toFile: damaged, atomically: true, encoding: .utf8)
+        #expect(problems(withCA + "client_tls_crl_file = \"\(damaged)\"")["server.client_tls_crl_file"]?.contains("cannot load") == true,
+                "a damaged second list is not skipped")
     }
 
     @Test func backendTLSDefaultsToPreferAndVerificationNeedsALoadableCA() throws {

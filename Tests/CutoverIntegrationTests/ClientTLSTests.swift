@@ -227,4 +227,51 @@ import Testing
         #expect(try PQConnection(f.conninfo(port, extra: "sslmode=disable")).isOK)
         #expect(try served?.scalar("SELECT 1") == "1", "the certificate session carries on")
     }
+
+    @Test func aRevokedCertificateIsRefusedOnceTheRevocationListNamesItAndAReloadReadsANewList() throws {
+        let ca = try CertificateAuthority()
+        defer { ca.remove(); certificate.remove() }
+        let crl = ca.directory + "/clients.crl"
+        try ca.writeRevocationList(to: crl)
+        let (p, port, path) = try f.ownProxy("tls-cert-crl", server: """
+            client_tls = "allow"
+            client_tls_cert_file = "\(certificate.certificate)"
+            client_tls_key_file = "\(certificate.key)"
+            client_tls_ca_file = "\(ca.certificate)"
+            client_tls_crl_file = "\(crl)"
+            """, rest: """
+            [[users]]
+            name = "cert_user"
+            auth = "cert"
+            """)
+        defer { stopBackgroundProcess(p) }
+        func login(_ c: (certificate: String, key: String)) -> String {
+            do { return try PQConnection(f.conninfo(port, user: "cert_user", password: "", extra: "sslmode=require sslcert=\(c.certificate) sslkey=\(c.key)"))
+                    .scalar("SELECT current_user") ?? "" } catch let e as PQError { return e.message } catch { return "\(error)" }
+        }
+        let kept = try ca.issue(commonName: "cert_user"), lost = try ca.issue(commonName: "cert_user")
+        #expect(login(kept) == "hexabuilders" && login(lost) == "hexabuilders", "a list that names neither lets both in")
+
+        // The certificate is revoked: a new list in the same file, read at the reload.
+        try ca.writeRevocationList(to: crl, revoked: [lost.certificate])
+        kill(p.processIdentifier, SIGHUP)
+        usleep(500_000)
+        let refused = login(lost)
+        #expect(refused.lowercased().contains("certificate revoked"), "\(refused)")
+        #expect(login(kept) == "hexabuilders")
+        #expect(try PQConnection(f.conninfo(port, extra: "sslmode=require")).isOK, "password users are not asked for a certificate")
+
+        // A file that holds no list (here a certificate) is a config problem, and a reload with it is refused whole.
+        try FileManager.default.removeItem(atPath: crl)
+        try FileManager.default.copyItem(atPath: ca.certificate, toPath: crl)
+        let check = try f.cli(["check-config", path])
+        #expect(check.status == 1 && check.stdout.contains("server.client_tls_crl_file") && check.stdout.contains("holds no certificate revocation list"),
+                "\(check.stdout)")
+        kill(p.processIdentifier, SIGHUP)
+        usleep(500_000)
+        #expect(login(lost).lowercased().contains("certificate revoked"), "the previous list stays in force")
+        #expect(login(kept) == "hexabuilders")
+        let log = try String(contentsOfFile: path.replacingOccurrences(of: ".toml", with: ".log"), encoding: .utf8)
+        #expect(log.contains("reload failed"))
+    }
 }

@@ -28,6 +28,26 @@ public struct CertificateAuthority: Sendable {
         return (base + ".crt", base + ".key")
     }
 
+    /// Writes this CA's certificate revocation list, listing `revoked` (certificate paths), to `path` (PEM).
+    public func writeRevocationList(to path: String, revoked: [String] = []) throws {
+        // `openssl ca` keeps its revocations in an index file; start one afresh for each list.
+        let index = directory + "/index.txt", config = directory + "/ca.cnf"
+        try Data().write(to: URL(fileURLWithPath: index))
+        try "01\n".write(toFile: directory + "/crlnumber", atomically: true, encoding: .utf8)
+        try """
+            [ca]
+            default_ca = test
+            [test]
+            database = \(index)
+            crlnumber = \(directory)/crlnumber
+            default_md = sha256
+            default_crl_days = 2
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let ca = ["-config", config, "-keyfile", key, "-cert", certificate]
+        for r in revoked { try Self.openssl(["ca"] + ca + ["-revoke", r]) }
+        try Self.openssl(["ca"] + ca + ["-gencrl", "-out", path])
+    }
+
     public func remove() { try? FileManager.default.removeItem(atPath: directory) }
 
     static func openssl(_ arguments: [String]) throws {
