@@ -184,19 +184,25 @@ import Testing
         #expect(try PQConnection(f.conninfo(port, extra: "sslmode=verify-full sslrootcert=\(renewed.certificate)")).isOK)
     }
 
-    @Test func aCertUserLogsInWithACertificateFromTheCAAndNothingElseLetsItIn() throws {
-        let ca = try CertificateAuthority(), stranger = try CertificateAuthority(name: "Another CA")
-        defer { ca.remove(); stranger.remove(); certificate.remove() }
-        let (p, port, path) = try f.ownProxy("tls-cert-auth", server: """
+    /// A proxy of the test's own with client TLS asking for certificates from `ca`, and a `cert` user `cert_user`.
+    func certificateProxy(_ name: String, ca: CertificateAuthority, server: String = "") throws -> (Process, Int, String) {
+        try f.ownProxy(name, server: """
             client_tls = "allow"
             client_tls_cert_file = "\(certificate.certificate)"
             client_tls_key_file = "\(certificate.key)"
             client_tls_ca_file = "\(ca.certificate)"
+            \(server)
             """, rest: """
             [[users]]
             name = "cert_user"
             auth = "cert"
             """)
+    }
+
+    @Test func aCertUserLogsInWithACertificateFromTheCAAndNothingElseLetsItIn() throws {
+        let ca = try CertificateAuthority(), stranger = try CertificateAuthority(name: "Another CA")
+        defer { ca.remove(); stranger.remove(); certificate.remove() }
+        let (p, port, path) = try certificateProxy("tls-cert-auth", ca: ca)
         defer { stopBackgroundProcess(p) }
         func login(_ extra: String) -> (PQConnection?, String) {
             do { return (try PQConnection(f.conninfo(port, user: "cert_user", password: "", extra: extra)), "") } catch let e as PQError {
@@ -233,17 +239,7 @@ import Testing
         defer { ca.remove(); certificate.remove() }
         let crl = ca.directory + "/clients.crl"
         try ca.writeRevocationList(to: crl)
-        let (p, port, path) = try f.ownProxy("tls-cert-crl", server: """
-            client_tls = "allow"
-            client_tls_cert_file = "\(certificate.certificate)"
-            client_tls_key_file = "\(certificate.key)"
-            client_tls_ca_file = "\(ca.certificate)"
-            client_tls_crl_file = "\(crl)"
-            """, rest: """
-            [[users]]
-            name = "cert_user"
-            auth = "cert"
-            """)
+        let (p, port, path) = try certificateProxy("tls-cert-crl", ca: ca, server: "client_tls_crl_file = \"\(crl)\"")
         defer { stopBackgroundProcess(p) }
         func login(_ c: (certificate: String, key: String)) -> String {
             do { return try PQConnection(f.conninfo(port, user: "cert_user", password: "", extra: "sslmode=require sslcert=\(c.certificate) sslkey=\(c.key)"))
