@@ -116,6 +116,26 @@ public struct StatementOutcome: Equatable, Sendable, Codable {
     }
 }
 
+/// What the digests keep per statement: trivially copyable (no reference in it), so building, storing and
+/// comparing digests costs no retain/release. A failure's SQLSTATE and message, rare, are kept beside it in
+/// the unit's digest; `StatementOutcome` (with the failure) is made from the two only for a report.
+struct OutcomeSummary: Equatable {
+    var tag: CommandTag
+    var rows: Int
+    var rowHash: UInt64
+    var failed: Bool
+
+    static let none = OutcomeSummary(tag: .absent, rows: 0, rowHash: 0, failed: false)
+
+    init(tag: CommandTag, rows: Int, rowHash: UInt64, failed: Bool) {
+        self.tag = tag; self.rows = rows; self.rowHash = rowHash; self.failed = failed
+    }
+
+    init(_ o: StatementOutcome) {
+        self.init(tag: o.tagValue, rows: o.rows, rowHash: o.rowHash, failed: o.failure != nil)
+    }
+}
+
 /// Everything one side answered between two ReadyForQuery messages. A class: a digest is handed from the
 /// backend stream to the session's unit list and compared once, and as a reference each of those steps
 /// is one retain instead of a copy of every outcome. Most units are one statement, so the first outcome
@@ -123,32 +143,46 @@ public struct StatementOutcome: Equatable, Sendable, Codable {
 public final class UnitDigest: Equatable, Sendable {
     /// Outcomes in the unit; `head` is the first when there is one.
     public let count: Int
-    private let head: StatementOutcome
-    public let rest: [StatementOutcome]
+    private let head: OutcomeSummary
+    private let rest: [OutcomeSummary]
+    /// The failures of the statements whose summary says `failed`, in statement order.
+    private let failures: [StatementFailure]
     public let status: TransactionStatus
-    private static let none = StatementOutcome(commandTag: .absent, failure: nil)
 
     public convenience init(outcomes: [StatementOutcome], status: TransactionStatus) {
-        self.init(first: outcomes.first, rest: Array(outcomes.dropFirst()), status: status)
+        let summaries = outcomes.map(OutcomeSummary.init)
+        self.init(count: outcomes.count, head: summaries.first ?? .none, rest: Array(summaries.dropFirst()),
+                  failures: outcomes.compactMap(\.failure), status: status)
     }
 
-    convenience init(first: StatementOutcome?, rest: [StatementOutcome], status: TransactionStatus) {
-        if let first { self.init(count: 1 + rest.count, head: first, rest: rest, status: status) }
-        else { self.init(count: 0, head: Self.none, rest: [], status: status) }
+    init(count: Int, head: OutcomeSummary, rest: [OutcomeSummary], failures: [StatementFailure], status: TransactionStatus) {
+        self.count = count; self.head = head; self.rest = rest; self.failures = failures; self.status = status
     }
 
-    init(count: Int, head: StatementOutcome, rest: [StatementOutcome], status: TransactionStatus) {
-        self.count = count; self.head = head; self.rest = rest; self.status = status
+    public var first: StatementOutcome? { count > 0 ? self[0] : nil }
+
+    /// Statement `i`'s outcome with its failure (made for a report or a comparison that found a difference).
+    public subscript(i: Int) -> StatementOutcome {
+        let summary = i == 0 ? head : rest[i - 1]
+        var failure: StatementFailure?
+        if summary.failed {
+            // The failures before it in the unit say which one is its.
+            var k = 0
+            for j in 0..<i where (j == 0 ? head : rest[j - 1]).failed { k += 1 }
+            failure = k < failures.count ? failures[k] : nil
+        }
+        var o = StatementOutcome(commandTag: summary.tag, failure: failure)
+        o.rows = summary.rows
+        o.rowHash = summary.rowHash
+        return o
     }
 
-    public var first: StatementOutcome? { count > 0 ? head : nil }
-    public subscript(i: Int) -> StatementOutcome { i == 0 ? head : rest[i - 1] }
     /// All outcomes in order (allocates: for reports and tests, not the hot path).
-    public var outcomes: [StatementOutcome] { count > 0 ? [head] + rest : [] }
+    public var outcomes: [StatementOutcome] { (0..<count).map { self[$0] } }
 
     /// Same outcomes (the status is not compared: the sides' transaction states are the session's concern).
     public func sameOutcomes(as other: UnitDigest) -> Bool {
-        count == other.count && (count == 0 || (head == other.head && rest == other.rest))
+        count == other.count && (count == 0 || (head == other.head && rest == other.rest && failures == other.failures))
     }
 
     public static func == (a: UnitDigest, b: UnitDigest) -> Bool { a.status == b.status && a.sameOutcomes(as: b) }
@@ -156,9 +190,10 @@ public final class UnitDigest: Equatable, Sendable {
 
 /// Folds backend messages into `UnitDigest`s. Feed it every captured message of one backend stream.
 public struct DigestBuilder: Sendable {
-    private var first = StatementOutcome(commandTag: .absent, failure: nil)
+    private var first = OutcomeSummary.none
     private var outcomeCount = 0
-    private var rest: [StatementOutcome] = []
+    private var rest: [OutcomeSummary] = []
+    private var failures: [StatementFailure] = []
     private var rows = 0
     private var rowHash: UInt64 = 0
 
@@ -180,20 +215,21 @@ public struct DigestBuilder: Sendable {
             rows += 1
             if let body { rowHash &+= Self.hash(body) }
         case BackendMessageID.commandComplete.rawValue:
-            let tag = body.map { b in CommandTag(UnsafeRawBufferPointer(rebasing: b.prefix { $0 != 0 })) } ?? .absent
-            close(StatementOutcome(commandTag: tag, failure: nil))
+            close(body.map { b in CommandTag(UnsafeRawBufferPointer(rebasing: b.prefix { $0 != 0 })) } ?? .absent, failed: false)
         case BackendMessageID.emptyQueryResponse.rawValue:
-            close(StatementOutcome(commandTag: Self.emptyTag, failure: nil))
+            close(Self.emptyTag, failed: false)
         case BackendMessageID.portalSuspended.rawValue:
-            close(StatementOutcome(commandTag: Self.suspendedTag, failure: nil))
+            close(Self.suspendedTag, failed: false)
         case BackendMessageID.errorResponse.rawValue:
             let fields = body.flatMap { try? ErrorFields.decode(body: Array($0)[...]) }
-            close(StatementOutcome(commandTag: .absent, failure: StatementFailure(sqlState: fields?.sqlState ?? "XX000", message: fields?.message)))
+            failures.append(StatementFailure(sqlState: fields?.sqlState ?? "XX000", message: fields?.message))
+            close(.absent, failed: true)
         case BackendMessageID.readyForQuery.rawValue:
             let status = body.flatMap { $0.first }.flatMap(TransactionStatus.init(rawValue:)) ?? .idle
-            let digest = UnitDigest(count: outcomeCount, head: first, rest: rest, status: status)
+            let digest = UnitDigest(count: outcomeCount, head: first, rest: rest, failures: failures, status: status)
             outcomeCount = 0
             if !rest.isEmpty { rest = [] }
+            if !failures.isEmpty { failures = [] }
             rows = 0
             rowHash = 0
             return digest
@@ -203,10 +239,8 @@ public struct DigestBuilder: Sendable {
     }
 
     /// Ends one statement's outcome with the rows seen since the previous one.
-    private mutating func close(_ outcome: StatementOutcome) {
-        var o = outcome
-        o.rows = rows
-        o.rowHash = rowHash
+    private mutating func close(_ tag: CommandTag, failed: Bool) {
+        let o = OutcomeSummary(tag: tag, rows: rows, rowHash: rowHash, failed: failed)
         if outcomeCount == 0 { first = o } else { rest.append(o) }
         outcomeCount += 1
         rows = 0

@@ -151,6 +151,7 @@ extension SessionTracker {
 }
 
 @Suite struct DigestTests {
+    func digest(rows: [[UInt8]], _ messages: [BackendMessage]) -> UnitDigest? { digest(messages, rows: rows) }
     func digest(_ messages: [BackendMessage], rows: [[UInt8]] = []) -> UnitDigest? {
         var b = DigestBuilder()
         for r in rows { _ = withBody(r) { b.received(id: BackendMessageID.dataRow.rawValue, body: $0) } }
@@ -201,6 +202,23 @@ extension SessionTracker {
         #expect(UnitDigest.differences(leader: ok, follower: err).first?.kind == .errorMismatch)
         #expect(UnitDigest.differences(leader: ok, follower: two).first?.kind == .statementCount)
         #expect(err.outcomes.first?.sqlState == "23505")
+
+        // Failures are kept beside the outcomes: each statement gets its own back, in order.
+        func error(_ code: String, _ message: String) -> BackendMessage { .errorResponse(ErrorFields(severity: "ERROR", code: code, message: message)) }
+        let mixed = digest(rows: [[0, 1, 0, 0, 0, 1, 49]], [.commandComplete(tag: "SELECT 1"), error("22012", "division by zero"),
+                            .commandComplete(tag: "UPDATE 2"), error("23505", "dup"), .readyForQuery(.failedTransaction)])!
+        #expect(mixed.outcomes.map(\.summary) == ["SELECT 1", "ERROR 22012", "UPDATE 2", "ERROR 23505"])
+        #expect(mixed[3].error == "dup" && mixed[1].error == "division by zero" && mixed[0].rows == 1)
+        let otherSecond = digest(rows: [[0, 1, 0, 0, 0, 1, 49]], [.commandComplete(tag: "SELECT 1"), error("22012", "division by zero"),
+                                  .commandComplete(tag: "UPDATE 2"), error("40001", "serialization"), .readyForQuery(.failedTransaction)])!
+        let d = UnitDigest.differences(leader: mixed, follower: otherSecond)
+        #expect(d.count == 1 && d.first?.kind == .errorMismatch && d.first?.index == 3 && d.first?.follower?.sqlState == "40001")
+        let sameCodeOtherText = digest(rows: [[0, 1, 0, 0, 0, 1, 49]], [.commandComplete(tag: "SELECT 1"), error("22012", "division by zero"),
+                                        .commandComplete(tag: "UPDATE 2"), error("23505", "dup of another key"), .readyForQuery(.failedTransaction)])!
+        #expect(!mixed.sameOutcomes(as: sameCodeOtherText) && UnitDigest.differences(leader: mixed, follower: sameCodeOtherText).isEmpty,
+                "a message differing alone is no divergence (as before)")
+        #expect(mixed.sameOutcomes(as: digest(rows: [[0, 1, 0, 0, 0, 1, 49]], [.commandComplete(tag: "SELECT 1"), error("22012", "division by zero"),
+                                               .commandComplete(tag: "UPDATE 2"), error("23505", "dup"), .readyForQuery(.idle)])!))
     }
 
     @Test func commandTagsKeepTheirTextAndTellLongTagsApart() throws {
