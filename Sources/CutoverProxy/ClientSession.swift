@@ -477,7 +477,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if state == .draining {
             // The leader died with a unit in lock-step: the follower may hold what the leader lost.
             if lockStepIsBusy { route?.markOutOfSync("session \(id): leader lost mid-unit after the client left") }
-            return forceFinish()
+            return forceFinish("the leader's connection was lost after the client left")
         }
         logger.warning("backend connection lost", metadata: ["backend": "\(link.backendName)", "error": "\(error.map(uvErrorName) ?? "closed")"])
         failClient(ProxyError.fatal("08006", "lost the connection to backend \"\(link.backendName)\""))
@@ -749,9 +749,16 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         finish(wasActive: wasActiveBeforeDraining)
     }
 
-    /// Ends a draining session now (shutdown deadline, leader lost).
-    func forceFinish() {
+    /// Ends a draining session now (an admin's KILL, the shutdown deadline, the leader lost): `reason` says
+    /// which. Statements the follower still owed answers for are never compared, and it may not have applied
+    /// them: that is a divergence, and the route is no longer in sync.
+    func forceFinish(_ reason: String) {
         guard state == .draining else { return }
+        if follower != nil && pendingUnitCount > 0 {
+            stopMirroring(.followerLost, detail: "\(reason) while the follower still owed answers to \(pendingUnitCount) statements, "
+                          + "which were not compared (whether the follower applies them is unknown)")
+            guard state == .draining else { return } // nothing else was left to wait for: it is finished
+        }
         state = .closed
         leader?.terminate()
         finish(wasActive: wasActiveBeforeDraining)

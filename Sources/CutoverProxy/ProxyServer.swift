@@ -249,7 +249,7 @@ public final class ProxyServer {
     func kill(_ s: ClientSession) {
         if s.state == .forwarding && s.pendingReadyForQuery > 0 { cancelLeader(of: s) } // (idle in a transaction, Terminate suffices)
         logger.warning("session killed by an admin", metadata: ["session": "\(s.id)", "user": "\(s.user)"])
-        if s.state == .draining { return s.forceFinish() } // its client is gone already: stop waiting for the follower
+        if s.state == .draining { return s.forceFinish("the session was killed by an admin") } // its client is gone: stop waiting for the follower
         s.failClient(ProxyError.fatal("57P01", "terminating connection due to administrator command"))
     }
 
@@ -622,7 +622,7 @@ public final class ProxyServer {
         if let deadline = shutdownDeadline, now >= deadline {
             logger.warning("shutdown timeout reached, closing remaining sessions", metadata: ["sessions": "\(sessions.count)"])
             for session in Array(sessions.values) {
-                if session.state == .draining { session.forceFinish() } else { session.failClient(ProxyError.shuttingDown()) }
+                if session.state == .draining { session.forceFinish("the shutdown timeout ran out") } else { session.failClient(ProxyError.shuttingDown()) }
             }
         }
     }

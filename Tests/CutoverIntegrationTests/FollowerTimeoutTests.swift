@@ -28,6 +28,34 @@ import Testing
         try f.walk("recruitment", to: "legacy")
     }
 
+    @Test func killingASessionThatWaitsForItsFollowerRecordsWhatWasNeverCompared() throws {
+        try f.dualLegacyRecruitment(mirror: "async", creating: "DROP TABLE IF EXISTS kill_slots; CREATE TABLE kill_slots (id int PRIMARY KEY, n int NOT NULL DEFAULT 0); INSERT INTO kill_slots VALUES (1)")
+        let before = f.divergenceLines().count
+        let blocker = try f.recruitmentNew()
+        try blocker.query("BEGIN")
+        try blocker.query("SELECT * FROM kill_slots WHERE id = 1 FOR UPDATE")
+        let marker = "drain_kill_\(getpid())"
+        var c: PQConnection? = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user", extra: "application_name=\(marker)"))
+        try c?.query("UPDATE kill_slots SET n = n + 1 WHERE id = 1") // the leader answers; the follower waits for the lock
+        c = nil // the client leaves: its session stays, draining, for the follower's answer
+        let a = try f.admin()
+        func row() throws -> [String?]? { try a.query("SHOW SESSIONS").first { $0[3] == marker } }
+        usleep(200_000)
+        let draining = try #require(try row())
+        #expect(draining[5] == "draining", "\(draining)")
+        try a.query("KILL \(draining[0] ?? "")")
+        usleep(200_000)
+        #expect(try row() == nil, "the session is gone at once, not at follower_timeout")
+        let records = f.divergenceLines().dropFirst(before)
+        let lost = records.first { ($0["kind"] as? String) == "follower_lost" }
+        let detail = lost?["detail"] as? String ?? ""
+        #expect(detail.contains("killed by an admin") && detail.contains("owed answers to 1 statements"), "\(records)")
+        #expect(!records.contains { ($0["kind"] as? String) == "follower_timeout" })
+        #expect(try f.routeRow("recruitment")[6] == "no", "the route is out of sync")
+        try blocker.query("ROLLBACK")
+        try f.walk("recruitment", to: "legacy")
+    }
+
     @Test func aLeaderFlipHeldUpByALongTransactionAbortsAndNamesIt() throws {
         try f.walk("recruitment", to: "legacy")
         try f.onBothRecruitmentSides("DROP TABLE IF EXISTS slots; CREATE TABLE slots (id int PRIMARY KEY, taken bool NOT NULL DEFAULT false); INSERT INTO slots VALUES (1)")
