@@ -7,13 +7,19 @@ import Testing
     let f: ProxyFixture
     init() throws { f = try ProxyFixture.shared() }
 
-    @Test func aBlockedFollowerInSyncModeDegradesTheSessionAfterTheTimeout() throws {
-        try f.dualLegacyRecruitment(mirror: "sync", creating: "DROP TABLE IF EXISTS slots; CREATE TABLE slots (id int PRIMARY KEY, taken bool NOT NULL DEFAULT false); INSERT INTO slots VALUES (1)")
-        let before = f.divergenceLines().count
-        // Someone holds the row's lock on the new instance, behind the proxy's back.
+    /// Recruitment in dual-legacy with `mirror`, a fresh `table` (id 1 only) on both sides, and someone holding
+    /// that row's lock on the new instance, behind the proxy's back: the returned connection, in its transaction.
+    func blockedFollower(mirror: String, table: String, column: String) throws -> PQConnection {
+        try f.dualLegacyRecruitment(mirror: mirror, creating: "DROP TABLE IF EXISTS \(table); CREATE TABLE \(table) (id int PRIMARY KEY, \(column)); INSERT INTO \(table) VALUES (1)")
         let blocker = try f.recruitmentNew()
         try blocker.query("BEGIN")
-        try blocker.query("SELECT * FROM slots WHERE id = 1 FOR UPDATE")
+        try blocker.query("SELECT * FROM \(table) WHERE id = 1 FOR UPDATE")
+        return blocker
+    }
+
+    @Test func aBlockedFollowerInSyncModeDegradesTheSessionAfterTheTimeout() throws {
+        let before = f.divergenceLines().count
+        let blocker = try blockedFollower(mirror: "sync", table: "slots", column: "taken bool NOT NULL DEFAULT false")
         let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
         let started = Date()
         try c.query("UPDATE slots SET taken = true WHERE id = 1")
@@ -29,11 +35,8 @@ import Testing
     }
 
     @Test func killingASessionThatWaitsForItsFollowerRecordsWhatWasNeverCompared() throws {
-        try f.dualLegacyRecruitment(mirror: "async", creating: "DROP TABLE IF EXISTS kill_slots; CREATE TABLE kill_slots (id int PRIMARY KEY, n int NOT NULL DEFAULT 0); INSERT INTO kill_slots VALUES (1)")
         let before = f.divergenceLines().count
-        let blocker = try f.recruitmentNew()
-        try blocker.query("BEGIN")
-        try blocker.query("SELECT * FROM kill_slots WHERE id = 1 FOR UPDATE")
+        let blocker = try blockedFollower(mirror: "async", table: "kill_slots", column: "n int NOT NULL DEFAULT 0")
         let marker = "drain_kill_\(getpid())"
         var c: PQConnection? = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user", extra: "application_name=\(marker)"))
         try c?.query("UPDATE kill_slots SET n = n + 1 WHERE id = 1") // the leader answers; the follower waits for the lock
