@@ -110,6 +110,24 @@ import Testing
         #expect(try pid(fresh) != pooled && (try fresh.scalar("SELECT 6 * 7")) == "42")
     }
 
+    @Test func aParkedBackendThatTheServerEndsLeavesThePoolWithoutWaitingForASession() throws {
+        let (p, port) = try pooledProxy("pool-closed")
+        defer { stopBackgroundProcess(p) }
+        let app = "pool_closed_\(getpid())"
+        var pid: String?
+        do { pid = try PQConnection(f.conninfo(port, extra: "application_name=\(app)")).scalar("SELECT pg_backend_pid()") }
+        let admin = try PQConnection(f.conninfo(port, database: "cutover", user: "ops", password: FixtureSecrets.adminPassword))
+        func idle() throws -> String? { try admin.query("SHOW BACKENDS").first { $0[0] == "legacy" }?[9] ?? nil }
+        usleep(200_000)
+        #expect(try idle() == "1")
+        #expect(try f.recruitmentLegacy().scalar("SELECT pg_terminate_backend(\(pid ?? "0"))") == "t")
+        // The parked link reads the server's FATAL and EOF; the pool's sweep lets it go (no session asked for it).
+        let deadline = Date().addingTimeInterval(3)
+        while try idle() != "0" && Date() < deadline { usleep(100_000) }
+        #expect(try idle() == "0", "no dead backend counted idle")
+        #expect(try PQConnection(f.conninfo(port, extra: "application_name=\(app)")).scalar("SELECT pg_backend_pid()") != pid)
+    }
+
     @Test func thePoolKeepsAtMostItsSizePerLoginAndLetsIdleBackendsGoAfterTheTimeout() throws {
         let (p, port) = try pooledProxy("pool-limits", size: 2, idleTimeout: 1)
         defer { stopBackgroundProcess(p) }
