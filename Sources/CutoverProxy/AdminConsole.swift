@@ -111,15 +111,12 @@ final class AdminConsole {
 
     /// Where each backend is reached now (what its host name resolved to, and when), and who uses it.
     private func backends() -> AdminResult {
-        var leaders: [String: Int] = [:], followers: [String: Int] = [:]
-        for s in server.sessions.values {
-            if let l = s.leader?.backendName { leaders[l, default: 0] += 1 }
-            if let f = s.follower?.backendName { followers[f, default: 0] += 1 }
-        }
+        let (leaders, followers) = server.backendConnectionCounts()
         let now = server.loop.now
         let idle = server.idleBackends?.countsByBackend() ?? [:]
         let rows: [[String?]] = server.config.backends.values.sorted { $0.name < $1.name }.map { b in
             let entry = server.addressBook.entries[b.name]
+            let logins = server.backendLogins[b.name]
             let lookup: String? = entry.map { e in
                 if e.lookupInFlight { return "in flight" }
                 if let failure = e.lastFailure { return "failed: \(failure)" }
@@ -127,9 +124,12 @@ final class AdminConsole {
             } ?? nil
             return [b.name, b.host, "\(b.port)", entry.map { $0.addresses.joined(separator: ", ") },
                     entry?.resolvedAt.map { "\((now &- $0) / 1000)" }, lookup, b.isUnixSocket ? "unix socket" : b.tls.rawValue,
-                    "\(leaders[b.name] ?? 0)", "\(followers[b.name] ?? 0)", "\(idle[b.name] ?? 0)"]
+                    "\(leaders[b.name] ?? 0)", "\(followers[b.name] ?? 0)", "\(idle[b.name] ?? 0)",
+                    "\(logins?.succeeded ?? 0)", "\(logins?.failed ?? 0)",
+                    logins?.lastFailure.map { "\($0.text) (\((now &- $0.at) / 1000) s ago)" }]
         }
-        return AdminResult(columns: ["backend", "host", "port", "addresses", "resolved_s_ago", "lookup", "tls", "leaders", "followers", "idle"],
+        return AdminResult(columns: ["backend", "host", "port", "addresses", "resolved_s_ago", "lookup", "tls", "leaders", "followers", "idle",
+                                     "logins", "login_failures", "last_login_failure"],
                            rows: rows, tag: "SHOW")
     }
 

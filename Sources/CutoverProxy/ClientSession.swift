@@ -330,6 +330,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     // MARK: backend events
 
     func backendReady(_ link: BackendLink, parameters: [(String, String)], key: CancelRequest?) {
+        server.noteBackendLogin(link.backendName, failure: nil)
         if link === standby { return standbySettled(link, failure: nil) }
         if link === follower { return updateFollowerReading() }
         guard link === leader, state == .connecting else { return }
@@ -367,6 +368,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     }
 
     func backendLoginFailed(_ link: BackendLink, _ error: ErrorFields) {
+        server.noteBackendLogin(link.backendName, failure: error)
         if link === standby { return standbySettled(link, failure: error.message ?? "login failed") }
         if link === follower {
             stopMirroring(.followerUnreachable, detail: error.message ?? "follower login failed")

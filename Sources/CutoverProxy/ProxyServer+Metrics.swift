@@ -18,6 +18,16 @@ extension ProxyServer {
         m.family("cutover_backend_idle_connections", .gauge, "Logged-in backend connections kept idle for later sessions (backend_pool_size)")
         let idle = idleBackends?.countsByBackend() ?? [:]
         for name in config.backends.keys.sorted() { m.sample("cutover_backend_idle_connections", ["backend": name], idle[name] ?? 0) }
+        let (leaders, followers) = backendConnectionCounts()
+        m.family("cutover_backend_connections", .gauge, "Backend connections sessions hold, by role (leader answers the client, follower is mirrored to)")
+        for name in config.backends.keys.sorted() {
+            m.sample("cutover_backend_connections", ["backend": name, "role": "leader"], leaders[name] ?? 0)
+            m.sample("cutover_backend_connections", ["backend": name, "role": "follower"], followers[name] ?? 0)
+        }
+        m.family("cutover_backend_logins_total", .counter, "Logins to the backend that succeeded (a pooled connection's reuse is not one)")
+        for name in config.backends.keys.sorted() { m.sample("cutover_backend_logins_total", ["backend": name], backendLogins[name]?.succeeded ?? 0) }
+        m.family("cutover_backend_login_failures_total", .counter, "Logins to the backend that failed: refused (wrong password, too many connections) or unreachable")
+        for name in config.backends.keys.sorted() { m.sample("cutover_backend_login_failures_total", ["backend": name], backendLogins[name]?.failed ?? 0) }
 
         let all = routes.values.sorted { $0.name < $1.name }
         m.family("cutover_route_phase", .gauge, "1 for the route's current phase, 0 for the others")

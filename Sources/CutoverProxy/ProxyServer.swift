@@ -42,6 +42,9 @@ public final class ProxyServer {
     /// Where each backend's host name points (see ProxyServer+Addresses), and the lookups in flight.
     var addressBook = BackendAddresses(refreshMs: 0)
     var lookups: [String: HostLookup] = [:]
+    /// Logins to each backend by name, and the last refusal (SHOW BACKENDS, metrics): a backend that starts
+    /// refusing (a rotated password, max_connections reached) shows here before anyone reads the logs.
+    private(set) var backendLogins: [String: BackendLoginStats] = [:]
     private var saltedCache: [String: [UInt8]] = [:]
     private var shutdownDeadline: UInt64?
     var isShuttingDown: Bool { shutdownDeadline != nil }
@@ -254,6 +257,23 @@ public final class ProxyServer {
     }
 
     // MARK: backends
+
+    /// Sessions' backend connections by backend name, leaders and followers apart.
+    func backendConnectionCounts() -> (leaders: [String: Int], followers: [String: Int]) {
+        var leaders: [String: Int] = [:], followers: [String: Int] = [:]
+        for s in sessions.values {
+            if let l = s.leader?.backendName { leaders[l, default: 0] += 1 }
+            if let f = s.follower?.backendName { followers[f, default: 0] += 1 }
+        }
+        return (leaders, followers)
+    }
+
+    /// A login to `backend` ended: succeeded (`failure` nil) or refused / failed with `failure`.
+    func noteBackendLogin(_ backend: String, failure: ErrorFields?) {
+        guard let failure else { backendLogins[backend, default: BackendLoginStats()].succeeded += 1; return }
+        backendLogins[backend, default: BackendLoginStats()].failed += 1
+        backendLogins[backend]!.lastFailure = ((failure.sqlState.map { $0 + " " } ?? "") + (failure.message ?? "login failed"), loop.now)
+    }
 
     /// Follower logins in flight at once, proxy-wide (`server.follower_logins`). A flip gives every session
     /// of a route a follower at once; on the follower's host each is a forked backend and an authentication,
@@ -714,4 +734,12 @@ public final class ProxyServer {
         onStopped = nil
         done?()
     }
+}
+
+/// How logins to one backend have gone since the proxy started (pooled reuse is not a login).
+struct BackendLoginStats {
+    var succeeded = 0
+    var failed = 0
+    /// The last failure's SQLSTATE and message, and when (loop ms).
+    var lastFailure: (text: String, at: UInt64)?
 }

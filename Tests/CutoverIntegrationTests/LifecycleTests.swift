@@ -180,6 +180,37 @@ import Testing
         #expect(log.contains("loop_close=0"), "every handle, the endpoint's too, closed: \(log)")
     }
 
+    @Test func backendLoginsAndRefusalsAreCountedForTheAdminConsoleAndMetrics() throws {
+        let mport = PostgresCluster.freePort()
+        let (p, port, _) = try f.ownProxy("backend-logins", server: "metrics_listen = \"127.0.0.1:\(mport)\"", rest: """
+            \(ProxyFixture.adminTOML)
+            \(f.backendTOML("rotated", password: "an old password"))
+            [routes.refused]
+            legacy = "rotated"
+            legacy_schema = "onboarding"
+            new = "rotated"
+            """)
+        defer { stopBackgroundProcess(p) }
+        let held = try PQConnection(f.conninfo(port))
+        do { _ = try PQConnection(f.conninfo(port)) }
+        #expect(throws: PQError.self) { try PQConnection(f.conninfo(port, database: "refused")) }
+        let admin = try PQConnection(f.conninfo(port, database: "cutover", user: "ops", password: FixtureSecrets.adminPassword))
+        let rows = try admin.query("SHOW BACKENDS")
+        let legacy = try #require(rows.first { $0[0] == "legacy" }), rotated = try #require(rows.first { $0[0] == "rotated" })
+        #expect(legacy[7] == "1" && legacy[10] == "2" && legacy[11] == "0" && legacy[12] == nil, "\(legacy)")
+        #expect(rotated[10] == "0" && rotated[11] == "1", "\(rotated)")
+        #expect(rotated[12]?.hasPrefix("08006 backend \"rotated\" rejected the proxy's login as \"hexabuilders\": password authentication failed") == true
+                && rotated[12]?.hasSuffix(" s ago)") == true, "\(rotated)")
+        let metrics = try http(mport, "GET /metrics HTTP/1.1\r\n\r\n").body
+        for line in ["cutover_backend_logins_total{backend=\"legacy\"} 2", "cutover_backend_login_failures_total{backend=\"rotated\"} 1",
+                     "cutover_backend_login_failures_total{backend=\"legacy\"} 0",
+                     "cutover_backend_connections{backend=\"legacy\",role=\"leader\"} 1",
+                     "cutover_backend_connections{backend=\"legacy\",role=\"follower\"} 0"] {
+            #expect(metrics.contains(line + "\n"), "\(line) in \(metrics.split(separator: "\n").filter { $0.contains("cutover_backend") })")
+        }
+        #expect(try held.scalar("SELECT 1") == "1")
+    }
+
     @Test func aReloadWhoseDivergenceLogCannotBeOpenedChangesNothing() throws {
         let (p, port, path) = try f.ownProxy("reload-whole", server: "divergence_log = \"reload-whole.jsonl\"", rest: ProxyFixture.adminTOML)
         defer { stopBackgroundProcess(p) }
