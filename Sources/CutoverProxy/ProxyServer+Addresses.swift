@@ -4,14 +4,24 @@ import CutoverCore
 import CutoverRuntime
 
 extension ProxyServer {
-    /// Resolves the config's host names now, blocking: at start, before any client is accepted.
+    /// Resolves the config's host names before any client is accepted: every distinct name at once on
+    /// libuv's thread pool (4 threads), the loop turned here until all have answered. A name server that does
+    /// not answer then delays the start by one resolver timeout, not by one per backend.
     func resolveAtStart() {
         addressBook.refreshMs = UInt64(config.server.dnsRefresh * 1000)
+        var namesByHost: [String: [String]] = [:]
         for name in addressBook.configure(config.backends.mapValues(\.host), now: loop.now) {
-            guard let host = config.backends[name]?.host else { continue }
-            let (addresses, failure) = HostLookup.resolveNow(host)
-            lookupFinished(name, host: host, addresses: addresses, failure: failure)
+            if let host = config.backends[name]?.host { namesByHost[host, default: []].append(name) }
         }
+        var unanswered = namesByHost.count
+        for (host, names) in namesByHost.sorted(by: { $0.key < $1.key }) {
+            HostLookup.start(loop: loop, host: host) { [unowned self] addresses, failure in
+                unanswered -= 1
+                for name in names { lookupFinished(name, host: host, addresses: addresses, failure: failure) }
+            }
+        }
+        // Nothing else is on the loop yet (no listener, timer or signal): only the lookups' completions run.
+        while unanswered > 0 { loop.runOnce(wait: true) }
     }
 
     /// A reload: hosts that changed (or are new) are looked up in the background; the others keep their addresses.

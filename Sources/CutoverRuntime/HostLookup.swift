@@ -1,5 +1,5 @@
-// Host name resolution: on libuv's thread pool while the proxy runs (the loop never waits for DNS), or
-// blocking before it starts serving.
+// Host name resolution on libuv's thread pool (the loop never waits for DNS; at start the proxy turns its
+// loop until the first answers are in).
 import CLibUV
 import Glibc
 
@@ -47,19 +47,6 @@ public final class HostLookup {
         let c = completion
         completion = nil
         c?(addresses, failure)
-    }
-
-    /// Blocking: the addresses of `host` (for start-up, before the loop serves anyone); empty and the
-    /// reason if it cannot be resolved.
-    public static func resolveNow(_ host: String) -> (addresses: [String], failure: String?) {
-        var hints = addrinfo()
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        var result: UnsafeMutablePointer<addrinfo>?
-        let rc = getaddrinfo(host, nil, &hints, &result)
-        guard rc == 0 else { return ([], String(cString: gai_strerror(rc))) }
-        defer { freeaddrinfo(result) }
-        let addresses = numericAddresses(result)
-        return (addresses, addresses.isEmpty ? "no addresses" : nil)
     }
 
     /// The distinct numeric addresses of a getaddrinfo result, in its order.

@@ -175,6 +175,25 @@ import Testing
     }
 
     @Test(.enabled(if: BackendAddressTests.canOverrideHosts, "needs root and mount namespaces for a private /etc/hosts"))
+    func aSilentNameServerDelaysTheStartByOneTimeoutNotOnePerBackend() throws {
+        // Three backends whose names only a name server could answer, and it never does (2 s, one attempt):
+        // looked up one after another they held the start for 6 s; at once, for 2.
+        let hosts = "\(f.directory)/dns-start-hosts", resolv = "\(f.directory)/dns-start-resolv.conf"
+        try "127.0.0.1 start-db.test\n".write(toFile: hosts, atomically: false, encoding: .utf8)
+        try "nameserver 192.0.2.99\noptions timeout:2 attempts:1\n".write(toFile: resolv, atomically: false, encoding: .utf8)
+        let silent = ["slow_a", "slow_b", "slow_c"]
+        let started = Date()
+        let (p, port, _) = try f.ownProxy("dns-start", rest: silent.map { f.backendTOML($0, host: "\($0.replacingOccurrences(of: "_", with: "-")).test") }
+                                            .joined(separator: "\n"), legacyHost: "start-db.test", hostsFile: hosts, resolvConf: resolv)
+        defer { stopBackgroundProcess(p) }
+        let took = Date().timeIntervalSince(started)
+        #expect(took >= 1.5 && took < 5, "listening after \(took) s")
+        #expect(try PQConnection(f.conninfo(port)).scalar("SELECT 1") == "1", "the name the hosts file knows is served")
+        let log = (try? String(contentsOfFile: "\(f.directory)/dns-start.log", encoding: .utf8)) ?? ""
+        for name in silent { #expect(log.contains("backend host lookup failed") && log.contains("backend=\(name)"), "\(name): \(log)") }
+    }
+
+    @Test(.enabled(if: BackendAddressTests.canOverrideHosts, "needs root and mount namespaces for a private /etc/hosts"))
     func aLookupHangingOnAnUnansweringNameServerDoesNotHoldUpShutdown() throws {
         // The name resolves from the hosts file at start; then it leaves the file, so the next lookup asks a
         // name server that never answers (TEST-NET-1), for 2 × 5 s: a DNS outage during a SIGTERM.
