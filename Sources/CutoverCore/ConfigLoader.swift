@@ -138,12 +138,8 @@ private struct Parser {
 
     mutating func server(_ t: TOMLTable) -> ServerConfig {
         var s = ServerConfig()
-        checkKeys(t, "server", allowed: ["listen", "max_clients", "max_message_size", "connect_timeout", "auth_timeout",
-                                         "client_idle_timeout", "shutdown_timeout", "write_high_water", "admin_database", "state_file",
-                                         "divergence_log", "log_literals", "divergence_memory", "mirror_queue_bytes",
-                                         "mirror_queue_statements", "follower_timeout", "flip_timeout", "metrics_listen",
-                                         "follower_logins", "divergence_log_limit", "client_tls", "client_tls_cert_file", "client_tls_key_file", "client_tls_ca_file", "client_tls_crl_file",
-                                         "dns_refresh", "unix_socket_dir", "backend_pool_size", "backend_pool_total", "backend_idle_timeout"])
+        // The keys SHOW CONFIG lists are the keys the file may have: one list for both.
+        checkKeys(t, "server", allowed: Set(s.settings.map(\.key)))
         if let (host, port) = hostPort(t, "listen") { s.listenHost = host; s.listenPort = port }
         if let (host, port) = hostPort(t, "metrics_listen") { s.metricsHost = host; s.metricsPort = port }
         if s.metricsHost != nil, s.metricsHost == s.listenHost, s.metricsPort == s.listenPort, s.listenPort != 0 {

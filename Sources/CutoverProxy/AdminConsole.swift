@@ -30,6 +30,7 @@ final class AdminConsole {
             case .showDivergences(let route): send(.success(divergences(route)))
             case .showStats: send(.success(stats()))
             case .showBackends: send(.success(backends()))
+            case .showConfig: send(.success(configSettings()))
             case .show: send(.success(AdminResult(columns: ["usage"], rows: [[AdminCommand.usage]], tag: "SHOW")))
             case .setPhase(let route, let phase, let force): server.setPhase(route, to: phase, force: force, reply: send)
             case .setMirror(let route, let mode): send(.success(try server.setMirror(route, to: mode)))
@@ -107,6 +108,17 @@ final class AdminConsole {
             [d.time, d.route, d.kind.rawValue, "\(d.session)", d.statement, d.leader?.summary, d.follower?.summary, d.detail]
         }
         return AdminResult(columns: ["time", "route", "kind", "session", "statement", "leader", "follower", "detail"], rows: rows, tag: "SHOW")
+    }
+
+    /// The [server] settings in effect, their defaults, and what a reload read but only a restart applies.
+    private func configSettings() -> AdminResult {
+        let defaults = Dictionary(ServerConfig().settings.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
+        let rows: [[String?]] = server.config.server.settings.map { s in
+            let restart = ServerConfig.restartOnlyKeys.contains(s.key)
+            let pending: String? = server.pendingRestart[s.key].map { $0 ?? "(none)" }
+            return [s.key, s.value, defaults[s.key] ?? nil, restart ? "restart" : "reload", pending]
+        }
+        return AdminResult(columns: ["key", "value", "default", "applied_by", "after_restart"], rows: rows, tag: "SHOW")
     }
 
     /// Where each backend is reached now (what its host name resolved to, and when), and who uses it.

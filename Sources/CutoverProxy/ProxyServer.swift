@@ -45,6 +45,8 @@ public final class ProxyServer {
     /// Logins to each backend by name, and the last refusal (SHOW BACKENDS, metrics): a backend that starts
     /// refusing (a rotated password, max_connections reached) shows here before anyone reads the logs.
     private(set) var backendLogins: [String: BackendLoginStats] = [:]
+    /// Restart-only settings the last reload read with another value than the running one (SHOW CONFIG).
+    private(set) var pendingRestart: [String: String?] = [:]
     private var saltedCache: [String: [UInt8]] = [:]
     private var shutdownDeadline: UInt64?
     var isShuttingDown: Bool { shutdownDeadline != nil }
@@ -652,7 +654,9 @@ public final class ProxyServer {
     /// Replaces the config for new sessions; running sessions keep theirs. Route phases stay as they are.
     /// All of it or (when its TLS files or its divergence log cannot be opened now) none of it: a reload
     /// that rotated the client CA, say, must not take effect without its certificates.
-    public func reload(_ newConfig: CutoverConfig) throws {
+    public func reload(_ fileConfig: CutoverConfig) throws {
+        var newConfig = fileConfig
+        let restartOnly = newConfig.server.keepRestartOnlySettings(of: config.server)
         // The files were checked when the config was loaded; they may have changed since (a renewal in progress).
         let newClientTLS = try Self.clientTLSContext(newConfig.server)
         let newBackendTLS = try Self.backendTLSContexts(newConfig)
@@ -663,6 +667,11 @@ public final class ProxyServer {
         if newConfig.backends != config.backends { idleBackends?.terminateAll() }
         configurePool(newConfig.server)
         config = newConfig
+        pendingRestart = restartOnly
+        for (key, value) in restartOnly.sorted(by: { $0.key < $1.key }) {
+            logger.warning("a setting changed in the file takes effect only at a restart", metadata: [
+                "key": "\(key)", "in_effect": "\(newConfig.server.settings.first { $0.key == key }?.value ?? "none")", "in_file": "\(value ?? "none")"])
+        }
         reconfigureAddresses(newConfig)
         saltedCache.removeAll()
         clientTLS = newClientTLS

@@ -1,4 +1,5 @@
 // Config parsing: the documented shape loads; every mistake is reported with its key.
+import Foundation
 import Testing
 import CutoverTestSupport
 @testable import CutoverCore
@@ -100,6 +101,59 @@ backend = "legacy"
         #expect(problems("client_tls = \"sometimes\"")["server.client_tls"] != nil)
         let missing = problems("client_tls_cert_file = \"\(cert.directory)/none.crt\"\nclient_tls_key_file = \"\(cert.key)\"")
         #expect(missing["server.client_tls_cert_file"]?.contains("none.crt") == true, "check-config names the file it cannot load")
+    }
+
+    @Test func everyServerKeyIsListedByItsFileNameAndReloadKeepsTheRestartOnlyOnes() throws {
+        // Every setting written with a non-default value comes back under the same key with that value.
+        let file = """
+            [server]
+            listen = "0.0.0.0:7000"
+            unix_socket_dir = "/run/cutover"
+            max_clients = 7
+            max_message_size = 2048
+            connect_timeout = 1.5
+            auth_timeout = 2
+            client_idle_timeout = 3
+            shutdown_timeout = 4
+            write_high_water = 8192
+            admin_database = "ops"
+            state_file = "/var/lib/cutover/state.json"
+            divergence_log = "/var/log/cutover/d.jsonl"
+            log_literals = true
+            divergence_memory = 5
+            divergence_log_limit = 6
+            mirror_queue_bytes = 70000
+            mirror_queue_statements = 9
+            follower_timeout = 0.5
+            flip_timeout = 11
+            follower_logins = 12
+            backend_pool_size = 13
+            backend_pool_total = 14
+            backend_idle_timeout = 15
+            dns_refresh = 16
+            metrics_listen = "0.0.0.0:9187"
+            client_tls = "disable"
+            """
+        let server = try ConfigLoader.parse(file + "\n[[users]]\nname = \"u\"\nauth = \"trust\"\n", environment: [:]).server
+        var written: [String: String] = [:]
+        for line in file.split(separator: "\n").dropFirst() {
+            let kv = line.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            written[kv[0]] = kv[1].trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+        }
+        let listed = Dictionary(server.settings.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
+        for (key, value) in written { #expect(listed[key] == value, "\(key)") }
+        #expect(Set(listed.keys).subtracting(written.keys) == ["client_tls_cert_file", "client_tls_key_file", "client_tls_ca_file", "client_tls_crl_file"])
+        #expect(ServerConfig.restartOnlyKeys.isSubset(of: Set(listed.keys)))
+
+        var reloaded = server
+        reloaded.listenPort = 7001
+        reloaded.maxClients = 8
+        reloaded.metricsHost = nil
+        let pending = reloaded.keepRestartOnlySettings(of: server)
+        #expect(pending.count == 2 && pending["listen"] == .some("0.0.0.0:7001") && pending["metrics_listen"] == .some(nil))
+        #expect(reloaded.listenPort == 7000 && reloaded.metricsHost == "0.0.0.0" && reloaded.maxClients == 8, "the rest applies")
+        var same = server
+        #expect(same.keepRestartOnlySettings(of: server).isEmpty)
     }
 
     @Test func certUsersNeedClientTLSWithACAFileThatLoads() throws {

@@ -74,6 +74,21 @@ import Testing
         let after = try PQConnection(f.conninfo(port, database: "recruitment", user: "recruiter", password: "r_pw"))
         #expect(try after.scalar("SELECT current_schema()") == "recruitment")
         #expect(try before.scalar("SELECT current_schema()") == "onboarding") // the old session carries on
+        // Settings: a reload applies max_clients; a new listen port waits for a restart, and SHOW CONFIG says so.
+        let admin = { try PQConnection(f.conninfo(port, database: "cutover", user: "ops", password: FixtureSecrets.adminPassword)) }
+        let otherPort = PostgresCluster.freePort()
+        text = text.replacingOccurrences(of: "listen = \"127.0.0.1:\(port)\"", with: "listen = \"127.0.0.1:\(otherPort)\"\nmax_clients = 77")
+        try (text + ProxyFixture.adminTOML).write(toFile: path, atomically: true, encoding: .utf8)
+        kill(p.processIdentifier, SIGHUP)
+        usleep(500_000)
+        let settings = try admin().query("SHOW CONFIG")
+        func row(_ key: String) -> [String?]? { settings.first { $0[0] == key } }
+        #expect(row("max_clients") == ["max_clients", "77", "1000", "reload", nil], "\(settings)")
+        #expect(row("listen") == ["listen", "127.0.0.1:\(port)", "127.0.0.1:6432", "restart", "127.0.0.1:\(otherPort)"])
+        #expect(row("state_file")?[1] == nil && row("state_file")?[3] == "restart")
+        #expect(try PQConnection(f.conninfo(port)).isOK, "still listening where it started")
+        let log = try String(contentsOfFile: "\(f.directory)/reload.log", encoding: .utf8)
+        #expect(log.contains("a setting changed in the file takes effect only at a restart") && log.contains("key=listen"))
         // A broken file is rejected and the running config kept.
         try "[server\n".write(toFile: path, atomically: true, encoding: .utf8)
         kill(p.processIdentifier, SIGHUP)
