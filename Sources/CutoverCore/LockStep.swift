@@ -178,8 +178,12 @@ public struct LockStep: Sendable {
     }
 
     /// Mirroring stopped (follower lost, timed out, overflowed): finish the unit on the leader alone and
-    /// send everything queued straight to it from now on.
-    public mutating func followerGone(status: TransactionStatus, now: UInt64) -> [Action] {
+    /// send everything queued straight to it from now on. With `clientGone` (the client left while the unit
+    /// was in lock-step), an autocommit write the follower had not committed is rolled back on the leader
+    /// too: nobody was told it succeeded, and the follower's open transaction ends rolled back when its
+    /// connection closes, so the sides stay equal. (Once the follower's COMMIT is out, the leader commits:
+    /// the follower has most likely committed.)
+    public mutating func followerGone(status: TransactionStatus, now: UInt64, clientGone: Bool = false) -> [Action] {
         hasFollower = false
         var actions: [Action] = []
         switch stage {
@@ -189,7 +193,9 @@ public struct LockStep: Sendable {
         case .followerAfterLeader?:
             stage = nil
             actions = [.releaseClient(asIdle: false, commitError: nil)]
-        case .wrappedFollower(let failed)?, .wrappedFollowerCommit(let failed)?:
+        case .wrappedFollower(let failed)?:
+            actions = endOnLeader(failed: failed || clientGone, now: now)
+        case .wrappedFollowerCommit(let failed)?:
             actions = endOnLeader(failed: failed, now: now)
         case .copyBoth?:
             stage = nil

@@ -53,9 +53,29 @@ import Testing
         let lost = records.first { ($0["kind"] as? String) == "follower_lost" }
         let detail = lost?["detail"] as? String ?? ""
         #expect(detail.contains("killed by an admin") && detail.contains("owed answers to 1 statements"), "\(records)")
-        #expect(!records.contains { ($0["kind"] as? String) == "follower_timeout" })
         #expect(try f.routeRow("recruitment")[6] == "no", "the route is out of sync")
         try blocker.query("ROLLBACK")
+        try f.walk("recruitment", to: "legacy")
+    }
+
+    @Test func inSyncModeAWriteWhoseClientLeftBeforeItsAnswerIsRolledBackOnBothSidesWhenKilled() throws {
+        let blocker = try blockedFollower(mirror: "sync", table: "sync_kill", column: "n int NOT NULL DEFAULT 0")
+        let marker = "sync_kill_\(getpid())"
+        var c: PQConnection? = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user", extra: "application_name=\(marker)"))
+        c?.start("UPDATE sync_kill SET n = n + 1 WHERE id = 1") // ran on the leader (in its implicit transaction); the follower waits
+        usleep(300_000)
+        c = nil // the client leaves without its answer
+        let a = try f.admin()
+        let draining = try #require(try a.query("SHOW SESSIONS").first { $0[3] == marker })
+        #expect(draining[5] == "draining", "\(draining)")
+        try a.query("KILL \(draining[0] ?? "")")
+        usleep(300_000)
+        try blocker.query("ROLLBACK")
+        #expect(try f.recruitmentLegacy().scalar("SELECT n FROM sync_kill WHERE id = 1") == "0",
+                "nobody was told the write succeeded and the follower never committed it: the leader rolls it back too")
+        usleep(300_000)
+        #expect(try f.recruitmentNew().scalar("SELECT n FROM sync_kill WHERE id = 1") == "0")
+        try f.adminRun("SET MIRROR recruitment TO async")
         try f.walk("recruitment", to: "legacy")
     }
 
