@@ -50,7 +50,7 @@ let package = Package(
             .product(name: "Histogram", package: "hdrhistogram-swift"),
         ]),
         .executableTarget(name: "cutover", dependencies: [
-            "CutoverProxy", "CutoverCore", "CutoverBench",
+            "CutoverProxy", "CutoverCore", "CutoverNative", "CutoverBench",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -18,6 +18,8 @@ public struct TargetSummary: Sendable, Codable, Equatable {
     public let queries: UInt64
     public let errors: UInt64
     public let lostClients: Int
+    /// At a fixed rate: statements of the schedule not sent by the end of their run (the target fell behind).
+    public let skipped: UInt64
     public let firstError: String?
 }
 
@@ -39,8 +41,10 @@ public struct Spread: Sendable, Codable, Equatable {
 public struct BenchReport: Sendable {
     public static let percentiles: [(key: String, value: Double)] = [("p50", 50), ("p90", 90), ("p99", 99), ("p99.9", 99.9)]
     public let targets: [TargetSummary]
+    private let isPaced: Bool
 
     public init(plan: BenchPlan, results: [RunResult]) {
+        isPaced = plan.rate != nil
         func µs(_ ns: UInt64) -> Double { (Double(ns) / 100).rounded() / 10 }
         func p50(_ r: RunResult) -> Double { µs(r.latency.valueAtPercentile(50)) }
         let baseline = Dictionary(results.filter { $0.target == 0 }.map { ($0.round, $0) }, uniquingKeysWith: { a, _ in a })
@@ -66,6 +70,7 @@ public struct BenchReport: Sendable {
                 queries: runs.reduce(0) { $0 + $1.queries },
                 errors: runs.reduce(0) { $0 + $1.errors },
                 lostClients: runs.reduce(0) { $0 + $1.lostClients },
+                skipped: runs.reduce(0) { $0 + $1.skipped },
                 firstError: runs.lazy.compactMap(\.firstError).first)
         }
     }
@@ -99,6 +104,7 @@ public struct BenchReport: Sendable {
             if let p99 = t.latencyUs["p99"] { pairs.append("p99_us_\(t.name)=\(Self.number(p99, digits: 1))") }
         }
         pairs.append("errors=\(errors)")
+        if isPaced { pairs.append("skipped=\(targets.reduce(0) { $0 + $1.skipped })") }
         return "summary: " + pairs.joined(separator: " ")
     }
 

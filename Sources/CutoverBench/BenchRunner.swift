@@ -14,6 +14,9 @@ public struct RunResult: Sendable {
     public var firstError: String?
     /// Clients whose connection the server or the network closed during the run.
     public var lostClients = 0
+    /// At a fixed rate: statements scheduled within the run that were not sent by its end (the target fell
+    /// behind the rate; pgbench `-R -T` leaves them out likewise).
+    public var skipped: UInt64 = 0
     /// From the common start to the last client's last answer.
     public var elapsedNs: UInt64 = 0
     /// Per-statement latency in ns (from the scheduled start at a fixed rate).
@@ -56,27 +59,47 @@ public enum BenchRunner {
                                         parameters: plan.statement.parameterCount, mode: plan.mode)
             workers.append(Worker(client: client, connection: c))
         }
-        // A common start a little ahead, so that every thread is waiting when the clock starts.
-        let start = now() + 20_000_000, end = start + plan.durationNs
-        let group = DispatchGroup()
+        // Every thread reports ready before the clock is set, so a slow thread start costs no measured time.
+        let ready = DispatchGroup(), done = DispatchGroup(), go = DispatchSemaphore(value: 0)
+        let clock = RunClock()
         for w in workers {
-            group.enter()
-            let thread = Thread { w.run(plan, start: start, end: end); group.leave() }
+            ready.enter()
+            done.enter()
+            let thread = Thread {
+                ready.leave()
+                go.wait()
+                w.run(plan, start: clock.start, end: clock.end)
+                done.leave()
+            }
             thread.stackSize = 1 << 20
             thread.start()
         }
-        group.wait()
+        ready.wait()
+        clock.start = now() + 2_000_000
+        clock.end = clock.start + plan.durationNs
+        for _ in workers { go.signal() } // (the semaphore orders the clock's writes before the threads' reads)
+        done.wait()
+        let start = clock.start
         var result = RunResult(target: target, round: round)
         for w in workers {
             result.queries += w.queries
             result.errors += w.errors
             result.firstError = result.firstError ?? w.firstError
             result.lostClients += w.lost ? 1 : 0
+            result.skipped += w.skipped
             result.elapsedNs = max(result.elapsedNs, w.finishedAt > start ? w.finishedAt - start : 0)
             result.latency.add(w.latency)
         }
+        // At a fixed rate the run is its schedule's window (its last statement may be answered well before the end).
+        if plan.rate != nil { result.elapsedNs = max(result.elapsedNs, plan.durationNs) }
         return result
     }
+}
+
+/// The run's start and end, set once every thread is ready (before the semaphore lets them read it).
+private final class RunClock: @unchecked Sendable {
+    var start: UInt64 = 0
+    var end: UInt64 = 0
 }
 
 /// One client: its connection and what it measured. Only its own thread writes to it, and the runner reads it
@@ -85,7 +108,7 @@ private final class Worker: @unchecked Sendable {
     let client: Int
     let connection: BenchConnection
     var latency = BenchRunner.emptyHistogram()
-    var queries: UInt64 = 0, errors: UInt64 = 0
+    var queries: UInt64 = 0, errors: UInt64 = 0, skipped: UInt64 = 0
     var firstError: String?
     var lost = false
     var finishedAt: UInt64 = 0
@@ -101,9 +124,14 @@ private final class Worker: @unchecked Sendable {
         var k: UInt64 = 0
         while true {
             let scheduled: UInt64
-            if let offset = plan.scheduledStart(client: client, k: k) {
+            if plan.rate != nil {
+                guard let offset = plan.scheduledStart(client: client, k: k) else { break }
                 scheduled = start + offset
-                guard scheduled < end else { break }
+                if BenchRunner.now() >= end {
+                    // Behind the schedule at the end: what is left of it within the run was not sent.
+                    skipped = plan.scheduledCount(client: client) &- k
+                    break
+                }
                 BenchRunner.sleep(until: scheduled)
             } else {
                 scheduled = BenchRunner.now()

@@ -260,12 +260,13 @@ public final class ProxyServer {
 
     // MARK: backends
 
-    /// Sessions' backend connections by backend name, leaders and followers apart.
+    /// Sessions' open backend connections by backend name, leaders and followers apart (a draining session
+    /// may still name a leader it has already ended).
     func backendConnectionCounts() -> (leaders: [String: Int], followers: [String: Int]) {
         var leaders: [String: Int] = [:], followers: [String: Int] = [:]
         for s in sessions.values {
-            if let l = s.leader?.backendName { leaders[l, default: 0] += 1 }
-            if let f = s.follower?.backendName { followers[f, default: 0] += 1 }
+            if let l = s.leader, !l.isClosed { leaders[l.backendName, default: 0] += 1 }
+            if let f = s.follower, !f.isClosed { followers[f.backendName, default: 0] += 1 }
         }
         return (leaders, followers)
     }

@@ -23,12 +23,12 @@ struct Bench: ParsableCommand {
               --query 'SELECT abalance FROM pgbench_accounts WHERE aid = $1' --param-range 1:100000
 
             Exit status: 0 done, 1 some statements failed (the first error is printed), 2 a target could not be
-            reached or the statement could not be prepared.
+            reached, the statement could not be prepared, or the JSON file could not be written.
             """)
 
     @Option(name: .customLong("target"), help: "NAME=CONNINFO, repeatable; the first is the baseline the others are compared with.")
     var targets: [String] = []
-    @Option(help: "Connections per target, each on its own thread.") var clients = 8
+    @Option(help: "Connections per target, each on its own thread (at most 1000).") var clients = 8
     @Option(help: "Seconds per target per round.") var duration: Double = 10
     @Option(help: "Rounds (each runs every target once).") var rounds = 3
     @Option(name: .customLong("protocol"), help: "simple (Query), extended (Parse/Bind/Execute each time) or prepared (prepared once per connection).")
@@ -36,9 +36,9 @@ struct Bench: ParsableCommand {
     @Option(help: "The statement every client repeats.") var query = "SELECT 1"
     @Option(name: .customLong("param-range"), help: "LO:HI: each execution binds a uniformly random integer from it to $1.")
     var paramRange: String?
-    @Option(help: "Statements per second over all clients (a fixed rate, as pgbench -R); default: as fast as answered.")
+    @Option(help: "Statements per second over all clients (a fixed rate, as pgbench -R; what is not sent by the end is counted as skipped); default: as fast as answered.")
     var rate: Double?
-    @Option(help: "Also write every round and the summary as JSON to this file.") var json: String?
+    @Option(help: "Also write the results as JSON to this file: per target, tps per round, ratios, percentiles, errors.") var json: String?
 
     func makePlan() throws -> BenchPlan {
         do {
@@ -80,6 +80,9 @@ struct Bench: ParsableCommand {
         let table = report.table
         printTable(table.columns, table.rows)
         for t in report.targets {
+            if t.skipped > 0 {
+                print("\(t.name): fell behind the rate: \(counted(Int(t.skipped), "scheduled statement")) not sent by the end of the runs (latency counts the queueing of those that were)")
+            }
             if let e = t.firstError {
                 print("\(t.name): \(counted(Int(t.errors), "statement")) failed\(t.lostClients > 0 ? ", \(counted(t.lostClients, "client")) lost the connection" : ""); first error: \(e)")
             }

@@ -29,6 +29,7 @@ struct BenchPlanTests {
         let s = try BenchStatement(sql: "SELECT $1::int + $1, '$$' || $tag$x$tag$", range: 1...9)
         #expect(s.parameterCount == 1)
         #expect(s.text(for: .simple, value: 42) == "SELECT 42::int + 42, '$$' || $tag$x$tag$")
+        #expect(try BenchStatement(sql: "SELECT 1-$1", range: -5...5).text(for: .simple, value: -5) == "SELECT 1-(-5)", "not the comment 1--5")
         #expect(s.text(for: .extended, value: 42) == s.sql)
         #expect(s.text(for: .prepared, value: 42) == s.sql)
         let plain = try BenchStatement(sql: "SELECT 1", range: nil)
@@ -56,8 +57,14 @@ struct BenchPlanTests {
         #expect(p.scheduledStart(client: 0, k: 0) == 0)
         #expect(p.scheduledStart(client: 1, k: 0) == 2_500_000)
         #expect(p.scheduledStart(client: 3, k: 2) == 27_500_000)
-        let all = (0..<4).flatMap { c in (0..<100).map { p.scheduledStart(client: c, k: UInt64($0))! } }.filter { $0 < 1_000_000_000 }
-        #expect(all.count == 400)
+        let all = (0..<4).flatMap { c in (0..<200).compactMap { p.scheduledStart(client: c, k: UInt64($0)) } }
+        #expect(all.count == 400 && all.allSatisfy { $0 < 1_000_000_000 }, "the schedule ends with the run")
+        #expect((0..<4).map { p.scheduledCount(client: $0) } == [100, 100, 100, 100])
+        #expect(p.scheduledStart(client: 3, k: 99) == 997_500_000 && p.scheduledStart(client: 3, k: 100) == nil)
+        // A rate so low that one interval outlasts the run: client 0 gets one statement, the others none, no overflow.
+        let slow = try plan(rate: 1e-12)
+        #expect(slow.scheduledStart(client: 0, k: 0) == 0 && slow.scheduledStart(client: 0, k: 1) == nil)
+        #expect(slow.scheduledStart(client: 1, k: 0) == nil && slow.scheduledCount(client: 1) == 0 && slow.scheduledCount(client: 0) == 1)
     }
 
     @Test func theReportPairsEachRoundWithTheBaselinesAndTakesMedians() throws {

@@ -60,6 +60,19 @@ import Testing
         #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
         let tps = summary(r)["tps_cutover"] ?? 0
         #expect(tps > 20 && tps <= 110, "\(r.stdout)")
+        #expect(summary(r)["skipped"] == 0)
+
+        // A target that cannot keep up (100 ms a statement, 50 a second asked of one client): the run still ends
+        // with its duration, and what its schedule held beyond what it managed is counted, not waited out.
+        let started = Date()
+        let behind = try bench(["--target", throughProxy, "--clients", "1", "--duration", "1", "--rounds", "1", "--rate", "50",
+                                "--query", "SELECT pg_sleep(0.1)"])
+        let took = Date().timeIntervalSince(started)
+        #expect(behind.status == 0, "\(behind.stdout)\(behind.stderr)")
+        let done = summary(behind)["tps_cutover"] ?? 0, skipped = summary(behind)["skipped"] ?? 0
+        #expect(done >= 5 && done <= 11 && skipped >= 35 && done + skipped >= 49 && done + skipped <= 51, "\(behind.stdout)")
+        #expect(took < 4, "the backlog was not worked through: \(took) s")
+        #expect(behind.stdout.contains("cutover: fell behind the rate:"))
     }
 
     @Test func aTargetThatRefusesTheLoginOrDropsTheConnectionGetsAClearMessage() throws {

@@ -184,13 +184,14 @@ import Testing
         #expect(try PQConnection(f.conninfo(port, extra: "sslmode=verify-full sslrootcert=\(renewed.certificate)")).isOK)
     }
 
-    /// A proxy of the test's own with client TLS asking for certificates from `ca`, and a `cert` user `cert_user`.
-    func certificateProxy(_ name: String, ca: CertificateAuthority, server: String = "") throws -> (Process, Int, String) {
+    /// A proxy of the test's own with client TLS asking for certificates from the CAs in `caFile`, and a
+    /// `cert` user `cert_user`.
+    func certificateProxy(_ name: String, caFile: String, server: String = "") throws -> (Process, Int, String) {
         try f.ownProxy(name, server: """
             client_tls = "allow"
             client_tls_cert_file = "\(certificate.certificate)"
             client_tls_key_file = "\(certificate.key)"
-            client_tls_ca_file = "\(ca.certificate)"
+            client_tls_ca_file = "\(caFile)"
             \(server)
             """, rest: """
             [[users]]
@@ -202,7 +203,7 @@ import Testing
     @Test func aCertUserLogsInWithACertificateFromTheCAAndNothingElseLetsItIn() throws {
         let ca = try CertificateAuthority(), stranger = try CertificateAuthority(name: "Another CA")
         defer { ca.remove(); stranger.remove(); certificate.remove() }
-        let (p, port, path) = try certificateProxy("tls-cert-auth", ca: ca)
+        let (p, port, path) = try certificateProxy("tls-cert-auth", caFile: ca.certificate)
         defer { stopBackgroundProcess(p) }
         func login(_ extra: String) -> (PQConnection?, String) {
             do { return (try PQConnection(f.conninfo(port, user: "cert_user", password: "", extra: extra)), "") } catch let e as PQError {
@@ -235,11 +236,15 @@ import Testing
     }
 
     @Test func aRevokedCertificateIsRefusedOnceTheRevocationListNamesItAndAReloadReadsANewList() throws {
-        let ca = try CertificateAuthority()
-        defer { ca.remove(); certificate.remove() }
+        let ca = try CertificateAuthority(), unlisted = try CertificateAuthority(name: "A CA without a list")
+        defer { ca.remove(); unlisted.remove(); certificate.remove() }
         let crl = ca.directory + "/clients.crl"
         try ca.writeRevocationList(to: crl)
-        let (p, port, path) = try certificateProxy("tls-cert-crl", ca: ca, server: "client_tls_crl_file = \"\(crl)\"")
+        // Both CAs are trusted, only the first has a revocation list here.
+        let bundle = ca.directory + "/bundle.crt"
+        try (String(contentsOfFile: ca.certificate, encoding: .utf8) + String(contentsOfFile: unlisted.certificate, encoding: .utf8))
+            .write(toFile: bundle, atomically: true, encoding: .utf8)
+        let (p, port, path) = try certificateProxy("tls-cert-crl", caFile: bundle, server: "client_tls_crl_file = \"\(crl)\"")
         defer { stopBackgroundProcess(p) }
         func login(_ c: (certificate: String, key: String)) -> String {
             do { return try PQConnection(f.conninfo(port, user: "cert_user", password: "", extra: "sslmode=require sslcert=\(c.certificate) sslkey=\(c.key)"))
@@ -247,6 +252,9 @@ import Testing
         }
         let kept = try ca.issue(commonName: "cert_user"), lost = try ca.issue(commonName: "cert_user")
         #expect(login(kept) == "hexabuilders" && login(lost) == "hexabuilders", "a list that names neither lets both in")
+        // A trusted CA with no list here: its certificates cannot be checked, so they are refused (CRL_CHECK_ALL).
+        let unchecked = login(try unlisted.issue(commonName: "cert_user"))
+        #expect(unchecked != "hexabuilders" && unchecked.lowercased().contains("ssl"), "\(unchecked)")
 
         // The certificate is revoked: a new list in the same file, read at the reload.
         try ca.writeRevocationList(to: crl, revoked: [lost.certificate])

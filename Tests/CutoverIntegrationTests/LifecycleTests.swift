@@ -210,6 +210,9 @@ import Testing
         do { _ = try PQConnection(f.conninfo(port)) }
         #expect(throws: PQError.self) { try PQConnection(f.conninfo(port, database: "refused")) }
         let admin = try PQConnection(f.conninfo(port, database: "cutover", user: "ops", password: FixtureSecrets.adminPassword))
+        // The second client's Terminate may still be on its way: wait until only the held session is left.
+        let deadline = Date().addingTimeInterval(3)
+        while try admin.query("SHOW BACKENDS").first(where: { $0[0] == "legacy" })?[7] != "1" && Date() < deadline { usleep(50_000) }
         let rows = try admin.query("SHOW BACKENDS")
         let legacy = try #require(rows.first { $0[0] == "legacy" }), rotated = try #require(rows.first { $0[0] == "rotated" })
         #expect(legacy[7] == "1" && legacy[10] == "2" && legacy[11] == "0" && legacy[12] == nil, "\(legacy)")
