@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Cutover needs to build and test, if anything is missing: the C libraries (libuv,
 # libpq, libpg_query, OpenSSL), the PostgreSQL server and client tools, pgbench, pgbouncer and
-# python3. Idempotent: when everything is present it changes nothing. Prints one summary line.
+# python3, and ss (iproute2: a test reads sockets' keepalive timers). Idempotent: when everything is present it changes nothing. Prints one summary line.
 set -euo pipefail
 
 missing=()
@@ -9,7 +9,7 @@ for header in /usr/include/uv.h /usr/include/postgresql/libpq-fe.h /usr/include/
     [[ -e "$header" ]] || missing+=("$header")
 done
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=("initdb")
-for cmd in psql pgbench pgbouncer python3 openssl; do
+for cmd in psql pgbench pgbouncer python3 openssl ss; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 
@@ -30,7 +30,7 @@ if ((${#missing[@]} > 0)); then
     if ! { "${sudo[@]}" apt-get update -qq &&
            "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
                libuv1-dev libpq-dev libpg-query-dev libssl-dev \
-               postgresql postgresql-contrib postgresql-client pgbouncer python3 openssl; } >"$apt_log" 2>&1; then
+               postgresql postgresql-contrib postgresql-client pgbouncer python3 openssl iproute2; } >"$apt_log" 2>&1; then
         cat "$apt_log" >&2
         echo "ensure-deps: apt-get failed (missing: ${missing[*]})" >&2
         exit 1

@@ -78,6 +78,13 @@ public struct ServerConfig: Sendable, Equatable {
     public var clientTLSCAFile: String? = nil
     /// Certificate revocation lists for those CAs (PEM); nil: no revocation check.
     public var clientTLSCRLFile: String? = nil
+    /// TCP keepalive on client and backend sockets, and its timings (seconds; 0: the kernel's default).
+    public var tcpKeepalive = true
+    public var tcpKeepidle = 0
+    public var tcpKeepintvl = 0
+    public var tcpKeepcnt = 0
+    /// Milliseconds sent data may stay unacknowledged before the connection is dropped (0: the kernel's default).
+    public var tcpUserTimeout = 0
     public init() {}
 }
 

@@ -167,6 +167,11 @@ private struct Parser {
         if let v = int(t, "backend_pool_size", "server", range: 0...100_000) { s.backendPoolSize = v }
         if let v = int(t, "backend_pool_total", "server", range: 1...1_000_000) { s.backendPoolTotal = v }
         if let v = seconds(t, "backend_idle_timeout", "server") { s.backendIdleTimeout = v }
+        if let v = bool(t, "tcp_keepalive", "server") { s.tcpKeepalive = v }
+        if let v = int(t, "tcp_keepidle", "server", range: 0...32767) { s.tcpKeepidle = v }
+        if let v = int(t, "tcp_keepintvl", "server", range: 0...32767) { s.tcpKeepintvl = v }
+        if let v = int(t, "tcp_keepcnt", "server", range: 0...127) { s.tcpKeepcnt = v }
+        if let v = int(t, "tcp_user_timeout", "server", range: 0...Int(Int32.max)) { s.tcpUserTimeout = v }
         if let v = string(t, "unix_socket_dir", "server") {
             s.unixSocketDirectory = absolute(v)
             // sun_path holds 107 bytes; the file name adds up to 16.

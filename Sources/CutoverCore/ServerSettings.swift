@@ -39,6 +39,11 @@ extension ServerConfig {
             ("client_tls_key_file", clientTLSKeyFile),
             ("client_tls_ca_file", clientTLSCAFile),
             ("client_tls_crl_file", clientTLSCRLFile),
+            ("tcp_keepalive", "\(tcpKeepalive)"),
+            ("tcp_keepidle", "\(tcpKeepidle)"),
+            ("tcp_keepintvl", "\(tcpKeepintvl)"),
+            ("tcp_keepcnt", "\(tcpKeepcnt)"),
+            ("tcp_user_timeout", "\(tcpUserTimeout)"),
         ]
     }
 

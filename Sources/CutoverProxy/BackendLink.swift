@@ -59,7 +59,11 @@ final class BackendLink: TCPConnectionDelegate {
         /// The backend's TLS context (nil: `tls = "disable"`), and whether its one-byte SSL answer is awaited.
         let tls: TLSContext?
         var awaitingTLSAnswer = false
-        init(backend: BackendConfig, addresses: [String], addressFailure: String?, startedAt: UInt64, handshake: BackendHandshake, tls: TLSContext?) {
+        /// Set on each TCP socket the login opens (`[server] tcp_keepalive` and its timings).
+        let keepalive: TCPKeepalive
+        init(backend: BackendConfig, addresses: [String], addressFailure: String?, startedAt: UInt64, handshake: BackendHandshake, tls: TLSContext?,
+             keepalive: TCPKeepalive) {
+            self.keepalive = keepalive
             self.backend = backend
             self.addresses = addresses
             self.addressFailure = addressFailure
@@ -149,12 +153,13 @@ final class BackendLink: TCPConnectionDelegate {
     /// `addresses`: where to connect, resolved from the backend's host, in the order to try them (empty: it
     /// could not be resolved, `addressFailure` says why).
     init(loop: EventLoop, backend: BackendConfig, addresses: [String], addressFailure: String? = nil, side: Side?, owner: ClientSession,
-         tls: TLSContext?, saltedPassword: @escaping (String, [UInt8], Int) -> [UInt8]) {
+         tls: TLSContext?, keepalive: TCPKeepalive, saltedPassword: @escaping (String, [UInt8], Int) -> [UInt8]) {
         self.side = side
         backendName = backend.name
         ownerRef = Unretained(owner)
         connection = TCPConnection(loop: loop)
-        login = Login(backend: backend, addresses: addresses, addressFailure: addressFailure, startedAt: loop.now, handshake: BackendHandshake(backend: backend, saltedPassword: saltedPassword), tls: tls)
+        login = Login(backend: backend, addresses: addresses, addressFailure: addressFailure, startedAt: loop.now, handshake: BackendHandshake(backend: backend, saltedPassword: saltedPassword), tls: tls,
+                      keepalive: keepalive)
         scanner = MessageScanner(captured: Self.captured, maxMessageSize: Int(Int32.max))
         super.init()
         connection.delegate = self
@@ -222,6 +227,8 @@ final class BackendLink: TCPConnectionDelegate {
             // A local failure (no socket: EMFILE, ENOBUFS): no other address would fare better, and this
             // one is not to blame. The connect's own outcome (refused, unreachable) comes to didConnect.
             failSoon(unavailable(uvErrorName(rc)))
+        } else {
+            connection.setKeepalive(login.keepalive)
         }
     }
 

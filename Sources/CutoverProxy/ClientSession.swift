@@ -312,7 +312,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     private func openLink(to backend: BackendConfig, side: Side?, packet: [UInt8], isFollower: Bool = false) -> BackendLink {
         let target = server.address(of: backend)
         let link = BackendLink(loop: server.loop, backend: backend, addresses: target.addresses, addressFailure: target.failure, side: side,
-                               owner: self, tls: server.backendTLS[backend.name], saltedPassword: server.saltedPassword)
+                               owner: self, tls: server.backendTLS[backend.name], keepalive: server.keepalive,
+                               saltedPassword: server.saltedPassword)
         // With a pool, any leader may end up there (a follower becomes the leader when a flip swaps them).
         if let pool = server.idleBackends {
             link.keepsLogin = true

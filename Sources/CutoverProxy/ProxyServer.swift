@@ -12,8 +12,11 @@ public final class ProxyServer {
         didSet {
             writeHighWater = config.server.writeHighWater
             mirrorQueueLimits = (config.server.mirrorQueueBytes, config.server.mirrorQueueStatements)
+            keepalive = Self.keepalive(config.server)
         }
     }
+    /// What every new client and backend TCP socket gets (a reload applies it to new connections).
+    private(set) var keepalive: TCPKeepalive
     /// Read by sessions on every chunk (a `config` read copies the whole struct).
     private(set) var writeHighWater: Int
     /// The async follower queue's bounds (bytes, statements), read on every mirrored chunk.
@@ -73,6 +76,7 @@ public final class ProxyServer {
         self.config = config
         writeHighWater = config.server.writeHighWater
         mirrorQueueLimits = (config.server.mirrorQueueBytes, config.server.mirrorQueueStatements)
+        keepalive = Self.keepalive(config.server)
         self.logger = logger
         divergences = DivergenceRecorder(path: config.server.divergenceLog, capacity: config.server.divergenceMemory, logger: logger)
         (divergenceLimiter, routeDivergenceLimiter) = Self.divergenceLimiters(config.server.divergenceLogLimit)
@@ -159,6 +163,7 @@ public final class ProxyServer {
     // MARK: sessions
 
     private func accept(_ c: TCPConnection) {
+        c.setKeepalive(keepalive)
         var refusal: ErrorFields?
         if shutdownDeadline != nil { refusal = ProxyError.shuttingDown() }
         else if sessions.count >= config.server.maxClients { refusal = ProxyError.tooManyClients(config.server.maxClients) }
@@ -694,6 +699,11 @@ public final class ProxyServer {
     /// Per statement, and (ten times as many) per route and kind, checked before a statement is parsed.
     static func divergenceLimiters(_ perSecond: Int) -> (DivergenceLimiter, DivergenceLimiter) {
         (DivergenceLimiter(perSecond: perSecond), DivergenceLimiter(perSecond: perSecond * 10))
+    }
+
+    static func keepalive(_ s: ServerConfig) -> TCPKeepalive {
+        TCPKeepalive(enabled: s.tcpKeepalive, idleSeconds: Int32(s.tcpKeepidle), intervalSeconds: Int32(s.tcpKeepintvl),
+                     count: Int32(s.tcpKeepcnt), userTimeoutMs: Int32(s.tcpUserTimeout))
     }
 
     static func clientTLSContext(_ s: ServerConfig) throws -> TLSContext? {

@@ -44,6 +44,22 @@ enum Socket {
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &on, socklen_t(MemoryLayout<Int32>.size))
     }
 
+    /// Keepalive probes and the user timeout (values of 0 keep the kernel's defaults).
+    static func setKeepalive(_ fd: Int32, _ k: TCPKeepalive) {
+        func set(_ level: Int32, _ option: Int32, _ value: Int32) {
+            var v = value
+            setsockopt(fd, level, option, &v, socklen_t(MemoryLayout<Int32>.size))
+        }
+        let tcp = Int32(IPPROTO_TCP)
+        set(SOL_SOCKET, SO_KEEPALIVE, k.enabled ? 1 : 0)
+        if k.enabled {
+            if k.idleSeconds > 0 { set(tcp, TCP_KEEPIDLE, k.idleSeconds) }
+            if k.intervalSeconds > 0 { set(tcp, TCP_KEEPINTVL, k.intervalSeconds) }
+            if k.count > 0 { set(tcp, TCP_KEEPCNT, k.count) }
+        }
+        if k.userTimeoutMs > 0 { set(tcp, Int32(TCP_USER_TIMEOUT), k.userTimeoutMs) }
+    }
+
     /// The pending error of a socket (a finished connect, a reset): 0 or a negative errno.
     static func pendingError(_ fd: Int32) -> Int32 {
         var err: Int32 = 0

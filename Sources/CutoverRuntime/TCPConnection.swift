@@ -47,6 +47,20 @@ open class StreamFilter {
 /// Ownership: libuv holds +1 on this object from the moment its socket is attached until the close callback,
 /// which also closes the socket; the handle's memory is freed in `deinit`, which therefore runs only after
 /// libuv is done with it. Error codes are negative errno values (libuv's codes on Unix).
+/// TCP keepalive and TCP_USER_TIMEOUT for a connection (0: the kernel's default for that value).
+public struct TCPKeepalive: Sendable, Equatable {
+    public var enabled: Bool
+    public var idleSeconds: Int32
+    public var intervalSeconds: Int32
+    public var count: Int32
+    public var userTimeoutMs: Int32
+
+    public init(enabled: Bool = true, idleSeconds: Int32 = 0, intervalSeconds: Int32 = 0, count: Int32 = 0, userTimeoutMs: Int32 = 0) {
+        self.enabled = enabled; self.idleSeconds = idleSeconds; self.intervalSeconds = intervalSeconds
+        self.count = count; self.userTimeoutMs = userTimeoutMs
+    }
+}
+
 public final class TCPConnection: HandleOwner {
     /// The poll handle. Its `loop` field is set at init, before libuv initializes the handle with the same
     /// value, so the connection reaches its EventLoop (and the shared read buffer) without a field of its own.
@@ -131,6 +145,13 @@ public final class TCPConnection: HandleOwner {
 
     /// A Unix-domain socket: a client on this host (no TCP options; PostgreSQL offers such clients no TLS).
     public var isLocal: Bool { flag(.local) }
+
+    /// Sets keepalive probes and the user timeout on the socket (a TCP one that is open or connecting):
+    /// a peer that vanished without a FIN or RST (a host that died, a dropped NAT entry) is then found.
+    public func setKeepalive(_ k: TCPKeepalive) {
+        guard isAttached, !isLocal, fd >= 0 else { return }
+        Socket.setKeepalive(fd, k)
+    }
 
     /// Wraps a socket accepted by a listener. Returns nil (and closes the socket) if libuv cannot poll it.
     init?(loop: EventLoop, acceptedSocket fd: Int32, local: Bool = false) {

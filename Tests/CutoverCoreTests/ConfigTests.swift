@@ -133,6 +133,11 @@ backend = "legacy"
             dns_refresh = 16
             metrics_listen = "0.0.0.0:9187"
             client_tls = "disable"
+            tcp_keepalive = false
+            tcp_keepidle = 17
+            tcp_keepintvl = 18
+            tcp_keepcnt = 19
+            tcp_user_timeout = 20000
             """
         let server = try ConfigLoader.parse(file + "\n[[users]]\nname = \"u\"\nauth = \"trust\"\n", environment: [:]).server
         var written: [String: String] = [:]

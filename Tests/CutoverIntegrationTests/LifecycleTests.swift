@@ -229,6 +229,38 @@ import Testing
         #expect(try held.scalar("SELECT 1") == "1")
     }
 
+    @Test func clientAndBackendSocketsGetTheConfiguredKeepalive() throws {
+        let (p, port, path) = try f.ownProxy("keepalive", server: "tcp_keepidle = 77\ntcp_keepintvl = 7\ntcp_keepcnt = 3\ntcp_user_timeout = 12000")
+        defer { stopBackgroundProcess(p) }
+        let c = try PQConnection(f.conninfo(port))
+        #expect(try c.scalar("SELECT 1") == "1")
+        /// The proxy's established TCP sockets whose other end is `port` (`dport`) or whose own end is (`sport`),
+        /// as `ss` shows them with their timers.
+        func sockets(_ filter: String) throws -> String {
+            try runProcess("/usr/bin/ss", ["-tnoHp", "state", "established", filter]).stdout
+                .split(separator: "\n").filter { $0.contains("pid=\(p.processIdentifier),") }.joined(separator: "\n")
+        }
+        // The idle time left counts down from 77 s: 1min17sec at most. (Right after a write the timer shown is
+        // the retransmission one until the ACK is in: look again for a moment.)
+        for (side, filter) in [("client", "( sport = :\(port) )"), ("backend", "( dport = :\(f.legacy.port) )")] {
+            var line = try sockets(filter)
+            let deadline = Date().addingTimeInterval(3)
+            while !line.contains("timer:(keepalive,") && Date() < deadline { usleep(100_000); line = try sockets(filter) }
+            #expect(line.contains("timer:(keepalive,1min1"), "\(side): \(line)")
+        }
+        // Off: no keepalive timer on new sockets (after a reload).
+        var text = try String(contentsOfFile: path, encoding: .utf8)
+        text = text.replacingOccurrences(of: "tcp_keepidle = 77", with: "tcp_keepalive = false")
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        kill(p.processIdentifier, SIGHUP)
+        usleep(500_000)
+        let before = Set(try sockets("( sport = :\(port) )").split(separator: "\n"))
+        let d = try PQConnection(f.conninfo(port))
+        #expect(try d.scalar("SELECT 1") == "1")
+        let added = Set(try sockets("( sport = :\(port) )").split(separator: "\n")).subtracting(before)
+        #expect(added.count == 1 && !(added.first?.contains("keepalive") ?? true), "\(added)")
+    }
+
     @Test func aReloadWhoseDivergenceLogCannotBeOpenedChangesNothing() throws {
         let (p, port, path) = try f.ownProxy("reload-whole", server: "divergence_log = \"reload-whole.jsonl\"", rest: ProxyFixture.adminTOML)
         defer { stopBackgroundProcess(p) }
