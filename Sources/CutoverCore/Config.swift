@@ -28,6 +28,9 @@ public struct ServerConfig: Sendable, Equatable {
     public var authTimeout = 30.0
     /// Seconds a session may sit idle (outside a transaction) before it is closed; 0 disables.
     public var clientIdleTimeout = 0.0
+    /// Seconds a session may sit idle inside a transaction (waiting for its client) before it is closed and
+    /// the transaction rolled back; 0 disables. Such a session holds locks and holds up a leader flip.
+    public var idleTransactionTimeout = 0.0
     /// Seconds SIGTERM waits for sessions to finish before closing them.
     public var shutdownTimeout = 30.0
     /// Bytes queued toward a slow reader before the proxy stops reading the other side.

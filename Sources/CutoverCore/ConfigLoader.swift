@@ -151,6 +151,7 @@ private struct Parser {
         if let v = seconds(t, "connect_timeout", "server") { s.connectTimeout = v }
         if let v = seconds(t, "auth_timeout", "server") { s.authTimeout = v }
         if let v = seconds(t, "client_idle_timeout", "server") { s.clientIdleTimeout = v }
+        if let v = seconds(t, "idle_transaction_timeout", "server") { s.idleTransactionTimeout = v }
         if let v = seconds(t, "shutdown_timeout", "server") { s.shutdownTimeout = v }
         if let v = string(t, "admin_database", "server") { s.adminDatabase = v }
         if let v = string(t, "state_file", "server") { s.stateFile = absolute(v) }

@@ -16,6 +16,7 @@ extension ServerConfig {
             ("connect_timeout", s(connectTimeout)),
             ("auth_timeout", s(authTimeout)),
             ("client_idle_timeout", s(clientIdleTimeout)),
+            ("idle_transaction_timeout", s(idleTransactionTimeout)),
             ("shutdown_timeout", s(shutdownTimeout)),
             ("write_high_water", "\(writeHighWater)"),
             ("admin_database", adminDatabase),

@@ -657,8 +657,14 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     }
 
     /// True at an idle transaction boundary with nothing in flight: the session can be ended here.
-    var isIdleAtBoundary: Bool {
-        state == .forwarding && transactionStatus == .idle && pendingReadyForQuery == 0 && clientScanner.atMessageBoundary
+    var isIdleAtBoundary: Bool { transactionStatus == .idle && isWaitingForClient }
+
+    /// Inside a transaction and waiting for its client (`idle_transaction_timeout`).
+    var isIdleInTransaction: Bool { transactionStatus != .idle && isWaitingForClient }
+
+    /// Every answer given to the client and nothing half-sent either way.
+    private var isWaitingForClient: Bool {
+        state == .forwarding && pendingReadyForQuery == 0 && clientScanner.atMessageBoundary
             && (leader?.scanner.atMessageBoundary ?? true) && lockStepIsQuiet && heldForClient == nil
     }
 

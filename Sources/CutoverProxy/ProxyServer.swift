@@ -638,6 +638,12 @@ public final class ProxyServer {
                 } else if s.clientIdleTimeout > 0 && session.isIdleAtBoundary && session.parkedSince == nil
                             && now - session.lastActivity > UInt64(s.clientIdleTimeout * 1000) {
                     session.failClient(ProxyError.fatal("57P05", "terminating connection due to idle timeout of \(s.clientIdleTimeout) s"))
+                } else if s.idleTransactionTimeout > 0 && session.isIdleInTransaction
+                            && now - session.lastActivity > UInt64(s.idleTransactionTimeout * 1000) {
+                    // PostgreSQL's own idle_in_transaction_session_timeout error; the leader's Terminate rolls back.
+                    logger.warning("session idle in a transaction past idle_transaction_timeout, closed",
+                                   metadata: ["session": "\(session.id)", "user": "\(session.user)", "route": "\(session.route?.name ?? "")"])
+                    session.failClient(ProxyError.fatal("25P03", "terminating connection due to idle-in-transaction timeout of \(s.idleTransactionTimeout) s"))
                 }
             default: break
             }

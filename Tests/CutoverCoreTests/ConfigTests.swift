@@ -114,6 +114,7 @@ backend = "legacy"
             connect_timeout = 1.5
             auth_timeout = 2
             client_idle_timeout = 3
+            idle_transaction_timeout = 3.5
             shutdown_timeout = 4
             write_high_water = 8192
             admin_database = "ops"

@@ -96,6 +96,39 @@ import Testing
         #expect(try PQConnection(f.conninfo(port, database: "recruitment", user: "recruiter", password: "r_pw")).isOK)
     }
 
+    @Test func aSessionIdleInATransactionPastTheTimeoutIsClosedAndItsTransactionRolledBack() throws {
+        try f.legacy.psql("CREATE TABLE IF NOT EXISTS onboarding.idle_tx_probe (v text); DELETE FROM onboarding.idle_tx_probe",
+                          database: "hexabuilders", user: "hexabuilders", password: FixtureSecrets.legacyPassword)
+        let (p, port, _) = try f.ownProxy("idle-tx", server: "idle_transaction_timeout = 1", rest: "[[users]]\nname = \"trust_user\"\nauth = \"trust\"\n")
+        defer { stopBackgroundProcess(p) }
+        // (A raw client, to read the FATAL as it arrives: libpq hands an error that comes while it is idle to its
+        // notice processor.)
+        let holder = try RawClient(port: port)
+        holder.send(RawClient.startup([("user", "trust_user"), ("database", "onboarding")]))
+        #expect(holder.readUntilReady().ready)
+        holder.send(RawClient.query("BEGIN; INSERT INTO idle_tx_probe VALUES ('held')"))
+        #expect(holder.readUntilReady().ready)
+        // Busy in a transaction for longer than the timeout, and idle outside one: neither is closed.
+        let busy = try PQConnection(f.conninfo(port))
+        try busy.query("BEGIN")
+        busy.start("SELECT pg_sleep(2)")
+        let idle = try PQConnection(f.conninfo(port))
+        let started = Date()
+        let (farewell, closed) = holder.readUntilClosed()
+        let waited = Date().timeIntervalSince(started)
+        #expect(closed && RawClient.errorCode(in: farewell) == "25P03"
+                && String(decoding: farewell, as: UTF8.self).contains("terminating connection due to idle-in-transaction timeout"),
+                "\(String(decoding: farewell, as: UTF8.self))")
+        #expect(waited >= 0.5 && waited < 4, "closed after \(waited) s")
+        #expect(busy.awaitResults() == nil, "a statement running in a transaction is not idle")
+        try busy.query("COMMIT")
+        #expect(try idle.scalar("SELECT 1") == "1")
+        usleep(200_000)
+        #expect(try f.legacy.psql("SELECT count(*) FROM onboarding.idle_tx_probe", database: "hexabuilders", user: "hexabuilders",
+                                  password: FixtureSecrets.legacyPassword).trimmingCharacters(in: .whitespacesAndNewlines) == "0",
+                "the held transaction was rolled back")
+    }
+
     @Test func maxClientsIdleTimeoutAndUnreachableBackend() throws {
         let deadPort = PostgresCluster.freePort()
         let (p, port, _) = try f.ownProxy("limits", server: "max_clients = 2\nclient_idle_timeout = 1\nconnect_timeout = 2", rest: """
