@@ -34,7 +34,8 @@ public struct ClientHandshake {
     /// StartupMessage gets this error (after, not instead of, the SSL answer, so clients show the message).
     public var refusal: ErrorFields?
     private var state = State.awaitingStartup
-    private var startup = StartupMessage(parameters: [])
+    /// The client's StartupMessage once it came (empty before): who a refused login was, for the log.
+    public private(set) var startup = StartupMessage(parameters: [])
     private var resolution = RouteResolution.unknownDatabase
     /// The client asked for TLS and was told yes (the connection is encrypted from the next byte on).
     public private(set) var tlsStarted = false

@@ -226,7 +226,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         case .wait: break
         case .send(let bytes): client.write(bytes)
         case .startTLS: startTLS()
-        case .fail(let e): failClient(e)
+        case .fail(let e):
+            server.noteClientLoginRefused(e, startup: handshake?.value.startup, peer: client.peerDescription)
+            failClient(e)
         case .cancel(let key):
             server.forwardCancel(key)
             end(reason: "cancel request")

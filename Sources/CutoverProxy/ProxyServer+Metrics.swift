@@ -13,6 +13,8 @@ extension ProxyServer {
         m.sample("cutover_client_connections", sessions.count)
         m.family("cutover_client_connections_max", .gauge, "server.max_clients")
         m.sample("cutover_client_connections_max", config.server.maxClients)
+        m.family("cutover_client_login_refusals_total", .counter, "Client logins the proxy refused, by SQLSTATE (28P01 wrong password, 3D000 unknown database, 08P01 malformed, ...)")
+        for (state, n) in clientLoginRefusals.sorted(by: { $0.key < $1.key }) { m.sample("cutover_client_login_refusals_total", ["sqlstate": state], n) }
         m.family("cutover_sessions_active", .gauge, "Sessions connected to a backend and forwarding")
         m.sample("cutover_sessions_active", activeSessions)
         m.family("cutover_backend_idle_connections", .gauge, "Logged-in backend connections kept idle for later sessions (backend_pool_size)")

@@ -48,6 +48,8 @@ public final class ProxyServer {
     /// Logins to each backend by name, and the last refusal (SHOW BACKENDS, metrics): a backend that starts
     /// refusing (a rotated password, max_connections reached) shows here before anyone reads the logs.
     private(set) var backendLogins: [String: BackendLoginStats] = [:]
+    /// Client logins refused since start, by SQLSTATE (metrics).
+    private(set) var clientLoginRefusals: [String: Int] = [:]
     /// Restart-only settings the last reload read with another value than the running one (SHOW CONFIG).
     private(set) var pendingRestart: [String: String?] = [:]
     private var saltedCache: [String: [UInt8]] = [:]
@@ -264,6 +266,18 @@ public final class ProxyServer {
     }
 
     // MARK: backends
+
+    /// A client's login was refused (wrong password, unknown database or user, no certificate, a malformed
+    /// startup): logged with who and from where (a password never), and counted by SQLSTATE for metrics.
+    /// Authentication failures are warnings (someone may be guessing); the rest, a notice.
+    func noteClientLoginRefused(_ error: ErrorFields, startup: StartupMessage?, peer: String) {
+        let state = error.sqlState ?? "XX000"
+        clientLoginRefusals[state, default: 0] += 1
+        let metadata: Logger.Metadata = ["sqlstate": "\(state)", "error": "\(error.message ?? "")", "peer": "\(peer)",
+                                         "user": "\(startup?.user ?? "")", "database": "\(startup?.database ?? "")"]
+        if state.hasPrefix("28") { logger.warning("client login refused", metadata: metadata) }
+        else { logger.notice("client login refused", metadata: metadata) }
+    }
 
     /// Sessions' open backend connections by backend name, leaders and followers apart (a draining session
     /// may still name a leader it has already ended).

@@ -59,6 +59,15 @@ import CutoverProtocol
         do { _ = try PQConnection(f.conninfo(database: "cutover_nope_db")); Issue.record("unknown db accepted") } catch let e as PQError {
             #expect(e.message.contains("does not exist"))
         }
+        // Each refusal is in the log with who and from where, never the password.
+        usleep(100_000)
+        let refusals = f.proxyLog.split(separator: "\n").filter { $0.contains("client login refused") }
+        #expect(refusals.contains { $0.contains("warning") && $0.contains("sqlstate=28P01") && $0.contains("user=onboarding_user")
+                                    && $0.contains("database=onboarding") && $0.contains("peer=127.0.0.1:") }, "\(refusals)")
+        #expect(refusals.contains { $0.contains("notice") && $0.contains("sqlstate=08P01") && $0.contains("unsupported frontend protocol") },
+                "a malformed startup is a notice: \(refusals)")
+        #expect(refusals.contains { $0.contains("warning") && $0.contains("sqlstate=28000") })
+        #expect(!f.proxyLog.contains("password=wrong") && !f.proxyLog.contains("=wrong "))
 
         // After login: a 1 GB length prefix on a typed message.
         let victim = try f.connect()

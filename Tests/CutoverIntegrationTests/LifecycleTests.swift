@@ -242,6 +242,7 @@ import Testing
         let held = try PQConnection(f.conninfo(port))
         do { _ = try PQConnection(f.conninfo(port)) }
         #expect(throws: PQError.self) { try PQConnection(f.conninfo(port, database: "refused")) }
+        #expect(throws: PQError.self) { try PQConnection(f.conninfo(port, password: "not_it")) }
         let admin = try PQConnection(f.conninfo(port, database: "cutover", user: "ops", password: FixtureSecrets.adminPassword))
         // The second client's Terminate may still be on its way: wait until only the held session is left.
         let deadline = Date().addingTimeInterval(3)
@@ -256,7 +257,8 @@ import Testing
         for line in ["cutover_backend_logins_total{backend=\"legacy\"} 2", "cutover_backend_login_failures_total{backend=\"rotated\"} 1",
                      "cutover_backend_login_failures_total{backend=\"legacy\"} 0",
                      "cutover_backend_connections{backend=\"legacy\",role=\"leader\"} 1",
-                     "cutover_backend_connections{backend=\"legacy\",role=\"follower\"} 0"] {
+                     "cutover_backend_connections{backend=\"legacy\",role=\"follower\"} 0",
+                     "cutover_client_login_refusals_total{sqlstate=\"28P01\"} 1"] {
             #expect(metrics.contains(line + "\n"), "\(line) in \(metrics.split(separator: "\n").filter { $0.contains("cutover_backend") })")
         }
         #expect(try held.scalar("SELECT 1") == "1")
