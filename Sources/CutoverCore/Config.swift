@@ -66,6 +66,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var backendPoolTotal = 100
     /// Seconds an idle backend connection is kept in that pool (0: no limit).
     public var backendIdleTimeout = 60.0
+    /// Seconds after its login a backend connection may still go back to that pool (0: no limit).
+    public var backendLifetime = 3600.0
     /// A directory for a Unix-domain socket beside the TCP listener, `.s.PGSQL.<port>` as PostgreSQL names
     /// it (so `psql -h DIR -p PORT` finds it); nil: TCP only.
     public var unixSocketDirectory: String? = nil

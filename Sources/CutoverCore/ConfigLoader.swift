@@ -168,6 +168,7 @@ private struct Parser {
         if let v = int(t, "backend_pool_size", "server", range: 0...100_000) { s.backendPoolSize = v }
         if let v = int(t, "backend_pool_total", "server", range: 1...1_000_000) { s.backendPoolTotal = v }
         if let v = seconds(t, "backend_idle_timeout", "server") { s.backendIdleTimeout = v }
+        if let v = seconds(t, "backend_lifetime", "server") { s.backendLifetime = v }
         if let v = bool(t, "tcp_keepalive", "server") { s.tcpKeepalive = v }
         if let v = int(t, "tcp_keepidle", "server", range: 0...32767) { s.tcpKeepidle = v }
         if let v = int(t, "tcp_keepintvl", "server", range: 0...32767) { s.tcpKeepintvl = v }

@@ -33,6 +33,7 @@ extension ServerConfig {
             ("backend_pool_size", "\(backendPoolSize)"),
             ("backend_pool_total", "\(backendPoolTotal)"),
             ("backend_idle_timeout", s(backendIdleTimeout)),
+            ("backend_lifetime", s(backendLifetime)),
             ("dns_refresh", s(dnsRefresh)),
             ("metrics_listen", metricsHost.map { "\($0):\(metricsPort)" }),
             ("client_tls", clientTLS.rawValue),

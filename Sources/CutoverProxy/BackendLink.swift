@@ -86,6 +86,8 @@ final class BackendLink: TCPConnectionDelegate {
         /// Encoded once, as ParameterStatus messages: a pooled link's next sessions get these bytes as they are.
         var loginParameters: [UInt8] = []
         var poolGeneration = 0
+        /// When the login finished (loop ms; with a backend pool): `backend_lifetime` counts from it.
+        var loggedInAt: UInt64 = 0
     }
     private var spill: Spill?
     private var spillForWrite: Spill {
@@ -356,7 +358,10 @@ final class BackendLink: TCPConnectionDelegate {
                 case .ready(let parameters, let key, _):
                     state = .ready
                     self.key = key
-                    if keepsLogin { spillForWrite.loginParameters = Self.parameterStatusBytes(parameters) }
+                    if keepsLogin {
+                        spillForWrite.loginParameters = Self.parameterStatusBytes(parameters)
+                        spillForWrite.loggedInAt = connection.eventLoop.now
+                    }
                     self.login = nil
                     owner { $0.backendReady(self, parameters: parameters, key: key) }
                     if let queued = spill?.queuedUntilReady, !queued.isEmpty, state == .ready {
@@ -513,6 +518,9 @@ final class BackendLink: TCPConnectionDelegate {
 
     /// What the backend reported at login, for a session that takes the link from the pool.
     var loginParameters: [UInt8] { spill?.loginParameters ?? [] }
+
+    /// When the login finished (loop ms), for a link kept for the pool; 0 otherwise.
+    var loggedInAt: UInt64 { spill?.loggedInAt ?? 0 }
 
     /// The backend's ParameterStatus messages, as a client is sent them at login.
     static func parameterStatusBytes(_ parameters: [(String, String)]) -> [UInt8] {

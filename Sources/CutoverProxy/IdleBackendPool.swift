@@ -28,6 +28,8 @@ final class IdleBackendPool {
     var maxTotal: Int
     /// How long a link may stay parked (ms); 0: no limit.
     var idleTimeoutMs: UInt64
+    /// How long after its login a link may still be kept (ms; `backend_lifetime`); 0: no limit.
+    var lifetimeMs: UInt64 = 0
     /// Links logged in under an older generation are not taken back (a reload changed the backends).
     private(set) var generation = 1
     private(set) var count = 0
@@ -41,7 +43,7 @@ final class IdleBackendPool {
     /// Keeps `link` for a later session; false (the caller terminates it) when it was logged in under an
     /// older generation or that login's share is full of live links.
     func park(_ link: BackendLink, key: Key, now: UInt64) -> Bool {
-        guard sizePerLogin > 0, maxTotal > 0, link.poolGeneration == generation else { return false }
+        guard sizePerLogin > 0, maxTotal > 0, link.poolGeneration == generation, !isPastLifetime(link, now: now) else { return false }
         dropClosed(key)
         guard entries[key, default: []].count < sizePerLogin else { return false }
         if count >= maxTotal { evictOldest() }
@@ -86,7 +88,9 @@ final class IdleBackendPool {
             dropClosed(key)
             guard var list = entries[key] else { continue }
             let over = max(0, list.count - sizePerLogin)
-            let expired = list.indices.filter { i in i < over || (idleTimeoutMs > 0 && now &- list[i].since >= idleTimeoutMs) }
+            let expired = list.indices.filter { i in
+                i < over || (idleTimeoutMs > 0 && now &- list[i].since >= idleTimeoutMs) || isPastLifetime(list[i].link, now: now)
+            }
             for i in expired.reversed() { list.remove(at: i).link.terminate() }
             count -= expired.count
             entries[key] = list.isEmpty ? nil : list
@@ -101,6 +105,12 @@ final class IdleBackendPool {
         entries = [:]
         count = 0
         generation += 1
+    }
+
+    /// Logged in longer ago than `backend_lifetime`: ended rather than kept, so backends are renewed over time
+    /// (their memory, and where a host name now points).
+    private func isPastLifetime(_ link: BackendLink, now: UInt64) -> Bool {
+        lifetimeMs > 0 && now &- link.loggedInAt >= lifetimeMs
     }
 
     /// Forgets links of `key` that closed while parked (the backend went away).

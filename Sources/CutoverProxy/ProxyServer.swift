@@ -235,6 +235,7 @@ public final class ProxyServer {
         pool.sizePerLogin = s.backendPoolSize
         pool.maxTotal = s.backendPoolTotal
         pool.idleTimeoutMs = UInt64(s.backendIdleTimeout * 1000)
+        pool.lifetimeMs = UInt64(s.backendLifetime * 1000)
         idleBackends = pool
     }
 

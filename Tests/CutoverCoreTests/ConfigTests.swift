@@ -131,6 +131,7 @@ backend = "legacy"
             backend_pool_size = 13
             backend_pool_total = 14
             backend_idle_timeout = 15
+            backend_lifetime = 15.5
             dns_refresh = 16
             metrics_listen = "0.0.0.0:9187"
             client_tls = "disable"

@@ -128,6 +128,32 @@ import Testing
         #expect(try PQConnection(f.conninfo(port, extra: "application_name=\(app)")).scalar("SELECT pg_backend_pid()") != pid)
     }
 
+    @Test func aBackendPastItsLifetimeIsEndedInsteadOfKept() throws {
+        let (p, port, _) = try f.ownProxy("pool-lifetime", server: "backend_pool_size = 2\nbackend_lifetime = 1.5", rest: ProxyFixture.adminTOML)
+        defer { stopBackgroundProcess(p) }
+        let app = "pool_lifetime_\(getpid())"
+        func pid(_ c: PQConnection) throws -> String? { try c.scalar("SELECT pg_backend_pid()") }
+        var first: String?
+        do { first = try pid(try PQConnection(f.conninfo(port, extra: "application_name=\(app)"))) }
+        usleep(100_000)
+        do {
+            let again = try PQConnection(f.conninfo(port, extra: "application_name=\(app)"))
+            #expect(try pid(again) == first, "young enough: reused")
+            usleep(1_600_000) // the session outlives the backend's lifetime
+        }
+        usleep(200_000)
+        #expect(try backendsOnLegacy(app) == 0, "logged in 1.7 s ago: ended at the session's end, not kept")
+        // A parked one goes when its lifetime runs out, whatever backend_idle_timeout says.
+        var second: String?
+        do { second = try pid(try PQConnection(f.conninfo(port, extra: "application_name=\(app)"))) }
+        #expect(second != first)
+        usleep(200_000)
+        #expect(try backendsOnLegacy(app) == 1)
+        let deadline = Date().addingTimeInterval(4)
+        while try backendsOnLegacy(app) != 0 && Date() < deadline { usleep(100_000) }
+        #expect(try backendsOnLegacy(app) == 0, "expired in the pool")
+    }
+
     @Test func thePoolKeepsAtMostItsSizePerLoginAndLetsIdleBackendsGoAfterTheTimeout() throws {
         let (p, port) = try pooledProxy("pool-limits", size: 2, idleTimeout: 1)
         defer { stopBackgroundProcess(p) }
