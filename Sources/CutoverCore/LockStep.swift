@@ -178,12 +178,11 @@ public struct LockStep: Sendable {
     }
 
     /// Mirroring stopped (follower lost, timed out, overflowed): finish the unit on the leader alone and
-    /// send everything queued straight to it from now on. With `clientGone` (the client left while the unit
-    /// was in lock-step), an autocommit write the follower had not committed is rolled back on the leader
-    /// too: nobody was told it succeeded, and the follower's open transaction ends rolled back when its
-    /// connection closes, so the sides stay equal. (Once the follower's COMMIT is out, the leader commits:
-    /// the follower has most likely committed.)
-    public mutating func followerGone(status: TransactionStatus, now: UInt64, clientGone: Bool = false) -> [Action] {
+    /// send everything queued straight to it from now on. A wrapped autocommit write is committed on the
+    /// leader even when the client has already left: its CommandComplete (`UPDATE 1`) went out before the
+    /// held ReadyForQuery, and PostgreSQL sends that only once the statement is committed, so the client may
+    /// count on it. The follower's missing write is a recorded divergence (the caller marks the route).
+    public mutating func followerGone(status: TransactionStatus, now: UInt64) -> [Action] {
         hasFollower = false
         var actions: [Action] = []
         switch stage {
@@ -193,9 +192,7 @@ public struct LockStep: Sendable {
         case .followerAfterLeader?:
             stage = nil
             actions = [.releaseClient(asIdle: false, commitError: nil)]
-        case .wrappedFollower(let failed)?:
-            actions = endOnLeader(failed: failed || clientGone, now: now)
-        case .wrappedFollowerCommit(let failed)?:
+        case .wrappedFollower(let failed)?, .wrappedFollowerCommit(let failed)?:
             actions = endOnLeader(failed: failed, now: now)
         case .copyBoth?:
             stage = nil

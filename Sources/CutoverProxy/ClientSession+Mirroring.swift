@@ -232,7 +232,7 @@ extension ClientSession {
         followerCursor = 0
         unitsHead = 0
         if !lockStepIsQuiet || mirrorMode == .sync {
-            runLockStep(lockStep.followerGone(status: transactionStatus, now: loop.now, clientGone: state == .draining))
+            runLockStep(lockStep.followerGone(status: transactionStatus, now: loop.now))
         }
         reachedIdleBoundaryIfIdle()
         finishDrainingIfDone()

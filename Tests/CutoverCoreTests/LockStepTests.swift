@@ -93,20 +93,6 @@ private func send(_ m: inout LockStep, _ text: String, status: TransactionStatus
                 == [.releaseClient(asIdle: true, commitError: nil)])
     }
 
-    @Test func whenTheClientHasLeftAnUncommittedWrappedWriteIsRolledBackOnTheLeader() {
-        var m = LockStep()
-        _ = send(&m, "DELETE FROM t")
-        _ = m.leaderReady(status: .inTransaction, now: 1)
-        // The follower runs the unit (not committed yet); the client left and the session is ended.
-        #expect(m.followerGone(status: .inTransaction, now: 2, clientGone: true) == [.toLeaderInternal(LockStep.rollback)])
-        // Once the follower's COMMIT is out, the leader commits even so.
-        var n = LockStep()
-        _ = send(&n, "DELETE FROM t")
-        _ = n.leaderReady(status: .inTransaction, now: 1)
-        _ = n.followerReady(status: .inTransaction, now: 2)
-        #expect(n.followerGone(status: .inTransaction, now: 3, clientGone: true) == [.toLeaderInternal(LockStep.commit)])
-    }
-
     @Test func copyFromStdinStreamsToBothSides() {
         var m = LockStep()
         let copy = "COPY t FROM STDIN"

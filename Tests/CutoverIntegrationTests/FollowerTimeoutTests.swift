@@ -58,11 +58,13 @@ import Testing
         try f.walk("recruitment", to: "legacy")
     }
 
-    @Test func inSyncModeAWriteWhoseClientLeftBeforeItsAnswerIsRolledBackOnBothSidesWhenKilled() throws {
+    @Test func inSyncModeAWriteWhoseClientLeftIsKeptOnTheLeaderWhenKilledAndTheFollowersMissingOneRecorded() throws {
         let blocker = try blockedFollower(mirror: "sync", table: "sync_kill", column: "n int NOT NULL DEFAULT 0")
         let marker = "sync_kill_\(getpid())"
         var c: PQConnection? = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user", extra: "application_name=\(marker)"))
-        c?.start("UPDATE sync_kill SET n = n + 1 WHERE id = 1") // ran on the leader (in its implicit transaction); the follower waits
+        // Runs on the leader (in the proxy's implicit transaction), its UPDATE 1 goes out; the follower waits.
+        let before = f.divergenceLines().count
+        c?.start("UPDATE sync_kill SET n = n + 1 WHERE id = 1")
         usleep(300_000)
         c = nil // the client leaves without its answer
         let a = try f.admin()
@@ -71,10 +73,13 @@ import Testing
         try a.query("KILL \(draining[0] ?? "")")
         usleep(300_000)
         try blocker.query("ROLLBACK")
-        #expect(try f.recruitmentLegacy().scalar("SELECT n FROM sync_kill WHERE id = 1") == "0",
-                "nobody was told the write succeeded and the follower never committed it: the leader rolls it back too")
+        #expect(try f.recruitmentLegacy().scalar("SELECT n FROM sync_kill WHERE id = 1") == "1",
+                "the client was sent UPDATE 1, which PostgreSQL sends only once committed: the leader keeps the write")
         usleep(300_000)
-        #expect(try f.recruitmentNew().scalar("SELECT n FROM sync_kill WHERE id = 1") == "0")
+        #expect(try f.recruitmentNew().scalar("SELECT n FROM sync_kill WHERE id = 1") == "0", "the follower never committed it")
+        let lost = f.divergenceLines().dropFirst(before).first { ($0["kind"] as? String) == "follower_lost" }
+        #expect((lost?["detail"] as? String)?.contains("killed by an admin") == true, "the missing write is recorded")
+        #expect(try f.routeRow("recruitment")[6] == "no")
         try f.adminRun("SET MIRROR recruitment TO async")
         try f.walk("recruitment", to: "legacy")
     }
