@@ -215,6 +215,7 @@ extension ClientSession {
         guard let held = heldForClient else { return }
         heldForClient = nil
         client.write(held)
+        lastActivity = loop.now // the client waits from now, not from the leader's answer (idle timeouts)
     }
 
     // MARK: degrading

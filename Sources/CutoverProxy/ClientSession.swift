@@ -38,7 +38,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     var user: String { startup.user ?? "" }
     var leaderKey: CancelRequest? { leader?.key }
     let createdAt: UInt64
-    private(set) var lastActivity: UInt64
+    var lastActivity: UInt64
 
     var tracker = SessionTracker()
     /// Mirroring, pause and login leftovers, allocated on first use (see SessionColdState).
@@ -664,9 +664,11 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// Inside a transaction and waiting for its client (`idle_transaction_timeout`).
     var isIdleInTransaction: Bool { transactionStatus != .idle && isWaitingForClient }
 
-    /// Every answer given to the client and nothing half-sent either way.
+    /// Every answer given to the client and nothing half-sent either way: no extended-protocol message since
+    /// the last Sync (its unit is open on the leader: Execute then Sync may come in separate reads, and a
+    /// flip, a shutdown or a timeout in between would cut it in two) and no COPY FROM STDIN in progress.
     private var isWaitingForClient: Bool {
-        state == .forwarding && pendingReadyForQuery == 0 && clientScanner.atMessageBoundary
+        state == .forwarding && pendingReadyForQuery == 0 && !extendedSinceSync && !clientCopyIn && clientScanner.atMessageBoundary
             && (leader?.scanner.atMessageBoundary ?? true) && lockStepIsQuiet && heldForClient == nil
     }
 

@@ -84,6 +84,27 @@ import Testing
         try f.walk("recruitment", to: "legacy")
     }
 
+    @Test func inSyncModeTheFollowersTimeIsNotTheClientsIdleTime() throws {
+        // idle_transaction_timeout counts from when the client gets its answer, not from the leader's: here
+        // the follower takes 1.5 s on a lock, longer than the 1 s timeout, and the client then goes straight on.
+        let (p, port, _) = try f.ownProxy("sync-idle", server: "idle_transaction_timeout = 1",
+                                          rest: f.dualLegacyRouteTOML("syncidle") + "\nmirror = \"sync\"\n"
+                                              + "[[users]]\nname = \"recruitment_user\"\npassword = \"\(FixtureSecrets.recruitmentPassword)\"\n")
+        defer { stopBackgroundProcess(p) }
+        try f.onBothRecruitmentSides("DROP TABLE IF EXISTS sync_idle; CREATE TABLE sync_idle (id int PRIMARY KEY, n int); INSERT INTO sync_idle VALUES (1, 0)")
+        let blocker = try f.recruitmentNew()
+        try blocker.query("BEGIN")
+        try blocker.query("SELECT * FROM sync_idle WHERE id = 1 FOR UPDATE")
+        let c = try PQConnection(f.conninfo(port, database: "syncidle", user: "recruitment_user", password: FixtureSecrets.recruitmentPassword))
+        try c.query("BEGIN")
+        blocker.start("SELECT pg_sleep(1.5); ROLLBACK") // lets go of the row in 1.5 s
+        try c.query("UPDATE sync_idle SET n = 1 WHERE id = 1") // answered once the follower has run it too
+        usleep(300_000)
+        #expect(try c.scalar("SELECT n FROM sync_idle WHERE id = 1") == "1", "not closed for idling while the follower worked")
+        try c.query("COMMIT")
+        _ = blocker.awaitResults()
+    }
+
     @Test func aLeaderFlipHeldUpByALongTransactionAbortsAndNamesIt() throws {
         try f.walk("recruitment", to: "legacy")
         try f.onBothRecruitmentSides("DROP TABLE IF EXISTS slots; CREATE TABLE slots (id int PRIMARY KEY, taken bool NOT NULL DEFAULT false); INSERT INTO slots VALUES (1)")

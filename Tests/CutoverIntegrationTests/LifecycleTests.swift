@@ -157,6 +157,42 @@ import Testing
         #expect(try b.scalar("SELECT 'in transaction, kept'") == "in transaction, kept")
     }
 
+    @Test func shutdownWaitsForAnUnsyncedExtendedBatchAndACopyInProgress() throws {
+        try f.legacy.psql("""
+            CREATE TABLE IF NOT EXISTS onboarding.batch_probe (v int); DELETE FROM onboarding.batch_probe;
+            CREATE TABLE IF NOT EXISTS onboarding.copy_probe (v int); DELETE FROM onboarding.copy_probe;
+            """, database: "hexabuilders", user: "hexabuilders", password: FixtureSecrets.legacyPassword)
+        let (p, port, _) = try f.ownProxy("unsynced", rest: "[[users]]\nname = \"trust_user\"\nauth = \"trust\"\n")
+        defer { stopBackgroundProcess(p) }
+        func client() throws -> RawClient {
+            let c = try RawClient(port: port)
+            c.send(RawClient.startup([("user", "trust_user"), ("database", "onboarding")]))
+            #expect(c.readUntilReady().ready)
+            return c
+        }
+        // Between a unit's Execute and its Sync, and in the middle of a COPY FROM STDIN, the session is not idle.
+        let batch = try client(), copy = try client()
+        batch.send(RawClient.extendedWithoutSync("INSERT INTO batch_probe VALUES (1)"))
+        copy.send(RawClient.query("COPY copy_probe FROM STDIN"))
+        var buffer = [UInt8](repeating: 0, count: 256)
+        #expect(recv(copy.fd, &buffer, buffer.count, 0) > 0 && buffer[0] == UInt8(ascii: "G"), "CopyInResponse")
+        copy.send(RawClient.message("d", Array("1\n".utf8)))
+        usleep(200_000)
+        kill(p.processIdentifier, SIGTERM)
+        usleep(400_000)
+        batch.send(RawClient.message("S", []))
+        let (batchAnswer, batchClosed) = batch.readUntilClosed()
+        copy.send(RawClient.message("d", Array("2\n".utf8)) + RawClient.message("c", []))
+        let (copyAnswer, copyClosed) = copy.readUntilClosed()
+        let batchText = String(decoding: batchAnswer, as: UTF8.self), copyText = String(decoding: copyAnswer, as: UTF8.self)
+        #expect(batchText.contains("INSERT 0 1") && batchClosed && RawClient.errorCode(in: batchAnswer) == "57P01",
+                "the batch ran to its Sync, then the session closed: \(batchText)")
+        #expect(copyText.contains("COPY 2") && copyClosed, "the copy finished with both rows: \(copyText)")
+        let rows = try f.legacy.psql("SELECT (SELECT count(*) FROM onboarding.batch_probe) || ',' || (SELECT count(*) FROM onboarding.copy_probe)",
+                                     database: "hexabuilders", user: "hexabuilders", password: FixtureSecrets.legacyPassword)
+        #expect(rows.trimmingCharacters(in: .whitespacesAndNewlines) == "1,2")
+    }
+
     @Test func sigtermLetsATransactionFinishThenStops() throws {
         let (p, port, _) = try f.ownProxy("shutdown", server: "shutdown_timeout = 10")
         let busy = try PQConnection(f.conninfo(port))

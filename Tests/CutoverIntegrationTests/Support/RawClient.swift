@@ -52,9 +52,16 @@ final class RawClient {
     }
 
     /// A simple-protocol Query message.
-    static func query(_ sql: String) -> [UInt8] {
-        let body = Array(sql.utf8) + [0]
-        return [UInt8(ascii: "Q")] + withUnsafeBytes(of: UInt32(body.count + 4).bigEndian, Array.init) + body
+    static func query(_ sql: String) -> [UInt8] { message("Q", Array(sql.utf8) + [0]) }
+
+    /// A typed frontend message: its id, length and body.
+    static func message(_ id: Character, _ body: [UInt8]) -> [UInt8] {
+        [id.asciiValue!] + withUnsafeBytes(of: UInt32(body.count + 4).bigEndian, Array.init) + body
+    }
+
+    /// Parse, Bind and Execute of `sql` (unnamed statement and portal, no parameters), without the Sync.
+    static func extendedWithoutSync(_ sql: String) -> [UInt8] {
+        message("P", [0] + Array(sql.utf8) + [0, 0, 0]) + message("B", [0, 0, 0, 0, 0, 0, 0, 0]) + message("E", [0, 0, 0, 0, 0])
     }
 
     /// Reads whole messages until a ReadyForQuery (true) or EOF/timeout (false); returns what was read.
