@@ -56,11 +56,13 @@ private struct Parser {
         return i
     }
 
+    /// At most 10⁷ s (about 115 days): TOML's `inf` or a huge value would overflow the milliseconds the
+    /// timers count in.
     mutating func seconds(_ t: TOMLTable, _ key: String, _ path: String) -> Double? {
         guard let v = t[key] else { return nil }
-        if let i = v.int, i >= 0 { return Double(i) }
-        if let d = v.double, d >= 0 { return d }
-        problem("\(path).\(key)", "must be a non-negative number of seconds"); return nil
+        if let i = v.int, (0...10_000_000).contains(i) { return Double(i) }
+        if let d = v.double, d.isFinite, d >= 0, d <= 1e7 { return d }
+        problem("\(path).\(key)", "must be a number of seconds from 0 to 10000000"); return nil
     }
 
     mutating func bool(_ t: TOMLTable, _ key: String, _ path: String) -> Bool? {

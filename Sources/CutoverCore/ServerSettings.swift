@@ -7,7 +7,7 @@ extension ServerConfig {
 
     /// Every `[server]` key with its value as the file would spell it (nil: not set), in the documented order.
     public var settings: [(key: String, value: String?)] {
-        func s(_ v: Double) -> String { v == v.rounded() ? String(Int(v)) : String(v) }
+        func s(_ v: Double) -> String { v.isFinite && v == v.rounded() && abs(v) < 1e15 ? String(Int(v)) : String(v) }
         return [
             ("listen", "\(listenHost):\(listenPort)"),
             ("unix_socket_dir", unixSocketDirectory),

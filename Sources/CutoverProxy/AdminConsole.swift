@@ -116,7 +116,9 @@ final class AdminConsole {
         let rows: [[String?]] = server.config.server.settings.map { s in
             let restart = ServerConfig.restartOnlyKeys.contains(s.key)
             let pending: String? = server.pendingRestart[s.key].map { $0 ?? "(none)" }
-            return [s.key, s.value, defaults[s.key] ?? nil, restart ? "restart" : "reload", pending]
+            // `listen` as bound (`serve --port 0` picks the port).
+            let value = s.key == "listen" ? "\(server.config.server.listenHost):\(server.port)" : s.value
+            return [s.key, value, defaults[s.key] ?? nil, restart ? "restart" : "reload", pending]
         }
         return AdminResult(columns: ["key", "value", "default", "applied_by", "after_restart"], rows: rows, tag: "SHOW")
     }

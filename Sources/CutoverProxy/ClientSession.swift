@@ -88,7 +88,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         handshake.refusal = refusal
         handshake.isLocal = client.isLocal
         self.handshake = Boxed(handshake)
-        framer = Boxed(MessageFramer(untyped: true, maxMessageSize: min(config.server.maxMessageSize, 1 << 20)))
+        // PostgreSQL's own limit for a startup packet (MAX_STARTUP_PACKET_LENGTH); the login's other messages
+        // (password, SCRAM) are far smaller.
+        framer = Boxed(MessageFramer(untyped: true, maxMessageSize: min(config.server.maxMessageSize, 10_000)))
         clientScanner = MessageScanner(captured: .init(SessionTracker.capturedIDs), maxMessageSize: config.server.maxMessageSize)
         createdAt = loop.now
         lastActivity = createdAt

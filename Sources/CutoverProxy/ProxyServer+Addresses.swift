@@ -6,7 +6,7 @@ import CutoverRuntime
 extension ProxyServer {
     /// Resolves the config's host names before any client is accepted: every distinct name at once on
     /// libuv's thread pool (4 threads), the loop turned here until all have answered. A name server that does
-    /// not answer then delays the start by one resolver timeout, not by one per backend.
+    /// not answer then delays the start by one resolver timeout per 4 distinct names, not by one per backend.
     func resolveAtStart() {
         addressBook.refreshMs = UInt64(config.server.dnsRefresh * 1000)
         var namesByHost: [String: [String]] = [:]

@@ -50,6 +50,8 @@ public final class ProxyServer {
     private(set) var backendLogins: [String: BackendLoginStats] = [:]
     /// Client logins refused since start, by SQLSTATE (metrics).
     private(set) var clientLoginRefusals: [String: Int] = [:]
+    /// Their log lines: 10 a second (a token bucket, as for divergence records).
+    private var refusalLogLimiter = DivergenceLimiter(perSecond: 10)
     /// Restart-only settings the last reload read with another value than the running one (SHOW CONFIG).
     private(set) var pendingRestart: [String: String?] = [:]
     private var saltedCache: [String: [UInt8]] = [:]
@@ -270,12 +272,16 @@ public final class ProxyServer {
 
     /// A client's login was refused (wrong password, unknown database or user, no certificate, a malformed
     /// startup): logged with who and from where (a password never), and counted by SQLSTATE for metrics.
-    /// Authentication failures are warnings (someone may be guessing); the rest, a notice.
+    /// Authentication failures are warnings (someone may be guessing); the rest, a notice. The names come
+    /// from an unauthenticated client, so they are cut and escaped, and at most 10 lines a second are
+    /// written (the next one says how many were left out; the counter counts them all).
     func noteClientLoginRefused(_ error: ErrorFields, startup: StartupMessage?, peer: String) {
         let state = error.sqlState ?? "XX000"
         clientLoginRefusals[state, default: 0] += 1
-        let metadata: Logger.Metadata = ["sqlstate": "\(state)", "error": "\(error.message ?? "")", "peer": "\(peer)",
-                                         "user": "\(startup?.user ?? "")", "database": "\(startup?.database ?? "")"]
+        guard let suppressed = refusalLogLimiter.admit("client login refused", nowMs: loop.now) else { return }
+        var metadata: Logger.Metadata = ["sqlstate": "\(state)", "error": "\(LogText.clean(error.message ?? "", limit: 200))", "peer": "\(peer)",
+                                         "user": "\(LogText.clean(startup?.user ?? ""))", "database": "\(LogText.clean(startup?.database ?? ""))"]
+        if suppressed > 0 { metadata["not_logged_before"] = "\(suppressed)" }
         if state.hasPrefix("28") { logger.warning("client login refused", metadata: metadata) }
         else { logger.notice("client login refused", metadata: metadata) }
     }

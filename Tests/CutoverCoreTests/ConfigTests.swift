@@ -161,6 +161,13 @@ backend = "legacy"
         #expect(reloaded.listenPort == 7000 && reloaded.metricsHost == "0.0.0.0" && reloaded.maxClients == 8, "the rest applies")
         var same = server
         #expect(same.keepRestartOnlySettings(of: server).isEmpty)
+
+        // Timeouts are bounded: inf or a huge value would overflow the timers' milliseconds.
+        for value in ["inf", "nan", "1e300", "-1", "10000001"] {
+            #expect(throws: ConfigErrors.self, "\(value)") {
+                try ConfigLoader.parse("[server]\nidle_transaction_timeout = \(value)\n[[users]]\nname = \"u\"\nauth = \"trust\"\n", environment: [:])
+            }
+        }
     }
 
     @Test func certUsersNeedClientTLSWithACAFileThatLoads() throws {

@@ -68,6 +68,27 @@ import CutoverProtocol
                 "a malformed startup is a notice: \(refusals)")
         #expect(refusals.contains { $0.contains("warning") && $0.contains("sqlstate=28000") })
         #expect(!f.proxyLog.contains("password=wrong") && !f.proxyLog.contains("=wrong "))
+        // Names from an unauthenticated client reach the log cut short and escaped: no line of their own.
+        let forged = "evil\n2026-12-04T00:00:00+0000 error cutover: forged=line" + String(repeating: "x", count: 5000)
+        let (forgedCode, _) = try answer(to: startup([("user", forged), ("database", "onboarding"), ("replication", "true")]))
+        #expect(forgedCode == "08P01")
+        usleep(100_000)
+        let lines = f.proxyLog.split(separator: "\n")
+        #expect(!lines.contains { $0.hasPrefix("2026-12-04T00:00:00+0000 error cutover: forged=line") }, "no forged line")
+        #expect(lines.contains { $0.contains("user=evil\\u{a}2026-12-04T00:00:00+0000") && $0.count < 600 }, "cut and escaped")
+        // A flood of refusals: all counted, at most 10 lines a second written; the next line says how many were not.
+        let logged = { f.proxyLog.split(separator: "\n").filter { $0.contains("client login refused") && $0.contains("sqlstate=28000") }.count }
+        let before = logged()
+        for _ in 0..<40 { _ = try answer(to: startup([("database", "onboarding")])) }
+        usleep(100_000)
+        #expect(logged() - before <= 21, "\(logged() - before) lines for 40 refusals")
+        usleep(1_100_000)
+        _ = try answer(to: startup([("database", "onboarding")]))
+        usleep(100_000)
+        #expect(f.proxyLog.contains("not_logged_before="), "the next line says how many were left out")
+        // A startup packet longer than PostgreSQL accepts (10 000 bytes) is refused before it is read.
+        let (tooLong, tooLongClosed) = try answer(to: startup([("user", "u"), ("database", "onboarding"), ("options", String(repeating: "y", count: 12_000))]))
+        #expect(tooLong == "08P01" && tooLongClosed, "\(String(describing: tooLong))")
 
         // After login: a 1 GB length prefix on a typed message.
         let victim = try f.connect()
