@@ -363,4 +363,27 @@ final class XorFilter: StreamFilter {
                 "a name that does not resolve says why: \(String(describing: results["nowhere.invalid"]?.1))")
         #expect(loop.shutdown() == 0)
     }
+
+    @Test func keepaliveOptionsReachTheSocket() {
+        func option(_ fd: Int32, _ level: Int32, _ name: Int32) -> Int32 {
+            var v: Int32 = -1
+            var size = socklen_t(MemoryLayout<Int32>.size)
+            getsockopt(fd, level, name, &v, &size)
+            return v
+        }
+        let tcp = Int32(IPPROTO_TCP)
+        let fd = Socket.open(family: sa_family_t(AF_INET))
+        defer { close(fd) }
+        Socket.setKeepalive(fd, TCPKeepalive(enabled: true, idleSeconds: 61, intervalSeconds: 7, count: 4, userTimeoutMs: 12_000))
+        #expect(option(fd, SOL_SOCKET, SO_KEEPALIVE) == 1)
+        #expect(option(fd, tcp, TCP_KEEPIDLE) == 61 && option(fd, tcp, TCP_KEEPINTVL) == 7 && option(fd, tcp, TCP_KEEPCNT) == 4)
+        #expect(option(fd, tcp, Int32(TCP_USER_TIMEOUT)) == 12_000)
+        // Zeros keep the kernel's values; off turns the probes off.
+        let other = Socket.open(family: sa_family_t(AF_INET))
+        defer { close(other) }
+        let kernelIdle = option(other, tcp, TCP_KEEPIDLE)
+        Socket.setKeepalive(other, TCPKeepalive(enabled: false))
+        #expect(option(other, SOL_SOCKET, SO_KEEPALIVE) == 0 && option(other, tcp, TCP_KEEPIDLE) == kernelIdle)
+        #expect(option(other, tcp, Int32(TCP_USER_TIMEOUT)) == 0)
+    }
 }
