@@ -100,7 +100,14 @@ extension ClientSession {
 
     /// Compares every unit both sides have answered, oldest first, and records what differs.
     func compareReadyUnits() {
-        guard let c = cold, !c.units.isEmpty, let route else { return }
+        // Borrowed, not retained (twice per mirrored query): `cold` and `route` are set once and live as long
+        // as the session, which the caller holds.
+        guard let cold = cold.map(Unretained.init), let route = route.map(Unretained.init) else { return }
+        cold.call { c in route.call { route in compareReadyUnits(c, route) } }
+    }
+
+    private func compareReadyUnits(_ c: SessionColdState, _ route: RouteRuntime) {
+        guard !c.units.isEmpty else { return }
         while c.unitsHead < c.units.count, c.units[c.unitsHead].leaderDoneAt != 0, c.units[c.unitsHead].followerDoneAt != 0 {
             let i = c.unitsHead
             c.unitsHead += 1
