@@ -101,24 +101,35 @@ public struct SCRAMServer: Sendable {
         guard let flagEnd = text.firstIndex(of: ",") else { throw .malformed("gs2 header") }
         let afterFlag = text[text.index(after: flagEnd)...]
         guard let comma = afterFlag.firstIndex(of: ",") else { throw .malformed("gs2 header") }
+        // As PostgreSQL: no authorization identity, and client-first-bare is `n=<user>,r=<nonce>[,extension]…`
+        // in that order (a mandatory extension `m=` first is refused: none is supported).
+        guard afterFlag.startIndex == comma else { throw .malformed("an authorization identity is not supported") }
         gs2Header = String(text[text.startIndex...comma])
         clientFirstBare = String(afterFlag[afterFlag.index(after: comma)...])
-        guard let clientNonce = attributes(clientFirstBare)["r"], !clientNonce.isEmpty else { throw .malformed("client nonce") }
+        let bare = clientFirstBare.split(separator: ",", omittingEmptySubsequences: false)
+        guard bare.count >= 2, bare[0].hasPrefix("n="), bare[1].hasPrefix("r="), bare[1].count > 2 else { throw .malformed("client-first-message") }
+        let clientNonce = String(bare[1].dropFirst(2))
         combinedNonce = clientNonce + serverNonce
         serverFirst = "r=\(combinedNonce),s=\(Crypto.base64(verifier.salt)),i=\(verifier.iterations)"
         return Array(serverFirst.utf8)
     }
 
     /// Handles the client-final-message; returns the server-final-message for AuthenticationSASLFinal.
+    ///
+    /// Parsed strictly, as PostgreSQL does: `c=…,r=…[,extension]…,p=…` with the proof last and no attribute
+    /// repeated. What the proof signs is everything before it, so a `c=` slipped in after the proof (by a
+    /// relay, to swap the channel binding the client signed for ours) must not be what is checked.
     public func receiveClientFinal(data: [UInt8]) throws(Failure) -> [UInt8] {
         let text = String(decoding: data, as: UTF8.self)
-        guard let proofRange = text.range(of: ",p=") else { throw .malformed("client proof") }
-        let withoutProof = String(text[..<proofRange.lowerBound])
-        let attrs = attributes(text)
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false)
+        guard parts.count >= 3, parts[0].hasPrefix("c="), parts[1].hasPrefix("r="), let last = parts.last, last.hasPrefix("p="),
+              !parts.dropFirst(2).dropLast().contains(where: { $0.hasPrefix("c=") || $0.hasPrefix("r=") || $0.hasPrefix("p=") })
+        else { throw .malformed("client-final-message") }
+        let withoutProof = parts.dropLast().joined(separator: ",")
         let expected = Array(gs2Header.utf8) + (bound ? channelBinding ?? [] : [])
-        guard attrs["c"] == Crypto.base64(expected) else { throw bound ? .channelBindingMismatch : .malformed("channel binding data") }
-        guard attrs["r"] == combinedNonce else { throw .malformed("nonce mismatch") }
-        guard let proof = attrs["p"].flatMap({ Crypto.fromBase64($0) }), proof.count == 32 else { throw .malformed("client proof") }
+        guard parts[0].dropFirst(2) == Crypto.base64(expected) else { throw bound ? .channelBindingMismatch : .malformed("channel binding data") }
+        guard parts[1].dropFirst(2) == combinedNonce else { throw .malformed("nonce mismatch") }
+        guard let proof = Crypto.fromBase64(String(last.dropFirst(2))), proof.count == 32 else { throw .malformed("client proof") }
         let authMessage = Array("\(clientFirstBare),\(serverFirst),\(withoutProof)".utf8)
         let signature = Crypto.hmacSHA256(key: verifier.storedKey, authMessage)
         let clientKey = zip(proof, signature).map { $0 ^ $1 }

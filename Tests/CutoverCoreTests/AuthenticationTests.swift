@@ -63,6 +63,38 @@ import Testing
         #expect(try noTLS.receiveClientFirst(mechanism: "SCRAM-SHA-256", data: Array("y,,n=,r=abc".utf8)).count > 0)
     }
 
+    @Test func aChannelBindingAppendedAfterTheProofIsRefusedAndTheMessagesAreParsedStrictly() throws {
+        // A relay with its own certificate: the client binds to the relay's channel and signs that; the relay
+        // appends the binding to ours after the proof. The proof signs only what precedes it, so a lenient
+        // parser that took the last c= would accept it.
+        let ours = Crypto.sha256(Array("our certificate".utf8)), relays = Crypto.sha256(Array("a relay's certificate".utf8))
+        var server = SCRAMServer(verifier: SCRAMVerifier(password: "pw"), channelBinding: ours)
+        var client = SCRAMClient(password: "pw", channelBinding: relays)
+        let serverFirst = try server.receiveClientFirst(mechanism: client.mechanism, data: client.clientFirst())
+        let signed = try client.clientFinal(serverFirst: serverFirst) { SCRAMClient.saltedPassword("pw", salt: $0, iterations: $1) }
+        let forged = signed + Array(",c=\(Crypto.base64(Array("p=tls-server-end-point,,".utf8) + ours))".utf8)
+        #expect(throws: SCRAMServer.Failure.malformed("client-final-message")) { try server.receiveClientFinal(data: forged) }
+        #expect(throws: SCRAMServer.Failure.channelBindingMismatch) { try server.receiveClientFinal(data: signed) }
+
+        // Client-first: an authorization identity, a mandatory extension, a missing nonce are refused.
+        for bad in ["n,a=admin,n=,r=abc", "n,,m=ext,n=,r=abc", "n,,n=,x=abc", "n,,n=,r="] {
+            var s = SCRAMServer(verifier: SCRAMVerifier(password: "pw"))
+            #expect(throws: SCRAMServer.Failure.self, "\(bad)") { try s.receiveClientFirst(mechanism: "SCRAM-SHA-256", data: Array(bad.utf8)) }
+        }
+        // Client-final: a repeated attribute or one out of order is refused before the proof is checked.
+        var plain = SCRAMServer(verifier: SCRAMVerifier(password: "pw"))
+        let first = try plain.receiveClientFirst(mechanism: "SCRAM-SHA-256", data: Array("n,,n=,r=abc".utf8))
+        let nonce = String(String(decoding: first, as: UTF8.self).split(separator: ",")[0].dropFirst(2))
+        let proof = Crypto.base64([UInt8](repeating: 1, count: 32))
+        for bad in ["r=\(nonce),c=biws,p=\(proof)", "c=biws,r=\(nonce),p=\(proof),p=\(proof)", "c=biws,r=\(nonce),r=\(nonce),p=\(proof)",
+                    "c=biws,r=\(nonce)", "c=biws,r=\(nonce),p=\(proof),x=1"] {
+            #expect(throws: SCRAMServer.Failure.malformed("client-final-message"), "\(bad)") { try plain.receiveClientFinal(data: Array(bad.utf8)) }
+        }
+        #expect(throws: SCRAMServer.Failure.wrongProof, "an extension before the proof is allowed (and signed)") {
+            try plain.receiveClientFinal(data: Array("c=biws,r=\(nonce),x=1,p=\(proof)".utf8))
+        }
+    }
+
     @Test func clientRejectsForgedServerSignature() throws {
         var server = SCRAMServer(verifier: SCRAMVerifier(password: "other"))
         var client = SCRAMClient(password: "s3cret")
