@@ -63,7 +63,7 @@ public enum AdminCommand: Equatable, Sendable {
             throw syntax("unknown SET command")
         case ("PAUSE", 2): return .pause(route: name(1)!, timeout: nil)
         case ("PAUSE", 3):
-            guard let s = Double(words[2]), s > 0 else { throw syntax("PAUSE timeout must be a positive number of seconds") }
+            guard let s = Double(words[2]), s.isFinite, s > 0, s <= 86_400 else { throw syntax("PAUSE timeout must be a number of seconds from 0 to 86400") }
             return .pause(route: name(1)!, timeout: s)
         case ("RESUME", 2): return .resume(route: name(1)!)
         case ("RELOAD", 1): return .reload

@@ -472,8 +472,10 @@ public final class ProxyServer {
         do { try from.transition(to: target, force: force) } catch {
             return AdminError(code: "55000", message: "cannot flip \(name): \(error)")
         }
-        if let p = r.pause, p.isFlip || target.leader != from.leader || p.onSettled != nil {
-            return AdminError(code: "55006", message: "route \(name) is paused or already flipping; RESUME it or wait")
+        if let p = r.pause, p.isFlip || target.leader != from.leader || !p.settled {
+            return AdminError(code: "55006", message: p.isFlip || target.leader != from.leader
+                                ? "route \(name) is paused or already flipping; RESUME it or wait"
+                                : "route \(name) is paused but not every session has reached an idle boundary yet; wait, or RESUME it")
         }
         if target.leader != from.leader && !r.inSync && !force {
             return AdminError(code: "55000", message: "route \(name) is out of sync (\(r.outOfSyncReason ?? "unknown")); changing the leader could lose writes",
@@ -502,7 +504,7 @@ public final class ProxyServer {
                       reply: @escaping (Result<AdminResult, AdminError>) -> Void) {
         let name = r.name
         if r.pause != nil {
-            // A settled manual PAUSE: every session is parked at an idle boundary, so the flip (one that
+            // A settled manual PAUSE (flipRefusal saw to it): every session is parked at an idle boundary, so the flip (one that
             // keeps the leader: PAUSE, backfill, SET PHASE dual-legacy, RESUME) applies at once.
             do { try switchPhase(r, from: from, to: target) } catch let e as AdminError { dropStandbys(r); return reply(.failure(e)) } catch {}
             return reply(.success(flipResult(name, from, target, r, stallMs: 0, started: started, warmUpMs: warmUpMs, followersReady: followersReady(r))))
@@ -601,10 +603,13 @@ public final class ProxyServer {
 
     /// Settles a pause if every session of the route is drained at an idle boundary.
     func checkPause(_ r: RouteRuntime) {
-        guard let p = r.pause, let settle = p.onSettled else { return }
+        guard let p = r.pause, !p.settled else { return }
         guard r.sessions.values.allSatisfy({ $0.isDrainedAtBoundary }) else { return }
-        p.onSettled = nil
-        settle(true)
+        p.settled = true
+        if let settle = p.onSettled {
+            p.onSettled = nil
+            settle(true)
+        }
     }
 
     /// Lifts a pause; held input proceeds. Returns the longest time any client waited, in ms.
@@ -671,8 +676,8 @@ public final class ProxyServer {
         }
         for r in routes.values {
             checkFlipWarmUp(r)
-            guard let p = r.pause, let settle = p.onSettled else { continue }
-            if now >= p.deadline { p.onSettled = nil; settle(false) } else { checkPause(r) }
+            guard let p = r.pause else { continue }
+            if let settle = p.onSettled, now >= p.deadline { p.onSettled = nil; settle(false) } else { checkPause(r) }
         }
         if let deadline = shutdownDeadline, now >= deadline {
             logger.warning("shutdown timeout reached, closing remaining sessions", metadata: ["sessions": "\(sessions.count)"])

@@ -77,6 +77,9 @@ final class RoutePause {
     let deadline: UInt64
     /// Called once when every session is parked (true) or the deadline passed (false).
     var onSettled: ((Bool) -> Void)?
+    /// Every session has been drained at an idle boundary since the pause began (also after a PAUSE that
+    /// timed out, once its holdouts finished): only then may a flip apply to all sessions at once.
+    var settled = false
     /// Longest time a client waited with input held, in ms.
     var longestStallMs = 0.0
 

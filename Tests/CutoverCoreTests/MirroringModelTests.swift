@@ -259,7 +259,7 @@ extension SessionTracker {
 
     @Test func refusesWithSQLStates() {
         for (text, state) in [("DROP TABLE x", "42601"), ("SET PHASE r TO sideways", "22023"), ("SET MIRROR r TO maybe", "22023"),
-                              ("PAUSE r -1", "42601"), ("", "42601"),
+                              ("PAUSE r -1", "42601"), ("PAUSE r inf", "42601"), ("PAUSE r 1e300", "42601"), ("PAUSE r nan", "42601"), ("", "42601"),
                               ("KILL", "42601"), ("KILL x", "42601"), ("KILL 0", "42601"), ("CANCEL -3", "42601")] {
             do { _ = try AdminCommand.parse(text); Issue.record("accepted \(text)") } catch { #expect(error.sqlState == state, "\(text)") }
         }

@@ -194,6 +194,20 @@ import Testing
         #expect(sqlState("SET PHASE recruitment TO dual-legacy") == nil)           // paused: PAUSE, backfill, flip, RESUME
         #expect(sqlState("SET PHASE recruitment TO legacy") == nil)
         #expect(try a.query("RESUME recruitment").first?[0] == "recruitment")
+
+        // A PAUSE that timed out with a session still in its transaction is not settled: a flip must not land
+        // in the middle of that transaction. Once the holdout commits (and is parked), it may.
+        let holdout = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
+        try holdout.query("BEGIN")
+        try holdout.query("SELECT 1")
+        #expect(try a.query("PAUSE recruitment 0.3").first?[3] == "1", "timed out, one session busy")
+        #expect(sqlState("SET PHASE recruitment TO dual-legacy") == "55006")
+        holdout.start("COMMIT") // answered once the route is resumed (the session is parked at its boundary)
+        usleep(300_000)
+        #expect(sqlState("SET PHASE recruitment TO dual-legacy") == nil, "every session parked now")
+        #expect(sqlState("SET PHASE recruitment TO legacy") == nil)
+        #expect(try a.query("RESUME recruitment").first?[0] == "recruitment")
+        #expect(holdout.awaitResults() == nil)
         try a.query("RELOAD")
         // A non-admin user cannot log in to the console.
         #expect(throws: PQError.self) { try PQConnection(f.conninfo(database: "cutover")) }
