@@ -1,11 +1,25 @@
-// Persisted run-time state: the phase and mirror mode of every route, written atomically, restored at start.
+// Persisted run-time state: each route's phase, mirror mode and sync state, written atomically, restored at start.
 import Foundation
 
 public struct PersistedState: Codable, Equatable, Sendable {
     public struct Route: Codable, Equatable, Sendable {
         public var phase: Phase
         public var mirror: MirrorMode
-        public init(phase: Phase, mirror: MirrorMode) { self.phase = phase; self.mirror = mirror }
+        /// False once the sides may differ (a follower lost, a queue overflow): a restart must not forget it,
+        /// or a leader flip would go through without FORCE. Nil in files from before it was kept: in sync.
+        public var inSync: Bool?
+        public var outOfSyncReason: String?
+        /// The route ran statements in phase `new`: legacy missed them. Nil in older files: true for `new`.
+        public var legacyMissedWrites: Bool?
+
+        public init(phase: Phase, mirror: MirrorMode, inSync: Bool? = nil, outOfSyncReason: String? = nil, legacyMissedWrites: Bool? = nil) {
+            self.phase = phase; self.mirror = mirror
+            self.inSync = inSync; self.outOfSyncReason = outOfSyncReason; self.legacyMissedWrites = legacyMissedWrites
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case phase, mirror, inSync = "in_sync", outOfSyncReason = "out_of_sync_reason", legacyMissedWrites = "legacy_missed_writes"
+        }
     }
     public var routes: [String: Route]
     public init(routes: [String: Route] = [:]) { self.routes = routes }
@@ -30,6 +44,9 @@ public struct PersistedState: Codable, Equatable, Sendable {
         try h.synchronize()
         try h.close()
         if rename(tmp, path) != 0 { throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path]) }
+        // The rename itself is durable only once the directory is: else a power loss can bring the old file back.
+        let directory = open((path as NSString).deletingLastPathComponent.isEmpty ? "." : (path as NSString).deletingLastPathComponent, O_RDONLY)
+        if directory >= 0 { fsync(directory); close(directory) }
     }
 }
 

@@ -544,7 +544,11 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         let bytes = terminated ? UnsafeRawBufferPointer(rebasing: bytes[..<chunk.terminateAt]) : bytes
         if unitCount > 0, let route {
             route.stats.statements += unitCount
-            if route.phase.follower == nil { route.unmirroredStatements += unitCount }
+            if route.phase.follower == nil {
+                let first = route.unmirroredStatements == 0
+                route.unmirroredStatements += unitCount
+                if first && route.phase == .new { route.onPersistentChange?() } // legacy now misses writes: keep that across a restart
+            }
             if collecting && !batching, let c = cold {
                 for k in c.chunkUnits.indices where c.chunkUnits[k].unit.crossSchemaCandidate {
                     server.checkCrossSchema(c.chunkUnits[k].unit, session: self, route: route)

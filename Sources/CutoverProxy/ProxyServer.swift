@@ -52,6 +52,8 @@ public final class ProxyServer {
     private(set) var clientLoginRefusals: [String: Int] = [:]
     /// Their log lines: 10 a second (a token bucket, as for divergence records).
     private var refusalLogLimiter = DivergenceLimiter(perSecond: 10)
+    /// The state file's routes this config does not have, written back unchanged.
+    private var routesNotConfigured: [String: PersistedState.Route] = [:]
     /// Restart-only settings the last reload read with another value than the running one (SHOW CONFIG).
     private(set) var pendingRestart: [String: String?] = [:]
     private var saltedCache: [String: [UInt8]] = [:]
@@ -94,10 +96,10 @@ public final class ProxyServer {
                            metadata: ["path": "\(key)", "mode": "\(String(mode, radix: 8))"])
         }
         let persisted = try config.server.stateFile.map { try PersistedState.load(path: $0) } ?? PersistedState()
-        for (name, r) in config.routes {
-            let saved = persisted.routes[name]
-            routes[name] = RouteRuntime(config: r, phase: saved?.phase ?? r.phase, mirror: saved?.mirror ?? r.mirror)
-        }
+        for (name, r) in config.routes { routes[name] = restoredRoute(r, persisted.routes[name]) }
+        // Routes the file knows and this config does not (commented out, a typo) keep their saved state: the
+        // next save must not erase a phase a later config brings back.
+        routesNotConfigured = persisted.routes.filter { config.routes[$0.key] == nil }
         crossSchema = Self.detector(config)
         for (name, r) in routes.sorted(by: { $0.key < $1.key }) {
             logger.info("route", metadata: ["route": "\(name)", "phase": "\(r.phase.rawValue)", "mirror": "\(r.mirror.rawValue)",
@@ -429,10 +431,33 @@ public final class ProxyServer {
         var description: String { message }
     }
 
+    /// A route's run-time state: from the state file when it has the route, else from the config.
+    private func restoredRoute(_ config: RouteConfig, _ saved: PersistedState.Route?) -> RouteRuntime {
+        let r = RouteRuntime(config: config, phase: saved?.phase ?? config.phase, mirror: saved?.mirror ?? config.mirror)
+        if let saved {
+            if saved.inSync == false {
+                r.inSync = false
+                r.outOfSyncReason = (saved.outOfSyncReason ?? "unknown") + " (before a restart)"
+            }
+            // A file from before these were kept: a route in `new` has made legacy miss writes.
+            if saved.legacyMissedWrites ?? (saved.phase == .new) { r.legacyMissedWritesBeforeRestart = true }
+        }
+        r.onPersistentChange = { [unowned self] in
+            do { try self.persist() } catch {
+                self.logger.error("cannot write the state file", metadata: ["error": "\(error)"])
+            }
+        }
+        return r
+    }
+
     func persist() throws {
         guard let path = config.server.stateFile else { return }
-        var s = PersistedState()
-        for (name, r) in routes { s.routes[name] = PersistedState.Route(phase: r.phase, mirror: r.mirror) }
+        var s = PersistedState(routes: routesNotConfigured)
+        for (name, r) in routes {
+            s.routes[name] = PersistedState.Route(
+                phase: r.phase, mirror: r.mirror, inSync: r.inSync, outOfSyncReason: r.outOfSyncReason,
+                legacyMissedWrites: r.phase == .new && (r.unmirroredStatements > 0 || r.legacyMissedWritesBeforeRestart))
+        }
         do { try s.save(path: path) } catch {
             throw AdminError(code: "58030", message: "cannot write the state file \(path): \(error)")
         }
@@ -541,6 +566,7 @@ public final class ProxyServer {
     /// then each session adds, drops or swaps its follower.
     private func switchPhase(_ r: RouteRuntime, from: Phase, to target: Phase) throws {
         let wasInSync = r.inSync, reason = r.outOfSyncReason
+        let unmirrored = r.unmirroredStatements, missedBefore = r.legacyMissedWritesBeforeRestart
         r.phase = target
         if target.follower == nil { r.inSync = true; r.outOfSyncReason = nil }
         if from.follower == nil, let side = target.follower {
@@ -549,17 +575,24 @@ public final class ProxyServer {
             // backfilled the new side before this flip (see the runbook).
             r.inSync = true
             r.outOfSyncReason = nil
-            if side == .legacy && r.unmirroredStatements > 0 {
-                r.markOutOfSync("legacy missed \(r.unmirroredStatements) statements run while the route was in phase new")
+            if side == .legacy && (r.unmirroredStatements > 0 || r.legacyMissedWritesBeforeRestart) {
+                let missed = "\(r.unmirroredStatements) statements run while the route was in phase new"
+                    + (r.legacyMissedWritesBeforeRestart ? ", and those before the proxy's last restart" : "")
+                r.markOutOfSync("legacy missed \(missed)")
                 recordRouteDivergence(r, kind: .unmirroredWrites,
-                                      detail: "the route returned to \(target.rawValue) from \(from.rawValue); legacy missed \(r.unmirroredStatements) statements; re-sync it before making it the leader again")
+                                      detail: "the route returned to \(target.rawValue) from \(from.rawValue); legacy missed \(missed); re-sync it before making it the leader again")
             }
         }
-        if target.follower != nil { r.unmirroredStatements = 0 }
+        if target.follower != nil {
+            r.unmirroredStatements = 0
+            r.legacyMissedWritesBeforeRestart = false
+        }
         do { try persist() } catch {
             r.phase = from
             r.inSync = wasInSync
             r.outOfSyncReason = reason
+            r.unmirroredStatements = unmirrored
+            r.legacyMissedWritesBeforeRestart = missedBefore
             throw error
         }
         r.stats.flips += 1
@@ -718,7 +751,10 @@ public final class ProxyServer {
             if link.isClosed { followerLoginSettled(link) } else { link.connect(nowNs: loop.nanoseconds) } // a closed one frees its slot
         }
         for (name, rc) in newConfig.routes {
-            if let r = routes[name] { r.config = rc } else { routes[name] = RouteRuntime(config: rc, phase: rc.phase, mirror: rc.mirror) }
+            if let r = routes[name] { r.config = rc } else {
+                routes[name] = restoredRoute(rc, routesNotConfigured[name])
+                routesNotConfigured[name] = nil
+            }
         }
         crossSchema = Self.detector(newConfig)
         divergences.setCapacity(newConfig.server.divergenceMemory)

@@ -48,9 +48,18 @@ final class RouteRuntime {
     }
 
     func markOutOfSync(_ reason: String) {
-        if inSync { outOfSyncReason = reason }
+        guard inSync else { return }
+        outOfSyncReason = reason
         inSync = false
+        onPersistentChange?()
     }
+
+    /// Called when something the state file keeps changed outside a flip (the route went out of sync,
+    /// legacy started missing writes): the server persists it, so a restart does not forget it.
+    var onPersistentChange: (() -> Void)?
+
+    /// Legacy missed writes made before the proxy's last restart (restored from the state file).
+    var legacyMissedWritesBeforeRestart = false
 }
 
 struct RouteStats {

@@ -286,6 +286,14 @@ extension SessionTracker {
         #expect(!FileManager.default.fileExists(atPath: path + ".tmp"))
         try "{not json".write(toFile: path, atomically: true, encoding: .utf8)
         #expect(throws: (any Error).self) { try PersistedState.load(path: path) }
+        // The sync state round-trips; a file from before it was kept still loads, with it unknown.
+        let full = PersistedState(routes: ["r": .init(phase: .new, mirror: .async, inSync: false, outOfSyncReason: "follower lost", legacyMissedWrites: true)])
+        try full.save(path: path)
+        #expect(try PersistedState.load(path: path) == full)
+        #expect(try String(contentsOfFile: path, encoding: .utf8).contains("\"legacy_missed_writes\" : true"))
+        try #"{"routes":{"r":{"phase":"new","mirror":"async"}}}"#.write(toFile: path, atomically: true, encoding: .utf8)
+        let old = try PersistedState.load(path: path).routes["r"]
+        #expect(old?.phase == .new && old?.inSync == nil && old?.legacyMissedWrites == nil)
     }
 
     @Test func transitionsGoOneStepUnlessForced() {
