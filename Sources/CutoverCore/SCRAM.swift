@@ -17,6 +17,22 @@ public struct SCRAMVerifier: Equatable, Sendable {
         serverKey = Crypto.hmacSHA256(key: salted, Array("Server Key".utf8))
     }
 
+    init(iterations: Int, salt: [UInt8], storedKey: [UInt8], serverKey: [UInt8]) {
+        self.iterations = iterations; self.salt = salt; self.storedKey = storedKey; self.serverKey = serverKey
+    }
+
+    /// For a user the proxy does not know, as PostgreSQL's mock authentication: salt and keys derived from
+    /// the name and a per-process secret, so the same unknown name gets the same salt each time (as a real
+    /// user does), no key derivation runs (a probe costs the loop no PBKDF2, and takes as long as a real
+    /// user's attempt), and the keys match no password.
+    public static func mock(user: String, secret: [UInt8] = mockSecret) -> SCRAMVerifier {
+        func derive(_ label: String) -> [UInt8] { Crypto.hmacSHA256(key: secret, Array("\(label):\(user)".utf8)) }
+        return SCRAMVerifier(iterations: 4096, salt: Array(derive("salt").prefix(16)), storedKey: derive("stored"), serverKey: derive("server"))
+    }
+
+    /// The mock verifiers' secret: random per process.
+    public static let mockSecret = Crypto.randomBytes(32)
+
     /// Parses `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (PostgreSQL's format).
     public init?(parsing text: String) {
         let parts = text.split(separator: "$", omittingEmptySubsequences: false)

@@ -132,6 +132,20 @@ private func passwordBody(_ m: FrontendMessage) -> ArraySlice<UInt8> {
     @Test func unknownUserLooksLikeAWrongPassword() throws {
         guard case .fail(let e) = try scramLogin(password: "pw1", user: "mallory") else { Issue.record("expected failure"); return }
         #expect(e.sqlState == "28P01")
+        // As a known user's, an unknown user's salt is the same at every attempt (a fresh random salt would
+        // tell them apart in two tries), and no key derivation runs for it.
+        func serverFirst(_ user: String) throws -> String {
+            var h = ClientHandshake(config: config)
+            _ = h.startupPacketReceived(startupBody([("user", user), ("database", "onboarding")]))
+            var client = SCRAMClient(password: "x")
+            guard case .send(let cont) = h.passwordMessageReceived(passwordBody(.saslInitialResponse(mechanism: "SCRAM-SHA-256", data: client.clientFirst()))),
+                  case .authentication(.saslContinue(let first)) = try messages(cont).first else { return "" }
+            return String(String(decoding: first, as: UTF8.self).split(separator: ",")[1])
+        }
+        #expect(try serverFirst("mallory") == serverFirst("mallory") && serverFirst("onboarding_user") == serverFirst("onboarding_user"))
+        #expect(try serverFirst("mallory") != serverFirst("trudy"))
+        #expect(SCRAMVerifier.mock(user: "mallory") == SCRAMVerifier.mock(user: "mallory"))
+        #expect(SCRAMVerifier.mock(user: "mallory", secret: [1]) != SCRAMVerifier.mock(user: "mallory", secret: [2]), "a secret per process")
     }
 
     @Test func unknownDatabaseIs3D000WithoutAWildcard() {
