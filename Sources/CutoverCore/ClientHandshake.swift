@@ -106,8 +106,9 @@ public struct ClientHandshake {
         }
         let database = message.database ?? userName
         resolution = config.resolve(database: database, phase: config.routes[database] != nil ? phaseOf(database) : nil)
-        if resolution == .unknownDatabase { return fail(ProxyError.unknownDatabase(database)) }
-        // An unknown user still goes through a password exchange, so probing cannot tell users apart.
+        // An unknown database is refused only after authentication (`authenticated`), as PostgreSQL does, so
+        // route names cannot be listed by probing; an unknown user still goes through a password exchange,
+        // so probing cannot tell users apart either.
         let user = config.users[userName]
         switch user?.auth ?? .scramSHA256 {
         case .trust:

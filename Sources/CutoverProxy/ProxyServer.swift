@@ -650,6 +650,11 @@ public final class ProxyServer {
     func endPause(_ r: RouteRuntime) -> Double {
         guard let p = r.pause else { return 0 }
         r.pause = nil
+        // A PAUSE still waiting for its sessions (a RESUME came first) is answered now, not never.
+        if let settle = p.onSettled {
+            p.onSettled = nil
+            settle(false)
+        }
         var longest = p.longestStallMs
         for s in Array(r.sessions.values) { longest = max(longest, s.unpark()) }
         for s in Array(r.sessions.values) {

@@ -24,8 +24,9 @@ private func passwordBody(_ m: FrontendMessage) -> ArraySlice<UInt8> {
 @Suite struct ClientHandshakeTests {
     let config = try! ConfigLoader.parse(sampleConfig, environment: ["ONBOARDING_PASSWORD": "pw1", "LEGACY_DB_PASSWORD": "pw2"])
 
-    func scramLogin(password: String, user: String = "onboarding_user", database: String = "onboarding") throws -> ClientHandshake.Action {
-        var h = ClientHandshake(config: config)
+    func scramLogin(password: String, user: String = "onboarding_user", database: String = "onboarding",
+                    config: CutoverConfig? = nil) throws -> ClientHandshake.Action {
+        var h = ClientHandshake(config: config ?? self.config)
         guard case .send(let offer) = h.startupPacketReceived(startupBody([("user", user), ("database", database)])) else {
             Issue.record("expected SASL offer"); return .wait
         }
@@ -148,11 +149,13 @@ private func passwordBody(_ m: FrontendMessage) -> ArraySlice<UInt8> {
         #expect(SCRAMVerifier.mock(user: "mallory", secret: [1]) != SCRAMVerifier.mock(user: "mallory", secret: [2]), "a secret per process")
     }
 
-    @Test func unknownDatabaseIs3D000WithoutAWildcard() {
+    @Test func unknownDatabaseIs3D000WithoutAWildcardButOnlyAfterAuthentication() throws {
         var c = config
         c.wildcardBackend = nil
-        var h = ClientHandshake(config: c)
-        guard case .fail(let e) = h.startupPacketReceived(startupBody([("user", "ops"), ("database", "nope")])) else { Issue.record("expected failure"); return }
+        // Without the password nobody learns whether a route exists: the same 28P01 as for a known one.
+        guard case .fail(let wrong) = try scramLogin(password: "not it", database: "nope", config: c) else { Issue.record("expected failure"); return }
+        #expect(wrong.sqlState == "28P01")
+        guard case .fail(let e) = try scramLogin(password: "pw1", database: "nope", config: c) else { Issue.record("expected failure"); return }
         #expect(e.sqlState == "3D000")
     }
 

@@ -1,5 +1,6 @@
 // Integration: flips under load, rollback, a follower that dies mid-run, restarts mid-migration, the admin
 // console and the CLI, session state carried to a follower that joins late, cross-schema statements.
+import CLibPQ
 import Foundation
 import Glibc
 import Testing
@@ -208,6 +209,23 @@ import Testing
         #expect(sqlState("SET PHASE recruitment TO legacy") == nil)
         #expect(try a.query("RESUME recruitment").first?[0] == "recruitment")
         #expect(holdout.awaitResults() == nil)
+        // A RESUME while a PAUSE still waits for a busy session answers that PAUSE at once (it waited out its timeout).
+        try holdout.query("BEGIN")
+        let pausing = try f.admin()
+        let asked = Date()
+        pausing.start("PAUSE recruitment 5")
+        usleep(200_000)
+        #expect(try a.query("RESUME recruitment").first?[0] == "recruitment")
+        // (Polled: a PAUSE never answered must fail the test, not hang it.)
+        var answered = false
+        while !answered && Date().timeIntervalSince(asked) < 3 {
+            PQconsumeInput(pausing.conn)
+            answered = PQisBusy(pausing.conn) == 0
+            if !answered { usleep(50_000) }
+        }
+        #expect(answered && Date().timeIntervalSince(asked) < 2, "answered at the RESUME, not after 5 s, nor never")
+        if answered { #expect(pausing.awaitResults() == nil) }
+        try holdout.query("COMMIT")
         try a.query("RELOAD")
         // A non-admin user cannot log in to the console.
         #expect(throws: PQError.self) { try PQConnection(f.conninfo(database: "cutover")) }
