@@ -157,9 +157,9 @@ public struct ClientHandshake {
                 state = .awaitingSASLResponse(user: user, server)
                 return send(.authentication(.saslContinue(data: first)))
             } catch .unsupportedMechanism(let m) {
-                return fail(ProxyError.fatal("28000", "SASL mechanism \(m) is not supported; use SCRAM-SHA-256"))
+                return fail(ProxyError.fatal("08P01", "SASL mechanism \(m) is not supported; use SCRAM-SHA-256"))
             } catch .channelBindingUnsupported {
-                return fail(ProxyError.fatal("28000", "channel binding is not supported without TLS"))
+                return fail(ProxyError.fatal("08P01", "channel binding is not supported without TLS"))
             } catch .channelBindingNegotiation {
                 return fail(ProxyError.fatal("08P01", "SCRAM channel binding negotiation error",
                                              detail: "The client claims the server does not support channel binding, or asks for it without the PLUS mechanism."))

@@ -224,7 +224,7 @@ public final class ProxyServer {
             return true
         }
         logger.info("forwarding cancel", metadata: ["session": "\(s.id)", "backend": "\(leader.backendName)"])
-        _ = CancelForwarder(loop: loop, address: address, port: port, key: real)
+        _ = CancelForwarder(loop: loop, address: address, port: port, key: real, timeoutMs: UInt64(config.server.connectTimeout * 1000))
         return true
     }
 

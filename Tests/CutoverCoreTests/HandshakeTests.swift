@@ -130,6 +130,15 @@ private func passwordBody(_ m: FrontendMessage) -> ArraySlice<UInt8> {
         #expect(e.sqlState == "28P01")
     }
 
+    @Test func anUnsupportedSASLMechanismIsAProtocolViolation() throws {
+        var h = ClientHandshake(config: config)
+        _ = h.startupPacketReceived(startupBody([("user", "onboarding_user"), ("database", "onboarding")]))
+        guard case .fail(let e) = h.passwordMessageReceived(passwordBody(.saslInitialResponse(mechanism: "SCRAM-SHA-1", data: Array("n,,n=,r=abc".utf8)))) else {
+            Issue.record("expected failure"); return
+        }
+        #expect(e.sqlState == "08P01" && e.message == "SASL mechanism SCRAM-SHA-1 is not supported; use SCRAM-SHA-256", "as PostgreSQL")
+    }
+
     @Test func unknownUserLooksLikeAWrongPassword() throws {
         guard case .fail(let e) = try scramLogin(password: "pw1", user: "mallory") else { Issue.record("expected failure"); return }
         #expect(e.sqlState == "28P01")
