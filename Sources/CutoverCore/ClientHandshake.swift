@@ -204,6 +204,11 @@ public struct ClientHandshake {
             }
             return .admin(startup, user: user)
         case .route(let target):
+            // PostgreSQL's answer when a role lacks CONNECT on a database.
+            if let allowed = config.users[user]?.routes, !allowed.contains(target.route ?? "*") {
+                return fail(ProxyError.fatal("42501", "permission denied for database \"\(startup.database ?? "")\"",
+                                             detail: "User \"\(user)\" may not use this route (see its routes in [[users]])."))
+            }
             return .connect(target, startup, user: user)
         case .unknownDatabase:
             return fail(ProxyError.unknownDatabase(startup.database ?? ""))

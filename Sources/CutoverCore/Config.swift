@@ -131,6 +131,8 @@ public struct UserConfig: Sendable, Equatable {
     public var scram: SCRAMVerifier?
     public var md5: String?
     public var admin: Bool
+    /// The routes (by name; `*` for the wildcard route) this user may use; nil: every route.
+    public var routes: Set<String>?
 
     public init(name: String, auth: AuthMethod = .scramSHA256, password: String?, scram: SCRAMVerifier? = nil, admin: Bool = false) {
         self.name = name; self.auth = auth; self.admin = admin

@@ -135,6 +135,11 @@ private struct Parser {
             problem("routes.\(c.server.adminDatabase)", "collides with the admin database name")
         }
         if c.users.isEmpty { problem("users", "at least one [[users]] entry is required") }
+        for (name, u) in c.users.sorted(by: { $0.key < $1.key }) {
+            for r in (u.routes ?? []).sorted() where c.routes[r] == nil && !(r == "*" && c.wildcardBackend != nil) {
+                problem("users.\(name).routes", "no route named \(r)")
+            }
+        }
         return c
     }
 
@@ -234,7 +239,7 @@ private struct Parser {
     func absolute(_ path: String) -> String { path.hasPrefix("/") ? path : "\(baseDirectory)/\(path)" }
 
     mutating func user(_ t: TOMLTable, _ path: String) -> UserConfig? {
-        checkKeys(t, path, allowed: ["name", "auth", "password", "password_env", "password_file", "scram", "admin"])
+        checkKeys(t, path, allowed: ["name", "auth", "password", "password_env", "password_file", "scram", "admin", "routes"])
         guard let name = string(t, "name", path, required: true) else { return nil }
         var auth = AuthMethod.scramSHA256
         if let a = string(t, "auth", path) {
@@ -252,7 +257,12 @@ private struct Parser {
         }
         let plaintextGiven = ["password", "password_env", "password_file"].contains { t[$0] != nil }
         if auth == .md5 && sourceGiven && !plaintextGiven { problem(path, "md5 authentication needs a plaintext password source") }
-        return UserConfig(name: name, auth: auth, password: password, scram: verifier, admin: bool(t, "admin", path) ?? false)
+        var user = UserConfig(name: name, auth: auth, password: password, scram: verifier, admin: bool(t, "admin", path) ?? false)
+        if let v = t["routes"] {
+            if let names = v.array?.compactMap({ $0.string }), names.count == v.array?.count { user.routes = Set(names) }
+            else { problem("\(path).routes", "must be an array of route names") }
+        }
+        return user
     }
 
     mutating func backend(_ name: String, _ t: TOMLTable) -> BackendConfig? {

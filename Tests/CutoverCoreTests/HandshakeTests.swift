@@ -130,6 +130,36 @@ private func passwordBody(_ m: FrontendMessage) -> ArraySlice<UInt8> {
         #expect(e.sqlState == "28P01")
     }
 
+    @Test func aUserScopedToRoutesIsRefusedOthersAfterAuthentication() throws {
+        var c = config
+        c.users["onboarding_user"]?.routes = ["*"]
+        guard case .connect = try scramLogin(password: "pw1", database: "anything", config: c) else { Issue.record("expected the wildcard"); return }
+        guard case .fail(let e) = try scramLogin(password: "pw1", database: "onboarding", config: c) else { Issue.record("expected failure"); return }
+        #expect(e.sqlState == "42501" && e.message == "permission denied for database \"onboarding\"")
+        c.users["onboarding_user"]?.routes = ["onboarding"]
+        guard case .connect = try scramLogin(password: "pw1", database: "onboarding", config: c) else { Issue.record("expected the route"); return }
+        guard case .fail(let w) = try scramLogin(password: "pw1", database: "anything", config: c) else { Issue.record("expected failure"); return }
+        #expect(w.sqlState == "42501", "the wildcard route too, unless \"*\" is listed")
+        guard case .fail(let wrong) = try scramLogin(password: "no", database: "onboarding", config: c) else { Issue.record("expected failure"); return }
+        #expect(wrong.sqlState == "28P01", "without the password, nothing about the route")
+        // The config names only routes it has.
+        #expect(throws: ConfigErrors.self) {
+            try ConfigLoader.parse("[[users]]\nname = \"u\"\nauth = \"trust\"\nroutes = [\"nowhere\"]\n", environment: [:])
+        }
+        let ok = try ConfigLoader.parse("""
+            [[users]]
+            name = "u"
+            auth = "trust"
+            routes = ["r"]
+            [backends.b]
+            user = "x"
+            [routes.r]
+            legacy = "b"
+            new = "b"
+            """, environment: [:])
+        #expect(ok.users["u"]?.routes == ["r"])
+    }
+
     @Test func anUnsupportedSASLMechanismIsAProtocolViolation() throws {
         var h = ClientHandshake(config: config)
         _ = h.startupPacketReceived(startupBody([("user", "onboarding_user"), ("database", "onboarding")]))
