@@ -3,8 +3,9 @@ import CutoverCore
 import CutoverRuntime
 
 /// Serves what `ProxyServer` reports over plain HTTP/1.1. Each connection gets one answer and is closed;
-/// a client that sends no complete request head within `requestTimeoutMs` is dropped, and at most
-/// `maxExchanges` are open at once (the oldest goes first), so a scraper cannot hold the proxy's memory.
+/// a client that sends no complete request head within `requestTimeoutMs` is dropped (the server's sweep
+/// checks), at most `maxExchanges` are open at once (the oldest goes first), and an answer its client does
+/// not read within `requestTimeoutMs` is cut off, so a scraper cannot hold the proxy's memory or descriptors.
 final class MetricsEndpoint {
     static let requestTimeoutMs: UInt64 = 5000
     static let maxExchanges = 32
@@ -13,6 +14,8 @@ final class MetricsEndpoint {
     private unowned let server: ProxyServer
     private var listener: TCPListener?
     private var exchanges: [Exchange] = []
+    /// Answered connections still writing their answer (closed after their writes), and since when.
+    private var answering: [(connection: TCPConnection, since: UInt64)] = []
     var port: Int { listener?.port ?? 0 }
 
     init(loop: EventLoop, server: ProxyServer, host: String, port: Int) throws {
@@ -22,21 +25,34 @@ final class MetricsEndpoint {
     }
 
     private func accept(_ c: TCPConnection) {
-        let now = loop.now
-        for e in exchanges where now - e.startedAt > Self.requestTimeoutMs { e.finish() }
+        sweep(now: loop.now)
         if exchanges.count >= Self.maxExchanges { exchanges.first?.finish() }
-        exchanges.append(Exchange(connection: c, endpoint: self, startedAt: now))
+        exchanges.append(Exchange(connection: c, endpoint: self, startedAt: loop.now))
     }
 
-    fileprivate func ended(_ e: Exchange) {
+    /// Drops requests that did not arrive, and answers not read, within `requestTimeoutMs`.
+    func sweep(now: UInt64) {
+        for e in exchanges where now &- e.startedAt > Self.requestTimeoutMs { e.finish() }
+        answering.removeAll { a in
+            if a.connection.isClosing { return true }
+            guard now &- a.since > Self.requestTimeoutMs else { return false }
+            a.connection.close()
+            return true
+        }
+    }
+
+    fileprivate func ended(_ e: Exchange, answered: Bool) {
         loop.retire(e) // called from the exchange's own callbacks
         exchanges.removeAll { $0 === e }
+        if answered { answering.append((e.connection, loop.now)) }
     }
 
     func close() {
         listener?.close()
         listener = nil
         for e in exchanges { e.finish() }
+        for a in answering { a.connection.close() }
+        answering = []
     }
 
     /// The answer to one request.
@@ -97,7 +113,7 @@ final class MetricsEndpoint {
         private func reply(_ bytes: [UInt8]) {
             connection.write(bytes)
             connection.closeAfterWrites() // the connection outlives this object until its answer is out
-            leave()
+            leave(answered: true)
         }
 
         /// Closes the connection now (a timeout, too many open, shutdown) and leaves the endpoint's list.
@@ -107,10 +123,10 @@ final class MetricsEndpoint {
             leave()
         }
 
-        private func leave() {
+        private func leave(answered: Bool = false) {
             guard !done else { return }
             done = true
-            endpoint.ended(self)
+            endpoint.ended(self, answered: answered && !connection.isClosing)
         }
 
         override func connectionDidDrain(_ c: TCPConnection) {}

@@ -712,6 +712,7 @@ public final class ProxyServer {
             default: break
             }
         }
+        metricsEndpoint?.sweep(now: now)
         for r in routes.values {
             checkFlipWarmUp(r)
             guard let p = r.pause else { continue }

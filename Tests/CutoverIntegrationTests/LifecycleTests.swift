@@ -264,6 +264,19 @@ import Testing
         #expect(log.contains("loop_close=0"), "every handle, the endpoint's too, closed: \(log)")
     }
 
+    @Test func aMetricsClientThatNeverFinishesItsRequestIsDroppedAfterFiveSeconds() throws {
+        let mport = PostgresCluster.freePort()
+        let (p, _, _) = try f.ownProxy("metrics-slow", server: "metrics_listen = \"127.0.0.1:\(mport)\"")
+        defer { stopBackgroundProcess(p) }
+        let slow = try RawClient(port: mport)
+        slow.send(Array("GET /metr".utf8)) // and nothing more, and no other client comes
+        let started = Date()
+        let (_, closed) = slow.readUntilClosed()
+        let waited = Date().timeIntervalSince(started)
+        #expect(closed && waited > 4 && waited < 8, "closed after \(waited) s")
+        #expect(try http(mport, "GET /healthz HTTP/1.1\r\n\r\n") == (200, "ok\n"))
+    }
+
     @Test func backendLoginsAndRefusalsAreCountedForTheAdminConsoleAndMetrics() throws {
         let mport = PostgresCluster.freePort()
         let (p, port, _) = try f.ownProxy("backend-logins", server: "metrics_listen = \"127.0.0.1:\(mport)\"", rest: """
