@@ -134,8 +134,12 @@ public struct UserConfig: Sendable, Equatable {
     /// The routes (by name; `*` for the wildcard route) this user may use; nil: every route.
     public var routes: Set<String>?
 
+    /// The SCRAM verifier was derived here from the plaintext password (with a random salt), not configured.
+    public var scramFromPassword = false
+
     public init(name: String, auth: AuthMethod = .scramSHA256, password: String?, scram: SCRAMVerifier? = nil, admin: Bool = false) {
         self.name = name; self.auth = auth; self.admin = admin
+        scramFromPassword = scram == nil && password != nil
         self.scram = scram ?? password.map { SCRAMVerifier(password: $0) }
         self.md5 = password.map { MD5Password.stored(user: name, password: $0) }
     }

@@ -733,6 +733,11 @@ public final class ProxyServer {
     /// that rotated the client CA, say, must not take effect without its certificates.
     public func reload(_ fileConfig: CutoverConfig) throws {
         var newConfig = fileConfig
+        // A user whose password did not change keeps its SCRAM salt: a new random salt at each reload would
+        // tell known users (whose salt changes) from unknown ones (whose mock salt does not).
+        for (name, u) in newConfig.users where u.scramFromPassword {
+            if let old = config.users[name], old.scramFromPassword, old.md5 != nil, old.md5 == u.md5 { newConfig.users[name]?.scram = old.scram }
+        }
         let restartOnly = newConfig.server.keepRestartOnlySettings(of: config.server)
         // The files were checked when the config was loaded; they may have changed since (a renewal in progress).
         let newClientTLS = try Self.clientTLSContext(newConfig.server)

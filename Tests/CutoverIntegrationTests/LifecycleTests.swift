@@ -264,6 +264,38 @@ import Testing
         #expect(log.contains("loop_close=0"), "every handle, the endpoint's too, closed: \(log)")
     }
 
+    @Test func aReloadKeepsAUsersSCRAMSaltWhenItsPasswordDidNotChange() throws {
+        let (p, port, path) = try f.ownProxy("reload-salt")
+        defer { stopBackgroundProcess(p) }
+        /// The salt the proxy's SCRAM server-first-message names for `user` (the exchange is then abandoned).
+        func salt(_ user: String) throws -> String {
+            let c = try RawClient(port: port)
+            c.send(RawClient.startup([("user", user), ("database", "onboarding")]))
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            guard recv(c.fd, &buffer, buffer.count, 0) > 0, buffer[0] == UInt8(ascii: "R") else { return "" }
+            let first = Array("n,,n=,r=abcdefgh".utf8)
+            let body = Array("SCRAM-SHA-256".utf8) + [0] + withUnsafeBytes(of: UInt32(first.count).bigEndian, Array.init) + first
+            c.send(RawClient.message("p", body))
+            let n = recv(c.fd, &buffer, buffer.count, 0)
+            guard n > 9 else { return "" }
+            let text = String(decoding: buffer[9..<n], as: UTF8.self)
+            return text.split(separator: ",").first { $0.hasPrefix("s=") }.map(String.init) ?? ""
+        }
+        let before = try salt("onboarding_user"), unknownBefore = try salt("nobody_here"), again = try salt("onboarding_user")
+        #expect(before.hasPrefix("s=") && before == again)
+        kill(p.processIdentifier, SIGHUP)
+        usleep(500_000)
+        #expect(try salt("onboarding_user") == before, "same password, same salt after the reload")
+        #expect(try salt("nobody_here") == unknownBefore, "an unknown user's mock salt does not change either")
+        // A changed password gets a new verifier (and salt).
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        try text.replacingOccurrences(of: "password = \"\(FixtureSecrets.clientPassword)\"", with: "password = \"a new one\"")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        kill(p.processIdentifier, SIGHUP)
+        usleep(500_000)
+        #expect(try salt("onboarding_user") != before)
+    }
+
     @Test func aMetricsClientThatNeverFinishesItsRequestIsDroppedAfterFiveSeconds() throws {
         let mport = PostgresCluster.freePort()
         let (p, _, _) = try f.ownProxy("metrics-slow", server: "metrics_listen = \"127.0.0.1:\(mport)\"")
