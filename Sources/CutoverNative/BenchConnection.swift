@@ -13,9 +13,7 @@ public enum BenchProtocol: String, CaseIterable, Sendable {
 /// Kept apart from `PGSession` because its one job is to cost the client as little as possible per query: no
 /// rows are copied into Swift values.
 public final class BenchConnection {
-    public struct Failure: Error, CustomStringConvertible {
-        public var description: String
-    }
+    public typealias Failure = PGSession.Failure
 
     private let conn: OpaquePointer
     private let mode: BenchProtocol
@@ -24,13 +22,7 @@ public final class BenchConnection {
     /// Connects with a libpq connection string (or URI) and, in `prepared` mode, prepares `sql` (with
     /// `parameters` text parameters). `reaching` names the target in the error.
     public init(_ conninfo: String, reaching: String, sql: String, parameters: Int, mode: BenchProtocol) throws {
-        guard let c = PQconnectdb(conninfo) else { throw Failure(description: "out of memory") }
-        guard PQstatus(c) == CONNECTION_OK else {
-            let message = String(cString: PQerrorMessage(c)).trimmingCharacters(in: .whitespacesAndNewlines)
-            PQfinish(c)
-            throw Failure(description: "cannot reach \(reaching): \(message)")
-        }
-        conn = c
+        conn = try PGSession.open(conninfo, reaching: reaching)
         self.mode = mode
         if mode == .prepared {
             let res = PQprepare(conn, Self.statementName, sql, Int32(parameters), nil)
@@ -73,8 +65,7 @@ public final class BenchConnection {
         switch PQresultStatus(res) {
         case PGRES_TUPLES_OK, PGRES_COMMAND_OK, PGRES_EMPTY_QUERY: return nil
         default:
-            var message = String(cString: PQresultErrorMessage(res)).trimmingCharacters(in: .whitespacesAndNewlines)
-            if message.hasPrefix("ERROR:  ") { message.removeFirst(8) }
+            let message = PGSession.message(of: res)
             return message.isEmpty ? String(cString: PQresStatus(PQresultStatus(res))) : message
         }
     }

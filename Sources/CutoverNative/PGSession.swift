@@ -12,8 +12,14 @@ public struct PGSession {
 
     /// `reaching` names the other end in the error ("the admin console", "backend legacy").
     public init(_ conninfo: String, reaching: String) throws {
+        conn = try Self.open(conninfo, reaching: reaching)
+    }
+
+    /// A libpq connection to `conninfo`, or the error that names `reaching` (`BenchConnection` opens its own
+    /// connections this way too).
+    static func open(_ conninfo: String, reaching: String) throws -> OpaquePointer {
         guard let c = PQconnectdb(conninfo) else { throw Failure(description: "out of memory") }
-        try self.init(c, reaching: reaching)
+        return try checked(c, reaching: reaching)
     }
 
     /// Connects with libpq keywords and values (no quoting of passwords or paths needed).
@@ -22,16 +28,23 @@ public struct PGSession {
         defer { (keywords + values).forEach { free($0) } }
         let k = keywords.map { UnsafePointer($0) } + [nil], v = values.map { UnsafePointer($0) } + [nil]
         guard let c = PQconnectdbParams(k, v, 0) else { throw Failure(description: "out of memory") }
-        try self.init(c, reaching: reaching)
+        conn = try Self.checked(c, reaching: reaching)
     }
 
-    private init(_ c: OpaquePointer, reaching: String) throws {
+    private static func checked(_ c: OpaquePointer, reaching: String) throws -> OpaquePointer {
         guard PQstatus(c) == CONNECTION_OK else {
             let message = String(cString: PQerrorMessage(c)).trimmingCharacters(in: .whitespacesAndNewlines)
             PQfinish(c)
             throw Failure(description: "cannot reach \(reaching): \(message)")
         }
-        conn = c
+        return c
+    }
+
+    /// A failed result's message as a user reads it: trimmed, without libpq's `ERROR:  ` prefix.
+    static func message(of res: OpaquePointer) -> String {
+        var message = String(cString: PQresultErrorMessage(res)).trimmingCharacters(in: .whitespacesAndNewlines)
+        if message.hasPrefix("ERROR:  ") { message.removeFirst(8) }
+        return message
     }
 
     public func close() { PQfinish(conn) }
@@ -52,9 +65,7 @@ public struct PGSession {
         defer { PQclear(res) }
         let status = PQresultStatus(res)
         guard status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK else {
-            var message = String(cString: PQresultErrorMessage(res)).trimmingCharacters(in: .whitespacesAndNewlines)
-            if message.hasPrefix("ERROR:  ") { message.removeFirst(8) }
-            throw Failure(description: message)
+            throw Failure(description: Self.message(of: res))
         }
         let columns = (0..<PQnfields(res)).map { String(cString: PQfname(res, $0)) }
         let rows = (0..<PQntuples(res)).map { r in
