@@ -244,7 +244,9 @@ public struct LockStep: Sendable {
         }
         if status == .idle && Self.isAutocommitWrite(first.unit) {
             stage = .wrappedLeader(unit)
-            return [.unitStarted(first.unit, followerSent: false), .toLeaderInternal(Self.begin), .toLeader(unit)]
+            var wrapped = first.unit
+            wrapped.wrappedInTransaction = true
+            return [.unitStarted(wrapped, followerSent: false), .toLeaderInternal(Self.begin), .toLeader(unit)]
         }
         if first.unit.commits {
             stage = .followerFirst(unit)

@@ -177,6 +177,11 @@ public final class UnitDigest: Equatable, Sendable {
         return o
     }
 
+    /// The last statement failed (false for a unit without statements).
+    var lastFailed: Bool { count > 0 && (count == 1 ? head : rest[count - 2]).failed }
+    /// The last statement's command tag (absent for a unit without statements or a failed last statement).
+    var lastTag: CommandTag { count == 0 ? .absent : (count == 1 ? head : rest[count - 2]).tag }
+
     /// All outcomes in order (allocates: for reports and tests, not the hot path).
     public var outcomes: [StatementOutcome] { (0..<count).map { self[$0] } }
 

@@ -16,6 +16,9 @@ public struct WorkUnit: Sendable, Equatable {
     /// A statement of this unit may name another route's schema (a qualified name with a known schema):
     /// only such units go through the parser-based cross-schema check.
     public var crossSchemaCandidate = false
+    /// Sync mode ran this autocommit write inside a transaction of the proxy's own (`LockStep`): its answers
+    /// end with the transaction open, and the proxy's COMMIT or ROLLBACK ends it.
+    public var wrappedInTransaction = false
     public init() {}
 }
 

@@ -116,12 +116,18 @@ extension ClientSession {
             if let ms = leaderMs { route.stats.leaderMsTotal += ms; route.stats.leaderCount += 1 }
             if let ms = followerMs { route.stats.followerMsTotal += ms; route.stats.followerCount += 1 }
             guard let l = c.units[i].leader, let f = c.units[i].follower else { continue }
-            for d in UnitDigest.differences(leader: l, follower: f) {
+            let differences = UnitDigest.differences(leader: l, follower: f)
+            for d in differences {
                 let statements = c.units[i].unit.statements
                 let text = d.index < statements.count ? statements[d.index] : statements.joined(separator: "; ")
                 server.recordDivergence(session: self, kind: d.kind, statement: text.isEmpty ? nil : text,
                                         leader: d.leader, follower: d.follower, leaderMs: leaderMs, followerMs: followerMs,
                                         detail: "statement \(d.index + 1) of the unit")
+            }
+            // Reads that answered alike, with nothing carried from earlier units, cannot have kept a difference.
+            if !differences.isEmpty || c.units[i].isWrite || !c.keptWrites.isQuiet,
+               let reason = c.keptWrites.compared(c.units[i].unit, leader: l, follower: f, differences: differences) {
+                route.markOutOfSync("session \(id): \(reason)")
             }
         }
         if c.unitsHead == c.units.count {
@@ -211,6 +217,7 @@ extension ClientSession {
                 }
                 server.recordDivergence(session: self, kind: .errorMismatch, statement: nil, leader: failure, follower: nil,
                                         leaderMs: nil, followerMs: nil, detail: "the implicit COMMIT of an autocommit write failed on the leader after the follower committed")
+                route?.markOutOfSync("session \(id): an autocommit write was kept on the follower only (its implicit COMMIT failed on the leader)")
             }
             heldForClient = held
         }

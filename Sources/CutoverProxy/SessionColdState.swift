@@ -22,6 +22,8 @@ final class SessionColdState {
     var pendingClientBytes: [UInt8] = []
     /// SASLFinal, owed to the client with AuthenticationOk once the backend is ready.
     var loginPrefix: [UInt8] = []
+    /// Which of this session's differing answers were kept by one side's data (marks the route out of sync).
+    var keptWrites = KeptWriteCheck()
     /// Sync mirroring: the unit in lock-step and the client bytes queued behind it.
     var lockStep = LockStep()
     /// application_name as the client last SET it (the leader reports it with ParameterStatus).

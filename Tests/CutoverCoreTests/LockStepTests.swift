@@ -37,8 +37,10 @@ private func send(_ m: inout LockStep, _ text: String, status: TransactionStatus
     @Test func anAutocommitWriteIsWrappedInAnImplicitTransaction() {
         var m = LockStep()
         let update = q("UPDATE t SET v = v * 2 WHERE id = 1")
+        var wrapped = WorkUnit(statements: ["UPDATE t SET v = v * 2 WHERE id = 1"])
+        wrapped.wrappedInTransaction = true // its answers end inside the proxy's transaction (KeptWriteCheck)
         #expect(send(&m, "UPDATE t SET v = v * 2 WHERE id = 1") == [
-            .unitStarted(WorkUnit(statements: ["UPDATE t SET v = v * 2 WHERE id = 1"]), followerSent: false),
+            .unitStarted(wrapped, followerSent: false),
             .toLeaderInternal(LockStep.begin), .toLeader(update)])
         #expect(m.leaderReady(status: .inTransaction, now: 1) == [.holdClient, .followerStarted, .toFollowerInternal(LockStep.begin), .toFollower(update)])
         #expect(m.followerReady(status: .inTransaction, now: 2) == [.toFollowerInternal(LockStep.commit)])

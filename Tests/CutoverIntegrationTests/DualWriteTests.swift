@@ -251,6 +251,81 @@ extension ProxyFixture {
         try f.walk("recruitment", to: "legacy")
     }
 
+    /// The error a leader flip of the recruitment route gets, or nil if it went through.
+    func leaderFlipRefusal() throws -> String? {
+        do { try f.adminRun("SET PHASE recruitment TO dual-new") } catch let e as PQError { return e.message }
+        try f.adminRun("SET PHASE recruitment TO dual-legacy")
+        return nil
+    }
+
+    @Test func aWriteCancelledOrRefusedOnTheLeaderButKeptByTheAsyncFollowerMarksTheRouteOutOfSync() throws {
+        // Legacy refuses a duplicate id, the new side has no such constraint (as a migration that forgot one).
+        try f.walk("recruitment", to: "legacy")
+        try f.recruitmentLegacy().query("DROP TABLE IF EXISTS kept; CREATE TABLE kept (id int UNIQUE, v int)")
+        try f.recruitmentNew().query("DROP TABLE IF EXISTS kept; CREATE TABLE kept (id int, v int)")
+        try f.adminRun("SET PHASE recruitment TO dual-legacy")
+        let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
+        try c.query("INSERT INTO kept VALUES (1, 1)")
+        // Refused on the leader inside a transaction the client then rolls back: both sides keep nothing.
+        try c.query("BEGIN")
+        #expect(throws: PQError.self) { try c.query("INSERT INTO kept VALUES (1, 2)") }
+        try c.query("ROLLBACK")
+        // A read that differs keeps nothing either.
+        try c.query("SELECT count(*) FROM kept WHERE v = 1 OR random() < 2")
+        try f.waitForMirrorDrain("recruitment")
+        #expect(try f.routeRow("recruitment")[6] == "yes", "a difference both sides rolled back is not a kept write")
+        #expect(try leaderFlipRefusal() == nil)
+
+        // Autocommit: the leader refuses it, the follower commits it. The sides now differ by a row.
+        #expect(throws: PQError.self) { try c.query("INSERT INTO kept VALUES (1, 3)") }
+        try f.waitForMirrorDrain("recruitment")
+        #expect(try f.recruitmentNew().scalar("SELECT count(*) FROM kept") == "2")
+        #expect(try f.recruitmentLegacy().scalar("SELECT count(*) FROM kept") == "1")
+        #expect(try f.routeRow("recruitment")[6] == "no")
+        let refusal = try leaderFlipRefusal()
+        #expect(refusal?.contains("kept on the follower only") == true, "\(refusal ?? "the flip went through")")
+        #expect(try c.scalar("SELECT 1") == "1", "the client carries on")
+        try f.walk("recruitment", to: "legacy")
+        #expect(try f.routeRow("recruitment")[6] == nil, "no follower in legacy")
+    }
+
+    @Test func aWriteCancelledOnTheLeaderThatTheAsyncFollowerFinishedMarksTheRouteOutOfSync() throws {
+        try f.dualLegacyRecruitment(mirror: "async", creating: "DROP TABLE IF EXISTS kept; CREATE TABLE kept (id int, v int)")
+        let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
+        // The cancel reaches the leader only (the follower may be statements behind in async mode): the
+        // follower's copy of the statement runs to its end and commits.
+        let (state, _) = c.cancelAfter(0.3, running: "INSERT INTO kept SELECT 5, 0 FROM pg_sleep(1)")
+        #expect(state == "57014")
+        try f.waitForMirrorDrain("recruitment")
+        #expect(try f.recruitmentLegacy().scalar("SELECT count(*) FROM kept") == "0")
+        #expect(try f.recruitmentNew().scalar("SELECT count(*) FROM kept") == "1")
+        #expect(try f.routeRow("recruitment")[6] == "no")
+        #expect(try leaderFlipRefusal()?.contains("kept on the follower only") == true)
+        try f.walk("recruitment", to: "legacy")
+    }
+
+    @Test func syncModeKeepsAWriteTheFollowerRefusedOnlyOnTheLeaderAndSaysSo() throws {
+        // Legacy refuses a duplicate id, the new side a duplicate v.
+        try f.walk("recruitment", to: "legacy")
+        try f.recruitmentLegacy().query("DROP TABLE IF EXISTS kept; CREATE TABLE kept (id int UNIQUE, v int)")
+        try f.recruitmentNew().query("DROP TABLE IF EXISTS kept; CREATE TABLE kept (id int, v int UNIQUE)")
+        try f.dualLegacyRecruitment(mirror: "sync", creating: "SELECT 1")
+        let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
+        try c.query("INSERT INTO kept VALUES (1, 1)")
+        // The leader refuses: the proxy rolls the follower's copy back, nothing kept anywhere.
+        #expect(throws: PQError.self) { try c.query("INSERT INTO kept VALUES (1, 2)") }
+        #expect(try f.recruitmentNew().scalar("SELECT count(*) FROM kept") == "1")
+        #expect(try f.routeRow("recruitment")[6] == "yes")
+        // The follower refuses: the leader commits (the client's answer is the leader's), the route is out of sync.
+        try c.query("INSERT INTO kept VALUES (2, 1)")
+        #expect(try f.recruitmentLegacy().scalar("SELECT count(*) FROM kept") == "2")
+        #expect(try f.recruitmentNew().scalar("SELECT count(*) FROM kept") == "1")
+        #expect(try f.routeRow("recruitment")[6] == "no")
+        #expect(try leaderFlipRefusal()?.contains("kept on the leader only") == true)
+        try f.adminRun("SET MIRROR recruitment TO async")
+        try f.walk("recruitment", to: "legacy")
+    }
+
     @Test func concurrentNonCommutativeUpdatesInAsyncModeAreIdenticalOrOnRecord() throws {
         try f.walk("recruitment", to: "legacy")
         try f.onBothRecruitmentSides("DROP TABLE IF EXISTS counters; CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL); INSERT INTO counters SELECT g, g FROM generate_series(1, 2) g")
