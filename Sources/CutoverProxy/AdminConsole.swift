@@ -50,7 +50,7 @@ final class AdminConsole {
                     server.kill(target)
                     send(.success(AdminResult(columns: ["session", "route", "user", "activity"], rows: [row], tag: "KILL")))
                 } else {
-                    guard target.state == .forwarding, server.cancelLeader(of: target) else {
+                    guard target.state == .forwarding, server.cancelStatement(of: target) else {
                         throw ProxyServer.AdminError(code: "55000", message: "session \(id) has no backend statement to cancel")
                     }
                     send(.success(AdminResult(columns: ["session", "route", "user", "activity"], rows: [row], tag: "CANCEL")))

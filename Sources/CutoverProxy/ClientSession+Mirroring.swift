@@ -339,6 +339,20 @@ extension ClientSession {
         return f.connection.readNow()
     }
 
+    /// Async mode, for a client's cancel: whether the follower is at the leader's last unit (sent to it, every
+    /// earlier one answered) while the leader still runs it. Then a cancel hits the same statement on both
+    /// sides (or finds the follower idle, done with it); with an earlier unit still owed it could hit that
+    /// one instead, and with a later one queued, the next statement. Reads what the follower has answered.
+    func followerRunsLeadersLastUnit() -> Bool {
+        guard follower != nil, mirrorMode == .async, lockStepIsQuiet else { return false }
+        _ = catchUpFollower()
+        guard let c = cold, follower != nil else { return false }
+        let last = c.units.count - 1
+        guard last >= c.unitsHead, c.units[last].leaderDoneAt == 0, c.units[last].followerSentAt != nil,
+              c.units[last].followerDoneAt == 0 else { return false }
+        return nextUnanswered(c, from: c.followerCursor, leader: false) == last
+    }
+
     /// For the follower-read timer: whether this session asked for its follower's answers within `ms`.
     func readFollowerWithin(_ ms: UInt64) -> Bool { loop.now &- (cold?.followerReadAt ?? 0) < ms }
 

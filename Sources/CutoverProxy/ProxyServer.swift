@@ -205,27 +205,36 @@ public final class ProxyServer {
 
     /// A client's CancelRequest carries the pid it was given and the proxy's secret; the leader gets its real key.
     func forwardCancel(_ key: CancelRequest) {
-        guard let s = sessions[key.secretKey], s.clientVisiblePIDMatches(key.processID), cancelLeader(of: s) else {
+        guard let s = sessions[key.secretKey], s.clientVisiblePIDMatches(key.processID), cancelStatement(of: s) else {
             logger.info("cancel request matched no session")
             return
         }
     }
 
     /// Sends a CancelRequest with the real key to the backend `s`'s leader runs on; false if it has no
-    /// logged-in leader to cancel on.
+    /// logged-in leader to cancel on. The follower is cancelled too when it runs the very statement the
+    /// leader does (async mode; see `ClientSession.followerRunsLeadersLastUnit`): otherwise it would finish
+    /// and commit a write the client was told was cancelled.
     @discardableResult
-    func cancelLeader(of s: ClientSession) -> Bool {
-        guard let leader = s.leader, let real = leader.key else { return false }
-        leader.isTainted = true // a cancel still on its way must not reach the next session's statement
-        // To the server this session's leader is connected to, not to a fresh choice among the backend's
-        // addresses (a name with several, or one that moved since, would reach a server without that key).
-        guard let (address, port) = leader.connection.peerAddress, !address.isEmpty else {
-            logger.warning("cancel request not forwarded: the leader's connection has no peer address", metadata: ["backend": "\(leader.backendName)"])
-            return true
-        }
-        logger.info("forwarding cancel", metadata: ["session": "\(s.id)", "backend": "\(leader.backendName)"])
-        _ = CancelForwarder(loop: loop, address: address, port: port, key: real, timeoutMs: UInt64(config.server.connectTimeout * 1000))
+    func cancelStatement(of s: ClientSession) -> Bool {
+        guard let leader = s.leader, leader.key != nil else { return false }
+        sendCancel(to: leader, of: s)
+        if s.followerRunsLeadersLastUnit(), let follower = s.follower { sendCancel(to: follower, of: s) }
         return true
+    }
+
+    /// A CancelRequest with `link`'s real key, to the server it is connected to (not to a fresh choice among
+    /// the backend's addresses: a name with several, or one that moved since, would reach a server without
+    /// that key).
+    private func sendCancel(to link: BackendLink, of s: ClientSession) {
+        guard let real = link.key else { return }
+        link.isTainted = true // a cancel still on its way must not reach the next session's statement
+        guard let (address, port) = link.connection.peerAddress, !address.isEmpty else {
+            logger.warning("cancel request not forwarded: the backend connection has no peer address", metadata: ["backend": "\(link.backendName)"])
+            return
+        }
+        logger.info("forwarding cancel", metadata: ["session": "\(s.id)", "backend": "\(link.backendName)", "role": "\(link === s.leader ? "leader" : "follower")"])
+        _ = CancelForwarder(loop: loop, address: address, port: port, key: real, timeoutMs: UInt64(config.server.connectTimeout * 1000))
     }
 
     /// The idle backend pool as `backend_pool_size` and `backend_idle_timeout` say (at start and at a reload).
@@ -264,7 +273,7 @@ public final class ProxyServer {
     /// pg_terminate_backend sends). A statement still running on its leader is cancelled first, so the
     /// backend lets go of its locks now rather than when the statement ends.
     func kill(_ s: ClientSession) {
-        if s.state == .forwarding && s.pendingReadyForQuery > 0 { cancelLeader(of: s) } // (idle in a transaction, Terminate suffices)
+        if s.state == .forwarding && s.pendingReadyForQuery > 0 { cancelStatement(of: s) } // (idle in a transaction, Terminate suffices)
         logger.warning("session killed by an admin", metadata: ["session": "\(s.id)", "user": "\(s.user)"])
         if s.state == .draining { return s.forceFinish("the session was killed by an admin") } // its client is gone: stop waiting for the follower
         s.failClient(ProxyError.fatal("57P01", "terminating connection due to administrator command"))

@@ -289,16 +289,33 @@ extension ProxyFixture {
         #expect(try f.routeRow("recruitment")[6] == nil, "no follower in legacy")
     }
 
-    @Test func aWriteCancelledOnTheLeaderThatTheAsyncFollowerFinishedMarksTheRouteOutOfSync() throws {
+    @Test func aCancelReachesTheAsyncFollowerRunningTheSameStatementOrElseTheRouteIsOutOfSync() throws {
         try f.dualLegacyRecruitment(mirror: "async", creating: "DROP TABLE IF EXISTS kept; CREATE TABLE kept (id int, v int)")
         let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
-        // The cancel reaches the leader only (the follower may be statements behind in async mode): the
-        // follower's copy of the statement runs to its end and commits.
-        let (state, _) = c.cancelAfter(0.3, running: "INSERT INTO kept SELECT 5, 0 FROM pg_sleep(1)")
-        #expect(state == "57014")
+        // The follower got the statement while the leader runs it: the cancel reaches both, nothing is kept.
+        for extended in [false, true] {
+            let (state, _) = c.cancelAfter(0.3, running: "INSERT INTO kept SELECT 5, 0 FROM pg_sleep(1)", extended: extended)
+            #expect(state == "57014")
+        }
+        try c.query("INSERT INTO kept VALUES (1, 1)")
         try f.waitForMirrorDrain("recruitment")
-        #expect(try f.recruitmentLegacy().scalar("SELECT count(*) FROM kept") == "0")
+        #expect(try f.recruitmentLegacy().scalar("SELECT count(*) FROM kept") == "1")
         #expect(try f.recruitmentNew().scalar("SELECT count(*) FROM kept") == "1")
+        #expect(try f.routeRow("recruitment")[6] == "yes")
+
+        // The follower is a statement behind (held by a lock on the new side): a cancel there could hit that
+        // earlier statement, so it goes to the leader only. The follower later runs the cancelled write to its
+        // end and commits it; the route is marked out of sync.
+        let blocker = try f.recruitmentNew()
+        try blocker.query("BEGIN")
+        try blocker.query("LOCK TABLE kept IN ACCESS EXCLUSIVE MODE")
+        try c.query("INSERT INTO kept VALUES (7, 0)")
+        let (state, _) = c.cancelAfter(0.3, running: "INSERT INTO kept SELECT 8, 0 FROM pg_sleep(0.5)")
+        #expect(state == "57014")
+        try blocker.query("COMMIT")
+        try f.waitForMirrorDrain("recruitment")
+        #expect(try f.recruitmentLegacy().scalar("SELECT string_agg(id::text, ',' ORDER BY id) FROM kept") == "1,7")
+        #expect(try f.recruitmentNew().scalar("SELECT string_agg(id::text, ',' ORDER BY id) FROM kept") == "1,7,8")
         #expect(try f.routeRow("recruitment")[6] == "no")
         #expect(try leaderFlipRefusal()?.contains("kept on the follower only") == true)
         try f.walk("recruitment", to: "legacy")

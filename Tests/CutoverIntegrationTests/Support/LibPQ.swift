@@ -82,8 +82,9 @@ final class PQConnection {
     }
 
     /// Sends `sql` without waiting, cancels it after `delay`, and returns (error SQLSTATE, seconds from cancel to result).
-    func cancelAfter(_ delay: TimeInterval, running sql: String) -> (String?, TimeInterval) {
-        start(sql)
+    /// `extended`: sent with the extended protocol (the unnamed statement, no parameters) instead of a simple Query.
+    func cancelAfter(_ delay: TimeInterval, running sql: String, extended: Bool = false) -> (String?, TimeInterval) {
+        if extended { PQsendQueryParams(conn, sql, 0, nil, nil, nil, nil, 0) } else { start(sql) }
         Thread.sleep(forTimeInterval: delay)
         let cancel = PQgetCancel(conn)
         var err = [CChar](repeating: 0, count: 256)
