@@ -162,8 +162,12 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             return startDirectTLS(bytes, context: context)
         }
         framer.value.append(bytes)
+        // An admin client pipelining behind a pending answer: past a bound, stop reading it until the answer.
+        if state == .admin && adminAnswerPending && framer.value.bufferedByteCount > Self.adminQueueLimit { client.stopReading() }
         do {
-            while state == .handshake || state == .admin, let frame = try framer.value.next() {
+            // An admin command waiting for its answer (a SET PHASE, a PAUSE) holds back the next: answers keep
+            // the order of the commands.
+            while state == .handshake || (state == .admin && !adminAnswerPending), let frame = try framer.value.next() {
                 if state == .admin { adminMessage(frame); continue }
                 guard let handshake else { return }
                 let action: ClientHandshake.Action
@@ -270,17 +274,29 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         }
     }
 
+    /// Admin commands a client may queue behind one whose answer is pending before it is no longer read.
+    static let adminQueueLimit = 64 << 10
+
     private func adminMessage(_ frame: MessageFramer.Frame) {
         switch frame.id {
         case FrontendMessageID.query.rawValue:
             let text = String(decoding: frame.body.prefix { $0 != 0 }, as: UTF8.self)
+            adminAnswerPending = true
+            var answeredAtOnce = true
             server.admin.execute(text, from: self) { [weak self] bytes in
                 guard let self, self.state == .admin else { return }
                 var w = ByteWriter(capacity: bytes.count + 6)
                 w.writeBytes(bytes)
                 BackendMessage.readyForQuery(.idle).encode(into: &w)
                 self.client.write(w.bytes)
+                self.adminAnswerPending = false
+                if !answeredAtOnce {
+                    // Commands the client sent meanwhile wait in the framer; read on.
+                    self.client.startReading()
+                    self.framedBytes(UnsafeRawBufferPointer(start: nil, count: 0))
+                }
             }
+            answeredAtOnce = false
         case FrontendMessageID.terminate.rawValue:
             end(reason: "admin client terminated")
         default:

@@ -231,6 +231,29 @@ import Testing
         #expect(throws: PQError.self) { try PQConnection(f.conninfo(database: "cutover")) }
     }
 
+    @Test func pipelinedAdminCommandsAreAnsweredInTheOrderSent() throws {
+        // A PAUSE waits for a session in a transaction; the SHOW and the RESUME sent right behind it in the
+        // same write must be answered after it, not before (a client matches answers to commands by order).
+        let holdout = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
+        try holdout.query("BEGIN")
+        try holdout.query("SELECT 1")
+        let c = try RawClient(port: f.proxyPort)
+        try c.logIn(user: "ops", database: "cutover", password: FixtureSecrets.adminPassword)
+        c.send(RawClient.query("PAUSE recruitment 0.5") + RawClient.query("SHOW ROUTES") + RawClient.query("RESUME recruitment")
+               + RawClient.query("PAUSE recruitment 0.3") + RawClient.query("RESUME recruitment"))
+        var bytes: [UInt8] = []
+        let deadline = Date().addingTimeInterval(10)
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while RawClient.answers(in: bytes).count < 5 && Date() < deadline {
+            let n = recv(c.fd, &buf, buf.count, 0)
+            if n <= 0 { break }
+            bytes.append(contentsOf: buf[0..<n])
+        }
+        #expect(RawClient.answers(in: bytes) == ["PAUSE", "SHOW", "RESUME", "PAUSE", "RESUME"])
+        try holdout.query("COMMIT")
+        #expect(try f.routeRow("recruitment")[8] == "no", "not left paused")
+    }
+
     @Test func anAdminCancelsASessionsStatementAndKillsASessionHoldingATransaction() throws {
         let a = try f.admin()
         let marker = "kill_test_\(getpid())"

@@ -29,8 +29,11 @@ import Testing
         let app = "state_restart_\(getpid())"
         let c = try PQConnection(f.conninfo(port, database: "keepsync", extra: "application_name=\(app)"))
         #expect(try c.scalar("SELECT 1") == "1")
-        _ = try f.recruitmentNew().query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '\(app)'")
+        // (Polled: the follower logs in alongside the leader and may not be there yet when SELECT 1 is answered.)
         var deadline = Date().addingTimeInterval(5)
+        while try f.recruitmentNew().scalar("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '\(app)'") == "0",
+              Date() < deadline { usleep(50_000) }
+        deadline = Date().addingTimeInterval(5)
         while try row()[6] != "no" && Date() < deadline { _ = try? c.scalar("SELECT 1"); usleep(100_000) }
         #expect(try row()[6] == "no")
         try restart()

@@ -1,6 +1,7 @@
 // Test support: a raw TCP client for sending malformed protocol bytes and reading the proxy's answer.
 import Foundation
 import Glibc
+import CutoverCore
 
 /// A blocking socket with a receive timeout.
 final class RawClient {
@@ -80,6 +81,56 @@ final class RawClient {
             if n <= 0 { return (out, false) }
             out.append(contentsOf: buf[0..<n])
         }
+    }
+
+    /// Logs in with SCRAM-SHA-256 over this raw socket, up to the first ReadyForQuery (so a test can then
+    /// pipeline messages libpq would not). Throws if the proxy does not let it in.
+    func logIn(user: String, database: String, password: String) throws {
+        send(Self.startup([("user", user), ("database", database)]))
+        var scram = SCRAMClient(password: password)
+        var pending: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            while pending.count >= 5 {
+                let len = Int(UInt32(pending[1]) << 24 | UInt32(pending[2]) << 16 | UInt32(pending[3]) << 8 | UInt32(pending[4]))
+                guard pending.count >= 1 + len else { break }
+                let id = pending[0], body = Array(pending[5..<(1 + len)])
+                pending.removeFirst(1 + len)
+                switch (id, body.count >= 4 ? Int(body[3]) : -1) {
+                case (UInt8(ascii: "R"), 10): // AuthenticationSASL
+                    let first = scram.clientFirst()
+                    send(Self.message("p", Array(scram.mechanism.utf8) + [0] + withUnsafeBytes(of: UInt32(first.count).bigEndian, Array.init) + first))
+                case (UInt8(ascii: "R"), 11): // AuthenticationSASLContinue
+                    let final = try scram.clientFinal(serverFirst: Array(body[4...])) { salt, iterations in
+                        Crypto.pbkdf2SHA256(password: Array(password.utf8), salt: salt, iterations: iterations)
+                    }
+                    send(Self.message("p", final))
+                case (UInt8(ascii: "E"), _):
+                    throw PQError(message: "login refused", sqlState: Self.errorCode(in: [id] + withUnsafeBytes(of: UInt32(len).bigEndian, Array.init) + body))
+                case (UInt8(ascii: "Z"), _):
+                    return
+                default:
+                    break
+                }
+            }
+            let n = recv(fd, &buf, buf.count, 0)
+            if n <= 0 { throw PQError(message: "the proxy closed or did not answer during login") }
+            pending.append(contentsOf: buf[0..<n])
+        }
+    }
+
+    /// The command tags (CommandComplete) and error SQLSTATEs in `bytes`, in order: `E:55006` for an error.
+    static func answers(in bytes: [UInt8]) -> [String] {
+        var out: [String] = []
+        var i = 0
+        while i + 5 <= bytes.count {
+            let len = Int(UInt32(bytes[i + 1]) << 24 | UInt32(bytes[i + 2]) << 16 | UInt32(bytes[i + 3]) << 8 | UInt32(bytes[i + 4]))
+            guard i + 1 + len <= bytes.count else { break }
+            if bytes[i] == UInt8(ascii: "C") { out.append(String(decoding: bytes[(i + 5)..<(i + len)], as: UTF8.self)) }
+            if bytes[i] == UInt8(ascii: "E") { out.append("E:" + (errorCode(in: Array(bytes[i..<(i + 1 + len)])) ?? "?")) }
+            i += 1 + len
+        }
+        return out
     }
 
     /// The SQLSTATE of the first ErrorResponse in `bytes`, if any.
