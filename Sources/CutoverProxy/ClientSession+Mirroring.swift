@@ -255,11 +255,30 @@ extension ClientSession {
 
     // MARK: phases
 
-    /// Opens a connection to `side` of the session's route, through the server's follower login gate.
+    /// A connection to `side` of the session's route: an idle one from the pool that a session (as leader
+    /// or as follower) left logged in the same way, else a new login through the server's follower login
+    /// gate. A dual-phase client that connects per request then costs no follower login either.
     private func openFollowerLink(_ side: Side) -> BackendLink? {
         guard let route, let backend = server.config.backends[side == .legacy ? route.config.legacy : route.config.new] else { return nil }
-        return openLink(to: backend, side: side, database: backend.database,
-                        searchPath: side == .legacy ? route.config.legacySchema : nil, isFollower: true)
+        let packet = BackendHandshake(backend: backend).startupPacket(client: startup, database: backend.database,
+                                                                      searchPath: side == .legacy ? route.config.legacySchema : nil)
+        if let pooled = server.idleBackends?.take(IdleBackendPool.Key(backend: backend.name, side: side, startup: packet)) {
+            pooled.adopt(by: self)
+            return pooled
+        }
+        return openLink(to: backend, side: side, packet: packet, isFollower: true)
+    }
+
+    /// The session is done with its follower: to the idle pool when every unit it was sent is answered and
+    /// compared and nothing is queued for it, else ended with Terminate (closing rolls back what it had open).
+    func releaseFollower() {
+        guard let f = follower else { return }
+        if server.idleBackends != nil, !closeWhenIdle, !server.isShuttingDown, pendingUnitCount == 0, lockStepIsQuiet,
+           cold?.followerOutbox.isEmpty ?? true, f.isReusable, server.parkIdle(f) {
+            follower = nil // the pool has it; this session must not reach it again
+            return
+        }
+        f.terminate()
     }
 
     /// Connects a follower for the session's phase; a session that predates the flip gets its state replayed.

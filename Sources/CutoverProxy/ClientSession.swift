@@ -322,14 +322,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         }
     }
 
-    /// Opens a backend connection logged in with the client's startup parameters.
+    /// Opens a backend connection logged in with `packet` (the client's startup parameters for that backend).
     /// A follower's connect waits for the server's login gate (a flip gives every session one at once).
-    func openLink(to backend: BackendConfig, side: Side?, database: String, searchPath: String?, isFollower: Bool = false) -> BackendLink {
-        let packet = BackendHandshake(backend: backend).startupPacket(client: startup, database: database, searchPath: searchPath)
-        return openLink(to: backend, side: side, packet: packet, isFollower: isFollower)
-    }
-
-    private func openLink(to backend: BackendConfig, side: Side?, packet: [UInt8], isFollower: Bool = false) -> BackendLink {
+    func openLink(to backend: BackendConfig, side: Side?, packet: [UInt8], isFollower: Bool = false) -> BackendLink {
         let target = server.address(of: backend)
         let link = BackendLink(loop: server.loop, backend: backend, addresses: target.addresses, addressFailure: target.failure, side: side,
                                owner: self, tls: server.backendTLS[backend.name], keepalive: server.keepalive,
@@ -801,7 +796,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
 
     private func finish(wasActive: Bool) {
         flushFollowerOutbox()
-        follower?.terminate()
+        releaseFollower()
         dropStandby()
         if let route {
             route.sessions[id] = nil

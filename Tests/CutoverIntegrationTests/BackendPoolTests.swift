@@ -233,22 +233,36 @@ import Testing
         #expect(try backendsOnLegacy("\(app)_reload") == 0, "logged in under the old settings: ended")
     }
 
-    @Test func aPooledLeaderServesADualPhaseSessionWithAFreshFollowerAndNothingDiverges() throws {
+    @Test func aDualPhaseSessionTakesItsLeaderAndItsFollowerFromThePoolAndNothingDiverges() throws {
         // The recruitment schema on legacy leads, the recruitment database on the new cluster follows.
         let rest = ProxyFixture.adminTOML + "\n" + f.dualLegacyRouteTOML("pooldual")
         let (p, port, _) = try f.ownProxy("pool-dual", server: "backend_pool_size = 2\ndivergence_log = \"pool-dual.jsonl\"", rest: rest)
         defer { stopBackgroundProcess(p) }
         let app = "pool_dual_\(getpid())"
-        var leaderPID: String?
+        var leaderPID: String?, followerPIDs: Set<String> = []
         for round in 0..<3 {
-            let c = try PQConnection(f.conninfo(port, database: "pooldual", extra: "application_name=\(app)"))
-            let pid: String? = "\(c.backendPID)" // from BackendKeyData: pg_backend_pid() would differ on the follower
-            if round == 0 { leaderPID = pid } else { #expect(pid == leaderPID, "round \(round): the pooled leader again") }
-            #expect(try c.scalar("SELECT count(*) FROM pg_prepared_statements") == "0")
-            try c.query("PREPARE s\(round) AS SELECT $1::int * 2")
-            #expect(try c.scalar("EXECUTE s\(round)(21)") == "42")
-            #expect(try c.query("SELECT g, md5(g::text) FROM generate_series(1, 50) g").count == 50)
+            do {
+                let c = try PQConnection(f.conninfo(port, database: "pooldual", extra: "application_name=\(app)"))
+                let pid: String? = "\(c.backendPID)" // from BackendKeyData: pg_backend_pid() would differ on the follower
+                if round == 0 { leaderPID = pid } else { #expect(pid == leaderPID, "round \(round): the pooled leader again") }
+                #expect(try c.scalar("SELECT count(*) FROM pg_prepared_statements") == "0")
+                try c.query("PREPARE s AS SELECT $1::int * 2") // the same name each time: a follower not reset would refuse it
+                #expect(try c.scalar("EXECUTE s(21)") == "42")
+                #expect(try c.query("SELECT g, md5(g::text) FROM generate_series(1, 50) g").count == 50)
+                // The follower: the new cluster's backend with this application_name (polled: it may log in after the leader).
+                let new = try f.recruitmentNew()
+                for _ in 0..<50 {
+                    if let p = try new.scalar("SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE application_name = '\(app)'") {
+                        followerPIDs.insert(p)
+                        break
+                    }
+                    usleep(20_000)
+                }
+            } // the client leaves
+            usleep(300_000) // the session drains its follower, then parks it (reset with DISCARD ALL)
         }
+        #expect(followerPIDs.count == 1 && !(followerPIDs.first?.contains(",") ?? true),
+                "one follower backend served all three sessions: \(followerPIDs)")
         let admin = try PQConnection(f.conninfo(port, database: "cutover", user: "ops", password: FixtureSecrets.adminPassword))
         var stats: [String?] = []
         for _ in 0..<50 {
