@@ -39,6 +39,9 @@ public struct LockStep: Sendable {
         /// Let the held bytes go; `asIdle` rewrites the held ReadyForQuery's status to idle (the implicit
         /// transaction is over), `commitError` is the implicit COMMIT's failure to report first.
         case releaseClient(asIdle: Bool, commitError: StatementOutcome?)
+        /// A wrapped autocommit write ended on both sides: whether each committed it (its COMMIT answered
+        /// COMMIT; the proxy rolls both back when the leader's statement failed). Comes before the release.
+        case wrappedWriteEnded(leaderKept: Bool, followerKept: Bool)
     }
 
     public private(set) var stage: Stage?
@@ -149,7 +152,21 @@ public struct LockStep: Sendable {
         guard stage == .wrappedLeaderCommit else { return [] }
         stage = nil
         let failure = commitOutcome?.sqlState == nil ? nil : commitOutcome
-        return [.releaseClient(asIdle: true, commitError: failure)] + pump(status: .idle, now: now)
+        var actions: [Action] = []
+        if let followerKept = followerKeptWrapped {
+            actions.append(.wrappedWriteEnded(leaderKept: Self.committed(commitOutcome), followerKept: followerKept))
+        }
+        followerKeptWrapped = nil
+        return actions + [.releaseClient(asIdle: true, commitError: failure)] + pump(status: .idle, now: now)
+    }
+
+    /// The follower's answer to the wrapped write's COMMIT, kept until the leader's (nil: no follower took part).
+    private var followerKeptWrapped: Bool?
+
+    /// A COMMIT that committed: no error, and not PostgreSQL's ROLLBACK tag for a failed transaction's COMMIT.
+    static func committed(_ outcome: StatementOutcome?) -> Bool {
+        guard let outcome, outcome.sqlState == nil else { return false }
+        return outcome.tag == "COMMIT"
     }
 
     /// The follower's ReadyForQuery for the unit in flight.
@@ -171,9 +188,10 @@ public struct LockStep: Sendable {
         }
     }
 
-    /// The answer to the follower's implicit COMMIT/ROLLBACK.
-    public mutating func followerInternalReady(now: UInt64) -> [Action] {
+    /// The answer to the follower's implicit COMMIT/ROLLBACK (`commitOutcome`: its outcome).
+    public mutating func followerInternalReady(commitOutcome: StatementOutcome?, now: UInt64) -> [Action] {
         guard case .wrappedFollowerCommit(let failed)? = stage else { return [] }
+        followerKeptWrapped = Self.committed(commitOutcome)
         return endOnLeader(failed: failed, now: now)
     }
 

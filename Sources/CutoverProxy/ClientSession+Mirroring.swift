@@ -199,6 +199,10 @@ extension ClientSession {
             case .leaderStarted: markLeaderSent()
             case .holdClient: break
             case .releaseClient(let asIdle, let commitError): releaseClient(asIdle: asIdle, commitError: commitError)
+            case .wrappedWriteEnded(let leaderKept, let followerKept):
+                if leaderKept != followerKept {
+                    route?.markOutOfSync("session \(id): an autocommit write was kept on the \(leaderKept ? "leader" : "follower") only (its implicit COMMIT failed on the other side)")
+                }
             }
         }
     }
@@ -216,8 +220,7 @@ extension ClientSession {
                     held = w.bytes + held
                 }
                 server.recordDivergence(session: self, kind: .errorMismatch, statement: nil, leader: failure, follower: nil,
-                                        leaderMs: nil, followerMs: nil, detail: "the implicit COMMIT of an autocommit write failed on the leader after the follower committed")
-                route?.markOutOfSync("session \(id): an autocommit write was kept on the follower only (its implicit COMMIT failed on the leader)")
+                                        leaderMs: nil, followerMs: nil, detail: "the implicit COMMIT of an autocommit write failed on the leader")
             }
             heldForClient = held
         }
@@ -240,6 +243,7 @@ extension ClientSession {
         follower = nil
         if cold != nil { followerOutbox = [] }
         f.close() // closing rolls back whatever the follower had open
+        cold?.keptWrites = KeptWriteCheck()
         server.recordDivergence(session: self, kind: kind, statement: nil, leader: nil, follower: nil, leaderMs: nil, followerMs: nil, detail: detail)
         route?.markOutOfSync("session \(id): \(kind.rawValue): \(detail)")
         units.removeAll()
@@ -295,6 +299,8 @@ extension ClientSession {
             link = fresh
         }
         follower = link
+        // What an earlier follower left open (mirroring stopped mid-transaction) says nothing about this one.
+        cold?.keptWrites = KeptWriteCheck()
         link.setDigesting(true)
         leader.setDigesting(true)
         tracker.recordUnits = true
@@ -358,18 +364,21 @@ extension ClientSession {
         return f.connection.readNow()
     }
 
-    /// Async mode, for a client's cancel: whether the follower is at the leader's last unit (sent to it, every
-    /// earlier one answered) while the leader still runs it. Then a cancel hits the same statement on both
-    /// sides (or finds the follower idle, done with it); with an earlier unit still owed it could hit that
-    /// one instead, and with a later one queued, the next statement. Reads what the follower has answered.
+    /// Async mode, for a client's cancel: whether both sides are at the last unit sent — every earlier one
+    /// answered by each, the leader still running it, the follower sent it and not done with it, and no
+    /// statement of the proxy's own (a replay) in its way. Then a cancel hits the same statement on both sides
+    /// (or finds the follower idle, done with it); with an earlier unit still owed by either side it could hit
+    /// different statements on the two, and with a later one queued, the next statement. Reads what the
+    /// follower has answered first.
     func followerRunsLeadersLastUnit() -> Bool {
         guard follower != nil, mirrorMode == .async, lockStepIsQuiet else { return false }
         _ = catchUpFollower()
-        guard let c = cold, follower != nil else { return false }
+        guard let c = cold, let f = follower, f.internalUnits == 0 else { return false }
         let last = c.units.count - 1
         guard last >= c.unitsHead, c.units[last].leaderDoneAt == 0, c.units[last].followerSentAt != nil,
               c.units[last].followerDoneAt == 0 else { return false }
-        return nextUnanswered(c, from: c.followerCursor, leader: false) == last
+        return nextUnanswered(c, from: c.leaderCursor, leader: true) == last
+            && nextUnanswered(c, from: c.followerCursor, leader: false) == last
     }
 
     /// For the follower-read timer: whether this session asked for its follower's answers within `ms`.

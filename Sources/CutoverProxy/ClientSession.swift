@@ -162,12 +162,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             return startDirectTLS(bytes, context: context)
         }
         framer.value.append(bytes)
-        // An admin client pipelining behind a pending answer: past a bound, stop reading it until the answer.
-        if state == .admin && adminAnswerPending && framer.value.bufferedByteCount > Self.adminQueueLimit { client.stopReading() }
         do {
-            // An admin command waiting for its answer (a SET PHASE, a PAUSE) holds back the next: answers keep
-            // the order of the commands.
-            while state == .handshake || (state == .admin && !adminAnswerPending), let frame = try framer.value.next() {
+            while state == .handshake || state == .admin, let frame = try framer.value.next() {
                 if state == .admin { adminMessage(frame); continue }
                 guard let handshake else { return }
                 let action: ClientHandshake.Action
@@ -274,37 +270,57 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         }
     }
 
-    /// Admin commands a client may queue behind one whose answer is pending before it is no longer read.
-    static let adminQueueLimit = 64 << 10
-
+    /// Admin commands run as they arrive, and their answers go out in the order the commands came: a SET PHASE
+    /// or a PAUSE answers later, and a RESUME, KILL or CANCEL sent right behind it must still run at once (it
+    /// may be what lets the first finish), but its answer waits for the first's.
     private func adminMessage(_ frame: MessageFramer.Frame) {
         switch frame.id {
         case FrontendMessageID.query.rawValue:
             let text = String(decoding: frame.body.prefix { $0 != 0 }, as: UTF8.self)
-            adminAnswerPending = true
-            var answeredAtOnce = true
+            let slot = reserveAdminAnswer()
             server.admin.execute(text, from: self) { [weak self] bytes in
                 guard let self, self.state == .admin else { return }
                 var w = ByteWriter(capacity: bytes.count + 6)
                 w.writeBytes(bytes)
                 BackendMessage.readyForQuery(.idle).encode(into: &w)
-                self.client.write(w.bytes)
-                self.adminAnswerPending = false
-                if !answeredAtOnce {
-                    // Commands the client sent meanwhile wait in the framer; read on.
-                    self.client.startReading()
-                    self.framedBytes(UnsafeRawBufferPointer(start: nil, count: 0))
-                }
+                self.fillAdminAnswer(slot, w.bytes)
             }
-            answeredAtOnce = false
         case FrontendMessageID.terminate.rawValue:
             end(reason: "admin client terminated")
         default:
             var w = ByteWriter()
             ErrorFields(severity: "ERROR", code: "0A000", message: "the admin console supports the simple query protocol only").encode(into: &w)
             if frame.id == FrontendMessageID.sync.rawValue { BackendMessage.readyForQuery(.idle).encode(into: &w) }
-            client.write(w.bytes)
+            fillAdminAnswer(reserveAdminAnswer(), w.bytes)
         }
+    }
+
+    /// Answers an admin client may have waiting behind a pending one before it is no longer read.
+    static let adminAnswersLimit = 1024
+
+    /// A place in the admin answers' order for the command just received; returns its number.
+    private func reserveAdminAnswer() -> Int {
+        let c = coldState
+        c.adminAnswers.append(nil)
+        if c.adminAnswers.count > Self.adminAnswersLimit { client.stopReading() }
+        return c.adminAnswersBase + c.adminAnswers.count - 1
+    }
+
+    /// Fills answer `slot` and writes every answer now complete at the front of the order.
+    private func fillAdminAnswer(_ slot: Int, _ bytes: [UInt8]) {
+        let c = coldState
+        let i = slot - c.adminAnswersBase
+        guard i >= 0, i < c.adminAnswers.count else { return }
+        c.adminAnswers[i] = bytes
+        var ready = 0
+        while ready < c.adminAnswers.count, let answer = c.adminAnswers[ready] {
+            client.write(answer)
+            ready += 1
+        }
+        guard ready > 0 else { return }
+        c.adminAnswers.removeFirst(ready)
+        c.adminAnswersBase += ready
+        if c.adminAnswers.count <= Self.adminAnswersLimit { client.startReading() }
     }
 
     private func connectLeader(_ target: RouteTarget) {
@@ -469,7 +485,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         guard !link.boundaries.isEmpty else { return }
         for b in link.boundaries {
             if b.isInternal {
-                runLockStep(lockStep.followerInternalReady(now: loop.now))
+                runLockStep(lockStep.followerInternalReady(commitOutcome: b.digest?.first, now: loop.now))
                 continue
             }
             if let digest = b.digest { followerUnitDone(digest) }

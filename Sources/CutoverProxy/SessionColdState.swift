@@ -22,8 +22,10 @@ final class SessionColdState {
     var pendingClientBytes: [UInt8] = []
     /// SASLFinal, owed to the client with AuthenticationOk once the backend is ready.
     var loginPrefix: [UInt8] = []
-    /// Admin console: a command's answer is still to come (SET PHASE, PAUSE); the next command waits for it.
-    var adminAnswerPending = false
+    /// Admin console: answers in the order of their commands, nil while still to come (SET PHASE, PAUSE);
+    /// `adminAnswersBase` numbers the first.
+    var adminAnswers: [[UInt8]?] = []
+    var adminAnswersBase = 0
     /// Which of this session's differing answers were kept by one side's data (marks the route out of sync).
     var keptWrites = KeptWriteCheck()
     /// Sync mirroring: the unit in lock-step and the client bytes queued behind it.
@@ -74,10 +76,6 @@ extension ClientSession {
     var heldStatusIndex: Int {
         get { cold?.heldStatusIndex ?? 5 }
         _modify { yield &coldState.heldStatusIndex }
-    }
-    var adminAnswerPending: Bool {
-        get { cold?.adminAnswerPending ?? false }
-        set { coldState.adminAnswerPending = newValue }
     }
     var parkedBytes: [UInt8] {
         get { cold?.parkedBytes ?? [] }

@@ -44,10 +44,22 @@ private func send(_ m: inout LockStep, _ text: String, status: TransactionStatus
             .toLeaderInternal(LockStep.begin), .toLeader(update)])
         #expect(m.leaderReady(status: .inTransaction, now: 1) == [.holdClient, .followerStarted, .toFollowerInternal(LockStep.begin), .toFollower(update)])
         #expect(m.followerReady(status: .inTransaction, now: 2) == [.toFollowerInternal(LockStep.commit)])
-        #expect(m.followerInternalReady(now: 3) == [.toLeaderInternal(LockStep.commit)])
+        #expect(m.followerInternalReady(commitOutcome: StatementOutcome(tag: "COMMIT"), now: 3) == [.toLeaderInternal(LockStep.commit)])
         #expect(m.leaderInternalReady(commitOutcome: StatementOutcome(tag: "COMMIT"), status: .idle, now: 4)
-                == [.releaseClient(asIdle: true, commitError: nil)])
+                == [.wrappedWriteEnded(leaderKept: true, followerKept: true), .releaseClient(asIdle: true, commitError: nil)])
         #expect(m.isQuiet)
+    }
+
+    @Test func aWrappedWriteWhoseCommitFailsOnTheFollowerOnlyIsKeptOnTheLeaderOnly() {
+        // A deferred constraint only the new side has: the statement succeeds there, its COMMIT does not.
+        var m = LockStep()
+        _ = send(&m, "INSERT INTO t VALUES (1)")
+        _ = m.leaderReady(status: .inTransaction, now: 1)
+        _ = m.followerReady(status: .inTransaction, now: 2)
+        let refused = StatementOutcome(sqlState: "23503", error: "violates foreign key constraint")
+        #expect(m.followerInternalReady(commitOutcome: refused, now: 3) == [.toLeaderInternal(LockStep.commit)])
+        #expect(m.leaderInternalReady(commitOutcome: StatementOutcome(tag: "COMMIT"), status: .idle, now: 4)
+                == [.wrappedWriteEnded(leaderKept: true, followerKept: false), .releaseClient(asIdle: true, commitError: nil)])
     }
 
     @Test func aFailedWriteRollsBackOnBothSides() {
@@ -55,9 +67,10 @@ private func send(_ m: inout LockStep, _ text: String, status: TransactionStatus
         _ = send(&m, "INSERT INTO t VALUES (1)")
         _ = m.leaderReady(status: .failedTransaction, now: 1)
         #expect(m.followerReady(status: .failedTransaction, now: 2) == [.toFollowerInternal(LockStep.rollback)])
-        #expect(m.followerInternalReady(now: 3) == [.toLeaderInternal(LockStep.rollback)])
+        #expect(m.followerInternalReady(commitOutcome: StatementOutcome(tag: "ROLLBACK"), now: 3) == [.toLeaderInternal(LockStep.rollback)])
         let failed = StatementOutcome(sqlState: "40001", error: "could not serialize")
-        #expect(m.leaderInternalReady(commitOutcome: failed, status: .idle, now: 4) == [.releaseClient(asIdle: true, commitError: failed)])
+        #expect(m.leaderInternalReady(commitOutcome: failed, status: .idle, now: 4)
+                == [.wrappedWriteEnded(leaderKept: false, followerKept: false), .releaseClient(asIdle: true, commitError: failed)])
     }
 
     @Test func insideATransactionWritesAreNotWrapped() {

@@ -343,6 +343,27 @@ extension ProxyFixture {
         try f.walk("recruitment", to: "legacy")
     }
 
+    @Test func syncModeMarksTheRouteWhenOnlyTheFollowersImplicitCommitFails() throws {
+        // A deferred foreign key only the new side has: the INSERT succeeds there, its COMMIT does not.
+        try f.walk("recruitment", to: "legacy")
+        try f.recruitmentLegacy().query("DROP TABLE IF EXISTS kept; CREATE TABLE kept (id int, v int)")
+        try f.recruitmentNew().query("""
+            DROP TABLE IF EXISTS kept; DROP TABLE IF EXISTS kept_refs; CREATE TABLE kept_refs (id int PRIMARY KEY);
+            CREATE TABLE kept (id int, v int REFERENCES kept_refs DEFERRABLE INITIALLY DEFERRED)
+            """)
+        try f.dualLegacyRecruitment(mirror: "sync", creating: "SELECT 1")
+        let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
+        try c.query("INSERT INTO kept VALUES (1, NULL)") // no reference to check: committed on both
+        #expect(try f.routeRow("recruitment")[6] == "yes")
+        try c.query("INSERT INTO kept VALUES (2, 5)")     // the client is told the leader committed it
+        #expect(try f.recruitmentLegacy().scalar("SELECT count(*) FROM kept") == "2")
+        #expect(try f.recruitmentNew().scalar("SELECT count(*) FROM kept") == "1")
+        #expect(try f.routeRow("recruitment")[6] == "no")
+        #expect(try leaderFlipRefusal()?.contains("kept on the leader only (its implicit COMMIT failed") == true)
+        try f.adminRun("SET MIRROR recruitment TO async")
+        try f.walk("recruitment", to: "legacy")
+    }
+
     @Test func concurrentNonCommutativeUpdatesInAsyncModeAreIdenticalOrOnRecord() throws {
         try f.walk("recruitment", to: "legacy")
         try f.onBothRecruitmentSides("DROP TABLE IF EXISTS counters; CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL); INSERT INTO counters SELECT g, g FROM generate_series(1, 2) g")

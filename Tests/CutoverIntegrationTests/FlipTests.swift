@@ -231,25 +231,33 @@ import Testing
         #expect(throws: PQError.self) { try PQConnection(f.conninfo(database: "cutover")) }
     }
 
-    @Test func pipelinedAdminCommandsAreAnsweredInTheOrderSent() throws {
-        // A PAUSE waits for a session in a transaction; the SHOW and the RESUME sent right behind it in the
-        // same write must be answered after it, not before (a client matches answers to commands by order).
+    @Test func pipelinedAdminCommandsRunAtOnceAndAreAnsweredInTheOrderSent() throws {
+        // A PAUSE waits for a session in a transaction. The SHOW and the RESUME sent right behind it in the same
+        // write run at once (the RESUME is what ends the PAUSE, which would otherwise wait 30 s), but their
+        // answers come after the PAUSE's: a client matches answers to commands by order.
         let holdout = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
         try holdout.query("BEGIN")
         try holdout.query("SELECT 1")
         let c = try RawClient(port: f.proxyPort)
         try c.logIn(user: "ops", database: "cutover", password: FixtureSecrets.adminPassword)
-        c.send(RawClient.query("PAUSE recruitment 0.5") + RawClient.query("SHOW ROUTES") + RawClient.query("RESUME recruitment")
-               + RawClient.query("PAUSE recruitment 0.3") + RawClient.query("RESUME recruitment"))
-        var bytes: [UInt8] = []
-        let deadline = Date().addingTimeInterval(10)
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while RawClient.answers(in: bytes).count < 5 && Date() < deadline {
-            let n = recv(c.fd, &buf, buf.count, 0)
-            if n <= 0 { break }
-            bytes.append(contentsOf: buf[0..<n])
+        func answers(to commands: [String], expecting count: Int) -> ([String], TimeInterval) {
+            let sent = Date()
+            c.send(commands.flatMap(RawClient.query))
+            var bytes: [UInt8] = []
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while RawClient.answers(in: bytes).count < count && Date().timeIntervalSince(sent) < 10 {
+                let n = recv(c.fd, &buf, buf.count, 0)
+                if n <= 0 { break }
+                bytes.append(contentsOf: buf[0..<n])
+            }
+            return (RawClient.answers(in: bytes), Date().timeIntervalSince(sent))
         }
-        #expect(RawClient.answers(in: bytes) == ["PAUSE", "SHOW", "RESUME", "PAUSE", "RESUME"])
+        let (first, took) = answers(to: ["PAUSE recruitment 30", "SHOW ROUTES", "RESUME recruitment"], expecting: 3)
+        #expect(first == ["PAUSE", "SHOW", "RESUME"])
+        #expect(took < 5, "the RESUME ran at once and ended the PAUSE (\(took) s)")
+        // An error in the middle keeps its place too.
+        let (second, _) = answers(to: ["PAUSE recruitment 0.3", "SET PHASE nowhere TO new", "RESUME recruitment"], expecting: 3)
+        #expect(second == ["PAUSE", "E:42704", "RESUME"])
         try holdout.query("COMMIT")
         #expect(try f.routeRow("recruitment")[8] == "no", "not left paused")
     }
