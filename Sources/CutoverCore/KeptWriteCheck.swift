@@ -7,10 +7,14 @@
 /// and the operator knows to verify. A write the client cancelled on the leader that the follower finished
 /// (async mode sends cancels to the leader only) is the common case.
 public struct KeptWriteCheck: Sendable, Equatable {
-    /// A unit of the transaction in progress may have changed data.
+    /// A unit of the transaction in progress may have changed data (its DML or COPY by the tracker's first-keyword
+    /// look; in a unit whose answers differed, any statement that is not a read).
     private var wrote = false
     /// The first statement of the transaction in progress that may change data and was answered differently.
     private var differingWrite: String?
+    /// Savepoints set since that difference, oldest first: a ROLLBACK TO one of them keeps it, a ROLLBACK TO
+    /// an older one (set before it, so not in this list) undoes it.
+    private var savepointsSinceDifference: [String] = []
 
     public init() {}
 
@@ -22,8 +26,15 @@ public struct KeptWriteCheck: Sendable, Equatable {
     public mutating func compared(_ unit: WorkUnit, leader: UnitDigest, follower: UnitDigest,
                                   differences: [OutcomeDifference]) -> String? {
         if unit.writes { wrote = true }
-        if differingWrite == nil && !differences.isEmpty {
-            differingWrite = Self.firstDifferingWrite(differences, unit: unit)
+        if !differences.isEmpty {
+            // A simple Query is one text for all its statements: cut it to tell which statement differed.
+            let texts = Self.statementTexts(unit, outcomes: max(leader.count, follower.count))
+            if texts.contains(where: { !SQLText.cannotChangeData($0) }) { wrote = true }
+            if differingWrite == nil {
+                differingWrite = Self.firstDifferingWrite(differences, texts: texts, unitWrites: unit.writes)
+            }
+        } else if differingWrite != nil, unit.statements.count == 1, leader.count == 1, !leader.lastFailed {
+            savepointCommand(unit.statements[0])
         }
         // A transaction ends where a side is idle again, or (sync mode) with the implicit transaction the proxy
         // wrapped an autocommit write in.
@@ -57,12 +68,40 @@ public struct KeptWriteCheck: Sendable, Equatable {
 
     static let rollbackTag = CommandTag("ROLLBACK")
 
+    /// Follows SAVEPOINT, RELEASE and ROLLBACK TO (answered alike) while a difference is pending: a rollback
+    /// to a savepoint set before the difference undoes it on both sides (pgjdbc's autosave, psql's
+    /// ON_ERROR_ROLLBACK and nested transactions in ORMs do this around every failing statement).
+    private mutating func savepointCommand(_ text: String) {
+        guard let (command, name) = SQLText.savepointCommand(text) else { return }
+        let known = savepointsSinceDifference.lastIndex(of: name)
+        switch command {
+        case .savepoint:
+            savepointsSinceDifference.append(name)
+        case .release:
+            // Releases the savepoint and every later one; one set before the difference takes all of these along.
+            savepointsSinceDifference.removeSubrange((known ?? 0)...)
+        case .rollbackTo:
+            if let known {
+                savepointsSinceDifference.removeSubrange((known + 1)...) // the savepoint itself stays
+            } else {
+                differingWrite = nil
+                savepointsSinceDifference = []
+            }
+        }
+    }
+
+    /// The texts of the unit's statements, one per outcome where it can: a simple Query's text is split.
+    static func statementTexts(_ unit: WorkUnit, outcomes: Int) -> [String] {
+        guard unit.statements.count == 1, outcomes > 1 else { return unit.statements }
+        return PostgresParser.splitStatements(unit.statements[0])
+    }
+
     /// The first difference on a statement that may change data, where not both sides failed (a statement
     /// that failed on both changed nothing on either).
-    static func firstDifferingWrite(_ differences: [OutcomeDifference], unit: WorkUnit) -> String? {
+    static func firstDifferingWrite(_ differences: [OutcomeDifference], texts: [String], unitWrites: Bool) -> String? {
         for d in differences {
             if d.leader?.failure != nil && d.follower?.failure != nil { continue }
-            let mayWrite = d.index < unit.statements.count ? !SQLText.cannotChangeData(unit.statements[d.index]) : unit.writes
+            let mayWrite = d.index < texts.count ? !SQLText.cannotChangeData(texts[d.index]) : unitWrites
             if mayWrite { return "\(d.kind.rawValue) on statement \(d.index + 1) of a unit" }
         }
         return nil
@@ -71,24 +110,76 @@ public struct KeptWriteCheck: Sendable, Equatable {
 
 extension SQLText {
     static let readOnlyLeadingWords: Set<String> = [
-        "select", "show", "explain", "values", "table", "fetch", "move", "close", "declare", "prepare", "deallocate",
+        "show", "values", "table", "fetch", "move", "close", "declare", "prepare", "deallocate",
         "begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release", "set", "reset", "discard",
         "listen", "unlisten", "notify", "load",
     ]
 
+    static let into = Array("into".utf8), stdout = Array("stdout".utf8), analyze = Array("analyze".utf8), analyse = Array("analyse".utf8)
+
     /// Whether a statement cannot change stored data by its leading keyword (a cold path: only statements whose
     /// answers differed are asked). Transaction control counts as not changing data: what a COMMIT kept is
-    /// judged by `KeptWriteCheck` from the outcomes. Errs towards "may change": a `SELECT` calling a function
-    /// that writes is taken as a read; a `WITH` is a read only when it names no DML verb.
+    /// judged by `KeptWriteCheck` from the outcomes. A `SELECT … INTO` (a new table), an `EXPLAIN ANALYZE` of
+    /// DML and a `COPY` other than `TO STDOUT` may change data; a `SELECT` calling a function that writes is
+    /// taken as a read, and a `WITH` is a read when it names no DML verb.
     public static func cannotChangeData(_ statement: String) -> Bool {
         var text = statement
         return text.withUTF8 { raw in
             let bytes = UnsafeRawBufferPointer(raw)
             let keyword = SQLBytes.leadingKeyword(bytes)
             if keyword == .with { return !SQLBytes.modifiesData(bytes, keyword: keyword) }
-            if keyword.isDML || keyword == .copy || keyword == .create { return false }
+            if keyword == .copy { return SQLBytes.containsWord(bytes, lowercased: stdout) }
+            if keyword.isDML || keyword == .create { return false }
             guard let word = firstWord(statement) else { return true } // an empty statement
-            return readOnlyLeadingWords.contains(word)
+            switch word {
+            case "select": return !SQLBytes.containsWord(bytes, lowercased: into)
+            case "explain":
+                let analyzes = SQLBytes.containsWord(bytes, lowercased: analyze) || SQLBytes.containsWord(bytes, lowercased: analyse)
+                return !(analyzes && SQLBytes.dmlWords.contains { SQLBytes.containsWord(bytes, lowercased: $0) })
+            default: return readOnlyLeadingWords.contains(word)
+            }
+        }
+    }
+
+    public enum SavepointCommand: Sendable, Equatable { case savepoint, release, rollbackTo }
+
+    /// `SAVEPOINT name`, `RELEASE [SAVEPOINT] name` or `ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name`, with
+    /// the name as PostgreSQL folds it (lower case unless quoted); nil for anything else.
+    public static func savepointCommand(_ statement: String) -> (SavepointCommand, String)? {
+        var words: [Substring] = []
+        var rest = Substring(statement)
+        while words.count < 6 {
+            rest = rest.drop { $0 == " " || $0 == "\t" || $0 == "\n" || $0 == "\r" }
+            guard let first = rest.first, first != ";" else { break }
+            if first == "\"" {
+                let body = rest.dropFirst()
+                guard let close = body.firstIndex(of: "\"") else { return nil }
+                words.append(rest[rest.startIndex...close])
+                rest = body[body.index(after: close)...]
+            } else {
+                let word = rest.prefix { !$0.isWhitespace && $0 != ";" }
+                words.append(word)
+                rest = rest[word.endIndex...]
+            }
+        }
+        func name(_ w: Substring) -> String { w.hasPrefix("\"") ? String(w.dropFirst().dropLast()) : w.lowercased() }
+        let lower = words.map { $0.hasPrefix("\"") ? String($0) : $0.lowercased() }
+        guard let verb = lower.first else { return nil }
+        switch verb {
+        case "savepoint" where words.count == 2:
+            return (.savepoint, name(words[1]))
+        case "release":
+            let i = lower.count > 1 && lower[1] == "savepoint" ? 2 : 1
+            return words.count == i + 1 ? (.release, name(words[i])) : nil
+        case "rollback":
+            var i = 1
+            if i < lower.count, lower[i] == "work" || lower[i] == "transaction" { i += 1 }
+            guard i < lower.count, lower[i] == "to" else { return nil }
+            i += 1
+            if i < lower.count, lower[i] == "savepoint" { i += 1 }
+            return words.count == i + 1 ? (.rollbackTo, name(words[i])) : nil
+        default:
+            return nil
         }
     }
 

@@ -23,4 +23,22 @@ public enum PostgresParser {
         pg_query_free_parse_result(parsed)
         return r
     }
+
+    /// The statements of one simple Query's text, cut where PostgreSQL's scanner ends them (a `;` in a string,
+    /// a comment or a dollar quote does not cut); the whole text when it cannot be split.
+    public static func splitStatements(_ text: String) -> [String] {
+        let result = pg_query_split_with_scanner(text)
+        defer { pg_query_free_split_result(result) }
+        guard result.error == nil, result.n_stmts > 0, let statements = result.stmts else { return [text] }
+        let bytes = Array(text.utf8)
+        var out: [String] = []
+        for k in 0..<Int(result.n_stmts) {
+            guard let s = statements[k]?.pointee else { continue }
+            // A length of 0 means "to the end of the text" (the last statement, without a `;`).
+            let start = Int(s.stmt_location), end = s.stmt_len == 0 ? bytes.count : min(bytes.count, start + Int(s.stmt_len))
+            guard start >= 0, start < end else { continue }
+            out.append(String(decoding: bytes[start..<end], as: UTF8.self))
+        }
+        return out.isEmpty ? [text] : out
+    }
 }

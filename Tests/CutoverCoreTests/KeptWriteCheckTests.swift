@@ -82,9 +82,12 @@ private func feed(_ check: inout KeptWriteCheck, _ u: WorkUnit, leader: [Stateme
 
     @Test func ddlAnsweredDifferentlyIsKept() {
         var c = KeptWriteCheck()
-        // DDL is not counted among a unit's writes, but a CREATE that ran on one side only changed it.
+        // DDL is not among the tracker's writes, but a CREATE that ran on one side only changed that side.
         #expect(feed(&c, unit("CREATE TABLE t (x int)"), leader: [failed("42P07")], .idle, follower: [ok("CREATE TABLE")], .idle)
-                == "a write answered differently was kept (error_mismatch on statement 1 of a unit)")
+                == "a transaction that wrote was kept on the follower only (error_mismatch on statement 1 of a unit)")
+        // Both succeeded, answering differently (a CREATE TABLE AS counting different rows): kept on both.
+        #expect(feed(&c, unit("CREATE TABLE u AS SELECT * FROM t"), leader: [ok("SELECT 3")], .idle, follower: [ok("SELECT 2")], .idle)
+                == "a write answered differently was kept (command_tag on statement 1 of a unit)")
     }
 
     @Test func syncModesWrappedWriteEndsWithTheProxysCommit() {
@@ -105,13 +108,69 @@ private func feed(_ check: inout KeptWriteCheck, _ u: WorkUnit, leader: [Stateme
     @Test func multiStatementQueryRolledBackByItsLastStatement() {
         var c = KeptWriteCheck()
         // An implicit transaction: the failing last statement rolls the whole query back on the leader.
-        let u = unit("INSERT INTO t VALUES (1)", "SELECT 1/x FROM t", writes: true)
+        let u = unit("INSERT INTO t VALUES (1); SELECT 1/x FROM t", writes: true) // one Query: one text
         let reason = feed(&c, u, leader: [ok("INSERT 0 1"), failed("22012")], .idle,
                           follower: [ok("INSERT 0 1"), ok("SELECT 1", rows: 1)], .idle)
         #expect(reason?.hasPrefix("a transaction that wrote was kept on the follower only") == true)
     }
 
+    @Test func aReadDifferingLaterInAMultiStatementQueryIsNotAWrite() {
+        var c = KeptWriteCheck()
+        let u = unit("INSERT INTO t VALUES (1); SELECT now()", writes: true)
+        #expect(feed(&c, u, leader: [ok("INSERT 0 1"), ok("SELECT 1", rows: 1, hash: 1)], .idle,
+                     follower: [ok("INSERT 0 1"), ok("SELECT 1", rows: 1, hash: 2)], .idle) == nil)
+    }
+
+    @Test func aWholeTransactionInOneQueryCancelledOnTheLeaderOnly() {
+        var c = KeptWriteCheck()
+        // The tracker's first-keyword look sees BEGIN: not a write. The split text shows the INSERT.
+        let u = unit("BEGIN; INSERT INTO t VALUES (1); COMMIT")
+        let reason = feed(&c, u, leader: [ok("BEGIN"), failed("57014")], .idle,
+                          follower: [ok("BEGIN"), ok("INSERT 0 1"), ok("COMMIT")], .idle)
+        #expect(reason?.hasPrefix("a transaction that wrote was kept on the follower only") == true, "\(reason ?? "nil")")
+    }
+
+    @Test func rollingBackToASavepointSetBeforeTheDifferenceUndoesIt() {
+        var c = KeptWriteCheck()
+        _ = feed(&c, unit("BEGIN"), leader: [ok("BEGIN")], .inTransaction, follower: [ok("BEGIN")], .inTransaction)
+        _ = feed(&c, unit("SAVEPOINT before_insert"), leader: [ok("SAVEPOINT")], .inTransaction, follower: [ok("SAVEPOINT")], .inTransaction)
+        _ = feed(&c, unit("INSERT INTO t VALUES (1)", writes: true), leader: [failed("23505")], .failedTransaction,
+                 follower: [ok("INSERT 0 1")], .inTransaction)
+        _ = feed(&c, unit("ROLLBACK TO SAVEPOINT before_insert"), leader: [ok("ROLLBACK")], .inTransaction,
+                 follower: [ok("ROLLBACK")], .inTransaction)
+        #expect(feed(&c, unit("COMMIT"), leader: [ok("COMMIT")], .idle, follower: [ok("COMMIT")], .idle) == nil)
+    }
+
+    @Test func rollingBackToASavepointSetAfterTheDifferenceKeepsIt() {
+        var c = KeptWriteCheck()
+        _ = feed(&c, unit("BEGIN"), leader: [ok("BEGIN")], .inTransaction, follower: [ok("BEGIN")], .inTransaction)
+        _ = feed(&c, unit("UPDATE t SET x = 1", writes: true), leader: [ok("UPDATE 3")], .inTransaction, follower: [ok("UPDATE 2")], .inTransaction)
+        _ = feed(&c, unit("SAVEPOINT \"Later\""), leader: [ok("SAVEPOINT")], .inTransaction, follower: [ok("SAVEPOINT")], .inTransaction)
+        _ = feed(&c, unit("ROLLBACK TO \"Later\""), leader: [ok("ROLLBACK")], .inTransaction, follower: [ok("ROLLBACK")], .inTransaction)
+        #expect(feed(&c, unit("COMMIT"), leader: [ok("COMMIT")], .idle, follower: [ok("COMMIT")], .idle)?
+                    .hasPrefix("a write answered differently was kept") == true)
+    }
+
+    @Test func readsSavepointCommands() {
+        #expect(SQLText.savepointCommand("SAVEPOINT a") ?? (.release, "") == (.savepoint, "a"))
+        #expect(SQLText.savepointCommand("savepoint A;") ?? (.release, "") == (.savepoint, "a"))
+        #expect(SQLText.savepointCommand("SAVEPOINT \"A b\"") ?? (.release, "") == (.savepoint, "A b"))
+        #expect(SQLText.savepointCommand("RELEASE SAVEPOINT x") ?? (.savepoint, "") == (.release, "x"))
+        #expect(SQLText.savepointCommand("release x") ?? (.savepoint, "") == (.release, "x"))
+        #expect(SQLText.savepointCommand("ROLLBACK WORK TO SAVEPOINT y") ?? (.savepoint, "") == (.rollbackTo, "y"))
+        #expect(SQLText.savepointCommand("rollback to y") ?? (.savepoint, "") == (.rollbackTo, "y"))
+        #expect(SQLText.savepointCommand("ROLLBACK") == nil)
+        #expect(SQLText.savepointCommand("ROLLBACK PREPARED 'x'") == nil)
+        #expect(SQLText.savepointCommand("SELECT 1") == nil)
+    }
+
     @Test func classifiesStatementsThatCannotChangeData() {
+        #expect(SQLText.cannotChangeData("COPY t TO STDOUT"))
+        #expect(SQLText.cannotChangeData("copy (select 1) to stdout with csv"))
+        #expect(SQLText.cannotChangeData("EXPLAIN SELECT 1"))
+        #expect(SQLText.cannotChangeData("EXPLAIN ANALYZE SELECT 1"))
+        #expect(!SQLText.cannotChangeData("EXPLAIN ANALYZE UPDATE t SET x = 1"))
+        #expect(!SQLText.cannotChangeData("SELECT * INTO copy_of_t FROM t"))
         #expect(SQLText.cannotChangeData("  /* c */ select 1"))
         #expect(SQLText.cannotChangeData("(SELECT 1) UNION (SELECT 2)"))
         #expect(SQLText.cannotChangeData("WITH a AS (SELECT 1) SELECT * FROM a"))

@@ -270,6 +270,14 @@ extension ProxyFixture {
         try c.query("BEGIN")
         #expect(throws: PQError.self) { try c.query("INSERT INTO kept VALUES (1, 2)") }
         try c.query("ROLLBACK")
+        // Refused on the leader and rolled back to a savepoint set before it (pgjdbc's autosave, psql's
+        // ON_ERROR_ROLLBACK): the follower's copy is rolled back the same way, the transaction commits alike.
+        try c.query("BEGIN")
+        try c.query("SAVEPOINT autosave")
+        #expect(throws: PQError.self) { try c.query("INSERT INTO kept VALUES (1, 2)") }
+        try c.query("ROLLBACK TO SAVEPOINT autosave")
+        try c.query("INSERT INTO kept VALUES (2, 2); INSERT INTO kept VALUES (3, 3); SELECT now()")
+        try c.query("COMMIT")
         // A read that differs keeps nothing either.
         try c.query("SELECT count(*) FROM kept WHERE v = 1 OR random() < 2")
         try f.waitForMirrorDrain("recruitment")
@@ -279,8 +287,8 @@ extension ProxyFixture {
         // Autocommit: the leader refuses it, the follower commits it. The sides now differ by a row.
         #expect(throws: PQError.self) { try c.query("INSERT INTO kept VALUES (1, 3)") }
         try f.waitForMirrorDrain("recruitment")
-        #expect(try f.recruitmentNew().scalar("SELECT count(*) FROM kept") == "2")
-        #expect(try f.recruitmentLegacy().scalar("SELECT count(*) FROM kept") == "1")
+        #expect(try f.recruitmentNew().scalar("SELECT count(*) FROM kept") == "4")
+        #expect(try f.recruitmentLegacy().scalar("SELECT count(*) FROM kept") == "3")
         #expect(try f.routeRow("recruitment")[6] == "no")
         let refusal = try leaderFlipRefusal()
         #expect(refusal?.contains("kept on the follower only") == true, "\(refusal ?? "the flip went through")")
