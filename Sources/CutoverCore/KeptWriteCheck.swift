@@ -7,8 +7,8 @@
 /// and the operator knows to verify. A write the client cancelled on the leader that the follower finished
 /// (async mode sends cancels to the leader only) is the common case.
 public struct KeptWriteCheck: Sendable, Equatable {
-    /// A unit of the transaction in progress may have changed data (its DML or COPY by the tracker's first-keyword
-    /// look; in a unit whose answers differed, any statement that is not a read).
+    /// A unit of the transaction in progress may have changed data (by the tracker's first-keyword look,
+    /// `WorkUnit.mayChangeData`; in a unit whose answers differed, by each of its statements).
     private var wrote = false
     /// The first statement of the transaction in progress that may change data and was answered differently.
     private var differingWrite: String?
@@ -25,7 +25,7 @@ public struct KeptWriteCheck: Sendable, Equatable {
     /// sides' data now differ, or nil.
     public mutating func compared(_ unit: WorkUnit, leader: UnitDigest, follower: UnitDigest,
                                   differences: [OutcomeDifference]) -> String? {
-        if unit.writes { wrote = true }
+        if unit.mayChangeData { wrote = true }
         if !differences.isEmpty {
             // A simple Query is one text for all its statements: cut it to tell which statement differed.
             let texts = Self.statementTexts(unit, outcomes: max(leader.count, follower.count))

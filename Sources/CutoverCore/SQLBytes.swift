@@ -5,6 +5,7 @@
 public enum LeadingKeyword: Sendable, Equatable {
     case begin, start, commit, end, rollback, abort, set, reset, prepare, deallocate, discard, listen, create, declare
     case insert, update, delete, merge, copy, with
+    case select
     case other
 
     /// Keywords whose statements may change session state the proxy tracks or cannot replay.
@@ -19,6 +20,10 @@ public enum LeadingKeyword: Sendable, Equatable {
 
     /// Plain DML (see `SQLBytes.modifiesData` for statements that start with WITH).
     public var isDML: Bool { self == .insert || self == .update || self == .delete || self == .merge }
+
+    /// CREATE, or a first keyword the proxy does not know (TRUNCATE, ALTER, DROP, CALL, DO, but also SHOW or
+    /// VALUES): such a statement may change data even though it is not DML.
+    public var mayBeDDLOrCall: Bool { self == .create || self == .other }
 }
 
 public enum SQLBytes {
@@ -26,7 +31,7 @@ public enum SQLBytes {
         ("BEGIN", .begin), ("START", .start), ("COMMIT", .commit), ("END", .end), ("ROLLBACK", .rollback), ("ABORT", .abort),
         ("SET", .set), ("RESET", .reset), ("PREPARE", .prepare), ("DEALLOCATE", .deallocate), ("DISCARD", .discard),
         ("LISTEN", .listen), ("CREATE", .create), ("DECLARE", .declare), ("INSERT", .insert), ("UPDATE", .update),
-        ("DELETE", .delete), ("MERGE", .merge), ("COPY", .copy), ("WITH", .with),
+        ("DELETE", .delete), ("MERGE", .merge), ("COPY", .copy), ("WITH", .with), ("SELECT", .select),
     ] as [(String, LeadingKeyword)]).map { (Array($0.0.utf8), $0.1) }
 
     @inline(__always) static func upper(_ c: UInt8) -> UInt8 { c >= 0x61 && c <= 0x7A ? c - 0x20 : c }
@@ -56,7 +61,9 @@ public enum SQLBytes {
         if n - i >= 7 {
             let word = UInt64(raw.loadUnaligned(fromByteOffset: i, as: UInt32.self).littleEndian)
                 | UInt64(raw.loadUnaligned(fromByteOffset: i + 4, as: UInt16.self).littleEndian) << 32
-            if word & 0xDFDF_DFDF_DFDF == 0x5443_454C_4553 { return .other } // "SELECT", little-endian
+            if word & 0xDFDF_DFDF_DFDF == 0x5443_454C_4553 { // "SELECT", little-endian
+                return SQLText.isWordByte(text[i + 6]) ? .other : .select
+            }
         }
         // Keywords are letters only: `& 0xDF` upper-cases a letter and maps nothing else into A–Z.
         var length = 0
@@ -97,6 +104,7 @@ public enum SQLBytes {
         case 0x454752454D: return .merge // MERGE
         case 0x59504F43: return .copy // COPY
         case 0x48544957: return .with // WITH
+        case 0x5443454C4553: return .select // SELECT
         default: return .other
         }
     }

@@ -11,6 +11,9 @@ public struct WorkUnit: Sendable, Equatable {
     public var commits = false
     /// A statement of the unit may change data, or is a COPY (`SQLBytes.isWrite`; set while recording units).
     public var writes = false
+    /// `writes`, or a statement of the unit is DDL, a CALL or anything else the first keyword does not show
+    /// to be a read or transaction control (`LeadingKeyword.mayBeDDLOrCall`): for `KeptWriteCheck`.
+    public var mayChangeData = false
     /// Texts of the statements prepared (Parse) in this unit: checked for cross-schema references.
     public var parsed: [String] = []
     /// A statement of this unit may name another route's schema (a qualified name with a known schema):
@@ -158,7 +161,7 @@ public struct SessionTracker: Sendable {
 
     /// Starts the next unit without handing this one over (a single-side phase needs only the count).
     public mutating func skipUnit() {
-        if currentHasTexts { current = WorkUnit() } else { current.commits = false; current.writes = false }
+        if currentHasTexts { current = WorkUnit() } else { current.commits = false; current.writes = false; current.mayChangeData = false }
     }
 
     /// The session sent a unit that earns a ReadyForQuery (it skips Syncs the backend ignores during COPY IN).
@@ -202,7 +205,10 @@ public struct SessionTracker: Sendable {
             // tracked state, take an advisory lock, or name another schema.
             let tracked = keyword.affectsSessionState || SQLBytes.mayTakeAdvisoryLock(raw)
             let foreign = mayNameOtherSchema(raw)
-            if recordUnits && SQLBytes.isWrite(raw, keyword: keyword) { current.writes = true }
+            if recordUnits {
+                if SQLBytes.isWrite(raw, keyword: keyword) { current.writes = true; current.mayChangeData = true }
+                else if keyword.mayBeDDLOrCall { current.mayChangeData = true }
+            }
             if recordUnits || tracked || foreign {
                 let text = String(decoding: raw, as: UTF8.self)
                 if tracked { track(sql: text) }
@@ -243,7 +249,8 @@ public struct SessionTracker: Sendable {
                 t.withUTF8 {
                     let raw = UnsafeRawBufferPointer($0), keyword = SQLBytes.leadingKeyword(raw)
                     if keyword.endsTransaction { current.commits = true }
-                    if SQLBytes.isWrite(raw, keyword: keyword) { current.writes = true }
+                    if SQLBytes.isWrite(raw, keyword: keyword) { current.writes = true; current.mayChangeData = true }
+                    else if keyword.mayBeDDLOrCall { current.mayChangeData = true }
                 }
             }
         case FrontendMessageID.close.rawValue:

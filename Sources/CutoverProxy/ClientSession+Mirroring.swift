@@ -125,7 +125,7 @@ extension ClientSession {
                                         detail: "statement \(d.index + 1) of the unit")
             }
             // Reads that answered alike, with nothing carried from earlier units, cannot have kept a difference.
-            if !differences.isEmpty || c.units[i].isWrite || !c.keptWrites.isQuiet,
+            if !differences.isEmpty || c.units[i].unit.mayChangeData || !c.keptWrites.isQuiet,
                let reason = c.keptWrites.compared(c.units[i].unit, leader: l, follower: f, differences: differences) {
                 route.markOutOfSync("session \(id): \(reason)")
             }

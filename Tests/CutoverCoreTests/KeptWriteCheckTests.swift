@@ -3,9 +3,11 @@ import Testing
 import CutoverProtocol
 @testable import CutoverCore
 
-private func unit(_ statements: String..., writes: Bool = false, wrapped: Bool = false) -> WorkUnit {
+/// A unit as the tracker records it: `writes` for DML/COPY, `ddl` for a statement that is neither that nor a read.
+private func unit(_ statements: String..., writes: Bool = false, ddl: Bool = false, wrapped: Bool = false) -> WorkUnit {
     var u = WorkUnit(statements: statements)
     u.writes = writes
+    u.mayChangeData = writes || ddl
     u.wrappedInTransaction = wrapped
     return u
 }
@@ -65,6 +67,14 @@ private func feed(_ check: inout KeptWriteCheck, _ u: WorkUnit, leader: [Stateme
         var c = KeptWriteCheck()
         _ = feed(&c, unit("INSERT INTO t VALUES (1)", writes: true), leader: [ok("INSERT 0 1")], .inTransaction,
                  follower: [ok("INSERT 0 1")], .inTransaction)
+        #expect(feed(&c, unit("COMMIT"), leader: [ok("COMMIT")], .idle, follower: [failed("40001")], .idle)
+                == "a transaction that wrote was kept on the leader only")
+    }
+
+    @Test func aTransactionThatOnlyTruncatedCommittedOnOneSideOnly() {
+        var c = KeptWriteCheck()
+        _ = feed(&c, unit("BEGIN"), leader: [ok("BEGIN")], .inTransaction, follower: [ok("BEGIN")], .inTransaction)
+        _ = feed(&c, unit("TRUNCATE t", ddl: true), leader: [ok("TRUNCATE TABLE")], .inTransaction, follower: [ok("TRUNCATE TABLE")], .inTransaction)
         #expect(feed(&c, unit("COMMIT"), leader: [ok("COMMIT")], .idle, follower: [failed("40001")], .idle)
                 == "a transaction that wrote was kept on the leader only")
     }

@@ -337,7 +337,7 @@ extension SessionTracker {
                 #expect(withBody(Array(text.utf8)) { SQLBytes.leadingKeyword($0) } == keyword, "\(spelling)")
             }
         }
-        #expect(withBody(Array("SELECT 1".utf8)) { SQLBytes.leadingKeyword($0) } == .other)
+        #expect(withBody(Array("SELECT 1".utf8)) { SQLBytes.leadingKeyword($0) } == .select)
         #expect(withBody(Array("SETTING".utf8)) { SQLBytes.leadingKeyword($0) } == .other)
         #expect(withBody(Array("".utf8)) { SQLBytes.leadingKeyword($0) } == .other)
     }

@@ -13,9 +13,13 @@ import Testing
         #expect(SQLBytes.leadingKeyword("/* unterminated") == .other)
     }
 
-    @Test func selectIsRecognizedAsNoneOfOursAndAdvisoryLocksNeedACall() {
-        #expect(SQLBytes.leadingKeyword("select 1") == .other)
+    @Test func selectIsRecognizedAndAdvisoryLocksNeedACall() {
+        #expect(SQLBytes.leadingKeyword("select 1") == .select)
+        #expect(SQLBytes.leadingKeyword("SELECT") == .select)
+        #expect(SQLBytes.leadingKeyword("(SELECT\n1)") == .select)
         #expect(SQLBytes.leadingKeyword("SELECTX") == .other)
+        #expect(SQLBytes.leadingKeyword("select_1") == .other)
+        #expect(!LeadingKeyword.select.mayBeDDLOrCall && LeadingKeyword.other.mayBeDDLOrCall && !LeadingKeyword.commit.mayBeDDLOrCall)
         #expect(SQLBytes.leadingKeyword("SET x = 1") == .set)
         func advisory(_ s: String) -> Bool { var t = s; return t.withUTF8 { SQLBytes.mayTakeAdvisoryLock(UnsafeRawBufferPointer($0)) } }
         #expect(advisory("SELECT pg_advisory_lock(42)"))
