@@ -140,6 +140,11 @@ def main(argv=None):
                 d = services.Cutover(work, f"cutover-dual-{m}", binary, legacy, new, "dual-legacy", m, pin, 1000).start()
                 duals[f"cutover_dual_{m}"] = d
                 targets.append(services.Endpoint(f"cutover_dual_{m}", f"Cutover dual-legacy {m}", d.port, d.service))
+            if "throughput" not in skip:
+                dp = services.Cutover(work, "cutover-dual-pooled", binary, legacy, new, "dual-legacy", "async", pin, 1000,
+                                      extra_server="backend_pool_size = 16").start()
+                targets.append(services.Endpoint(suites.CUTOVER_DUAL_POOLED, "Cutover dual-legacy async, backend_pool_size = 16",
+                                                 dp.port, dp.service))
 
         data_path = os.path.join(work, "accounts.copy")
         direct = targets[0]
@@ -162,7 +167,7 @@ def main(argv=None):
             save(rec, meta, out_dir, targets)
         if "copy" not in skip:
             suites.log("COPY")
-            copy_targets = [t for t in targets if t.key not in ("pgbouncer_txn", suites.CUTOVER_POOLED) and not t.is_unix]
+            copy_targets = [t for t in targets if t.key not in ("pgbouncer_txn", suites.CUTOVER_POOLED, suites.CUTOVER_DUAL_POOLED) and not t.is_unix]
             suites.copy_rounds(mode, copy_targets, pin, rec, clusters, data_path, data_bytes)
             save(rec, meta, out_dir, targets)
         if "callgrind" not in skip:

@@ -98,6 +98,8 @@ class Analysis:
         put("tps_vs_pgbouncer_connect", self.pair("connect_select", "cutover_pooled", PGBOUNCER, "tps"))
         put("tps_vs_direct_connect", self.pair("connect_select", "cutover_pooled", DIRECT, "tps"))
         put("tps_pooled_vs_unpooled_connect", self.pair("connect_select", "cutover_pooled", CUTOVER, "tps"))
+        put("tps_dual_pooled_vs_unpooled_connect", self.pair("connect_select", "cutover_dual_pooled", "cutover_dual_async", "tps"))
+        put("tps_dual_pooled_vs_legacy_pooled_connect", self.pair("connect_select", "cutover_dual_pooled", "cutover_pooled", "tps"))
         put("added_p50_us", self.pair("latency_c1", CUTOVER, DIRECT, "latency_us", op="diff", sub="p50"), 1)
         put("pgbouncer_added_p50_us", self.pair("latency_c1", PGBOUNCER, DIRECT, "latency_us", op="diff", sub="p50"), 1)
         for dual in ("async", "sync"):

@@ -14,6 +14,7 @@ from . import pgbench, procs, services
 from .pgwire import IdleSessions
 
 CUTOVER_POOLED = "cutover_pooled"
+CUTOVER_DUAL_POOLED = "cutover_dual_pooled"
 
 
 @dataclass
@@ -33,8 +34,8 @@ class Workload:
     def applies(self, endpoint):
         if self.key == "select_prepared" and not endpoint.prepared_ok:
             return False
-        if endpoint.key == CUTOVER_POOLED and self.key != "connect_select":
-            return False  # the pooled instance is there for the connect-per-transaction workload only
+        if endpoint.key in (CUTOVER_POOLED, CUTOVER_DUAL_POOLED) and self.key != "connect_select":
+            return False  # the pooled instances are there for the connect-per-transaction workload only
         if self.only_targets and endpoint.key not in self.only_targets:
             return False
         if self.tls != bool(endpoint.sslmode) or self.unix != endpoint.is_unix:
@@ -63,9 +64,12 @@ def workloads(mode):
         # A new connection for every transaction (pgbench -C), as an application without a pool of its own
         # connects: PgBouncer (session mode) reuses its server connections; Cutover logs in to PostgreSQL per
         # session unless `backend_pool_size` is set (the cutover_pooled target). Direct clients pay their own
-        # SCRAM login each time; clients log in to both proxies with trust.
+        # SCRAM login each time; clients log in to both proxies with trust. In `dual-legacy` each session also
+        # needs a follower: logged in per session (cutover_dual_async), or taken from the pool as well
+        # (cutover_dual_pooled).
         Workload("connect_select", "select-only, a new connection per transaction (-C), 8 clients",
-                 ["-S", "-M", "simple", "-C"] + c8, only_targets=("direct", "pgbouncer_session", "cutover_legacy", CUTOVER_POOLED)),
+                 ["-S", "-M", "simple", "-C"] + c8,
+                 only_targets=("direct", "pgbouncer_session", "cutover_legacy", CUTOVER_POOLED, "cutover_dual_async", CUTOVER_DUAL_POOLED)),
         Workload("fixed_rate", f"TPC-B at {mode.rate} tx/s, 4 clients (latency)",
                  ["-M", "simple", "-c", "4", "-j", "1", "-R", str(mode.rate)], latency=True, queries_per_tx=7,
                  skip_targets=("pgbouncer_txn",), rate=True),
