@@ -26,15 +26,30 @@ public struct KeptWriteCheck: Sendable, Equatable {
     public mutating func compared(_ unit: WorkUnit, leader: UnitDigest, follower: UnitDigest,
                                   differences: [OutcomeDifference]) -> String? {
         if unit.mayChangeData { wrote = true }
+        var texts: [String]?
+        // Savepoint commands count from the statement after the difference (in its own unit) or from the
+        // start of a later unit.
+        var savepointsFrom = 0
         if !differences.isEmpty {
             // A simple Query is one text for all its statements: cut it to tell which statement differed.
-            let texts = Self.statementTexts(unit, outcomes: max(leader.count, follower.count))
-            if texts.contains(where: { !SQLText.cannotChangeData($0) }) { wrote = true }
-            if differingWrite == nil {
-                differingWrite = Self.firstDifferingWrite(differences, texts: texts, unitWrites: unit.writes)
+            let all = Self.statementTexts(unit, outcomes: max(leader.count, follower.count))
+            texts = all
+            if all.contains(where: { !SQLText.cannotChangeData($0) }) { wrote = true }
+            if differingWrite == nil, let (index, what) = Self.firstDifferingWrite(differences, texts: all, unitWrites: unit.writes) {
+                differingWrite = what
+                savepointsFrom = index + 1
             }
-        } else if differingWrite != nil, unit.statements.count == 1, leader.count == 1, !leader.lastFailed {
-            savepointCommand(unit.statements[0])
+        }
+        if differingWrite != nil {
+            // Every SAVEPOINT, RELEASE and ROLLBACK TO both sides ran, one per statement (a driver may send
+            // its SAVEPOINT in the same unit as the statement it guards).
+            let all = texts ?? Self.statementTexts(unit, outcomes: leader.count)
+            let ran = min(all.count, leader.count, follower.count)
+            if savepointsFrom < ran {
+                for k in savepointsFrom..<ran where leader[k].failure == nil && follower[k].failure == nil {
+                    savepointCommand(all[k])
+                }
+            }
         }
         // A transaction ends where a side is idle again, or (sync mode) with the implicit transaction the proxy
         // wrapped an autocommit write in.
@@ -98,11 +113,11 @@ public struct KeptWriteCheck: Sendable, Equatable {
 
     /// The first difference on a statement that may change data, where not both sides failed (a statement
     /// that failed on both changed nothing on either).
-    static func firstDifferingWrite(_ differences: [OutcomeDifference], texts: [String], unitWrites: Bool) -> String? {
+    static func firstDifferingWrite(_ differences: [OutcomeDifference], texts: [String], unitWrites: Bool) -> (Int, String)? {
         for d in differences {
             if d.leader?.failure != nil && d.follower?.failure != nil { continue }
             let mayWrite = d.index < texts.count ? !SQLText.cannotChangeData(texts[d.index]) : unitWrites
-            if mayWrite { return "\(d.kind.rawValue) on statement \(d.index + 1) of a unit" }
+            if mayWrite { return (d.index, "\(d.kind.rawValue) on statement \(d.index + 1) of a unit") }
         }
         return nil
     }
@@ -115,7 +130,13 @@ extension SQLText {
         "listen", "unlisten", "notify", "load",
     ]
 
-    static let into = Array("into".utf8), stdout = Array("stdout".utf8), analyze = Array("analyze".utf8), analyse = Array("analyse".utf8)
+    static let into = Array("into".utf8), analyze = Array("analyze".utf8), analyse = Array("analyse".utf8)
+
+    /// `COPY … TO STDOUT`: the words TO and STDOUT in a row (a file name containing "stdout" does not count).
+    static func copiesToStdout(_ statement: String) -> Bool {
+        let words = statement.lowercased().split { $0.isWhitespace || $0 == ";" }
+        return zip(words, words.dropFirst()).contains { $0 == "to" && $1 == "stdout" }
+    }
 
     /// Whether a statement cannot change stored data by its leading keyword (a cold path: only statements whose
     /// answers differed are asked). Transaction control counts as not changing data: what a COMMIT kept is
@@ -128,7 +149,7 @@ extension SQLText {
             let bytes = UnsafeRawBufferPointer(raw)
             let keyword = SQLBytes.leadingKeyword(bytes)
             if keyword == .with { return !SQLBytes.modifiesData(bytes, keyword: keyword) }
-            if keyword == .copy { return SQLBytes.containsWord(bytes, lowercased: stdout) }
+            if keyword == .copy { return copiesToStdout(statement) }
             if keyword.isDML || keyword == .create { return false }
             guard let word = firstWord(statement) else { return true } // an empty statement
             switch word {

@@ -40,8 +40,9 @@ public struct LockStep: Sendable {
         /// transaction is over), `commitError` is the implicit COMMIT's failure to report first.
         case releaseClient(asIdle: Bool, commitError: StatementOutcome?)
         /// A wrapped autocommit write ended on both sides: whether each committed it (its COMMIT answered
-        /// COMMIT; the proxy rolls both back when the leader's statement failed). Comes before the release.
-        case wrappedWriteEnded(leaderKept: Bool, followerKept: Bool)
+        /// COMMIT; the proxy rolls both back when the leader's statement failed), and the follower's COMMIT's
+        /// error if it failed with one (a deferred constraint). Comes before the release.
+        case wrappedWriteEnded(leaderKept: Bool, followerKept: Bool, followerCommitError: StatementOutcome?)
     }
 
     public private(set) var stage: Stage?
@@ -154,14 +155,17 @@ public struct LockStep: Sendable {
         let failure = commitOutcome?.sqlState == nil ? nil : commitOutcome
         var actions: [Action] = []
         if let followerKept = followerKeptWrapped {
-            actions.append(.wrappedWriteEnded(leaderKept: Self.committed(commitOutcome), followerKept: followerKept))
+            actions.append(.wrappedWriteEnded(leaderKept: Self.committed(commitOutcome), followerKept: followerKept,
+                                              followerCommitError: followerCommitError))
         }
         followerKeptWrapped = nil
+        followerCommitError = nil
         return actions + [.releaseClient(asIdle: true, commitError: failure)] + pump(status: .idle, now: now)
     }
 
     /// The follower's answer to the wrapped write's COMMIT, kept until the leader's (nil: no follower took part).
     private var followerKeptWrapped: Bool?
+    private var followerCommitError: StatementOutcome?
 
     /// A COMMIT that committed: no error, and not PostgreSQL's ROLLBACK tag for a failed transaction's COMMIT.
     static func committed(_ outcome: StatementOutcome?) -> Bool {
@@ -192,6 +196,7 @@ public struct LockStep: Sendable {
     public mutating func followerInternalReady(commitOutcome: StatementOutcome?, now: UInt64) -> [Action] {
         guard case .wrappedFollowerCommit(let failed)? = stage else { return [] }
         followerKeptWrapped = Self.committed(commitOutcome)
+        followerCommitError = commitOutcome?.sqlState == nil ? nil : commitOutcome
         return endOnLeader(failed: failed, now: now)
     }
 

@@ -151,6 +151,8 @@ final class BackendLink: TCPConnectionDelegate {
                                                 BackendMessageID.parameterStatus.rawValue])
     static let capturedDigesting = MessageScanner.IDSet(DigestBuilder.capturedIDs + [BackendMessageID.copyInResponse.rawValue,
                                                                                      BackendMessageID.parameterStatus.rawValue])
+    /// Parked: the reset's CommandComplete is read too (`parkedRead` checks it is DISCARD ALL's).
+    static let capturedParked = MessageScanner.IDSet([BackendMessageID.readyForQuery.rawValue, BackendMessageID.commandComplete.rawValue])
 
     /// `addresses`: where to connect, resolved from the backend's host, in the order to try them (empty: it
     /// could not be resolved, `addressFailure` says why).
@@ -534,6 +536,9 @@ final class BackendLink: TCPConnectionDelegate {
         state == .ready && internalUnits == 0 && scanner.atMessageBoundary && connection.queuedBytes == 0 && keepsLogin && !isTainted
     }
 
+    /// Parked: the reset's CommandComplete has arrived (its ReadyForQuery then makes the link usable).
+    private var sawResetTag = false
+
     /// Parked and still waiting for its reset's answer (taken within moments of parking): not usable yet.
     var isResetting: Bool { state == .parked && internalUnits > 0 }
 
@@ -550,8 +555,10 @@ final class BackendLink: TCPConnectionDelegate {
     /// backend sends unasked).
     func park() {
         setDigesting(false)
+        scanner = MessageScanner(captured: Self.capturedParked, maxMessageSize: Int(Int32.max))
         connection.readsOnDemand = false
         state = .parked
+        sawResetTag = false
         internalUnits = 1
         var w = ByteWriter(capacity: 20)
         FrontendMessage.query("DISCARD ALL").encode(into: &w)
@@ -567,26 +574,42 @@ final class BackendLink: TCPConnectionDelegate {
     /// Out of the pool, for `session` (only once `isResetAndIdle`).
     func adopt(by session: ClientSession) {
         ownerRef = Unretained(session)
+        // Done with the parked capture set (at a message boundary: `isResetAndIdle`). The taking session may
+        // have asked for digests already (a dual phase starts its follower before adopting a pooled leader).
+        scanner = MessageScanner(captured: digest != nil ? Self.capturedDigesting : Self.captured, maxMessageSize: Int(Int32.max))
         state = .ready
     }
 
     /// A parked link's reads: the reset's answer (a DISCARD ALL CommandComplete, ParameterStatus for reset
-    /// values, ReadyForQuery idle), then nothing. An error, a transaction left open, or anything after the
-    /// reset closes the link.
+    /// values, ReadyForQuery idle), then nothing. Anything else — an error, a transaction left open, the
+    /// answer to a statement the backend was still running when the link was parked (it would be taken for
+    /// the reset's, and the next session would get every answer one late), or anything after the reset —
+    /// closes the link.
     private func parkedRead(_ bytes: UnsafeRawBufferPointer) {
         var usable = true
         do {
             try scanner.scan(bytes) { id, body, _ in
                 guard usable else { return }
-                if internalUnits == 0 || id == BackendMessageID.errorResponse.rawValue { usable = false; return }
-                if id == BackendMessageID.readyForQuery.rawValue {
+                switch id {
+                case _ where internalUnits == 0:
+                    usable = false
+                case BackendMessageID.commandComplete.rawValue:
+                    if let body, body.elementsEqual(Self.discardAllTag) { sawResetTag = true } else { usable = false }
+                case BackendMessageID.parameterStatus.rawValue, BackendMessageID.noticeResponse.rawValue:
+                    break
+                case BackendMessageID.readyForQuery.rawValue:
                     internalUnits -= 1
-                    if body?.first != TransactionStatus.idle.rawValue { usable = false }
+                    if body?.first != TransactionStatus.idle.rawValue || !sawResetTag { usable = false }
+                default:
+                    usable = false
                 }
             }
         } catch { usable = false }
         if !usable { close() }
     }
+
+    /// The CommandComplete body DISCARD ALL answers with (its tag and NUL).
+    static let discardAllTag = Array("DISCARD ALL".utf8) + [0]
 }
 
 /// The boundaries of one chunk: almost always none or one, so the first is stored inline and only a

@@ -182,6 +182,7 @@ extension ClientSession {
 
     /// Runs what the lock-step decided (`.holdClient` is handled where the leader's bytes are split).
     func runLockStep(_ actions: [LockStep.Action]) {
+        var followerKeptWrapped: Bool? // set by a wrappedWriteEnded, which comes before its release
         for action in actions {
             switch action {
             case .toLeader(let bytes): leader?.send(bytes)
@@ -198,8 +199,14 @@ extension ClientSession {
             case .followerStarted: markFollowerSent()
             case .leaderStarted: markLeaderSent()
             case .holdClient: break
-            case .releaseClient(let asIdle, let commitError): releaseClient(asIdle: asIdle, commitError: commitError)
-            case .wrappedWriteEnded(let leaderKept, let followerKept):
+            case .releaseClient(let asIdle, let commitError):
+                releaseClient(asIdle: asIdle, commitError: commitError, followerKept: followerKeptWrapped)
+            case .wrappedWriteEnded(let leaderKept, let followerKept, let followerCommitError):
+                followerKeptWrapped = followerKept
+                if let failure = followerCommitError, leaderKept {
+                    server.recordDivergence(session: self, kind: .errorMismatch, statement: nil, leader: nil, follower: failure,
+                                            leaderMs: nil, followerMs: nil, detail: "the implicit COMMIT of an autocommit write failed on the follower only")
+                }
                 if leaderKept != followerKept {
                     route?.markOutOfSync("session \(id): an autocommit write was kept on the \(leaderKept ? "leader" : "follower") only (its implicit COMMIT failed on the other side)")
                 }
@@ -208,8 +215,9 @@ extension ClientSession {
     }
 
     /// The follower has finished the unit too: the client gets the held ReadyForQuery. After an implicit
-    /// transaction it says idle, and a failed implicit COMMIT on the leader is reported first.
-    func releaseClient(asIdle: Bool, commitError: StatementOutcome?) {
+    /// transaction it says idle, and a failed implicit COMMIT on the leader is reported first (and recorded as a
+    /// divergence when the follower committed; `followerKept` is nil when no follower took part).
+    func releaseClient(asIdle: Bool, commitError: StatementOutcome?, followerKept: Bool?) {
         if asIdle, var held = heldForClient, heldStatusIndex >= 0, heldStatusIndex < held.count {
             held[heldStatusIndex] = TransactionStatus.idle.rawValue
             if let failure = commitError {
@@ -219,8 +227,10 @@ extension ClientSession {
                     ErrorFields(severity: "ERROR", code: failure.sqlState ?? "XX000", message: failure.error ?? "commit failed").encode(into: &w)
                     held = w.bytes + held
                 }
-                server.recordDivergence(session: self, kind: .errorMismatch, statement: nil, leader: failure, follower: nil,
-                                        leaderMs: nil, followerMs: nil, detail: "the implicit COMMIT of an autocommit write failed on the leader")
+                if followerKept == true {
+                    server.recordDivergence(session: self, kind: .errorMismatch, statement: nil, leader: failure, follower: nil,
+                                            leaderMs: nil, followerMs: nil, detail: "the implicit COMMIT of an autocommit write failed on the leader only")
+                }
             }
             heldForClient = held
         }
@@ -273,12 +283,14 @@ extension ClientSession {
         return openLink(to: backend, side: side, packet: packet, isFollower: true)
     }
 
-    /// The session is done with its follower: to the idle pool when every unit it was sent is answered and
-    /// compared and nothing is queued for it, else ended with Terminate (closing rolls back what it had open).
+    /// The session is done with its follower: to the idle pool when the session ended as the leader's release
+    /// asks (`endedCleanForPool`) and every unit the follower was sent is answered and compared; else ended
+    /// with Terminate (closing rolls back what it had open). Units the leader never answered are dropped when
+    /// the client leaves: a follower sent one is tainted then (`finishDrainingIfDone`), as it may still be
+    /// running it (and a parked link that answers anything but its reset is closed, `BackendLink.parkedRead`).
     func releaseFollower() {
         guard let f = follower else { return }
-        if server.idleBackends != nil, !closeWhenIdle, !server.isShuttingDown, pendingUnitCount == 0, lockStepIsQuiet,
-           cold?.followerOutbox.isEmpty ?? true, f.isReusable, server.parkIdle(f) {
+        if endedCleanForPool, pendingUnitCount == 0, f.isReusable, server.parkIdle(f) {
             follower = nil // the pool has it; this session must not reach it again
             return
         }

@@ -769,13 +769,19 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// is (idle, every answer read, nothing queued, not shutting down), else ended with Terminate.
     private func releaseLeader() {
         guard let link = leader else { return }
-        if server.idleBackends != nil, !closeWhenIdle, !server.isShuttingDown, transactionStatus == .idle,
-           pendingReadyForQuery == 0, !extendedSinceSync, clientScanner.atMessageBoundary, !clientCopyIn, lockStepIsQuiet,
-           !leaderPaused, link.isReusable, server.parkIdle(link) {
+        if endedCleanForPool, !leaderPaused, link.isReusable, server.parkIdle(link) {
             leader = nil // the pool has it; this session must not reach it again
             return
         }
         link.terminate()
+    }
+
+    /// Whether the session ended where its backends can serve another session as they are: a pool exists,
+    /// not shutting down, idle, every answer read, no extended-protocol message since the last Sync (a Sync
+    /// from the proxy would commit what the client never synced), no COPY, at a message boundary.
+    var endedCleanForPool: Bool {
+        server.idleBackends != nil && !closeWhenIdle && !server.isShuttingDown && transactionStatus == .idle
+            && pendingReadyForQuery == 0 && !extendedSinceSync && clientScanner.atMessageBoundary && !clientCopyIn && lockStepIsQuiet
     }
 
     /// Called as a draining session's backends answer: lets the leader go once no unit is in lock-step,
@@ -783,8 +789,12 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     func finishDrainingIfDone() {
         guard state == .draining else { return }
         if !lockStepIsBusy && !leaderReleased {
-            // Units the leader had not answered will never be compared: the client is gone.
-            while units.count > unitsHead, let last = units.last, last.leader == nil { units.removeLast() }
+            // Units the leader had not answered will never be compared: the client is gone. A follower sent one
+            // may still be running it: it must not serve another session (`releaseFollower`).
+            while units.count > unitsHead, let last = units.last, last.leader == nil {
+                if last.followerSentAt != nil && last.follower == nil { follower?.isTainted = true }
+                units.removeLast()
+            }
             clampUnitCursors()
             leaderReleased = true
             releaseLeader()

@@ -161,6 +161,21 @@ private func feed(_ check: inout KeptWriteCheck, _ u: WorkUnit, leader: [Stateme
                     .hasPrefix("a write answered differently was kept") == true)
     }
 
+    @Test func pgjdbcAutosaveSendsItsSavepointInTheSameUnitAsTheStatement() {
+        var c = KeptWriteCheck()
+        _ = feed(&c, unit("BEGIN"), leader: [ok("BEGIN")], .inTransaction, follower: [ok("BEGIN")], .inTransaction)
+        // The savepoint before the differing UPDATE predates the difference.
+        _ = feed(&c, unit("SAVEPOINT PGJDBC_AUTOSAVE", "UPDATE t SET x = 1", writes: true),
+                 leader: [ok("SAVEPOINT"), ok("UPDATE 3")], .inTransaction, follower: [ok("SAVEPOINT"), ok("UPDATE 2")], .inTransaction)
+        // The next statement's savepoint comes after it: rolling back to it keeps the UPDATE's difference.
+        _ = feed(&c, unit("SAVEPOINT PGJDBC_AUTOSAVE", "INSERT INTO t VALUES (1)", writes: true),
+                 leader: [ok("SAVEPOINT"), failed("23505")], .failedTransaction, follower: [ok("SAVEPOINT"), failed("23505")], .failedTransaction)
+        _ = feed(&c, unit("ROLLBACK TO SAVEPOINT PGJDBC_AUTOSAVE"), leader: [ok("ROLLBACK")], .inTransaction,
+                 follower: [ok("ROLLBACK")], .inTransaction)
+        #expect(feed(&c, unit("COMMIT"), leader: [ok("COMMIT")], .idle, follower: [ok("COMMIT")], .idle)?
+                    .hasPrefix("a write answered differently was kept (command_tag on statement 2") == true)
+    }
+
     @Test func readsSavepointCommands() {
         #expect(SQLText.savepointCommand("SAVEPOINT a") ?? (.release, "") == (.savepoint, "a"))
         #expect(SQLText.savepointCommand("savepoint A;") ?? (.release, "") == (.savepoint, "a"))
@@ -177,6 +192,7 @@ private func feed(_ check: inout KeptWriteCheck, _ u: WorkUnit, leader: [Stateme
     @Test func classifiesStatementsThatCannotChangeData() {
         #expect(SQLText.cannotChangeData("COPY t TO STDOUT"))
         #expect(SQLText.cannotChangeData("copy (select 1) to stdout with csv"))
+        #expect(!SQLText.cannotChangeData("COPY t FROM '/x/stdout.csv'"))
         #expect(SQLText.cannotChangeData("EXPLAIN SELECT 1"))
         #expect(SQLText.cannotChangeData("EXPLAIN ANALYZE SELECT 1"))
         #expect(!SQLText.cannotChangeData("EXPLAIN ANALYZE UPDATE t SET x = 1"))

@@ -46,7 +46,7 @@ private func send(_ m: inout LockStep, _ text: String, status: TransactionStatus
         #expect(m.followerReady(status: .inTransaction, now: 2) == [.toFollowerInternal(LockStep.commit)])
         #expect(m.followerInternalReady(commitOutcome: StatementOutcome(tag: "COMMIT"), now: 3) == [.toLeaderInternal(LockStep.commit)])
         #expect(m.leaderInternalReady(commitOutcome: StatementOutcome(tag: "COMMIT"), status: .idle, now: 4)
-                == [.wrappedWriteEnded(leaderKept: true, followerKept: true), .releaseClient(asIdle: true, commitError: nil)])
+                == [.wrappedWriteEnded(leaderKept: true, followerKept: true, followerCommitError: nil), .releaseClient(asIdle: true, commitError: nil)])
         #expect(m.isQuiet)
     }
 
@@ -59,7 +59,7 @@ private func send(_ m: inout LockStep, _ text: String, status: TransactionStatus
         let refused = StatementOutcome(sqlState: "23503", error: "violates foreign key constraint")
         #expect(m.followerInternalReady(commitOutcome: refused, now: 3) == [.toLeaderInternal(LockStep.commit)])
         #expect(m.leaderInternalReady(commitOutcome: StatementOutcome(tag: "COMMIT"), status: .idle, now: 4)
-                == [.wrappedWriteEnded(leaderKept: true, followerKept: false), .releaseClient(asIdle: true, commitError: nil)])
+                == [.wrappedWriteEnded(leaderKept: true, followerKept: false, followerCommitError: refused), .releaseClient(asIdle: true, commitError: nil)])
     }
 
     @Test func aFailedWriteRollsBackOnBothSides() {
@@ -70,7 +70,7 @@ private func send(_ m: inout LockStep, _ text: String, status: TransactionStatus
         #expect(m.followerInternalReady(commitOutcome: StatementOutcome(tag: "ROLLBACK"), now: 3) == [.toLeaderInternal(LockStep.rollback)])
         let failed = StatementOutcome(sqlState: "40001", error: "could not serialize")
         #expect(m.leaderInternalReady(commitOutcome: failed, status: .idle, now: 4)
-                == [.wrappedWriteEnded(leaderKept: false, followerKept: false), .releaseClient(asIdle: true, commitError: failed)])
+                == [.wrappedWriteEnded(leaderKept: false, followerKept: false, followerCommitError: nil), .releaseClient(asIdle: true, commitError: failed)])
     }
 
     @Test func insideATransactionWritesAreNotWrapped() {

@@ -233,6 +233,39 @@ import Testing
         #expect(try backendsOnLegacy("\(app)_reload") == 0, "logged in under the old settings: ended")
     }
 
+    @Test func aFollowerStillRunningAStatementWhenItsClientLeftIsNeverPooled() throws {
+        let rest = ProxyFixture.adminTOML + "\n" + f.dualLegacyRouteTOML("poolvanish")
+        let (p, port, _) = try f.ownProxy("pool-vanish", server: "backend_pool_size = 2", rest: rest)
+        defer { stopBackgroundProcess(p) }
+        let app = "pool_vanish_\(getpid())"
+        do {
+            // The client leaves while both sides still run its statement: the units the leader never answered
+            // are dropped, but the follower still owes its answer; parked, that answer would be taken for its
+            // reset's and the next session would read every answer one late.
+            let a = try PQConnection(f.conninfo(port, database: "poolvanish", extra: "application_name=\(app)"))
+            #expect(try a.scalar("SELECT 1") == "1")
+            a.sendAndVanish("SELECT pg_sleep(0.8), 1")
+            usleep(100_000)
+        }
+        usleep(200_000)
+        let admin = try PQConnection(f.conninfo(port, database: "cutover", user: "ops", password: FixtureSecrets.adminPassword))
+        // While the statement still runs, neither of the session's backends is kept (a parked one would wait
+        // behind it for its reset, and be taken for reset when the statement's own answer came).
+        let idle = try admin.query("SHOW BACKENDS").reduce(into: [String: String]()) { $0[$1[0] ?? ""] = $1[9] ?? "" }
+        #expect(idle["legacy"] == "0" && idle["newside"] == "0", "\(idle)")
+        usleep(1_000_000) // the statement has ended on both sides
+        let c = try PQConnection(f.conninfo(port, database: "poolvanish", extra: "application_name=\(app)"))
+        for k in 0..<5 { #expect(try c.scalar("SELECT \(k) + 40") == "\(k + 40)") }
+        var stats: [String?] = []
+        for _ in 0..<50 {
+            stats = try admin.query("SHOW STATS").first { $0[0] == "poolvanish" } ?? []
+            if stats.count > 5, stats[5] == "0" { break }
+            usleep(100_000)
+        }
+        #expect(stats.count > 3 && stats[3] == "0", "the next session's follower answers its own statements: \(stats)")
+        #expect(try admin.query("SHOW ROUTES").first { $0[0] == "poolvanish" }?[6] == "yes")
+    }
+
     @Test func aDualPhaseSessionTakesItsLeaderAndItsFollowerFromThePoolAndNothingDiverges() throws {
         // The recruitment schema on legacy leads, the recruitment database on the new cluster follows.
         let rest = ProxyFixture.adminTOML + "\n" + f.dualLegacyRouteTOML("pooldual")

@@ -363,7 +363,11 @@ extension ProxyFixture {
         let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
         try c.query("INSERT INTO kept VALUES (1, NULL)") // no reference to check: committed on both
         #expect(try f.routeRow("recruitment")[6] == "yes")
+        let before = f.divergenceLines().count
         try c.query("INSERT INTO kept VALUES (2, 5)")     // the client is told the leader committed it
+        let records = f.divergenceLines().dropFirst(before)
+        #expect(records.contains { ($0["detail"] as? String) == "the implicit COMMIT of an autocommit write failed on the follower only"
+                                   && (($0["follower"] as? [String: Any])?["sqlstate"] as? String) == "23503" }, "\(records)")
         #expect(try f.recruitmentLegacy().scalar("SELECT count(*) FROM kept") == "2")
         #expect(try f.recruitmentNew().scalar("SELECT count(*) FROM kept") == "1")
         #expect(try f.routeRow("recruitment")[6] == "no")

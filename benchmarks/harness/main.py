@@ -145,6 +145,7 @@ def main(argv=None):
                                       extra_server="backend_pool_size = 16").start()
                 targets.append(services.Endpoint(suites.CUTOVER_DUAL_POOLED, "Cutover dual-legacy async, backend_pool_size = 16",
                                                  dp.port, dp.service))
+                duals[suites.CUTOVER_DUAL_POOLED] = dp  # its divergences (pooled followers) are in dual_status too
 
         data_path = os.path.join(work, "accounts.copy")
         direct = targets[0]
