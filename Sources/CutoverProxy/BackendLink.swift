@@ -555,7 +555,9 @@ final class BackendLink: TCPConnectionDelegate {
     /// backend sends unasked).
     func park() {
         setDigesting(false)
-        scanner = MessageScanner(captured: Self.capturedParked, maxMessageSize: Int(Int32.max))
+        // A reset's answer is small: a longer message (a corrupt length) throws and closes the link rather
+        // than reserving its whole length.
+        scanner = MessageScanner(captured: Self.capturedParked, maxMessageSize: 64 << 10)
         connection.readsOnDemand = false
         state = .parked
         sawResetTag = false
@@ -597,6 +599,8 @@ final class BackendLink: TCPConnectionDelegate {
                     if let body, body.elementsEqual(Self.discardAllTag) { sawResetTag = true } else { usable = false }
                 case BackendMessageID.parameterStatus.rawValue, BackendMessageID.noticeResponse.rawValue:
                     break
+                case BackendMessageID.notificationResponse.rawValue where !sawResetTag:
+                    break // a NOTIFY for the session's LISTEN, sent while it was idle; the reset unlistens
                 case BackendMessageID.readyForQuery.rawValue:
                     internalUnits -= 1
                     if body?.first != TransactionStatus.idle.rawValue || !sawResetTag { usable = false }

@@ -658,8 +658,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         case FrontendMessageID.terminate.rawValue:
             if !chunk.terminated {
                 if chunk.lastEnd == 0 && chunk.startsMidMessage {
-                    chunk.terminateAt = endOffset // split across reads: complete it, and keep this backend out of the pool
+                    chunk.terminateAt = endOffset // split across reads: complete it, and keep these backends out of the pool
                     leader?.isTainted = true
+                    follower?.isTainted = true // it got the first half too
                 } else {
                     chunk.terminateAt = chunk.lastEnd
                 }
