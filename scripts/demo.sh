@@ -128,6 +128,11 @@ echo "   (repairing the new side: copying row 7 back)"
 PGPASSWORD=hexabuilders_pw psql -X -q -h 127.0.0.1 -p "${PORT[legacy]}" -U hexabuilders hexabuilders \
     -c "\\copy (SELECT * FROM onboarding.candidates WHERE id = 7) TO STDOUT" | ONB_NEW -c "\\copy candidates FROM STDIN"
 verify
+echo "   (that UPDATE changed row 7 on legacy only: the route is out of sync, and a leader flip would be refused;"
+echo "    repaired and verified, it goes back through legacy and re-enters dual-legacy in sync)"
+psql "$CUTOVER_ADMIN_URL" -X -c "SHOW ROUTES" | grep -E "route|onboarding" | sed 's/^/   /'
+"$CUTOVER" phase onboarding legacy | sed 's/^/   /'
+"$CUTOVER" phase onboarding dual-legacy | sed 's/^/   /'
 
 step "a load of the onboarding service runs through the proxy (pgbench, 4 clients at 300 tx/s, 26 s) while the route walks the ladder"
 cat > "$WORK/onboarding.sql" <<'SQL'
