@@ -124,10 +124,11 @@ public struct KeptWriteCheck: Sendable, Equatable {
 }
 
 extension SQLText {
+    /// First words (upper case, as `leadingWords` gives them) of statements that cannot change stored data.
     static let readOnlyLeadingWords: Set<String> = [
-        "show", "values", "table", "fetch", "move", "close", "declare", "prepare", "deallocate",
-        "begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release", "set", "reset", "discard",
-        "listen", "unlisten", "notify", "load",
+        "SHOW", "VALUES", "TABLE", "FETCH", "MOVE", "CLOSE", "DECLARE", "PREPARE", "DEALLOCATE",
+        "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE", "SET", "RESET", "DISCARD",
+        "LISTEN", "UNLISTEN", "NOTIFY", "LOAD",
     ]
 
     static let into = Array("into".utf8), analyze = Array("analyze".utf8), analyse = Array("analyse".utf8)
@@ -151,10 +152,10 @@ extension SQLText {
             if keyword == .with { return !SQLBytes.modifiesData(bytes, keyword: keyword) }
             if keyword == .copy { return copiesToStdout(statement) }
             if keyword.isDML || keyword == .create { return false }
-            guard let word = firstWord(statement) else { return true } // an empty statement
+            guard let word = leadingWords(statement, count: 1).first else { return true } // an empty statement
             switch word {
-            case "select": return !SQLBytes.containsWord(bytes, lowercased: into)
-            case "explain":
+            case "SELECT": return !SQLBytes.containsWord(bytes, lowercased: into)
+            case "EXPLAIN":
                 let analyzes = SQLBytes.containsWord(bytes, lowercased: analyze) || SQLBytes.containsWord(bytes, lowercased: analyse)
                 return !(analyzes && SQLBytes.dmlWords.contains { SQLBytes.containsWord(bytes, lowercased: $0) })
             default: return readOnlyLeadingWords.contains(word)
@@ -202,18 +203,5 @@ extension SQLText {
         default:
             return nil
         }
-    }
-
-    /// The first word, lower-cased, after whitespace, comments and opening parentheses.
-    static func firstWord(_ statement: String) -> String? {
-        var rest = Substring(statement)
-        while true {
-            rest = rest.drop { $0 == " " || $0 == "\t" || $0 == "\n" || $0 == "\r" || $0 == "(" }
-            if rest.hasPrefix("--") { rest = rest.drop { $0 != "\n" }; continue }
-            if rest.hasPrefix("/*"), let end = rest.range(of: "*/") { rest = rest[end.upperBound...]; continue }
-            break
-        }
-        let word = rest.prefix { $0.isLetter || $0 == "_" }
-        return word.isEmpty ? nil : word.lowercased()
     }
 }

@@ -284,10 +284,10 @@ extension ClientSession {
     }
 
     /// The session is done with its follower: to the idle pool when the session ended as the leader's release
-    /// asks (`endedCleanForPool`) and every unit the follower was sent is answered and compared; else ended
-    /// with Terminate (closing rolls back what it had open). Units the leader never answered are dropped when
-    /// the client leaves: a follower sent one is tainted then (`finishDrainingIfDone`), as it may still be
-    /// running it (and a parked link that answers anything but its reset is closed, `BackendLink.parkedRead`).
+    /// asks (`endedCleanForPool`: among others, the leader owes no answer, so no unit the client left behind
+    /// can still be running on the follower) and every unit the follower was sent is answered and compared;
+    /// else ended with Terminate (closing rolls back what it had open). A parked link that answers anything
+    /// but its reset is closed as well (`BackendLink.parkedRead`).
     func releaseFollower() {
         guard let f = follower else { return }
         if endedCleanForPool, pendingUnitCount == 0, f.isReusable, server.parkIdle(f) {

@@ -790,12 +790,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     func finishDrainingIfDone() {
         guard state == .draining else { return }
         if !lockStepIsBusy && !leaderReleased {
-            // Units the leader had not answered will never be compared: the client is gone. A follower sent one
-            // may still be running it: it must not serve another session (`releaseFollower`).
-            while units.count > unitsHead, let last = units.last, last.leader == nil {
-                if last.followerSentAt != nil && last.follower == nil { follower?.isTainted = true }
-                units.removeLast()
-            }
+            // Units the leader had not answered will never be compared: the client is gone. (The leader still
+            // owes their answers, so `endedCleanForPool` keeps both backends, which may still run them, out of the pool.)
+            while units.count > unitsHead, let last = units.last, last.leader == nil { units.removeLast() }
             clampUnitCursors()
             leaderReleased = true
             releaseLeader()

@@ -14,6 +14,16 @@ import Testing
         return (p, port)
     }
 
+    /// The backend pid of a session on `port` with application_name `app` that then ends (its backend parked, if
+    /// the pool keeps it).
+    func pidOfEndedSession(_ port: Int, _ app: String) throws -> String? {
+        let found = try pid(try PQConnection(f.conninfo(port, extra: "application_name=\(app)")))
+        usleep(100_000) // the ended session's backend is parked and reset
+        return found
+    }
+
+    func pid(_ c: PQConnection) throws -> String? { try c.scalar("SELECT pg_backend_pid()") }
+
     /// Backends on the legacy cluster whose application_name is `app` (a direct look, not through the proxy).
     func backendsOnLegacy(_ app: String) throws -> Int {
         Int(try f.recruitmentLegacy().scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = '\(app)'") ?? "") ?? -1
@@ -65,10 +75,7 @@ import Testing
         let (p, port) = try pooledProxy("pool-rules")
         defer { stopBackgroundProcess(p) }
         let app = "pool_rules_\(getpid())"
-        func pid(_ c: PQConnection) throws -> String? { try c.scalar("SELECT pg_backend_pid()") }
-        var pooled: String?
-        do { pooled = try pid(try PQConnection(f.conninfo(port, extra: "application_name=\(app)"))) }
-        usleep(100_000)
+        let pooled = try pidOfEndedSession(port, app)
         let other = try PQConnection(f.conninfo(port, extra: "application_name=\(app)_other"))
         #expect(try pid(other) != pooled, "another startup parameter: a login of its own")
 
@@ -132,10 +139,7 @@ import Testing
         let (p, port, _) = try f.ownProxy("pool-lifetime", server: "backend_pool_size = 2\nbackend_lifetime = 1.5", rest: ProxyFixture.adminTOML)
         defer { stopBackgroundProcess(p) }
         let app = "pool_lifetime_\(getpid())"
-        func pid(_ c: PQConnection) throws -> String? { try c.scalar("SELECT pg_backend_pid()") }
-        var first: String?
-        do { first = try pid(try PQConnection(f.conninfo(port, extra: "application_name=\(app)"))) }
-        usleep(100_000)
+        let first = try pidOfEndedSession(port, app)
         do {
             let again = try PQConnection(f.conninfo(port, extra: "application_name=\(app)"))
             #expect(try pid(again) == first, "young enough: reused")
@@ -144,10 +148,9 @@ import Testing
         usleep(200_000)
         #expect(try backendsOnLegacy(app) == 0, "logged in 1.7 s ago: ended at the session's end, not kept")
         // A parked one goes when its lifetime runs out, whatever backend_idle_timeout says.
-        var second: String?
-        do { second = try pid(try PQConnection(f.conninfo(port, extra: "application_name=\(app)"))) }
+        let second = try pidOfEndedSession(port, app)
         #expect(second != first)
-        usleep(200_000)
+        usleep(100_000)
         #expect(try backendsOnLegacy(app) == 1)
         let deadline = Date().addingTimeInterval(4)
         while try backendsOnLegacy(app) != 0 && Date() < deadline { usleep(100_000) }

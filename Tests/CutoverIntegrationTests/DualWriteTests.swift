@@ -33,8 +33,15 @@ extension ProxyFixture {
     /// The recruitment route back in `legacy`, `sql` run on both sides (the tables a test needs), then the
     /// route in `dual-legacy` with mirror mode `mirror`.
     func dualLegacyRecruitment(mirror: String, creating sql: String) throws {
+        try dualLegacyRecruitment(mirror: mirror, legacy: sql, new: sql)
+    }
+
+    /// The same with different objects on each side (a constraint one schema lacks): `legacy` runs on the
+    /// legacy side, `new` on the new one.
+    func dualLegacyRecruitment(mirror: String, legacy legacySQL: String, new newSQL: String) throws {
         try walk("recruitment", to: "legacy")
-        try onBothRecruitmentSides(sql)
+        try recruitmentLegacy().query(legacySQL)
+        try recruitmentNew().query(newSQL)
         try adminRun("SET PHASE recruitment TO dual-legacy")
         try adminRun("SET MIRROR recruitment TO \(mirror)")
     }
@@ -260,10 +267,8 @@ extension ProxyFixture {
 
     @Test func aWriteCancelledOrRefusedOnTheLeaderButKeptByTheAsyncFollowerMarksTheRouteOutOfSync() throws {
         // Legacy refuses a duplicate id, the new side has no such constraint (as a migration that forgot one).
-        try f.walk("recruitment", to: "legacy")
-        try f.recruitmentLegacy().query("DROP TABLE IF EXISTS kept; CREATE TABLE kept (id int UNIQUE, v int)")
-        try f.recruitmentNew().query("DROP TABLE IF EXISTS kept; CREATE TABLE kept (id int, v int)")
-        try f.adminRun("SET PHASE recruitment TO dual-legacy")
+        try f.dualLegacyRecruitment(mirror: "async", legacy: "DROP TABLE IF EXISTS kept; CREATE TABLE kept (id int UNIQUE, v int)",
+                                    new: "DROP TABLE IF EXISTS kept; CREATE TABLE kept (id int, v int)")
         let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
         try c.query("INSERT INTO kept VALUES (1, 1)")
         // Refused on the leader inside a transaction the client then rolls back: both sides keep nothing.
@@ -331,10 +336,8 @@ extension ProxyFixture {
 
     @Test func syncModeKeepsAWriteTheFollowerRefusedOnlyOnTheLeaderAndSaysSo() throws {
         // Legacy refuses a duplicate id, the new side a duplicate v.
-        try f.walk("recruitment", to: "legacy")
-        try f.recruitmentLegacy().query("DROP TABLE IF EXISTS kept; CREATE TABLE kept (id int UNIQUE, v int)")
-        try f.recruitmentNew().query("DROP TABLE IF EXISTS kept; CREATE TABLE kept (id int, v int UNIQUE)")
-        try f.dualLegacyRecruitment(mirror: "sync", creating: "SELECT 1")
+        try f.dualLegacyRecruitment(mirror: "sync", legacy: "DROP TABLE IF EXISTS kept; CREATE TABLE kept (id int UNIQUE, v int)",
+                                    new: "DROP TABLE IF EXISTS kept; CREATE TABLE kept (id int, v int UNIQUE)")
         let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
         try c.query("INSERT INTO kept VALUES (1, 1)")
         // The leader refuses: the proxy rolls the follower's copy back, nothing kept anywhere.
@@ -353,13 +356,10 @@ extension ProxyFixture {
 
     @Test func syncModeMarksTheRouteWhenOnlyTheFollowersImplicitCommitFails() throws {
         // A deferred foreign key only the new side has: the INSERT succeeds there, its COMMIT does not.
-        try f.walk("recruitment", to: "legacy")
-        try f.recruitmentLegacy().query("DROP TABLE IF EXISTS kept; CREATE TABLE kept (id int, v int)")
-        try f.recruitmentNew().query("""
+        try f.dualLegacyRecruitment(mirror: "sync", legacy: "DROP TABLE IF EXISTS kept; CREATE TABLE kept (id int, v int)", new: """
             DROP TABLE IF EXISTS kept; DROP TABLE IF EXISTS kept_refs; CREATE TABLE kept_refs (id int PRIMARY KEY);
             CREATE TABLE kept (id int, v int REFERENCES kept_refs DEFERRABLE INITIALLY DEFERRED)
             """)
-        try f.dualLegacyRecruitment(mirror: "sync", creating: "SELECT 1")
         let c = try PQConnection(f.conninfo(database: "recruitment", user: "recruitment_user"))
         try c.query("INSERT INTO kept VALUES (1, NULL)") // no reference to check: committed on both
         #expect(try f.routeRow("recruitment")[6] == "yes")
