@@ -19,13 +19,16 @@ public enum AdminCommand: Equatable, Sendable {
     case cancel(session: Int)
     /// Ends a session: its client is told why and its backends let go (a running statement cancelled first).
     case kill(session: Int)
+    /// Declares a repaired route in sync: allowed only under the operator's PAUSE whose id is given (the one
+    /// a clean `cutover verify --mark-in-sync` ran under), so no write can have run between the check and this.
+    case markInSync(route: String, pauseID: Int)
 
     public struct ParseError: Error, Equatable, Sendable {
         public var message: String
         public var sqlState: String
     }
 
-    public static let usage = "commands: SHOW ROUTES | SHOW SESSIONS | SHOW DIVERGENCES [route] | SHOW STATS | SHOW BACKENDS | SHOW CONFIG | SET PHASE <route> TO <phase> [FORCE] | SET MIRROR <route> TO async|sync | PAUSE <route> [timeout_seconds] | RESUME <route> | CANCEL <session id> | KILL <session id> | RELOAD"
+    public static let usage = "commands: SHOW ROUTES | SHOW SESSIONS | SHOW DIVERGENCES [route] | SHOW STATS | SHOW BACKENDS | SHOW CONFIG | SET PHASE <route> TO <phase> [FORCE] | SET MIRROR <route> TO async|sync | PAUSE <route> [timeout_seconds] | RESUME <route> | CANCEL <session id> | KILL <session id> | MARK IN SYNC <route> <pause_id> | RELOAD"
 
     public static func parse(_ text: String) throws(ParseError) -> AdminCommand {
         var t = text.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -63,9 +66,16 @@ public enum AdminCommand: Equatable, Sendable {
             throw syntax("unknown SET command")
         case ("PAUSE", 2): return .pause(route: name(1)!, timeout: nil)
         case ("PAUSE", 3):
-            guard let s = Double(words[2]), s.isFinite, s > 0, s <= 86_400 else { throw syntax("PAUSE timeout must be a number of seconds from 0 to 86400") }
+            guard let s = Double(words[2]), s.isFinite, s > 0, s <= 86_400 else {
+                throw syntax("PAUSE timeout must be a number of seconds greater than 0 and at most 86400")
+            }
             return .pause(route: name(1)!, timeout: s)
         case ("RESUME", 2): return .resume(route: name(1)!)
+        case ("MARK", 5) where upper[1] == "IN" && upper[2] == "SYNC":
+            guard let id = Int(words[4]), id > 0 else {
+                throw syntax("MARK IN SYNC takes the route and the pause_id of the PAUSE (SHOW ROUTES) its clean verify ran under")
+            }
+            return .markInSync(route: name(3)!, pauseID: id)
         case ("RELOAD", 1): return .reload
         case ("CANCEL", 2), ("KILL", 2):
             guard let id = Int(words[1]), id > 0 else { throw syntax("\(first) takes a session id (the id column of SHOW SESSIONS)") }

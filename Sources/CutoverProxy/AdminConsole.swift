@@ -27,7 +27,9 @@ final class AdminConsole {
             switch command {
             case .showRoutes: send(.success(routes()))
             case .showSessions: send(.success(sessions()))
-            case .showDivergences(let route): send(.success(divergences(route)))
+            case .showDivergences(let route):
+                if let route, server.routes[route] == nil { throw ProxyServer.AdminError(code: "42704", message: "no route named \"\(route)\"") }
+                send(.success(divergences(route)))
             case .showStats: send(.success(stats()))
             case .showBackends: send(.success(backends()))
             case .showConfig: send(.success(configSettings()))
@@ -40,6 +42,8 @@ final class AdminConsole {
                 guard let p = r.pause, !p.isFlip else { throw ProxyServer.AdminError(code: "55000", message: "route \(route) is not paused") }
                 let stall = server.endPause(r)
                 send(.success(AdminResult(columns: ["route", "longest_stall_ms"], rows: [[route, "\(Int(stall))"]], tag: "RESUME")))
+            case .markInSync(let route, let pauseID):
+                send(.success(try server.markInSync(route, pauseID: pauseID, by: "\(session.user) from \(session.client.peerDescription)")))
             case .cancel(let id), .kill(let id):
                 guard let target = server.session(withID: id) else { throw ProxyServer.AdminError(code: "42704", message: "no session \(id)") }
                 let row: [String?] = ["\(id)", target.route?.name, target.user, target.describeActivity]
@@ -86,9 +90,12 @@ final class AdminConsole {
             let follower = r.phase.follower.map { $0 == .legacy ? legacy : r.config.new }
             return [r.name, r.phase.rawValue, r.mirror.rawValue, leader, follower, "\(r.sessions.count)",
                     r.phase.follower == nil ? nil : (r.inSync ? "yes" : "no"), "\(r.stats.divergenceTotal)",
-                    r.pause == nil ? (r.warmUp == nil ? "no" : "warming up") : (r.pause!.isFlip ? "flipping" : "yes")]
+                    r.pause == nil ? (r.warmUp == nil ? "no" : "warming up") : (r.pause!.isFlip ? "flipping" : "yes"),
+                    r.inSync || r.phase.follower == nil ? nil : r.outOfSyncReason ?? "unknown",
+                    r.pause.map { "\($0.id)" }, r.pause.map { $0.settled ? "yes" : "no" }, r.lastFlip]
         }
-        return AdminResult(columns: ["route", "phase", "mirror", "leader", "follower", "sessions", "in_sync", "divergences", "paused"],
+        return AdminResult(columns: ["route", "phase", "mirror", "leader", "follower", "sessions", "in_sync", "divergences", "paused",
+                                     "out_of_sync_reason", "pause_id", "pause_settled", "last_flip"],
                            rows: rows, tag: "SHOW")
     }
 

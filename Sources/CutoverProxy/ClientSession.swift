@@ -547,8 +547,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         // Unretained: a link let go of is retired, not freed, while a callback runs (see BackendLink.retire);
         // a strong local would cost a retain/release pair per chunk.
         guard let leader = leader.map(Unretained.init) else { return }
-        if parkedSince != nil || (route?.isPaused == true && isDrainedAtBoundary) {
-            // The route is paused and this session is between transactions: hold the new one back.
+        if parkedSince != nil || (route?.isPaused == true && isIdleAtBoundary) {
+            // The route is paused and this session is between transactions: hold the new one back. (Between
+            // transactions on the leader is enough: a follower still logging in or owing answers must not let
+            // a new transaction through a pause; the pause settles once it has caught up.)
             if parkedSince == nil { parkedSince = loop.now }
             parkedBytes.append(contentsOf: bytes)
             return

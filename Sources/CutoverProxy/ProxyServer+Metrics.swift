@@ -40,6 +40,11 @@ extension ProxyServer {
         for r in all { m.sample("cutover_route_mirror_sync", ["route": r.name], r.mirror == .sync ? 1 : 0) }
         m.family("cutover_route_in_sync", .gauge, "0 once the sides may differ (a follower lost, overflowed, timed out, or writes went unmirrored)")
         for r in all { m.sample("cutover_route_in_sync", ["route": r.name], r.inSync ? 1 : 0) }
+        // Why, for an alert's text: one series per route that is out of sync (so at most one per route).
+        m.family("cutover_route_out_of_sync_info", .gauge, "1 for a route out of sync, with the reason (first 200 characters)")
+        for r in all where !r.inSync {
+            m.sample("cutover_route_out_of_sync_info", ["route": r.name, "reason": String((r.outOfSyncReason ?? "unknown").prefix(200))], 1)
+        }
         m.family("cutover_route_paused", .gauge, "1 while the route holds new transactions back (PAUSE or a flip)")
         for r in all { m.sample("cutover_route_paused", ["route": r.name], r.pause == nil ? 0 : 1) }
         m.family("cutover_route_sessions", .gauge, "Sessions on the route")

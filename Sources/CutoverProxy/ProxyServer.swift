@@ -54,6 +54,16 @@ public final class ProxyServer {
     private var refusalLogLimiter = DivergenceLimiter(perSecond: 10)
     /// The state file's routes this config does not have, written back unchanged.
     private var routesNotConfigured: [String: PersistedState.Route] = [:]
+    /// Held from start to exit: one proxy per state file.
+    private var stateLock: StateFileLock?
+    /// Between `start` and a clean stop: the state file then says a proxy is running, so one that finds the
+    /// mark at its start knows its predecessor did not stop cleanly.
+    private var servingSince: Double?
+    /// Numbers each pause (SHOW ROUTES `pause_id`): MARK IN SYNC names the pause its verify ran under.
+    private var lastPauseID = 0
+    /// The running mark the state file had at start (its writer did not stop cleanly): routes a reload
+    /// brings back from the file are restored as out of sync too.
+    private var uncleanPredecessor: PersistedState.Running?
     /// Restart-only settings the last reload read with another value than the running one (SHOW CONFIG).
     private(set) var pendingRestart: [String: String?] = [:]
     private var saltedCache: [String: [UInt8]] = [:]
@@ -95,8 +105,15 @@ public final class ProxyServer {
             logger.warning("client TLS key file is readable by other users: chmod 600 it (or set the secret's defaultMode)",
                            metadata: ["path": "\(key)", "mode": "\(String(mode, radix: 8))"])
         }
+        // The lock first: a second proxy on this file must not even read it as its own.
+        stateLock = try config.server.stateFile.map { try StateFileLock(stateFile: $0) }
         let persisted = try config.server.stateFile.map { try PersistedState.load(path: $0) } ?? PersistedState()
-        for (name, r) in config.routes { routes[name] = restoredRoute(r, persisted.routes[name]) }
+        if let previous = persisted.running {
+            logger.warning("the previous proxy on this state file did not stop cleanly; routes in a dual phase are marked out of sync",
+                           metadata: ["previous_pid": "\(previous.pid)", "file": "\(config.server.stateFile ?? "")"])
+        }
+        uncleanPredecessor = persisted.running
+        for (name, r) in config.routes { routes[name] = restoredRoute(r, persisted.routes[name], previousRun: persisted.running) }
         // Routes the file knows and this config does not (commented out, a typo) keep their saved state: the
         // next save must not erase a phase a later config brings back.
         routesNotConfigured = persisted.routes.filter { config.routes[$0.key] == nil }
@@ -153,6 +170,19 @@ public final class ProxyServer {
                 throw error
             }
             logger.info("metrics endpoint listening", metadata: ["address": "\(host):\(metricsPort)", "paths": "/metrics /healthz /readyz"])
+        }
+        // Marked running before the loop turns (no client is served before it does): from here on only a
+        // clean stop clears the mark. A start that cannot write it does not serve.
+        servingSince = Date().timeIntervalSince1970
+        do { try persist() } catch {
+            servingSince = nil
+            listener?.close()
+            listener = nil
+            unixListener?.close()
+            unixListener = nil
+            metricsEndpoint?.close()
+            metricsEndpoint = nil
+            throw error
         }
     }
 
@@ -441,34 +471,52 @@ public final class ProxyServer {
     }
 
     /// A route's run-time state: from the state file when it has the route, else from the config.
-    private func restoredRoute(_ config: RouteConfig, _ saved: PersistedState.Route?) -> RouteRuntime {
+    private func restoredRoute(_ config: RouteConfig, _ file: PersistedState.Route?, previousRun: PersistedState.Running?) -> RouteRuntime {
+        let restored = file?.restored(previousRun: previousRun)
+        let saved = restored?.route
         let r = RouteRuntime(config: config, phase: saved?.phase ?? config.phase, mirror: saved?.mirror ?? config.mirror)
         if let saved {
             if saved.inSync == false {
                 r.inSync = false
-                r.outOfSyncReason = (saved.outOfSyncReason ?? "unknown") + " (before a restart)"
+                let reason = saved.outOfSyncReason ?? "unknown"
+                r.outOfSyncReason = reason + (file?.inSync == false ? " (before a restart)" : "")
             }
             // A file from before these were kept: a route in `new` has made legacy miss writes.
             if saved.legacyMissedWrites ?? (saved.phase == .new) { r.legacyMissedWritesBeforeRestart = true }
-        }
-        r.onPersistentChange = { [unowned self] in
-            do { try self.persist() } catch {
-                self.logger.error("cannot write the state file", metadata: ["error": "\(error)"])
+            if saved.paused == true {
+                // No session exists yet: the pause is settled from the start, and holds every new transaction.
+                lastPauseID += 1
+                let p = RoutePause(id: lastPauseID, reason: .manual, startedAt: loop.now, deadline: loop.now, onSettled: nil)
+                p.settled = true
+                r.pause = p
             }
+            if let flip = file?.flip { r.lastFlip = "\(flip.from.rawValue) → \(flip.to.rawValue) aborted (cut short by a restart)" }
+            for note in restored?.notes ?? [] { logger.warning("route restored", metadata: ["route": "\(config.name)", "note": "\(note)"]) }
         }
+        r.onPersistentChange = { [unowned self] in self.persistOrLog() }
         return r
+    }
+
+    /// Persists, logging a failure (for changes that cannot be undone when the file cannot be written).
+    func persistOrLog() {
+        do { try persist() } catch {
+            logger.error("cannot write the state file", metadata: ["error": "\(error)"])
+        }
     }
 
     func persist() throws {
         guard let path = config.server.stateFile else { return }
-        var s = PersistedState(routes: routesNotConfigured)
+        var s = PersistedState(routes: routesNotConfigured, running: servingSince.map { .init(pid: getpid(), since: $0) })
         for (name, r) in routes {
+            var manual = false
+            if let p = r.pause, !p.isFlip { manual = true }
             s.routes[name] = PersistedState.Route(
                 phase: r.phase, mirror: r.mirror, inSync: r.inSync, outOfSyncReason: r.outOfSyncReason,
-                legacyMissedWrites: r.phase == .new && (r.unmirroredStatements > 0 || r.legacyMissedWritesBeforeRestart))
+                legacyMissedWrites: r.phase == .new && (r.unmirroredStatements > 0 || r.legacyMissedWritesBeforeRestart),
+                paused: manual ? true : nil, flip: r.flipInProgress)
         }
         do { try s.save(path: path) } catch {
-            throw AdminError(code: "58030", message: "cannot write the state file \(path): \(error)")
+            throw AdminError(code: "58030", message: "\(error)")
         }
     }
 
@@ -512,8 +560,11 @@ public final class ProxyServer {
                                 : "route \(name) is paused but not every session has reached an idle boundary yet; wait, or RESUME it")
         }
         if target.leader != from.leader && !r.inSync && !force {
-            return AdminError(code: "55000", message: "route \(name) is out of sync (\(r.outOfSyncReason ?? "unknown")); changing the leader could lose writes",
-                              detail: "Re-synchronize the new side and flip through the non-dual phase, or add FORCE.")
+            // The follower is the stale side, and it is the one this flip would make the leader.
+            let stale = from.follower?.rawValue ?? "follower"
+            return AdminError(code: "55000", message: "route \(name) is out of sync (\(r.outOfSyncReason ?? "unknown")); making \(stale) the leader could lose writes",
+                              detail: "The \(stale) side may lack writes. Re-synchronize it under PAUSE (cutover backfill\(stale == "legacy" ? " --reverse" : ""), "
+                                + "then cutover verify --mark-in-sync), or add FORCE.")
         }
         return nil
     }
@@ -547,23 +598,30 @@ public final class ProxyServer {
         // then all sessions switch at once, so none runs in the old phase after the flip (no write escapes
         // the new follower) and no transaction spans two phases.
         logger.notice("flip started", metadata: ["route": "\(name)", "from": "\(from.rawValue)", "to": "\(target.rawValue)"])
+        // Saved before anything moves: a proxy killed from here to the switch finds it at its start and
+        // reports the flip aborted (the route is in `from`, the phase this file still has).
+        r.flipInProgress = PersistedState.Flip(from: from, to: target, startedAt: Date().timeIntervalSince1970)
+        do { try persist() } catch let e as AdminError {
+            r.flipInProgress = nil
+            dropStandbys(r)
+            return reply(.failure(e))
+        } catch {}
         startPause(r, reason: .flip(from: from, to: target), timeout: config.server.flipTimeout) { [unowned self] settled, _ in
             if !settled {
                 let holdouts = r.sessions.values.filter { !$0.isDrainedAtBoundary }.map { "session \($0.id) (\($0.user), \($0.applicationName.isEmpty ? "-" : $0.applicationName), \($0.describeActivity))" }
-                self.endPause(r)
-                self.dropStandbys(r)
+                self.endFlipUnswitched(r, "\(from.rawValue) → \(target.rawValue) aborted after \(self.config.server.flipTimeout) s")
                 self.logger.warning("flip aborted", metadata: ["route": "\(name)", "holdouts": "\(holdouts)"])
                 reply(.failure(AdminError(code: "57014", message: "flip of \(name) to \(target.rawValue) aborted after \(self.config.server.flipTimeout) s; the route stays in \(from.rawValue)",
                                           detail: "Still busy: " + holdouts.joined(separator: "; "))))
                 return
             }
             do { try self.switchPhase(r, from: from, to: target) } catch let e as AdminError {
-                self.endPause(r)
-                self.dropStandbys(r)
+                self.endFlipUnswitched(r, "\(from.rawValue) → \(target.rawValue) failed: \(e.message)")
                 return reply(.failure(e))
             } catch {}
             let ready = self.followersReady(r) // before the held input goes on
             let stall = self.endPause(r)
+            r.lastFlip = "\(from.rawValue) → \(target.rawValue) done, longest stall \(Int(stall)) ms"
             r.stats.lastFlipStallMs = stall
             r.stats.maxFlipStallMs = max(r.stats.maxFlipStallMs, stall)
             self.logger.notice("flip done", metadata: ["route": "\(name)", "to": "\(target.rawValue)", "longest_stall_ms": "\(stall)"])
@@ -571,12 +629,55 @@ public final class ProxyServer {
         }
     }
 
+    /// An operator declares a repaired route in sync. Sound only if nothing was written since the check that
+    /// showed both sides equal: so it must name the operator's PAUSE that is in force now, settled (every
+    /// session held at an idle boundary), and the check must have run under it (`cutover verify
+    /// --mark-in-sync` reads the pause id before it starts). In `new` it records that legacy was brought back
+    /// in step (a reverse backfill), so re-entering dual-new does not mark the route.
+    func markInSync(_ name: String, pauseID: Int, by who: String) throws -> AdminResult {
+        guard let r = routes[name] else { throw AdminError(code: "42704", message: "no route named \"\(name)\"") }
+        guard r.phase != .legacy else {
+            throw AdminError(code: "55000", message: "route \(name) is in phase legacy: it has no follower to mark in sync",
+                             detail: "Entering dual-legacy from legacy starts in sync (after a backfill under PAUSE).")
+        }
+        guard let p = r.pause, !p.isFlip, p.id == pauseID, p.settled else {
+            let now = r.pause.map { $0.isFlip ? "a flip's pause" : "pause \($0.id)\($0.settled ? "" : ", not settled yet")" } ?? "no pause"
+            throw AdminError(code: "55000", message: "MARK IN SYNC \(name) needs the route held by pause \(pauseID), settled; it has \(now)",
+                             detail: "PAUSE the route, then run cutover verify --mark-in-sync: it checks both sides under that pause.")
+        }
+        let before = r.inSync ? (r.phase == .new ? "legacy behind" : "in sync") : "out of sync (\(r.outOfSyncReason ?? "unknown"))"
+        let saved = (r.inSync, r.outOfSyncReason, r.unmirroredStatements, r.legacyMissedWritesBeforeRestart)
+        r.inSync = true
+        r.outOfSyncReason = nil
+        if r.phase == .new {
+            r.unmirroredStatements = 0
+            r.legacyMissedWritesBeforeRestart = false
+        }
+        do { try persist() } catch {
+            (r.inSync, r.outOfSyncReason, r.unmirroredStatements, r.legacyMissedWritesBeforeRestart) = saved
+            throw error
+        }
+        logger.notice("route marked in sync", metadata: ["route": "\(name)", "by": "\(who)", "pause_id": "\(pauseID)", "was": "\(before)"])
+        return AdminResult(columns: ["route", "phase", "was", "marked_by"], rows: [[name, r.phase.rawValue, before, who]], tag: "MARK IN SYNC")
+    }
+
+    /// A pausing flip that did not switch: the pause ends, standbys go, and the saved flip is cleared.
+    private func endFlipUnswitched(_ r: RouteRuntime, _ outcome: String) {
+        endPause(r)
+        dropStandbys(r)
+        r.lastFlip = outcome
+        r.flipInProgress = nil
+        persistOrLog()
+    }
+
     /// Moves a quiet route (every session drained at an idle boundary) to `target`: sync state, persist,
     /// then each session adds, drops or swaps its follower.
     private func switchPhase(_ r: RouteRuntime, from: Phase, to target: Phase) throws {
         let wasInSync = r.inSync, reason = r.outOfSyncReason
         let unmirrored = r.unmirroredStatements, missedBefore = r.legacyMissedWritesBeforeRestart
+        let flipRecord = r.flipInProgress
         r.phase = target
+        r.flipInProgress = nil // saved in the same write as the new phase
         if target.follower == nil { r.inSync = true; r.outOfSyncReason = nil }
         if from.follower == nil, let side = target.follower {
             // Entering a dual phase: the follower is only as fresh as the last backfill. Going back from
@@ -598,6 +699,7 @@ public final class ProxyServer {
         }
         do { try persist() } catch {
             r.phase = from
+            r.flipInProgress = flipRecord
             r.inSync = wasInSync
             r.outOfSyncReason = reason
             r.unmirroredStatements = unmirrored
@@ -636,9 +738,11 @@ public final class ProxyServer {
     /// Holds new transactions on `r` back; `onSettled(true)` once every session is drained at a boundary,
     /// `onSettled(false)` at the deadline.
     func startPause(_ r: RouteRuntime, reason: RoutePause.Reason, timeout: Double, onSettled: @escaping (Bool, RoutePause) -> Void) {
-        let p = RoutePause(reason: reason, startedAt: loop.now, deadline: loop.now + UInt64(timeout * 1000), onSettled: nil)
+        lastPauseID += 1
+        let p = RoutePause(id: lastPauseID, reason: reason, startedAt: loop.now, deadline: loop.now + UInt64(timeout * 1000), onSettled: nil)
         p.onSettled = { [unowned p] ok in onSettled(ok, p) }
         r.pause = p
+        if !p.isFlip { persistOrLog() } // an operator's PAUSE survives a restart
         for s in r.sessions.values { s.updateFollowerReading() } // the pause waits for their answers
         checkPause(r)
     }
@@ -659,6 +763,7 @@ public final class ProxyServer {
     func endPause(_ r: RouteRuntime) -> Double {
         guard let p = r.pause else { return 0 }
         r.pause = nil
+        if !p.isFlip { persistOrLog() }
         // A PAUSE still waiting for its sessions (a RESUME came first) is answered now, not never.
         if let settle = p.onSettled {
             p.onSettled = nil
@@ -772,7 +877,7 @@ public final class ProxyServer {
         }
         for (name, rc) in newConfig.routes {
             if let r = routes[name] { r.config = rc } else {
-                routes[name] = restoredRoute(rc, routesNotConfigured[name])
+                routes[name] = restoredRoute(rc, routesNotConfigured[name], previousRun: uncleanPredecessor)
                 routesNotConfigured[name] = nil
             }
         }
@@ -830,6 +935,14 @@ public final class ProxyServer {
     }
 
     private func finishShutdown() {
+        // Every session has ended (drained, or its follower's missing statements recorded and the route
+        // marked): the state file may now say this proxy stopped cleanly.
+        servingSince = nil
+        do { try persist() } catch {
+            logger.error("cannot write the state file at shutdown; the next start will treat this stop as unclean",
+                         metadata: ["error": "\(error)"])
+        }
+        stateLock?.release()
         idleBackends?.terminateAll()
         cancelLookups()
         metricsEndpoint?.close()

@@ -60,6 +60,11 @@ final class RouteRuntime {
 
     /// Legacy missed writes made before the proxy's last restart (restored from the state file).
     var legacyMissedWritesBeforeRestart = false
+    /// A flip that pauses the route, from its start to its switch or abort; saved, so that a restart in
+    /// between reports it aborted instead of forgetting it.
+    var flipInProgress: PersistedState.Flip?
+    /// How the last flip ended, for SHOW ROUTES (`dual-legacy → dual-new done in 12 ms`).
+    var lastFlip: String?
 }
 
 struct RouteStats {
@@ -81,6 +86,9 @@ struct RouteStats {
 /// A route holding new transactions back: for an operator's PAUSE, or while a flip changes the leader.
 final class RoutePause {
     enum Reason { case manual, flip(from: Phase, to: Phase) }
+    /// Server-wide number: a MARK IN SYNC names the pause its clean verify ran under, and is refused if
+    /// that pause has ended since (writes may have run in between).
+    let id: Int
     let reason: Reason
     let startedAt: UInt64
     let deadline: UInt64
@@ -92,8 +100,8 @@ final class RoutePause {
     /// Longest time a client waited with input held, in ms.
     var longestStallMs = 0.0
 
-    init(reason: Reason, startedAt: UInt64, deadline: UInt64, onSettled: ((Bool) -> Void)?) {
-        self.reason = reason; self.startedAt = startedAt; self.deadline = deadline; self.onSettled = onSettled
+    init(id: Int, reason: Reason, startedAt: UInt64, deadline: UInt64, onSettled: ((Bool) -> Void)?) {
+        self.id = id; self.reason = reason; self.startedAt = startedAt; self.deadline = deadline; self.onSettled = onSettled
     }
 
     var isFlip: Bool { if case .flip = reason { return true } else { return false } }

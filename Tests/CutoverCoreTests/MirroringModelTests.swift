@@ -255,12 +255,14 @@ extension SessionTracker {
         #expect(try AdminCommand.parse("RELOAD") == .reload)
         #expect(try AdminCommand.parse("kill 42;") == .kill(session: 42))
         #expect(try AdminCommand.parse("CANCEL 7") == .cancel(session: 7))
+        #expect(try AdminCommand.parse("mark in sync onboarding 3;") == .markInSync(route: "onboarding", pauseID: 3))
     }
 
     @Test func refusesWithSQLStates() {
         for (text, state) in [("DROP TABLE x", "42601"), ("SET PHASE r TO sideways", "22023"), ("SET MIRROR r TO maybe", "22023"),
                               ("PAUSE r -1", "42601"), ("PAUSE r inf", "42601"), ("PAUSE r 1e300", "42601"), ("PAUSE r nan", "42601"), ("", "42601"),
-                              ("KILL", "42601"), ("KILL x", "42601"), ("KILL 0", "42601"), ("CANCEL -3", "42601")] {
+                              ("KILL", "42601"), ("KILL x", "42601"), ("KILL 0", "42601"), ("CANCEL -3", "42601"),
+                              ("MARK IN SYNC r", "42601"), ("MARK IN SYNC r x", "42601"), ("MARK IN SYNC r 0", "42601"), ("MARK SYNC r 1", "42601")] {
             do { _ = try AdminCommand.parse(text); Issue.record("accepted \(text)") } catch { #expect(error.sqlState == state, "\(text)") }
         }
     }
@@ -294,6 +296,71 @@ extension SessionTracker {
         try #"{"routes":{"r":{"phase":"new","mirror":"async"}}}"#.write(toFile: path, atomically: true, encoding: .utf8)
         let old = try PersistedState.load(path: path).routes["r"]
         #expect(old?.phase == .new && old?.inSync == nil && old?.legacyMissedWrites == nil)
+    }
+
+    @Test func writeErrorsNameThePathAndTheSystemsWords() throws {
+        let path = "/nonexistent-cutover-dir/state.json"
+        do { try PersistedState().save(path: path); Issue.record("saved into a missing directory") } catch {
+            #expect(error.description == "cannot create \(path).tmp: No such file or directory", "\(error)")
+        }
+    }
+
+    /// The restart rules, as transcripts: saved route + how the last proxy ended → what the route resumes as.
+    @Test func anUncleanStopMarksDualRoutesOutOfSyncAndAbortsAFlipCutShort() {
+        let killed = PersistedState.Running(pid: 4242, since: 0)
+        let dual = PersistedState.Route(phase: .dualLegacy, mirror: .async, inSync: true)
+        let (afterKill, notes) = dual.restored(previousRun: killed)
+        #expect(afterKill.inSync == false && afterKill.outOfSyncReason?.hasPrefix("unclean shutdown: the proxy (pid 4242)") == true)
+        #expect(afterKill.outOfSyncReason?.contains("the new side may have missed writes") == true)
+        #expect(notes.count == 1)
+        #expect(dual.restored(previousRun: nil).route == dual, "a clean stop changes nothing")
+        // Dual-new: legacy is the side that may lack writes.
+        #expect(PersistedState.Route(phase: .dualNew, mirror: .sync).restored(previousRun: killed).route.outOfSyncReason?.contains("the legacy side") == true)
+        // A single-side phase has no follower to have missed anything.
+        for phase in [Phase.legacy, .new] {
+            #expect(PersistedState.Route(phase: phase, mirror: .async).restored(previousRun: killed).route.inSync == nil)
+        }
+        // Already out of sync: the first reason stays.
+        let marked = PersistedState.Route(phase: .dualLegacy, mirror: .async, inSync: false, outOfSyncReason: "queue_overflow")
+        #expect(marked.restored(previousRun: killed).route.outOfSyncReason == "queue_overflow")
+        // A flip saved as under way: the route is in the saved phase, the flip is reported and cleared.
+        var flipping = dual
+        flipping.flip = .init(from: .dualLegacy, to: .dualNew, startedAt: 1)
+        let (afterFlip, flipNotes) = flipping.restored(previousRun: killed)
+        #expect(afterFlip.phase == .dualLegacy && afterFlip.flip == nil)
+        #expect(flipNotes.first == "the flip from dual-legacy to dual-new was cut short by an unclean shutdown; aborted: the route stays in dual-legacy")
+        #expect(flipping.restored(previousRun: nil).notes.first?.contains("cut short by a restart") == true)
+        // A pause is kept, and said.
+        var paused = dual
+        paused.paused = true
+        #expect(paused.restored(previousRun: nil).route.paused == true)
+        #expect(paused.restored(previousRun: nil).notes == ["restored paused: new transactions wait until RESUME"])
+    }
+
+    @Test func theRunningMarkPauseAndFlipRoundTrip() throws {
+        let path = NSTemporaryDirectory() + "cutover-state-\(UUID().uuidString).json"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let s = PersistedState(routes: ["r": .init(phase: .dualLegacy, mirror: .async, paused: true,
+                                                   flip: .init(from: .dualLegacy, to: .dualNew, startedAt: 12.5))],
+                               running: .init(pid: 77, since: 1.5))
+        try s.save(path: path)
+        #expect(try PersistedState.load(path: path) == s)
+        #expect(try String(contentsOfFile: path, encoding: .utf8).contains("\"started_at\" : 12.5"))
+    }
+
+    @Test func oneProcessHoldsTheStateFileLock() throws {
+        let path = NSTemporaryDirectory() + "cutover-lock-\(UUID().uuidString).json"
+        defer { try? FileManager.default.removeItem(atPath: path + ".lock") }
+        #expect(StateFileLock.holder(stateFile: path) == nil)
+        let first = try StateFileLock(stateFile: path)
+        #expect(StateFileLock.holder(stateFile: path) == getpid())
+        // flock conflicts between two open file descriptions, even in one process.
+        do { _ = try StateFileLock(stateFile: path); Issue.record("locked twice") } catch {
+            #expect(error.message.hasPrefix("another cutover process (pid \(getpid()))"), "\(error)")
+        }
+        first.release()
+        #expect(StateFileLock.holder(stateFile: path) == nil)
+        _ = try StateFileLock(stateFile: path)
     }
 
     @Test func transitionsGoOneStepUnlessForced() {
