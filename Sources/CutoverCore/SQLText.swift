@@ -33,6 +33,9 @@ public struct UnreplayableState: OptionSet, Sendable, Hashable {
 }
 
 public enum SQLText {
+    /// A string literal: single quotes, inner ones doubled (standard_conforming_strings, on since 9.1).
+    public static func quoteLiteral(_ value: String) -> String { "'" + value.replacingOccurrences(of: "'", with: "''") + "'" }
+
     /// Upper-cased leading words of `text`, skipping whitespace, comments and opening parentheses.
     public static func leadingWords(_ text: String, count: Int = 2) -> [String] {
         var words: [String] = []

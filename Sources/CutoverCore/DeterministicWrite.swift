@@ -1,0 +1,476 @@
+// How a mirrored write is made to store the same values on both sides: every value that would differ per
+// side (now(), nextval, uuids, random(), the session's user, a column default that calls them) is computed
+// once, by the leader, kept in a session setting as a side effect of the leader's own statement, read back
+// by the proxy, and handed to the follower, whose statement reads it instead of computing its own. Pure:
+// statement text and catalog in, rewritten texts out. Parsing is PostgreSQL's (libpg_query): the parse tree
+// says what to rewrite, the scanner's tokens say where it ends.
+import CutoverNative
+
+/// What mirroring does with one write statement's text.
+public enum WritePlan: Sendable, Equatable {
+    /// Nothing in it differs per side: both run it as the client sent it.
+    case asSent
+    /// Values that differ per side are captured from the leader (see `CapturedWrite`).
+    case captured(CapturedWrite)
+    /// Something in it differs per side and cannot be captured (a trigger, `random()` in a WHERE clause,
+    /// per-row defaults of an INSERT … SELECT): both run it as sent, and the route is marked out of sync
+    /// when the write is kept. The reason names the statement's part.
+    case nondeterministic(String)
+}
+
+/// A write whose per-side values are captured from the leader.
+///
+///     leader:   INSERT INTO t (name, id) VALUES ('a', NULLIF(set_config('cutover.w…_1', (nextval(…))::bigint::text, false), chr(1))::bigint)
+///     proxy:    SELECT current_setting('cutover.w…_1', true)          -- after the unit: '42'
+///     follower: SELECT set_config('cutover.w…_1', '42', false)        -- before the unit
+///               INSERT INTO t (name, id) VALUES ('a', NULLIF(current_setting('cutover.w…_1'), chr(1))::bigint)
+///
+/// The leader keeps PostgreSQL's semantics (its values are its own: `now()` is its transaction's start);
+/// the client sees the answers it would have seen (same parameters, same result columns).
+public struct CapturedWrite: Sendable, Equatable {
+    public var leaderText: String
+    public var followerText: String
+    /// The session settings the leader's statement fills, in order.
+    public var settings: [String]
+    /// Identity columns given explicit values: the sequences behind them must be carried at a leader flip.
+    public var needsOverride: Bool
+
+    /// The proxy's own query, run on the leader after the unit: the captured values, one column each (NULL
+    /// for one the statement did not reach, e.g. after an error).
+    public var readbackQuery: String {
+        "SELECT " + settings.map { "pg_catalog.current_setting(\(SQLText.quoteLiteral($0)), true)" }.joined(separator: ", ")
+    }
+
+    /// The proxy's own query, run on the follower before the unit: the leader's values into the same settings.
+    public func followerSetQuery(values: [String?]) -> String {
+        "SELECT " + zip(settings, values).map { name, value in
+            // A value the leader never computed: the follower's statement then fails as the leader's did.
+            "pg_catalog.set_config(\(SQLText.quoteLiteral(name)), \(SQLText.quoteLiteral(value ?? "")), false)"
+        }.joined(separator: ", ")
+    }
+}
+
+public enum DeterministicWrite {
+    /// The plan for one statement text (a simple Query's whole text, or one Parse's). `catalog` is the
+    /// leader's (nil: not loaded, so no table's defaults are known).
+    public static func plan(_ text: String, catalog: WriteCatalog?) -> WritePlan {
+        guard let json = PostgresParser.parseTree(text).json, let tree = try? JSONNode.parse(json) else { return .asSent }
+        let utf8 = Array(text.utf8)
+        guard let tokens = PostgresParser.tokens(text) else { return .asSent }
+        var rewriter = Rewriter(text: utf8, tokens: tokens, catalog: catalog, tag: Self.tag(utf8))
+        for statement in tree["stmts"]?.array ?? [] {
+            guard let stmt = statement["stmt"] else { continue }
+            rewriter.statement(stmt)
+        }
+        if let reason = rewriter.reasons.first { return .nondeterministic(reason) }
+        guard !rewriter.edits.isEmpty else { return .asSent }
+        guard let (leader, follower) = rewriter.apply() else { return .nondeterministic("overlapping rewrites (a capture inside another)") }
+        return .captured(CapturedWrite(leaderText: leader, followerText: follower, settings: rewriter.settings, needsOverride: rewriter.overrides))
+    }
+
+    /// Setting names are `cutover.w<hash of the text>_<n>`: stable for a prepared statement's text, apart
+    /// for two statements of one unit.
+    static func tag(_ bytes: [UInt8]) -> String {
+        var h: UInt32 = 2_166_136_261
+        for b in bytes { h = (h ^ UInt32(b)) &* 16_777_619 }
+        return "cutover.w" + String(h, radix: 16)
+    }
+}
+
+/// Where an expression sits, which decides how often it is evaluated.
+enum EvaluationContext {
+    /// A non-DML statement (a SELECT, DDL): nothing it computes is stored by mirroring.
+    case none
+    /// A VALUES row of an INSERT: evaluated once.
+    case once
+    /// Stored per row (UPDATE SET, INSERT … SELECT's list, ON CONFLICT DO UPDATE SET, RETURNING).
+    case perRow
+    /// Decides which rows (WHERE, FROM, USING, subqueries): not stored, evaluated per row.
+    case filter
+}
+
+/// One statement's rewrites, collected as byte-range edits of the text, applied last to first.
+struct Rewriter {
+    let text: [UInt8]
+    let tokens: [PostgresParser.Token]
+    let catalog: WriteCatalog?
+    let tag: String
+    private(set) var edits: [(range: Range<Int>, leader: String, follower: String)] = []
+    private(set) var settings: [String] = []
+    private(set) var reasons: [String] = []
+    private(set) var overrides = false
+
+    init(text: [UInt8], tokens: [PostgresParser.Token], catalog: WriteCatalog?, tag: String) {
+        self.text = text; self.tokens = tokens; self.catalog = catalog; self.tag = tag
+    }
+
+    static let openParen = 40, closeParen = 41, comma = 44, valuesKeyword = 703, defaultKeyword = 375
+
+    // MARK: statements
+
+    mutating func statement(_ node: JSONNode) {
+        visit(node, .none)
+    }
+
+    /// Walks `node`, handing DML nodes and calls to their handlers.
+    mutating func visit(_ node: JSONNode, _ context: EvaluationContext) {
+        if let call = FunctionCallNode(node) { return self.call(call, node, context) }
+        if let insert = node["InsertStmt"] { return self.insert(insert) }
+        if let update = node["UpdateStmt"] { return self.update(update) }
+        if let delete = node["DeleteStmt"] { return self.delete(delete) }
+        if let merge = node["MergeStmt"] { return self.merge(merge) }
+        if let copy = node["CopyStmt"] { return self.copy(copy) }
+        // A subquery is evaluated per row of whatever uses it.
+        let inner: EvaluationContext = (node["SubLink"] != nil || node["RangeSubselect"] != nil) && context != .none ? .filter : context
+        for child in node.children { visit(child, inner) }
+    }
+
+    private mutating func visit(_ node: JSONNode?, _ context: EvaluationContext) {
+        if let node { visit(node, context) }
+    }
+
+    private mutating func call(_ call: FunctionCallNode, _ node: JSONNode, _ context: EvaluationContext) {
+        guard let kind = call.classification, context != .none else {
+            // Not one of ours: its arguments may be (`upper(gen_random_uuid()::text)`).
+            for child in node.children { visit(child, context) }
+            return
+        }
+        switch (context, kind) {
+        case (.once, _), (.perRow, .constant), (.perRow, .perStatement):
+            guard let range = span(of: call) else { return reasons.append("cannot find the end of \(call.name)()") }
+            capture(range, type: kind.type, expression: String(decoding: text[range], as: UTF8.self))
+        case (.filter, .constant), (.filter, .perStatement):
+            break // decides which rows; each side evaluates its own (see docs/phases.md)
+        case (.perRow, .perCall), (.filter, .perCall):
+            reasons.append("\(call.name)() is evaluated per row (\(context == .filter ? "in a condition or subquery" : "in a value stored per row")): each side computes its own")
+        case (.none, _):
+            break
+        }
+    }
+
+    /// Replaces `range` with a capture of `expression` (cast to `type`) on the leader and its reading on the follower.
+    private mutating func capture(_ range: Range<Int>, type: String, expression: String) {
+        let (leader, follower) = captured(expression, type: type)
+        edits.append((range, leader, follower))
+    }
+
+    private mutating func captured(_ expression: String, type: String) -> (String, String) {
+        let name = "\(tag)_\(settings.count + 1)"
+        settings.append(name)
+        let quoted = SQLText.quoteLiteral(name)
+        // chr(1) stands for NULL (a setting cannot hold one); no value of these types is that text.
+        let leader = "NULLIF(pg_catalog.set_config(\(quoted), COALESCE((\(expression))::\(type)::text, pg_catalog.chr(1)), false), pg_catalog.chr(1))::\(type)"
+        let follower = "NULLIF(pg_catalog.current_setting(\(quoted)), pg_catalog.chr(1))::\(type)"
+        return (leader, follower)
+    }
+
+    // MARK: INSERT
+
+    private mutating func insert(_ s: JSONNode) {
+        visit(s["withClause"], .filter)
+        let table = lookUp(s["relation"], verb: "INSERT into")
+        let select = s["selectStmt"]?["SelectStmt"]
+        let rows = select?["valuesLists"]?.array.map { $0["List"]?["items"]?.array ?? [] }
+        let plainValues = rows != nil && select?["larg"] == nil && select?["sortClause"] == nil && select?["limitCount"] == nil
+        let explicit = (s["cols"]?.array ?? []).compactMap { $0["ResTarget"]?["name"]?.string }
+        var targets: [WriteCatalog.Column?] = []
+        if let table {
+            if explicit.isEmpty {
+                let width = rows?.first?.count ?? select?["targetList"]?.array.count ?? 0
+                targets = Array(table.columns.prefix(width))
+            } else {
+                targets = explicit.map { table.column($0) }
+            }
+        }
+        let override = s["override"]?.string ?? "OVERRIDING_NOT_SET"
+        var givesIdentity = false
+        if let rows, plainValues {
+            for row in rows {
+                for (j, item) in row.enumerated() {
+                    if let location = item["SetToDefault"]?["location"]?.int, j < targets.count, let column = targets[j], column.defaultDiffersPerSide,
+                       let expression = column.defaultExpression, let end = tokenEnd(at: location) {
+                        capture(location..<end, type: column.type, expression: expression)
+                        if column.identity == .always { givesIdentity = true }
+                    } else {
+                        visit(item, .once)
+                    }
+                }
+            }
+        } else if let select {
+            visit(select["targetList"], .perRow)
+            for key in ["fromClause", "whereClause", "groupClause", "havingClause", "valuesLists", "larg", "rarg", "withClause"] { visit(select[key], .filter) }
+        }
+        if let table {
+            let given = Set(targets.compactMap { $0?.name })
+            let needed = table.columns.filter { $0.defaultDiffersPerSide && !given.contains($0.name) }
+            if !needed.isEmpty {
+                if select == nil {
+                    defaultValues(s, needed)
+                } else if let rows, plainValues {
+                    addColumns(s, needed, explicit: explicit, targets: targets, rows: rows)
+                } else {
+                    reasons.append("INSERT … SELECT into \(table.name) leaves \(needed.map(\.name).joined(separator: ", ")) to a default that differs per side and per row")
+                }
+                if needed.contains(where: { $0.identity == .always }) { givesIdentity = true }
+            }
+        }
+        if givesIdentity {
+            overrides = true
+            if override == "OVERRIDING_USER_VALUE" {
+                reasons.append("OVERRIDING USER VALUE: the identity's value cannot be given to the follower")
+            } else if override == "OVERRIDING_NOT_SET" && select != nil, let values = firstToken(Self.valuesKeyword, after: s["relation"]?["location"]?.int ?? 0) {
+                edits.append((values.start..<values.start, "OVERRIDING SYSTEM VALUE ", "OVERRIDING SYSTEM VALUE "))
+            }
+        }
+        if let conflict = s["onConflictClause"] {
+            visit(conflict["targetList"], .perRow)
+            visit(conflict["whereClause"], .filter)
+        }
+        visit(s["returningList"], .perRow)
+    }
+
+    /// `INSERT INTO t DEFAULT VALUES` with defaults that differ per side: `(cols) VALUES (captures)`.
+    private mutating func defaultValues(_ s: JSONNode, _ needed: [WriteCatalog.Column]) {
+        guard let start = firstToken(Self.defaultKeyword, after: s["relation"]?["location"]?.int ?? 0),
+              let values = firstToken(Self.valuesKeyword, after: start.start) else { return reasons.append("cannot find DEFAULT VALUES") }
+        var leader: [String] = [], follower: [String] = []
+        for column in needed {
+            let (l, f) = captured(column.defaultExpression ?? "NULL", type: column.type)
+            leader.append(l); follower.append(f)
+        }
+        let override = needed.contains { $0.identity == .always } ? " OVERRIDING SYSTEM VALUE" : ""
+        let columns = "(" + needed.map { Verification.quoteIdentifier($0.name) }.joined(separator: ", ") + ")" + override + " VALUES "
+        edits.append((start.start..<values.end, columns + "(" + leader.joined(separator: ", ") + ")", columns + "(" + follower.joined(separator: ", ") + ")"))
+    }
+
+    /// Adds `needed` columns to an INSERT … VALUES: to its column list (written out when it had none) and,
+    /// with a capture of each default, to every row.
+    private mutating func addColumns(_ s: JSONNode, _ needed: [WriteCatalog.Column], explicit: [String], targets: [WriteCatalog.Column?],
+                                     rows: [[JSONNode]]) {
+        let names = needed.map { Verification.quoteIdentifier($0.name) }.joined(separator: ", ")
+        if let firstColumn = s["cols"]?.array.first?["ResTarget"]?["location"]?.int {
+            guard let close = closingParen(enclosing: firstColumn) else { return reasons.append("cannot find the end of the column list") }
+            edits.append((close..<close, ", " + names, ", " + names))
+        } else {
+            guard let values = firstToken(Self.valuesKeyword, after: s["relation"]?["location"]?.int ?? 0) else { return reasons.append("cannot find VALUES") }
+            let all = (targets.compactMap { $0?.name }.map(Verification.quoteIdentifier) + [names]).joined(separator: ", ")
+            edits.append((values.start..<values.start, "(" + all + ") ", "(" + all + ") "))
+        }
+        guard let values = firstToken(Self.valuesKeyword, after: s["relation"]?["location"]?.int ?? 0) else { return reasons.append("cannot find VALUES") }
+        let ends = rowEnds(afterValues: values)
+        guard ends.count == rows.count else { return reasons.append("cannot find the end of each VALUES row") }
+        for close in ends {
+            var leader = "", follower = ""
+            for column in needed {
+                let (l, f) = captured(column.defaultExpression ?? "NULL", type: column.type)
+                leader += ", " + l
+                follower += ", " + f
+            }
+            edits.append((close..<close, leader, follower))
+        }
+    }
+
+    // MARK: UPDATE, DELETE, MERGE, COPY
+
+    private mutating func update(_ s: JSONNode) {
+        visit(s["withClause"], .filter)
+        let table = lookUp(s["relation"], verb: "UPDATE of")
+        for target in s["targetList"]?.array ?? [] {
+            let name = target["ResTarget"]?["name"]?.string
+            if let location = target["ResTarget"]?["val"]?["SetToDefault"]?["location"]?.int, let column = name.flatMap({ table?.column($0) }),
+               column.defaultDiffersPerSide, let expression = column.defaultExpression {
+                // SET col = DEFAULT: exact only if the default is the same for every row.
+                if NondeterministicCall.worstClass(expression) == .perCall {
+                    reasons.append("SET \(column.name) = DEFAULT gives each row its own value of a default that differs per side")
+                } else if let end = tokenEnd(at: location) {
+                    capture(location..<end, type: column.type, expression: expression)
+                }
+            } else {
+                visit(target["ResTarget"]?["val"], .perRow)
+            }
+        }
+        visit(s["fromClause"], .filter)
+        visit(s["whereClause"], .filter)
+        visit(s["returningList"], .perRow)
+    }
+
+    private mutating func delete(_ s: JSONNode) {
+        visit(s["withClause"], .filter)
+        _ = lookUp(s["relation"], verb: "DELETE from")
+        visit(s["usingClause"], .filter)
+        visit(s["whereClause"], .filter)
+        visit(s["returningList"], .perRow)
+    }
+
+    private mutating func merge(_ s: JSONNode) {
+        let table = lookUp(s["relation"], verb: "MERGE into")
+        var differs = table?.columns.contains { $0.defaultDiffersPerSide } ?? false
+        s.walk { node, _ in if FunctionCallNode(node)?.classification != nil { differs = true } }
+        if differs { reasons.append("MERGE with values that differ per side (defaults or calls) is not rewritten") }
+    }
+
+    private mutating func copy(_ s: JSONNode) {
+        guard s["is_from"]?.bool == true, s["filename"] == nil, s["relation"] != nil else { return }
+        guard let table = lookUp(s["relation"], verb: "COPY into") else { return }
+        let given = Set((s["attlist"]?.array ?? []).compactMap { $0["String"]?["sval"]?.string })
+        let needed = table.columns.filter { $0.defaultDiffersPerSide && (given.isEmpty ? false : !given.contains($0.name)) }
+        // Without a column list COPY fills every column from the data: nothing is left to a default.
+        if !needed.isEmpty {
+            reasons.append("COPY into \(table.name) leaves \(needed.map(\.name).joined(separator: ", ")) to a default that differs per side")
+        }
+    }
+
+    /// The catalog's table for a relation of the route's schema; a reason when it cannot be known. Temporary
+    /// tables are the session's own (each side has its own copy) and need nothing.
+    private mutating func lookUp(_ relation: JSONNode?, verb: String) -> WriteCatalog.Table? {
+        guard let relation = relation?["RangeVar"] ?? relation, let name = relation["relname"]?.string else { return nil }
+        if relation["relpersistence"]?.string == "t" || relation["schemaname"]?.string == "pg_temp" { return nil }
+        guard let catalog else {
+            reasons.append("\(verb) \(name): the leader's catalog is not loaded, so its defaults are unknown")
+            return nil
+        }
+        if let schema = relation["schemaname"]?.string, schema != catalog.schema {
+            reasons.append("\(verb) \(schema).\(name): outside the route's schema \(catalog.schema), its defaults are unknown")
+            return nil
+        }
+        guard let table = catalog.tables[name] else {
+            reasons.append("\(verb) \(name): no such table in schema \(catalog.schema) when the catalog was read")
+            return nil
+        }
+        if !table.nondeterministicTriggers.isEmpty {
+            reasons.append("\(verb) \(name): trigger \(table.nondeterministicTriggers.joined(separator: ", ")) calls a function whose value differs per side")
+        }
+        return table
+    }
+
+    // MARK: tokens
+
+    private func tokenIndex(at location: Int) -> Int? {
+        var lo = 0, hi = tokens.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if tokens[mid].start < location { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < tokens.count && tokens[lo].start == location ? lo : nil
+    }
+
+    private func tokenEnd(at location: Int) -> Int? { tokenIndex(at: location).map { tokens[$0].end } }
+
+    private func firstToken(_ kind: Int, after location: Int) -> PostgresParser.Token? {
+        tokens.first { $0.start >= location && $0.kind == kind }
+    }
+
+    /// The matching `)` of the `(` just after token `index`, if that is one.
+    private func matchingParen(after index: Int) -> Int? {
+        guard index + 1 < tokens.count, tokens[index + 1].kind == Self.openParen else { return nil }
+        return matchingParen(from: index + 1)
+    }
+
+    /// The byte offset of the `)` closing the parenthesized list whose first element starts at `location`.
+    private func closingParen(enclosing location: Int) -> Int? {
+        guard let i = tokenIndex(at: location), i > 0, tokens[i - 1].kind == Self.openParen, let close = matchingParen(from: i - 1) else { return nil }
+        return tokens[close].start
+    }
+
+    /// The `)` matching the `(` at token `open`.
+    private func matchingParen(from open: Int) -> Int? {
+        var depth = 0
+        for k in open..<tokens.count {
+            if tokens[k].kind == Self.openParen { depth += 1 }
+            if tokens[k].kind == Self.closeParen { depth -= 1; if depth == 0 { return k } }
+        }
+        return nil
+    }
+
+    /// The offsets of each VALUES row's closing `)`: `VALUES (…), (…)` read token by token.
+    private func rowEnds(afterValues values: PostgresParser.Token) -> [Int] {
+        guard var k = tokenIndex(at: values.start) else { return [] }
+        var ends: [Int] = []
+        while k + 1 < tokens.count, tokens[k + 1].kind == Self.openParen, let close = matchingParen(from: k + 1) {
+            ends.append(tokens[close].start)
+            guard close + 1 < tokens.count, tokens[close + 1].kind == Self.comma else { break }
+            k = close + 1
+        }
+        return ends
+    }
+
+    /// The bytes a call spans: its name (schema-qualified or not) through its closing parenthesis; a
+    /// keyword such as `CURRENT_TIMESTAMP` through its optional `(precision)`.
+    private func span(of call: FunctionCallNode) -> Range<Int>? {
+        guard let first = tokenIndex(at: call.location) else { return nil }
+        var last = first
+        if call.isKeyword {
+            if let close = matchingParen(after: first) { last = close }
+        } else {
+            // name [. name]* ( … )
+            var k = first
+            while k + 2 < tokens.count, tokens[k + 1].kind == 46 /* . */ { k += 2 }
+            guard let close = matchingParen(after: k) else { return nil }
+            last = close
+        }
+        return tokens[first].start..<tokens[last].end
+    }
+
+    /// The rewritten texts for the leader and the follower; nil if two edits overlap.
+    func apply() -> (String, String)? {
+        let sorted = edits.sorted { ($0.range.lowerBound, $0.range.upperBound) < ($1.range.lowerBound, $1.range.upperBound) }
+        for k in sorted.indices.dropFirst() where sorted[k].range.lowerBound < sorted[k - 1].range.upperBound { return nil }
+        var leader: [UInt8] = [], follower: [UInt8] = []
+        var at = 0
+        for e in sorted {
+            leader += text[at..<e.range.lowerBound]; follower += text[at..<e.range.lowerBound]
+            leader += Array(e.leader.utf8); follower += Array(e.follower.utf8)
+            at = e.range.upperBound
+        }
+        leader += text[at...]; follower += text[at...]
+        return (String(decoding: leader, as: UTF8.self), String(decoding: follower, as: UTF8.self))
+    }
+}
+
+/// A call in the parse tree that may differ per side: a `FuncCall` by name or a `SQLValueFunction`.
+struct FunctionCallNode {
+    let name: String
+    let location: Int
+    let classification: NondeterministicCall?
+    /// `CURRENT_TIMESTAMP` and friends: keywords, with an optional precision in parentheses.
+    let isKeyword: Bool
+
+    init?(_ node: JSONNode) {
+        if let f = node["FuncCall"] {
+            let parts = (f["funcname"]?.array ?? []).compactMap { $0["String"]?["sval"]?.string }
+            guard let last = parts.last else { return nil }
+            name = last
+            location = f["location"]?.int ?? -1
+            classification = NondeterministicCall.function(last, schema: parts.count > 1 ? parts[parts.count - 2] : nil)
+            isKeyword = false
+        } else if let v = node["SQLValueFunction"], let op = v["op"]?.string {
+            name = op.replacingOccurrences(of: "SVFOP_", with: "")
+            location = v["location"]?.int ?? -1
+            classification = NondeterministicCall.sqlValueFunction(op, typmod: v["typmod"]?.int ?? -1)
+            isKeyword = true
+        } else {
+            return nil
+        }
+    }
+}
+
+extension NondeterministicCall {
+    enum EvaluationClass: Int, Comparable {
+        case constant, perStatement, perCall
+        static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+    }
+
+    var evaluationClass: EvaluationClass {
+        switch self { case .constant: return .constant; case .perStatement: return .perStatement; case .perCall: return .perCall }
+    }
+
+    /// The most often evaluated call in an expression (nil: none differs per side).
+    static func worstClass(_ expression: String) -> EvaluationClass? {
+        guard let json = PostgresParser.parseTree("SELECT " + expression).json, let tree = try? JSONNode.parse(json) else { return .perCall }
+        var worst: EvaluationClass?
+        tree.walk { node, _ in
+            if let c = FunctionCallNode(node)?.classification?.evaluationClass { worst = max(worst ?? c, c) }
+        }
+        return worst
+    }
+}

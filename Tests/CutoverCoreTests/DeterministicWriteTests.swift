@@ -1,0 +1,144 @@
+// The mirroring rewrite as text in, texts out: what is captured from the leader, what the follower reads,
+// and what is refused as non-deterministic (never silently passed).
+import CutoverCore
+import Testing
+
+@Suite struct DeterministicWriteTests {
+    /// A table shaped like the services' own: bigserial id, now() and uuid defaults, a plain column.
+    static let catalog = WriteCatalog(schema: "onboarding", tables: [
+        .init(name: "candidates", columns: [
+            .init(name: "id", type: "bigint", defaultExpression: "nextval('onboarding.candidates_id_seq'::regclass)"),
+            .init(name: "name", type: "text"),
+            .init(name: "status", type: "text", defaultExpression: "'new'::text"),
+            .init(name: "created_at", type: "timestamp with time zone", defaultExpression: "now()"),
+            .init(name: "token", type: "uuid", defaultExpression: "gen_random_uuid()"),
+            .init(name: "updated_at", type: "timestamp with time zone"),
+        ]),
+        .init(name: "events", columns: [
+            .init(name: "id", type: "integer", defaultExpression: "nextval('onboarding.events_id_seq'::regclass)", identity: .always),
+            .init(name: "body", type: "text"),
+        ]),
+        .init(name: "audited", columns: [.init(name: "v", type: "text")], nondeterministicTriggers: ["stamp"]),
+        .init(name: "plain", columns: [.init(name: "k", type: "integer"), .init(name: "v", type: "text")]),
+    ])
+
+    func plan(_ text: String) -> WritePlan { DeterministicWrite.plan(text, catalog: Self.catalog) }
+
+    func captured(_ text: String) -> CapturedWrite? {
+        if case .captured(let c) = plan(text) { return c }
+        Issue.record("not captured: \(plan(text))")
+        return nil
+    }
+
+    func reason(_ text: String) -> String? {
+        if case .nondeterministic(let r) = plan(text) { return r }
+        return nil
+    }
+
+    @Test func theCatalogKnowsWhichDefaultsDifferPerSide() {
+        let t = Self.catalog.tables["candidates"]!
+        #expect(t.columns.map(\.defaultDiffersPerSide) == [true, false, false, true, true, false])
+        #expect(Self.catalog.tables["events"]!.columns[0].defaultDiffersPerSide, "an identity column")
+        #expect(WriteCatalog.Column(name: "d", type: "text", defaultExpression: "(now())::text").defaultDiffersPerSide)
+        #expect(WriteCatalog.Column(name: "d", type: "timestamp", defaultExpression: "CURRENT_TIMESTAMP").defaultDiffersPerSide)
+        #expect(!WriteCatalog.Column(name: "d", type: "int", defaultExpression: "(1 + 2)").defaultDiffersPerSide)
+        #expect(!WriteCatalog.Column(name: "g", type: "int", defaultExpression: "now()", generated: true).defaultDiffersPerSide)
+    }
+
+    @Test func theCatalogIsBuiltFromTheLeadersRows() {
+        let rows: [[String?]] = [
+            ["t", "id", "integer", nil, "a", "", "onboarding.t_id_seq", nil],
+            ["t", "at", "timestamp with time zone", "now()", "", "", nil, nil],
+            ["u", "v", "text", nil, "", "", nil, "audit,stamp"],
+        ]
+        let c = WriteCatalog(schema: "onboarding", rows: rows)
+        #expect(c.tables["t"]?.columns.map(\.name) == ["id", "at"])
+        #expect(c.tables["t"]?.columns[0].identity == .always)
+        #expect(c.tables["t"]?.columns[0].defaultExpression == "nextval('onboarding.t_id_seq'::regclass)")
+        #expect(c.tables["u"]?.nondeterministicTriggers == ["audit", "stamp"])
+    }
+
+    @Test func anInsertGetsItsPerSideDefaultsCapturedRowByRow() throws {
+        let c = try #require(captured("INSERT INTO candidates (name) VALUES ('a'), ($1) RETURNING id"))
+        #expect(c.settings.count == 6, "id, created_at and token for each of two rows")
+        #expect(c.leaderText.hasPrefix(#"INSERT INTO candidates (name, "id", "created_at", "token") VALUES ('a', NULLIF(pg_catalog.set_config('"#))
+        #expect(c.leaderText.contains("COALESCE((nextval('onboarding.candidates_id_seq'::regclass))::bigint::text, pg_catalog.chr(1))"))
+        #expect(c.leaderText.contains("COALESCE((now())::timestamp with time zone::text"))
+        #expect(c.leaderText.hasSuffix("::uuid) RETURNING id"))
+        #expect(c.followerText.contains("($1, NULLIF(pg_catalog.current_setting('\(c.settings[3])'), pg_catalog.chr(1))::bigint"))
+        #expect(!c.followerText.contains("nextval") && !c.followerText.contains("now()") && !c.followerText.contains("gen_random_uuid"))
+        #expect(c.readbackQuery.hasPrefix("SELECT pg_catalog.current_setting('\(c.settings[0])', true), "))
+        #expect(c.followerSetQuery(values: ["42", "it's", nil, nil, nil, nil]).contains("pg_catalog.set_config('\(c.settings[1])', 'it''s', false)"))
+        #expect(!c.needsOverride)
+    }
+
+    @Test func callsInAValuesRowAreCapturedOneByOne() throws {
+        let c = try #require(captured("INSERT INTO plain VALUES (1, gen_random_uuid()::text), (2, 'x' || random() || CURRENT_TIMESTAMP(3))"))
+        #expect(c.settings.count == 3)
+        #expect(c.followerText == "INSERT INTO plain VALUES (1, NULLIF(pg_catalog.current_setting('\(c.settings[0])'), pg_catalog.chr(1))::uuid::text), "
+                + "(2, 'x' || NULLIF(pg_catalog.current_setting('\(c.settings[1])'), pg_catalog.chr(1))::double precision || "
+                + "NULLIF(pg_catalog.current_setting('\(c.settings[2])'), pg_catalog.chr(1))::timestamp(3) with time zone)")
+        #expect(c.leaderText.contains("COALESCE((CURRENT_TIMESTAMP(3))::timestamp(3) with time zone::text"))
+    }
+
+    @Test func anUpdateCapturesTimeButNotAPerRowRandom() throws {
+        let c = try #require(captured("UPDATE candidates SET status = 'hired', updated_at = now() WHERE id = $1"))
+        #expect(c.settings.count == 1)
+        #expect(c.followerText == "UPDATE candidates SET status = 'hired', updated_at = NULLIF(pg_catalog.current_setting('\(c.settings[0])'), pg_catalog.chr(1))::timestamp with time zone WHERE id = $1")
+        #expect(reason("UPDATE candidates SET name = random()::text")?.contains("random() is evaluated per row") == true)
+        // A time condition decides rows on each side; it is left as written (an index can still serve it).
+        #expect(plan("DELETE FROM candidates WHERE created_at < now() - interval '1 day'") == .asSent)
+        #expect(reason("DELETE FROM candidates WHERE random() < 0.5") != nil)
+        #expect(captured("UPDATE candidates SET created_at = DEFAULT WHERE id = 1") != nil)
+        #expect(reason("UPDATE candidates SET id = DEFAULT")?.contains("DEFAULT gives each row its own value") == true)
+    }
+
+    @Test func identityAlwaysGetsOverridingSystemValue() throws {
+        let c = try #require(captured("INSERT INTO events (body) VALUES ('x')"))
+        #expect(c.needsOverride)
+        #expect(c.leaderText.hasPrefix(#"INSERT INTO events (body, "id") OVERRIDING SYSTEM VALUE VALUES ('x', "#))
+        #expect(reason("INSERT INTO events (body) OVERRIDING USER VALUE VALUES ('x')") != nil)
+        let d = try #require(captured("INSERT INTO events DEFAULT VALUES"))
+        #expect(d.followerText == #"INSERT INTO events ("id") OVERRIDING SYSTEM VALUE VALUES (NULLIF(pg_catalog.current_setting('"# + d.settings[0] + "'), pg_catalog.chr(1))::integer)")
+    }
+
+    @Test func defaultKeywordsAndAWholeRowWithoutAColumnList() throws {
+        let c = try #require(captured("INSERT INTO candidates VALUES (DEFAULT, 'n', DEFAULT)"))
+        // id and status given (id by DEFAULT, captured in place), created_at and token added to a written-out list.
+        #expect(c.settings.count == 3)
+        #expect(c.followerText.hasPrefix(#"INSERT INTO candidates ("id", "name", "status", "created_at", "token") VALUES (NULLIF(pg_catalog.current_setting("#))
+        #expect(c.followerText.contains(", 'n', DEFAULT, NULLIF("), "status's constant default stays a DEFAULT")
+    }
+
+    @Test func whatCannotBeCapturedIsNamed() {
+        #expect(reason("INSERT INTO candidates (name) SELECT name FROM plain")?.contains("INSERT … SELECT into candidates leaves id, created_at, token") == true)
+        #expect(reason("INSERT INTO audited VALUES ('x')")?.contains("trigger stamp") == true)
+        #expect(reason("INSERT INTO nosuch VALUES (1)")?.contains("no such table in schema onboarding") == true)
+        #expect(reason("INSERT INTO public.partners (name) VALUES ('x')")?.contains("outside the route's schema") == true)
+        #expect(reason("COPY candidates (name) FROM STDIN")?.contains("COPY into candidates leaves id, created_at, token") == true)
+        #expect(reason("MERGE INTO candidates c USING plain p ON c.id = p.k WHEN NOT MATCHED THEN INSERT (name) VALUES (p.v)") != nil)
+        #expect(DeterministicWrite.plan("INSERT INTO candidates (name) VALUES ('x')", catalog: nil) != .asSent, "no catalog: unknown, never silent")
+    }
+
+    @Test func whatNeedsNothingIsSentAsIs() {
+        #expect(plan("SELECT now(), random()") == .asSent, "a read stores nothing")
+        #expect(plan("INSERT INTO candidates (id, name, created_at, token) VALUES (1, 'now()', '2020-01-01', '00000000-0000-0000-0000-000000000000')") == .asSent)
+        #expect(plan("INSERT INTO candidates (id, name, created_at, token) SELECT k, v, '2020-01-01', NULL FROM plain") == .asSent)
+        #expect(plan("COPY candidates FROM STDIN") == .asSent, "COPY without a column list fills every column from the data")
+        #expect(plan("UPDATE plain SET v = 'x' WHERE k = 1") == .asSent)
+        #expect(plan("CREATE TEMP TABLE scratch AS SELECT random()") == .asSent)
+        #expect(plan("INSERT INTO pg_temp.scratch VALUES (now())") != .asSent, "a call in a VALUES row is still captured")
+        #expect(plan("not sql at all") == .asSent, "PostgreSQL answers the syntax error on both sides")
+    }
+
+    @Test func severalStatementsAndConflictsGetSettingsOfTheirOwn() throws {
+        let c = try #require(captured("INSERT INTO plain VALUES (1, now()::text); UPDATE candidates SET updated_at = now() WHERE id = 1"))
+        #expect(c.settings.count == 2 && Set(c.settings).count == 2)
+        let u = try #require(captured("INSERT INTO plain (k, v) VALUES (1, 'a') ON CONFLICT (k) DO UPDATE SET v = now()::text"))
+        #expect(u.settings.count == 1)
+        #expect(reason("INSERT INTO plain (k, v) VALUES (1, 'a') ON CONFLICT (k) DO UPDATE SET v = gen_random_uuid()::text") != nil)
+        // A data-modifying CTE: the inner INSERT is rewritten like any other.
+        let w = try #require(captured("WITH n AS (INSERT INTO candidates (name) VALUES ('x') RETURNING id) SELECT id FROM n"))
+        #expect(w.settings.count == 3)
+    }
+}
