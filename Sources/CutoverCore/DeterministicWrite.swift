@@ -38,7 +38,10 @@ public struct CapturedWrite: Sendable, Equatable {
     /// The proxy's own query, run on the leader after the unit: the captured values, one column each (NULL
     /// for one the statement did not reach, e.g. after an error).
     public var readbackQuery: String {
-        "SELECT " + settings.map { "pg_catalog.current_setting(\(SQLText.quoteLiteral($0)), true)" }.joined(separator: ", ")
+        // Each setting is emptied once read: a later statement that fails before computing it then reads
+        // back as missing, not as this one's value.
+        "SELECT " + (settings.map { "pg_catalog.current_setting(\(SQLText.quoteLiteral($0)), true)" }
+                     + settings.map { "pg_catalog.set_config(\(SQLText.quoteLiteral($0)), '', false)" }).joined(separator: ", ")
     }
 
     /// The proxy's own query, run on the follower before the unit: the leader's values into the same settings.
@@ -159,7 +162,10 @@ struct Rewriter {
         settings.append(name)
         let quoted = SQLText.quoteLiteral(name)
         // chr(1) stands for NULL (a setting cannot hold one); no value of these types is that text.
-        let leader = "NULLIF(pg_catalog.set_config(\(quoted), COALESCE((\(expression))::\(type)::text, pg_catalog.chr(1)), false), pg_catalog.chr(1))::\(type)"
+        // Dates and times as JSON's ISO 8601, which reads back the same whatever either session's DateStyle.
+        let asText = type.contains("time") || type.contains("date")
+            ? "pg_catalog.to_json((\(expression))::\(type)) #>> '{}'" : "(\(expression))::\(type)::text"
+        let leader = "NULLIF(pg_catalog.set_config(\(quoted), COALESCE(\(asText), pg_catalog.chr(1)), false), pg_catalog.chr(1))::\(type)"
         let follower = "NULLIF(pg_catalog.current_setting(\(quoted)), pg_catalog.chr(1))::\(type)"
         return (leader, follower)
     }

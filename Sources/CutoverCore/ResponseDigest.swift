@@ -300,6 +300,10 @@ public enum DivergenceKind: String, Sendable, Codable, CaseIterable {
     case writeOrder = "write_order"
     /// The route re-entered a dual phase after running without a follower: that side missed those writes.
     case unmirroredWrites = "unmirrored_writes"
+    /// A write stores a value that differs per side and that the proxy could not capture from the leader
+    /// (a trigger calling now(), random() in a WHERE, an INSERT … SELECT into a serial column…): the route
+    /// is marked out of sync.
+    case nondeterministic
 
     /// A warning about a risk rather than a difference seen: not in a route's divergence total (it is in
     /// the per-kind counts). With async mirroring's on-demand reads, write_order counts the order answers

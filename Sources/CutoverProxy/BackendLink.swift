@@ -15,6 +15,8 @@ protocol BackendLinkOwner: AnyObject {
     func backendDrained(_ link: BackendLink)
     /// A ParameterStatus after login (a SET of a reported parameter, e.g. application_name).
     func backendParameterChanged(_ link: BackendLink, name: String, value: String)
+    /// A DataRow answering a unit of the proxy's own (a capture's readback).
+    func backendInternalRow(_ link: BackendLink, _ body: UnsafeRawBufferPointer, unit: UInt64)
     /// The TCP connect to `address` (what the backend's host resolved to) succeeded or failed.
     func backendConnectOutcome(_ link: BackendLink, address: String, succeeded: Bool)
     /// The connect to `failed` did not succeed (`reason`); the link is trying `next`, the host's next address.
@@ -88,6 +90,10 @@ final class BackendLink: TCPConnectionDelegate {
         var poolGeneration = 0
         /// When the login finished (loop ms; with a backend pool): `backend_lifetime` counts from it.
         var loggedInAt: UInt64 = 0
+        /// When non-empty, one entry per internal unit still owed, in order: how many of the client's units
+        /// are answered before it begins (a capture's readback goes behind the unit it reads back; the
+        /// proxy's other units are sent with nothing ahead of them, 0).
+        var internalBehind: [Int32] = []
     }
     private var spill: Spill?
     private var spillForWrite: Spill {
@@ -142,9 +148,44 @@ final class BackendLink: TCPConnectionDelegate {
     /// Never to be pooled: a cancel was sent to its backend (one still in flight would hit the next session's
     /// statement), or the client's Terminate reached it in part.
     var isTainted = false
-    /// Units the proxy itself sent (replayed state, the implicit BEGIN/COMMIT of sync mirroring): their
-    /// answers are consumed here and never reach the client; their end is reported as an internal boundary.
-    var internalUnits: Int32 = 0
+    /// Units the proxy itself sent (replayed state, the implicit BEGIN/COMMIT of sync mirroring, a capture's
+    /// readback): their answers are consumed here and never reach the client; their end is reported as an
+    /// internal boundary (see `addInternal`).
+    private(set) var internalUnits: Int32 = 0
+
+    /// Counts `count` units the proxy sends itself, right behind `afterClientUnits` of the client's units
+    /// still to be answered (sent before them).
+    func addInternal(_ count: Int32 = 1, afterClientUnits: Int32 = 0) {
+        guard count > 0 else { return }
+        if afterClientUnits > 0 || !(spill?.internalBehind.isEmpty ?? true) {
+            let s = spillForWrite
+            if s.internalBehind.isEmpty { s.internalBehind = Array(repeating: 0, count: Int(internalUnits)) }
+            // Entries count from the end of the one before them.
+            s.internalBehind.append(afterClientUnits - s.internalBehind.reduce(0, +))
+            s.internalBehind += Array(repeating: 0, count: Int(count) - 1)
+        }
+        internalUnits += count
+    }
+
+    /// Whether the message arriving now answers a unit of the proxy's own.
+    @inline(__always) private var answeringInternal: Bool {
+        internalUnits > 0 && (spill.map { $0.internalBehind.isEmpty || $0.internalBehind[0] == 0 } ?? true)
+    }
+
+    /// Internal units answered so far: a row of one is reported with the number of its unit
+    /// (`backendInternalRow`), its boundary counts here.
+    private(set) var internalAnswered: UInt64 = 0
+
+    /// A ReadyForQuery arrived: one unit, internal or the client's, is answered.
+    private func unitAnswered(internal isInternal: Bool) {
+        if isInternal {
+            internalAnswered &+= 1
+            internalUnits -= 1
+            if let s = spill, !s.internalBehind.isEmpty { s.internalBehind.removeFirst() }
+        } else if internalUnits > 0, let s = spill, !s.internalBehind.isEmpty, s.internalBehind[0] > 0 {
+            s.internalBehind[0] -= 1
+        }
+    }
 
     /// Decoded during pass-through: ReadyForQuery drives the session's boundaries.
     static let captured = MessageScanner.IDSet([BackendMessageID.readyForQuery.rawValue, BackendMessageID.copyInResponse.rawValue,
@@ -390,10 +431,14 @@ final class BackendLink: TCPConnectionDelegate {
         var keptRanges: [Range<Int>] = []
         do {
             try scanner.scan(bytes) { id, body, endOffset in
-                let isInternal = internalUnits > 0
+                let isInternal = answeringInternal
                 var unit: UnitDigest?
                 if let digest { unit = digest.value.received(id: id, body: body) }
-                if isInternal { dropped = true } else {
+                if isInternal {
+                    dropped = true
+                    // A capture's readback: its row carries the leader's values.
+                    if id == BackendMessageID.dataRow.rawValue, let body { owner { $0.backendInternalRow(self, body, unit: internalAnswered) } }
+                } else {
                     kept += endOffset - lastEnd
                     if !filtering {} else if let last = keptRanges.last, last.upperBound == lastEnd { keptRanges[keptRanges.count - 1] = last.lowerBound..<endOffset }
                     else { keptRanges.append(lastEnd..<endOffset) }
@@ -406,7 +451,7 @@ final class BackendLink: TCPConnectionDelegate {
         }
         // The partial message at the end belongs to whatever unit is current.
         if filtering && lastEnd < bytes.count {
-            if internalUnits > 0 { dropped = true } else {
+            if answeringInternal { dropped = true } else {
                 if let last = keptRanges.last, last.upperBound == lastEnd { keptRanges[keptRanges.count - 1] = last.lowerBound..<bytes.count }
                 else { keptRanges.append(lastEnd..<bytes.count) }
             }
@@ -437,7 +482,7 @@ final class BackendLink: TCPConnectionDelegate {
     private func noteCaptured(id: UInt8, body: UnsafeRawBufferPointer, reportedEnd: Int, unit: UnitDigest?, isInternal: Bool) {
         if id == BackendMessageID.readyForQuery.rawValue {
             guard body.count == 1, let status = TransactionStatus(rawValue: body[0]) else { return }
-            if isInternal { internalUnits -= 1 }
+            if internalUnits > 0 { unitAnswered(internal: isInternal) }
             boundaries.append(Boundary(endOffset: reportedEnd, digest: unit, status: status, isInternal: isInternal))
         } else if id == BackendMessageID.copyInResponse.rawValue {
             boundaries.append(Boundary(endOffset: reportedEnd, digest: nil, status: .idle, isInternal: isInternal, isCopyIn: true))
@@ -561,6 +606,7 @@ final class BackendLink: TCPConnectionDelegate {
         connection.readsOnDemand = false
         state = .parked
         sawResetTag = false
+        spill?.internalBehind = []
         internalUnits = 1
         var w = ByteWriter(capacity: 20)
         FrontendMessage.query("DISCARD ALL").encode(into: &w)

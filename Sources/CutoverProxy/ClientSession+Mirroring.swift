@@ -185,14 +185,18 @@ extension ClientSession {
         var followerKeptWrapped: Bool? // set by a wrappedWriteEnded, which comes before its release
         for action in actions {
             switch action {
-            case .toLeader(let bytes): leader?.send(bytes)
-            case .toFollower(let bytes): follower?.send(bytes)
+            case .toLeader(let bytes): leader?.send(leaderBytesInLockStep(bytes))
+            case .toFollower(let bytes):
+                let write = cold?.captures?.lockStepFollower
+                cold?.captures?.lockStepFollower = nil
+                if follower != nil { toFollower(bytes, capture: write) }
             case .toLeaderInternal(let bytes):
-                leader?.internalUnits += 1
+                leader?.addInternal()
+                leaderInternalKinds.append(.lockStep)
                 leader?.send(bytes)
             case .toFollowerInternal(let bytes):
                 guard let follower else { continue }
-                follower.internalUnits += 1
+                follower.addInternal()
                 follower.send(bytes)
             case .unitStarted(let unit, let followerSent):
                 if follower != nil { registerUnit(unit, followerSent: followerSent) }
@@ -252,6 +256,7 @@ extension ClientSession {
         guard let f = follower else { return }
         follower = nil
         if cold != nil { followerOutbox = [] }
+        dropHeldForFollower()
         f.close() // closing rolls back whatever the follower had open
         cold?.keptWrites = KeptWriteCheck()
         server.recordDivergence(session: self, kind: kind, statement: nil, leader: nil, follower: nil, leaderMs: nil, followerMs: nil, detail: detail)
@@ -320,7 +325,7 @@ extension ClientSession {
         guard replay else { return }
         let (bytes, answers) = tracker.replayMessages()
         if answers > 0 {
-            link.internalUnits = Int32(clamping: answers)
+            link.addInternal(Int32(clamping: answers))
             link.send(bytes)
         }
         if !tracker.unreplayable.isEmpty {

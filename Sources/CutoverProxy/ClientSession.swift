@@ -422,6 +422,11 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         var forwardFrom = 0
         // By index: `for b in link.boundaries` copies the list (a retain of its array per read).
         let boundaryCount = link.boundaries.count
+        // The number of the first internal unit ending in this read (the link has counted them all).
+        var internalUnit = link.internalAnswered
+        if !leaderInternalKinds.isEmpty {
+            for k in 0..<boundaryCount where link.boundaries[k].isInternal && !link.boundaries[k].isCopyIn { internalUnit &-= 1 }
+        }
         for k in 0..<boundaryCount {
             let b = link.boundaries[k]
             if b.isCopyIn {
@@ -429,7 +434,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 continue
             }
             if b.isInternal {
-                runLockStep(lockStep.leaderInternalReady(commitOutcome: b.digest?.first, status: b.status, now: loop.now))
+                internalUnit &+= 1
+                if !leaderInternalEnded(unit: internalUnit - 1) {
+                    runLockStep(lockStep.leaderInternalReady(commitOutcome: b.digest?.first, status: b.status, now: loop.now))
+                }
                 continue
             }
             let previous = transactionStatus
@@ -459,7 +467,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         }
         if !link.boundaries.isEmpty {
             // The transaction ended on the leader: the follower gets it, in one write.
-            if transactionStatus == .idle, let c = cold, !c.followerOutbox.isEmpty { flushFollowerOutbox() }
+            if transactionStatus == .idle, let c = cold, !c.followerOutbox.isEmpty, c.captures?.held.isEmpty ?? true { flushFollowerOutbox() }
+            if transactionStatus == .idle, cold?.captures?.ddlSeen == true { refreshCatalogAfterDDL() }
             lastActivity = loop.now
             compareReadyUnits()
             maybeResumeClient()
@@ -561,6 +570,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         let batching = collecting && lockStepIsQuiet && mirrorMode == .async && follower?.connection.readsOnDemand == true
         var chunk = ClientChunk(collecting: collecting, batching: batching)
         chunk.startsMidMessage = !clientScanner.atMessageBoundary
+        // Async mirroring captures values that differ per side here; lock-step does it unit by unit.
+        chunk.capturing = collecting && follower != nil && mirrorMode == .async && lockStepIsQuiet
+        chunk.unitBegan = extendedSinceSync || chunk.startsMidMessage ? -1 : 0
         if collecting && !batching && !chunkUnits.isEmpty { chunkUnits.removeAll(keepingCapacity: true) }
         do {
             try scanClientChunk(bytes, &chunk)
@@ -593,6 +605,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 clientPaused = true
                 client.stopReading()
             }
+        } else if !chunk.leaderEdits.isEmpty || !chunk.followerCaptures.isEmpty || !(cold?.captures?.held.isEmpty ?? true) {
+            forwardCaptured(bytes, chunk)
+            checkMirrorBounds()
         } else {
             leader.call { $0.send(bytes) }
             if let follower {
@@ -630,6 +645,14 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         var startsMidMessage = false
         /// Where the last message seen ended.
         var lastEnd = 0
+        /// Async mirroring: writes are checked for values that differ per side (see ClientSession+Capture).
+        var capturing = false
+        /// Where the unit being scanned began in this chunk (-1: in an earlier one).
+        var unitBegan = 0
+        /// Messages the leader gets rewritten, and the readbacks it gets behind captured units.
+        var leaderEdits: [CaptureEdit] = []
+        /// Captured units, for the follower's copy.
+        var followerCaptures: [(range: Range<Int>, write: CapturedWrite)] = []
     }
 
     /// The scan in a function of its own, small enough for `scan` to be inlined: inside the large
@@ -645,6 +668,13 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         guard !chunk.terminated else { return } // after a Terminate nothing counts (nothing after it is sent on)
         let endsUnit = tracker.messageEndsUnit(id: id, body: body)
         defer { chunk.lastEnd = endOffset }
+        if chunk.capturing, let body, id == FrontendMessageID.query.rawValue || id == FrontendMessageID.parse.rawValue
+            || id == FrontendMessageID.bind.rawValue {
+            let whole = !(chunk.lastEnd == 0 && chunk.startsMidMessage)
+            if let replacement = captureSees(id: id, body: body, whole: whole) {
+                chunk.leaderEdits.append(CaptureEdit(range: chunk.lastEnd..<endOffset, bytes: replacement))
+            }
+        }
         switch id {
         case FrontendMessageID.query.rawValue:
             syncsSinceExecute = 0
@@ -678,6 +708,14 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if clientCopyIn && id == FrontendMessageID.sync.rawValue { return tracker.skipUnit() }
         if id == FrontendMessageID.sync.rawValue { syncsSinceExecute += 1 }
         pendingReadyForQuery += 1
+        if chunk.capturing {
+            if let write = captureUnitEnds(begunHere: chunk.unitBegan >= 0) {
+                chunk.leaderEdits.append(CaptureEdit(range: endOffset..<endOffset,
+                                                     bytes: readbackBytes(for: write, clientUnitsAhead: Int32(clamping: pendingReadyForQuery))))
+                chunk.followerCaptures.append((chunk.unitBegan..<endOffset, write))
+            }
+            chunk.unitBegan = endOffset
+        }
         tracker.unitSent()
         chunk.unitCount += 1
         if chunk.batching {

@@ -137,6 +137,7 @@ public final class ProxyServer {
 
     public func start() throws {
         configurePool(config.server)
+        readCatalogsAtStart()
         // The socket file first when the port is known: a client (or a readiness probe) that reaches the TCP
         // port then finds the socket file ready too. Port 0 is known only once the TCP listener is bound.
         let configuredPort = config.server.listenPort
@@ -527,6 +528,15 @@ public final class ProxyServer {
         guard let r = routes[name] else { return reply(.failure(AdminError(code: "42704", message: "no route named \"\(name)\""))) }
         let from = r.phase
         if let refusal = flipRefusal(r, from: from, to: target, force: force) { return reply(.failure(refusal)) }
+        if target.follower != nil && r.catalogs[target.leader] == nil {
+            // Mirroring needs the new phase's leader's catalog before its first write: read first, then flip.
+            return refreshCatalog(r, side: target.leader) { [unowned self] failure in
+                if let failure {
+                    return reply(.failure(AdminError(code: "58000", message: "cannot flip \(name): the \(target.leader.rawValue) side's catalog could not be read: \(failure)")))
+                }
+                self.setPhase(name, to: target, force: force, reply: reply)
+            }
+        }
         let started = loop.now
         guard from.follower == nil, let side = target.follower else {
             return flip(r, from: from, to: target, force: force, started: started, warmUpMs: 0, reply: reply)
@@ -615,18 +625,34 @@ public final class ProxyServer {
                                           detail: "Still busy: " + holdouts.joined(separator: "; "))))
                 return
             }
-            do { try self.switchPhase(r, from: from, to: target) } catch let e as AdminError {
-                self.endFlipUnswitched(r, "\(from.rawValue) → \(target.rawValue) failed: \(e.message)")
-                return reply(.failure(e))
-            } catch {}
-            let ready = self.followersReady(r) // before the held input goes on
-            let stall = self.endPause(r)
-            r.lastFlip = "\(from.rawValue) → \(target.rawValue) done, longest stall \(Int(stall)) ms"
-            r.stats.lastFlipStallMs = stall
-            r.stats.maxFlipStallMs = max(r.stats.maxFlipStallMs, stall)
-            self.logger.notice("flip done", metadata: ["route": "\(name)", "to": "\(target.rawValue)", "longest_stall_ms": "\(stall)"])
-            reply(.success(self.flipResult(name, from, target, r, stallMs: stall, started: started, warmUpMs: warmUpMs, followersReady: ready)))
+            guard target.leader != from.leader else { return self.finishFlip(r, from: from, to: target, started: started, warmUpMs: warmUpMs, reply: reply) }
+            // Every session is held at an idle boundary: the old leader's sequences are final; carry them.
+            self.carrySequences(r, from: from.leader, to: target.leader) { failure in
+                if let failure {
+                    self.endFlipUnswitched(r, "\(from.rawValue) → \(target.rawValue) failed: sequences not carried")
+                    return reply(.failure(AdminError(code: "58000", message: "flip of \(name) to \(target.rawValue) aborted: the sequences could not be carried to the new leader; the route stays in \(from.rawValue)",
+                                                     detail: failure)))
+                }
+                self.finishFlip(r, from: from, to: target, started: started, warmUpMs: warmUpMs, reply: reply)
+            }
         }
+    }
+
+    /// The last step of a pausing flip: switch every session, lift the pause, answer.
+    private func finishFlip(_ r: RouteRuntime, from: Phase, to target: Phase, started: UInt64, warmUpMs: UInt64,
+                            reply: @escaping (Result<AdminResult, AdminError>) -> Void) {
+        let name = r.name
+        do { try switchPhase(r, from: from, to: target) } catch let e as AdminError {
+            endFlipUnswitched(r, "\(from.rawValue) → \(target.rawValue) failed: \(e.message)")
+            return reply(.failure(e))
+        } catch {}
+        let ready = followersReady(r) // before the held input goes on
+        let stall = endPause(r)
+        r.lastFlip = "\(from.rawValue) → \(target.rawValue) done, longest stall \(Int(stall)) ms"
+        r.stats.lastFlipStallMs = stall
+        r.stats.maxFlipStallMs = max(r.stats.maxFlipStallMs, stall)
+        logger.notice("flip done", metadata: ["route": "\(name)", "to": "\(target.rawValue)", "longest_stall_ms": "\(stall)"])
+        reply(.success(flipResult(name, from, target, r, stallMs: stall, started: started, warmUpMs: warmUpMs, followersReady: ready)))
     }
 
     /// An operator declares a repaired route in sync. Sound only if nothing was written since the check that
@@ -882,6 +908,8 @@ public final class ProxyServer {
             }
         }
         crossSchema = Self.detector(newConfig)
+        // RELOAD also re-reads the leaders' catalogs (a schema changed behind the proxy's back).
+        for r in routes.values where r.phase.follower != nil { refreshCatalog(r, side: r.phase.leader) { _ in } }
         divergences.setCapacity(newConfig.server.divergenceMemory)
         if newConfig.server.divergenceLogLimit != divergenceLimiter.perSecond {
             (divergenceLimiter, routeDivergenceLimiter) = Self.divergenceLimiters(newConfig.server.divergenceLogLimit)

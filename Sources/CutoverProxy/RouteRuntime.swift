@@ -65,6 +65,12 @@ final class RouteRuntime {
     var flipInProgress: PersistedState.Flip?
     /// How the last flip ended, for SHOW ROUTES (`dual-legacy → dual-new done in 12 ms`).
     var lastFlip: String?
+    /// Each side's catalog as last read, for deterministic mirroring (the leader's is used), the plans
+    /// made with it by statement text, and when a read was last asked for.
+    var catalogs: [Side: WriteCatalog] = [:]
+    var plans: [Side: [String: WritePlan]] = [:]
+    var planBytes = 0
+    var catalogRequestedAt: [Side: UInt64] = [:]
 }
 
 struct RouteStats {

@@ -42,6 +42,11 @@ final class SessionColdState {
     /// When the follower's answers were last asked for (loop ms): the follower-read timer skips sessions
     /// that did so within its interval (an active session reads at each batch anyway).
     var followerReadAt: UInt64 = 0
+    /// Deterministic mirroring: writes whose per-side values the leader computes and the follower is given
+    /// (see ClientSession+Capture). Allocated at the first such write.
+    var captures: CaptureState?
+    /// What each unit of the proxy's own on the leader is, in the order sent: its answers say which ended.
+    var leaderInternalKinds: [LeaderInternalKind] = []
     /// A follower logged in ahead of a flip that adds one (see `openStandby`), adopted when the flip switches.
     var standby: BackendLink? { willSet { BackendLink.retire(standby, replacedBy: newValue) } }
 
@@ -113,6 +118,10 @@ extension ClientSession {
     var standby: BackendLink? {
         get { cold?.standby }
         _modify { yield &coldState.standby }
+    }
+    var leaderInternalKinds: [LeaderInternalKind] {
+        get { cold?.leaderInternalKinds ?? [] }
+        _modify { yield &coldState.leaderInternalKinds }
     }
 
     /// Hot-path checks that must not copy a LockStep out of the box.

@@ -9,61 +9,8 @@ import Testing
     let f: ProxyFixture
     init() throws { f = try ProxyFixture.shared() }
 
-    /// A proxy of the test's own with a state file and route `name` in dual-legacy (recruitment schema on
-    /// legacy leads, the recruitment database on the new cluster follows), and a table `items` on both sides.
-    final class Setup {
-        let f: ProxyFixture
-        let name: String
-        var process: Process
-        let port: Int
-        let path: String
-        let log: String
-
-        init(_ f: ProxyFixture, _ name: String, server: String = "") throws {
-            self.f = f
-            self.name = name
-            for c in [try f.recruitmentLegacy(), try f.recruitmentNew()] {
-                try c.query("DROP TABLE IF EXISTS \(name)_items")
-                try c.query("CREATE TABLE \(name)_items (id int PRIMARY KEY, note text)")
-            }
-            try? FileManager.default.removeItem(atPath: "\(f.directory)/\(name).state")
-            (process, port, path) = try f.ownProxy(name, server: "state_file = \"\(f.directory)/\(name).state\"\n\(server)",
-                                                   rest: ProxyFixture.adminTOML + "\n" + f.dualLegacyRouteTOML(name))
-            log = "\(f.directory)/\(name).log"
-        }
-
-        func client(_ extra: String = "") throws -> PQConnection { try PQConnection(f.conninfo(port, database: name, extra: extra)) }
-        func admin() throws -> PQConnection {
-            try PQConnection(f.conninfo(port, database: "cutover", user: "ops", password: FixtureSecrets.adminPassword))
-        }
-        /// SHOW ROUTES' row of the route, by column name.
-        func route() throws -> [String: String] {
-            let c = try admin()
-            let rows = try c.query("SHOW ROUTES")
-            let names = ["route", "phase", "mirror", "leader", "follower", "sessions", "in_sync", "divergences", "paused",
-                         "out_of_sync_reason", "pause_id", "pause_settled", "last_flip"]
-            guard let row = rows.first(where: { $0[0] == name }) else { return [:] }
-            var out: [String: String] = [:]
-            for (i, n) in names.enumerated() where i < row.count { out[n] = row[i] }
-            return out
-        }
-        func sqlState(_ command: String) -> String? {
-            do { try admin().query(command); return nil } catch let e as PQError { return e.sqlState } catch { return "?" }
-        }
-        func start() throws {
-            process = try ProxyFixture.startProxy(configPath: path, logPath: log, port: port)
-        }
-        func kill9() {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
-        func stop() { stopBackgroundProcess(process) }
-        func rowsOnNew() throws -> Int { Int(try f.recruitmentNew().scalar("SELECT count(*) FROM \(name)_items") ?? "") ?? -1 }
-        func rowsOnLegacy() throws -> Int { Int(try f.recruitmentLegacy().scalar("SELECT count(*) FROM \(name)_items") ?? "") ?? -1 }
-    }
-
     @Test func aKilledProxyComesBackOutOfSyncWhileACleanStopKeepsTheRouteInSync() throws {
-        let s = try Setup(f, "crashsync")
+        let s = try RouteProxy(f, "crashsync")
         defer { s.stop() }
         // A clean stop with nothing owed: still in sync after the restart.
         #expect(try s.client().query("INSERT INTO crashsync_items VALUES (1, 'before')").isEmpty)
@@ -94,7 +41,7 @@ import Testing
     }
 
     @Test func aFlipCutShortByKillIsReportedAbortedAndTheRouteIsInExactlyOnePhase() throws {
-        let s = try Setup(f, "crashflip", server: "flip_timeout = 30")
+        let s = try RouteProxy(f, "crashflip", server: "flip_timeout = 30")
         defer { s.stop() }
         // An open transaction keeps the leader flip waiting (it pauses until every session is idle).
         let busy = try s.client()
@@ -119,7 +66,7 @@ import Testing
     }
 
     @Test func aSecondProxyOnTheSameStateFileRefusesToStart() throws {
-        let s = try Setup(f, "crashlock")
+        let s = try RouteProxy(f, "crashlock")
         defer { s.stop() }
         let port = PostgresCluster.freePort()
         let other = "\(f.directory)/crashlock-second.toml"
@@ -134,7 +81,7 @@ import Testing
     }
 
     @Test func pauseHoldsANewSessionsFirstTransactionInADualPhaseAndSurvivesARestart() throws {
-        let s = try Setup(f, "crashpause")
+        let s = try RouteProxy(f, "crashpause")
         defer { s.stop() }
         #expect(s.sqlState("PAUSE crashpause 5") == nil)
         #expect(try s.route()["paused"] == "yes")
@@ -161,7 +108,7 @@ import Testing
     }
 
     @Test func markInSyncNeedsTheSettledPauseItNames() throws {
-        let s = try Setup(f, "crashmark")
+        let s = try RouteProxy(f, "crashmark")
         defer { s.stop() }
         // Out of sync: the proxy killed with the route in dual-legacy.
         s.kill9()
@@ -188,7 +135,7 @@ import Testing
     }
 
     @Test func adminPapercuts() throws {
-        let s = try Setup(f, "crashadmin")
+        let s = try RouteProxy(f, "crashadmin")
         defer { s.stop() }
         #expect(s.sqlState("SHOW DIVERGENCES nosuch") == "42704")
         do { try s.admin().query("PAUSE crashadmin 0"); Issue.record("PAUSE 0 accepted") } catch let e as PQError {
@@ -197,12 +144,3 @@ import Testing
     }
 }
 
-/// Polls `condition` every 50 ms for up to `seconds`; fails the test with `what` if it never holds.
-private func waitUntil(_ what: String, seconds: Double = 10, _ condition: () throws -> Bool) throws {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-        if (try? condition()) == true { return }
-        usleep(50_000)
-    }
-    Issue.record("timed out waiting until \(what)")
-}

@@ -1,0 +1,71 @@
+// The proxy's own libpq sessions to a route's backends, blocking (the offline commands, and the proxy's
+// catalog reads and sequence carries on libuv's thread pool): how to connect, and what they ask.
+import CutoverNative
+
+extension BackendConfig {
+    /// libpq keywords and values for this backend: its own login, TLS mode and CA; values rendered alike on
+    /// both sides whatever their server defaults (as pg_dump does); `schema` as the search_path if given.
+    public func libpqParameters(schema: String? = nil, applicationName: String = "cutover") -> [(String, String)] {
+        var options = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres -c extra_float_digits=3 -c bytea_output=hex"
+        if let schema { options += " -c search_path=" + Verification.quoteIdentifier(schema).replacingOccurrences(of: " ", with: "\\ ") }
+        var p = [("host", host), ("port", "\(port)"), ("dbname", database), ("user", user), ("sslmode", tls.rawValue),
+                 ("application_name", applicationName), ("connect_timeout", "10"), ("client_encoding", "UTF8"), ("options", options)]
+        if let password { p.append(("password", password)) }
+        if let tlsCAFile { p.append(("sslrootcert", tlsCAFile)) }
+        return p
+    }
+}
+
+/// What the proxy itself reads from and writes to a route's backends.
+public enum BackendSession {
+    /// The leader's catalog for a route side: `schema` (nil: the schema the backend user lands in).
+    public static func readCatalog(_ backend: BackendConfig, schema: String?) -> Result<WriteCatalog, BackendSessionError> {
+        do {
+            let s = try PGSession(parameters: backend.libpqParameters(schema: schema, applicationName: "cutover catalog"),
+                                  reaching: "backend \(backend.name)")
+            defer { s.close() }
+            let name = try schema ?? s.run("SELECT current_schema()").rows.first?.first ?? "public"
+            let rows = try s.run(WriteCatalog.query, [name]).rows.map { $0.map { $0.isEmpty ? nil : Optional($0) } }
+            return .success(WriteCatalog(schema: name, rows: rows))
+        } catch {
+            return .failure(BackendSessionError(description: "\(error)"))
+        }
+    }
+
+    /// Every sequence of the old leader's schema set on the new leader to at least its value there (never
+    /// lowered): with captured values the follower's inserts carry the leader's ids and never draw from
+    /// their own sequences, which must be caught up before that side hands out ids. Returns how many were set.
+    public static func carrySequences(from old: BackendConfig, schema oldSchema: String?, to new: BackendConfig, schema newSchema: String?)
+        -> Result<Int, BackendSessionError> {
+        do {
+            let source = try PGSession(parameters: old.libpqParameters(schema: oldSchema, applicationName: "cutover sequences"),
+                                       reaching: "backend \(old.name)")
+            defer { source.close() }
+            let target = try PGSession(parameters: new.libpqParameters(schema: newSchema, applicationName: "cutover sequences"),
+                                       reaching: "backend \(new.name)")
+            defer { target.close() }
+            let fromSchema = try oldSchema ?? source.run("SELECT current_schema()").rows.first?.first ?? "public"
+            let toSchema = try newSchema ?? target.run("SELECT current_schema()").rows.first?.first ?? "public"
+            let sequences = try source.run(sequenceValues, [fromSchema]).rows
+            let present = Set(try target.run(sequenceValues, [toSchema]).rows.map { $0[0] })
+            var set = 0
+            for row in sequences where present.contains(row[0]) && !row[1].isEmpty {
+                let name = Verification.quoteIdentifier(toSchema) + "." + Verification.quoteIdentifier(row[0])
+                try target.run("SELECT pg_catalog.setval($1::regclass, GREATEST($2::bigint, (SELECT last_value FROM \(name))), true)", [name, row[1]])
+                set += 1
+            }
+            return .success(set)
+        } catch {
+            return .failure(BackendSessionError(description: "\(error)"))
+        }
+    }
+
+    /// A schema's sequences with their last value handed out (empty when none was yet). $1: schema.
+    static let sequenceValues = """
+        SELECT sequencename, COALESCE(last_value::text, '') FROM pg_catalog.pg_sequences WHERE schemaname = $1 ORDER BY 1
+        """
+}
+
+public struct BackendSessionError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+}

@@ -1,0 +1,117 @@
+// The wire side of deterministic mirroring: a unit's Query and Parse messages rewritten for the leader,
+// and a captured unit rendered for the follower with the leader's values as literals. Pure bytes in, bytes out.
+import CutoverProtocol
+
+public enum CapturedUnit {
+    /// A Query or Parse message with `text` in place of its statement text; nil for any other message or a
+    /// body that does not read as one. (`body` is the message without its 5-byte header.)
+    public static func replacingText(id: UInt8, body: UnsafeRawBufferPointer, with text: String) -> [UInt8]? {
+        var w = ByteWriter(capacity: body.count + text.utf8.count + 8)
+        switch id {
+        case FrontendMessageID.query.rawValue:
+            w.beginMessage(id)
+            w.writeCString(text)
+            w.endMessage()
+        case FrontendMessageID.parse.rawValue:
+            guard let nameEnd = body.firstIndex(of: 0), let textEnd = body[(nameEnd + 1)...].firstIndex(of: 0) else { return nil }
+            w.beginMessage(id)
+            w.writeBytes(UnsafeRawBufferPointer(rebasing: body[...nameEnd]))
+            w.writeCString(text)
+            w.writeBytes(UnsafeRawBufferPointer(rebasing: body[(textEnd + 1)...])) // parameter types, unchanged
+            w.endMessage()
+        default:
+            return nil
+        }
+        return w.bytes
+    }
+
+    /// The statement text of a Query or Parse body (nil for other messages).
+    public static func text(id: UInt8, body: UnsafeRawBufferPointer) -> String? {
+        switch id {
+        case FrontendMessageID.query.rawValue:
+            return String(decoding: body.prefix { $0 != 0 }, as: UTF8.self)
+        case FrontendMessageID.parse.rawValue:
+            guard let nameEnd = body.firstIndex(of: 0) else { return nil }
+            return String(decoding: body[(nameEnd + 1)...].prefix { $0 != 0 }, as: UTF8.self)
+        default:
+            return nil
+        }
+    }
+
+    /// The name a Parse gives its statement, or a Bind the statement it binds.
+    public static func statementName(id: UInt8, body: UnsafeRawBufferPointer) -> String? {
+        switch id {
+        case FrontendMessageID.parse.rawValue:
+            return String(decoding: body.prefix { $0 != 0 }, as: UTF8.self)
+        case FrontendMessageID.bind.rawValue:
+            guard let portalEnd = body.firstIndex(of: 0) else { return nil }
+            return String(decoding: body[(portalEnd + 1)...].prefix { $0 != 0 }, as: UTF8.self)
+        default:
+            return nil
+        }
+    }
+
+    /// The follower's text of `write` with the leader's `values` in place of the settings it would read. A
+    /// value the leader never computed (an UPDATE that matched no row, a statement that failed first) is NULL.
+    public static func followerText(_ write: CapturedWrite, values: [String?]) -> String {
+        var text = write.followerText
+        for (k, name) in write.settings.enumerated() {
+            let value = k < values.count ? values[k] : nil
+            text = text.replacingOccurrences(of: "pg_catalog.current_setting(\(SQLText.quoteLiteral(name)))",
+                                             with: value.map(SQLText.quoteLiteral) ?? "NULL")
+        }
+        return text
+    }
+
+    /// The follower's copy of a captured unit (`template`: the client's messages, whole): each captured Query
+    /// or unnamed Parse carries the leader's values as literals; a Bind of a named captured statement is run
+    /// from an unnamed one parsed just before it with those literals (the named one keeps the client's text,
+    /// and another execution of it would need other values). `writes` resolves a statement text or name to
+    /// its capture, `parseOf` a statement name to the client's Parse message (for its parameter types).
+    public static func renderForFollower(_ template: [UInt8], values: [[String?]], capturedText: (String) -> CapturedWrite?,
+                                         capturedName: (String) -> CapturedWrite?, parseOf: (String) -> [UInt8]?) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(template.count + 256)
+        var next = 0 // index of the next execution's values
+        template.withUnsafeBytes { raw in
+            var i = 0
+            while i + 5 <= raw.count {
+                let id = raw[i]
+                let length = Int(Int32(bigEndian: raw.loadUnaligned(fromByteOffset: i + 1, as: Int32.self)))
+                let end = min(raw.count, i + 1 + length)
+                let body = UnsafeRawBufferPointer(rebasing: raw[(i + 5)..<end])
+                var replaced: [UInt8]?
+                if id == FrontendMessageID.query.rawValue || (id == FrontendMessageID.parse.rawValue && statementName(id: id, body: body) == ""),
+                   let text = text(id: id, body: body), let write = capturedText(text), next < values.count {
+                    replaced = replacingText(id: id, body: body, with: followerText(write, values: values[next]))
+                    next += 1
+                } else if id == FrontendMessageID.bind.rawValue, let name = statementName(id: id, body: body), !name.isEmpty,
+                          let write = capturedName(name), let parse = parseOf(name), next < values.count {
+                    let literal = followerText(write, values: values[next])
+                    next += 1
+                    var bytes: [UInt8] = []
+                    parse.withUnsafeBytes { p in
+                        let parseBody = UnsafeRawBufferPointer(rebasing: p[5...])
+                        // The same Parse, unnamed: its parameter types are the client's.
+                        var unnamed = [UInt8(0)] + Array(parseBody[(parseBody.firstIndex(of: 0)! + 1)...])
+                        unnamed.withUnsafeBytes { bytes = replacingText(id: FrontendMessageID.parse.rawValue, body: $0, with: literal) ?? [] }
+                    }
+                    // The Bind, now of the unnamed statement.
+                    let portalEnd = body.firstIndex(of: 0)!
+                    let statementEnd = body[(portalEnd + 1)...].firstIndex(of: 0)!
+                    var w = ByteWriter(capacity: body.count + 5)
+                    w.beginMessage(id)
+                    w.writeBytes(UnsafeRawBufferPointer(rebasing: body[...portalEnd]))
+                    w.writeCString("")
+                    w.writeBytes(UnsafeRawBufferPointer(rebasing: body[(statementEnd + 1)...]))
+                    w.endMessage()
+                    replaced = bytes + w.bytes
+                }
+                if let replaced { out += replaced } else { out += raw[i..<end] }
+                i = end
+            }
+            if i < raw.count { out += raw[i...] }
+        }
+        return out
+    }
+}

@@ -1,0 +1,353 @@
+// Deterministic mirroring in the session: a write whose values differ per side runs on the leader rewritten
+// to keep them (DeterministicWrite), the proxy reads them back right after the unit (a query of its own,
+// its answer cut out of the client's stream), and the follower's copy of the unit waits for them and
+// carries them as literals. What cannot be captured is recorded and marks the route out of sync.
+import CutoverCore
+import CutoverProtocol
+
+/// A unit of the proxy's own on the leader: the lock-step's implicit BEGIN/COMMIT, or a capture's readback.
+enum LeaderInternalKind { case lockStep, readback }
+
+/// One session's capture bookkeeping (allocated at its first captured write).
+final class CaptureState {
+    /// Named statements whose Parse reached the leader rewritten: a Bind of one executes a capture.
+    var named: [String: CapturedWrite] = [:]
+    /// Named statements whose Parse needed a capture but could not be rewritten (it straddled two reads):
+    /// executing one is non-deterministic.
+    var unrewritten: [String: String] = [:]
+    /// The unnamed statement, if the unit's Parse of it was captured.
+    var unnamed: CapturedWrite?
+    /// That Parse is in the unit being scanned (the follower's copy can carry the values only then).
+    var unnamedParsedInUnit = false
+
+    // The unit being scanned (async) or sent (sync).
+    /// Captured statements it executes, in order.
+    var executions: [CapturedWrite] = []
+    /// Why it cannot be captured, if it cannot.
+    var refusal: String?
+    /// The unit's statement text, for the record.
+    var statement: String?
+
+    /// Captures whose readback has not answered yet, oldest first; each resolves the first unresolved
+    /// `.unit` in `held`.
+    var awaiting = 0
+    /// What the follower gets, in order, once the captures before it are resolved.
+    var held: [HeldForFollower] = []
+    /// Readback rows received, by the number of the leader's internal unit they answer (several can come
+    /// in one read before their boundaries are handled).
+    var rows: [UInt64: [String?]] = [:]
+    /// Lock-step: the capture of the unit sent to the leader, for its copy to the follower.
+    var lockStepFollower: CapturedWrite?
+    /// Lock-step: part of the unit went out before a Flush.
+    var lockStepUnitSplit = false
+    /// A statement that may change the catalog went to the leader: it is read again at the next idle boundary.
+    var ddlSeen = false
+
+    var isIdle: Bool { awaiting == 0 && held.isEmpty }
+
+    func startUnit() {
+        unnamedParsedInUnit = false
+        executions.removeAll(keepingCapacity: true)
+        refusal = nil
+        statement = nil
+    }
+}
+
+/// Follower-bound bytes held behind a capture not yet read back.
+enum HeldForFollower {
+    case bytes([UInt8])
+    /// A captured unit: the client's messages, rendered with the leader's values once they are known.
+    case unit(template: [UInt8], write: CapturedWrite, values: [String?]?)
+}
+
+/// One message of a client chunk as the capture sees it.
+struct CaptureEdit {
+    var range: Range<Int>
+    var bytes: [UInt8]
+}
+
+extension ClientSession {
+    // MARK: deciding, message by message
+
+    static let ddlWords: Set<String> = ["CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE"]
+
+    /// At an idle boundary after DDL: the leader's catalog is read again (the route's other sessions use it too).
+    func refreshCatalogAfterDDL() {
+        guard let s = cold?.captures, s.ddlSeen, transactionStatus == .idle, let route else { return }
+        s.ddlSeen = false
+        server.refreshCatalog(route, side: sessionPhase.leader)
+    }
+
+    var captureState: CaptureState {
+        let c = coldState
+        if let s = c.captures { return s }
+        let s = CaptureState()
+        c.captures = s
+        return s
+    }
+
+    /// A Query, Parse or Bind on its way to the leader while mirroring: whether it runs a write that must
+    /// be captured. Returns the leader's replacement of the message, if it has one. `whole`: the message is
+    /// complete in the bytes being forwarded (else it can only be recorded, not rewritten).
+    func captureSees(id: UInt8, body: UnsafeRawBufferPointer, whole: Bool) -> [UInt8]? {
+        guard let route else { return nil }
+        switch id {
+        case FrontendMessageID.query.rawValue, FrontendMessageID.parse.rawValue:
+            guard let text = CapturedUnit.text(id: id, body: body) else { return nil }
+            let name = id == FrontendMessageID.parse.rawValue ? CapturedUnit.statementName(id: id, body: body) : nil
+            let plan = server.writePlan(route, text, leader: sessionPhase.leader)
+            if SQLText.leadingWords(text, count: 1).first.map(Self.ddlWords.contains) == true { captureState.ddlSeen = true }
+            let s: CaptureState
+            switch plan {
+            case .asSent:
+                guard let existing = cold?.captures else { return nil }
+                s = existing
+                if let name { forgetStatement(name, s) }
+                return nil
+            case .nondeterministic(let reason):
+                s = captureState
+                if let name { forgetStatement(name, s); s.unrewritten[name] = reason } else { refuseUnit(s, text, reason) }
+                return nil
+            case .captured(let write):
+                s = captureState
+                guard whole else {
+                    let reason = "the statement straddles two reads (\(body.count) bytes), so it could not be rewritten"
+                    if let name { forgetStatement(name, s); s.unrewritten[name] = reason } else { refuseUnit(s, text, reason) }
+                    return nil
+                }
+                if let name {
+                    forgetStatement(name, s)
+                    if name.isEmpty { s.unnamed = write; s.unnamedParsedInUnit = true } else { s.named[name] = write }
+                } else {
+                    s.executions.append(write)
+                    s.statement = s.statement ?? text
+                }
+                return CapturedUnit.replacingText(id: id, body: body, with: write.leaderText)
+            }
+        case FrontendMessageID.bind.rawValue:
+            guard let s = cold?.captures, let name = CapturedUnit.statementName(id: id, body: body) else { return nil }
+            if name.isEmpty, s.unnamed != nil, !s.unnamedParsedInUnit {
+                refuseUnit(s, nil, "a Bind of the unnamed statement parsed in an earlier unit")
+            } else if let write = name.isEmpty ? s.unnamed : s.named[name] {
+                s.executions.append(write)
+                s.statement = s.statement ?? write.leaderText
+            } else if let reason = s.unrewritten[name] {
+                refuseUnit(s, nil, reason)
+            }
+            return nil
+        default:
+            return nil
+        }
+    }
+
+    private func forgetStatement(_ name: String, _ s: CaptureState) {
+        if name.isEmpty { s.unnamed = nil } else { s.named[name] = nil; s.unrewritten[name] = nil }
+    }
+
+    private func refuseUnit(_ s: CaptureState, _ text: String?, _ reason: String) {
+        if s.refusal == nil { s.refusal = reason }
+        if s.statement == nil { s.statement = text }
+    }
+
+    /// The unit ends (its Query or Sync went by). Returns the capture the unit needs, if it can have one: a
+    /// unit that executes exactly one captured statement, begun in the bytes at hand (`begunHere`). Anything
+    /// else that differs per side is recorded as non-deterministic and marks the route out of sync.
+    func captureUnitEnds(begunHere: Bool) -> CapturedWrite? {
+        guard let s = cold?.captures else { return nil }
+        defer { s.startUnit() }
+        var refusal = s.refusal
+        if refusal == nil && s.executions.count > 1 {
+            refusal = "the unit runs \(s.executions.count) statements whose values differ per side; one per unit can be captured"
+        }
+        if refusal == nil && !s.executions.isEmpty && !begunHere {
+            refusal = "the unit began in an earlier read, so the follower's copy of it was on its way before the leader's values could be read back"
+        }
+        if let refusal {
+            recordNondeterministic(s.statement, refusal)
+            return nil
+        }
+        return s.executions.first
+    }
+
+    /// Records a write the follower cannot store identically, and marks the route out of sync.
+    func recordNondeterministic(_ statement: String?, _ reason: String) {
+        server.recordDivergence(session: self, kind: .nondeterministic, statement: statement, leader: nil, follower: nil,
+                                leaderMs: nil, followerMs: nil, detail: reason)
+        route?.markOutOfSync("session \(id): nondeterministic: \(reason)")
+    }
+
+    // MARK: the leader's readback
+
+    /// The readback the leader runs right behind the unit that ends at the end of the bytes sent before it
+    /// (`clientUnitsAhead` of the client's units, that one included, are still to be answered then).
+    func readbackBytes(for write: CapturedWrite, clientUnitsAhead: Int32) -> [UInt8] {
+        leader?.addInternal(afterClientUnits: clientUnitsAhead)
+        leaderInternalKinds.append(.readback)
+        captureState.awaiting += 1
+        var w = ByteWriter()
+        FrontendMessage.query(write.readbackQuery).encode(into: &w)
+        return w.bytes
+    }
+
+    /// A row answering one of the proxy's own units on the leader: a readback's values.
+    func backendInternalRow(_ link: BackendLink, _ body: UnsafeRawBufferPointer, unit: UInt64) {
+        guard link === leader, let s = cold?.captures, s.awaiting > 0 else { return }
+        var r = ByteReader(Array(body)[...], context: "DataRow")
+        guard let count = try? r.readInt16() else { return }
+        var values: [String?] = []
+        for _ in 0..<max(0, Int(count)) {
+            guard let n = try? r.readInt32() else { return }
+            if n < 0 { values.append(nil); continue }
+            guard let bytes = try? r.readBytes(Int(n)) else { return }
+            // Empty: emptied by the previous readback and not computed since (see `readbackQuery`).
+            values.append(n == 0 ? nil : String(decoding: bytes, as: UTF8.self))
+        }
+        s.rows[unit] = values
+    }
+
+    /// A unit of the proxy's own ended on the leader (`unit`: its number on the link): a readback resolves
+    /// the oldest capture waiting. Returns false for a lock-step unit (the caller hands it to the lock-step).
+    func leaderInternalEnded(unit: UInt64) -> Bool {
+        guard let c = cold, !c.leaderInternalKinds.isEmpty else { return false }
+        let kind = c.leaderInternalKinds.removeFirst()
+        guard kind == .readback, let s = c.captures else { return false }
+        s.awaiting -= 1
+        let values = s.rows.removeValue(forKey: unit)
+        if let k = s.held.firstIndex(where: { if case .unit(_, _, nil) = $0 { return true } else { return false } }),
+           case .unit(let template, let write, _) = s.held[k] {
+            // No row: the leader's statement failed before computing them; the follower's copy then fails too.
+            s.held[k] = .unit(template: template, write: write, values: Array((values ?? []).prefix(write.settings.count)))
+        }
+        releaseHeldForFollower()
+        return true
+    }
+
+    // MARK: the follower's copy
+
+    /// Follower-bound bytes: held behind a capture still being read back, else delivered as before.
+    func toFollower(_ bytes: [UInt8], capture write: CapturedWrite?) {
+        if let write {
+            captureState.held.append(.unit(template: bytes, write: write, values: nil))
+        } else if let s = cold?.captures, !s.held.isEmpty {
+            s.held.append(.bytes(bytes))
+        } else {
+            deliverToFollower(bytes)
+        }
+    }
+
+    /// Sends what is held for the follower up to the first capture still unresolved.
+    func releaseHeldForFollower() {
+        guard let s = cold?.captures else { return }
+        var out: [UInt8] = []
+        var taken = 0
+        for item in s.held {
+            switch item {
+            case .bytes(let b): out += b
+            case .unit(let template, let write, let values?):
+                out += CapturedUnit.renderForFollower(template, values: [values],
+                                                      capturedText: { text in
+                                                          if case .captured(let w)? = self.route.map({ self.server.writePlan($0, text, leader: self.sessionPhase.leader) }), w == write { return w }
+                                                          return nil
+                                                      },
+                                                      capturedName: { name in s.named[name] == write ? write : nil },
+                                                      parseOf: { self.tracker.preparedMessages[$0] })
+            case .unit(_, _, nil):
+                break
+            }
+            if case .unit(_, _, nil) = item { break }
+            taken += 1
+        }
+        s.held.removeFirst(taken)
+        if !out.isEmpty { deliverToFollower(out) }
+        // The transaction may have ended on the leader while this waited: the batch goes now.
+        if s.held.isEmpty, transactionStatus == .idle, let c = cold, !c.followerOutbox.isEmpty { flushFollowerOutbox() }
+    }
+
+    /// The follower's bytes by the mode's usual way: the async batch, or at once.
+    private func deliverToFollower(_ bytes: [UInt8]) {
+        guard let follower else { return }
+        if mirrorMode == .async && lockStepIsQuiet && follower.connection.readsOnDemand {
+            let c = coldState
+            c.followerOutbox.append(contentsOf: bytes)
+            if c.followerOutbox.count >= Self.followerOutboxLimit { flushFollowerOutbox() }
+            if !inFollowerReadList { server.readFollowerLater(self) }
+        } else {
+            // Units in these bytes count as sent now (the batch marks its own when it goes).
+            let now = loop.nanoseconds
+            var k = units.count
+            while k > unitsHead, units[k - 1].followerSentAt == nil { k -= 1; units[k].followerSentAt = now }
+            follower.send(bytes)
+        }
+    }
+
+    /// Mirroring stopped: nothing is owed to a follower any more (the readbacks still end on the leader).
+    func dropHeldForFollower() {
+        cold?.captures?.held = []
+    }
+
+    // MARK: sending
+
+    /// Async mirroring of a chunk with captured units (or behind one still being read back): the leader
+    /// gets its rewritten messages and the readbacks, the follower the client's bytes, each captured unit
+    /// held until the leader's values for it are in.
+    func forwardCaptured(_ bytes: UnsafeRawBufferPointer, _ chunk: ClientChunk) {
+        var leaderBytes: [UInt8] = []
+        leaderBytes.reserveCapacity(bytes.count + 256)
+        var at = 0
+        for edit in chunk.leaderEdits {
+            leaderBytes += bytes[at..<edit.range.lowerBound]
+            leaderBytes += edit.bytes
+            at = edit.range.upperBound
+        }
+        leaderBytes += bytes[at...]
+        leader?.send(leaderBytes)
+        guard follower != nil else { return }
+        if !chunk.batching { for (_, unit) in chunkUnits { registerUnit(unit, followerSent: false) } }
+        at = 0
+        for (range, write) in chunk.followerCaptures {
+            if range.lowerBound > at { toFollower(Array(bytes[at..<range.lowerBound]), capture: nil) }
+            toFollower(Array(bytes[range]), capture: write)
+            at = range.upperBound
+        }
+        if at < bytes.count { toFollower(Array(bytes[at...]), capture: nil) }
+    }
+
+    /// Lock-step: a unit (or the part before a Flush) on its way to the leader, rewritten where it runs a
+    /// captured write, with the readback behind it. The follower's copy comes later (`.toFollower`).
+    func leaderBytesInLockStep(_ bytes: [UInt8]) -> [UInt8] {
+        guard follower != nil, route != nil else { return bytes }
+        var out: [UInt8] = []
+        var edited = false, endsUnit = false
+        bytes.withUnsafeBytes { raw in
+            var i = 0
+            while i + 5 <= raw.count {
+                let id = raw[i]
+                let length = Int(Int32(bigEndian: raw.loadUnaligned(fromByteOffset: i + 1, as: Int32.self)))
+                let end = min(raw.count, i + 1 + length)
+                let body = UnsafeRawBufferPointer(rebasing: raw[(i + 5)..<end])
+                if id == FrontendMessageID.query.rawValue || id == FrontendMessageID.parse.rawValue || id == FrontendMessageID.bind.rawValue,
+                   let replacement = captureSees(id: id, body: body, whole: true) {
+                    out += replacement
+                    edited = true
+                } else {
+                    out += raw[i..<end]
+                }
+                endsUnit = id == FrontendMessageID.query.rawValue || id == FrontendMessageID.sync.rawValue
+                i = end
+            }
+            if i < raw.count { out += raw[i...] }
+        }
+        guard endsUnit else {
+            if !bytes.isEmpty { captureState.lockStepUnitSplit = true }
+            return edited ? out : bytes
+        }
+        let s = cold?.captures
+        if let write = captureUnitEnds(begunHere: !(s?.lockStepUnitSplit ?? false)) {
+            out += readbackBytes(for: write, clientUnitsAhead: 1)
+            captureState.lockStepFollower = write
+            edited = true
+        }
+        s?.lockStepUnitSplit = false
+        return edited ? out : bytes
+    }
+}
