@@ -79,10 +79,10 @@ PROXY_PORT=$(free_port)
         printf '[routes.%s]\nlegacy = "legacy"\nlegacy_schema = "%s"\nnew = "%s"\nphase = "legacy"\n\n' "$s" "${SCHEMA[$s]}" "$s"
     done
 } > "$WORK/cutover.toml"
-LEGACY_DB_PASSWORD=hexabuilders_pw "$CUTOVER" check-config "$WORK/cutover.toml"
+LEGACY_DB_PASSWORD=hexabuilders_pw "$CUTOVER" check-config --config "$WORK/cutover.toml"
 
 echo "== starting cutover on 127.0.0.1:$PROXY_PORT"
-LEGACY_DB_PASSWORD=hexabuilders_pw "$CUTOVER" serve "$WORK/cutover.toml" --log-level notice > "$WORK/cutover.log" 2>&1 &
+LEGACY_DB_PASSWORD=hexabuilders_pw "$CUTOVER" serve --config "$WORK/cutover.toml" --log-level notice > "$WORK/cutover.log" 2>&1 &
 PROXY_PID=$!
 for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$PROXY_PORT) 2>/dev/null && break; sleep 0.1; done
 
@@ -110,19 +110,19 @@ via_proxy onboarding -c "SELECT c.name, p.name AS partner FROM candidates c JOIN
 step "backfill: PAUSE the route, copy onboarding's schema to its new instance, verify, start mirroring, RESUME"
 ONB_NEW() { PGPASSWORD=onboarding_secure_password psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${PORT[onboarding]}" -U onboarding_user onboarding "$@"; }
 ONB_NEW -c "CREATE TABLE candidates (id serial PRIMARY KEY, partner_id int NOT NULL, name text NOT NULL, status text NOT NULL DEFAULT 'new')"
-psql "$CUTOVER_ADMIN_URL" -X -c "PAUSE onboarding 10"
+"$CUTOVER" pause onboarding --timeout 10
 echo "-- cutover backfill (legacy's schema onboarding, one snapshot, into the new instance; sequences too)"
-LEGACY_DB_PASSWORD=hexabuilders_pw "$CUTOVER" backfill "$WORK/cutover.toml" onboarding | sed 's/^/   /'
-verify() { echo "-- cutover verify (both sides, straight from the backends)"; LEGACY_DB_PASSWORD=hexabuilders_pw "$CUTOVER" verify "$WORK/cutover.toml" onboarding "$@" | sed 's/^/   /'; }
+LEGACY_DB_PASSWORD=hexabuilders_pw "$CUTOVER" backfill --config "$WORK/cutover.toml" onboarding | sed 's/^/   /'
+verify() { echo "-- cutover verify (both sides, straight from the backends)"; LEGACY_DB_PASSWORD=hexabuilders_pw "$CUTOVER" verify --config "$WORK/cutover.toml" onboarding "$@" | sed 's/^/   /'; }
 verify
 "$CUTOVER" phase onboarding dual-legacy
-psql "$CUTOVER_ADMIN_URL" -X -c "RESUME onboarding"
+"$CUTOVER" resume onboarding
 
 step "a row deleted on the new instance behind the proxy's back, then updated through the proxy: one divergence (UPDATE 1 vs UPDATE 0)"
 ONB_NEW -c "DELETE FROM candidates WHERE id = 7"
 via_proxy onboarding -c "UPDATE candidates SET status = 'hired' WHERE id = 7"
 sleep 0.5
-psql "$CUTOVER_ADMIN_URL" -X -c "SHOW DIVERGENCES onboarding"
+"$CUTOVER" divergences onboarding
 verify --attempts 1 || echo "   (exit status 1: the sides differ)"
 echo "   (repairing the new side: copying row 7 back)"
 PGPASSWORD=hexabuilders_pw psql -X -q -h 127.0.0.1 -p "${PORT[legacy]}" -U hexabuilders hexabuilders \

@@ -1,4 +1,4 @@
-// `cutover status` and `cutover phase`: talk to a running proxy's admin database through libpq.
+// `cutover status`, `phase`, `pause`, `resume` and `divergences`: talk to a running proxy's admin database through libpq.
 import ArgumentParser
 import CutoverCore
 import Foundation
@@ -13,6 +13,28 @@ struct AdminOptions: ParsableArguments {
         do { return try PGSession(try connectionString(), reaching: "the admin console") } catch let e as PGSession.Failure {
             print("cutover: \(e)")
             throw ExitCode(2)
+        }
+    }
+
+    /// Runs `body` on a connection to the admin console: exits 2 when the proxy cannot be reached, 1 when it
+    /// refuses a command (its message printed).
+    func session(_ body: (PGSession) throws -> Void) throws {
+        let client = try connect()
+        defer { client.close() }
+        do { try body(client) } catch let e as PGSession.Failure {
+            print("cutover: \(e)")
+            throw ExitCode(1)
+        }
+    }
+
+    /// Sends each command in turn and prints its result, a blank line between results.
+    func printResults(of commands: [String]) throws {
+        try session { client in
+            for (i, command) in commands.enumerated() {
+                if i > 0 { print("") }
+                let r = try client.run(command)
+                printTable(r.columns, r.rows)
+            }
         }
     }
 
@@ -45,16 +67,7 @@ struct Status: ParsableCommand {
     @Flag(help: "Also list per-route statistics.") var stats = false
 
     func run() throws {
-        let client = try admin.connect()
-        defer { client.close() }
-        do {
-            let routes = try client.run("SHOW ROUTES")
-            printTable(routes.columns, routes.rows)
-            if stats { print(""); let s = try client.run("SHOW STATS"); printTable(s.columns, s.rows) }
-            if sessions { print(""); let s = try client.run("SHOW SESSIONS"); printTable(s.columns, s.rows) }
-        } catch let e as PGSession.Failure {
-            print("cutover: \(e)"); throw ExitCode(1)
-        }
+        try admin.printResults(of: ["SHOW ROUTES"] + (stats ? ["SHOW STATS"] : []) + (sessions ? ["SHOW SESSIONS"] : []))
     }
 }
 
@@ -68,21 +81,43 @@ struct PhaseCommand: ParsableCommand {
     @Option(help: "Set the route's mirror mode (async or sync) before flipping.") var mirror: String?
 
     func validate() throws {
-        guard ["legacy", "dual-legacy", "dual-new", "new"].contains(phase) else {
+        guard Phase(rawValue: phase) != nil else {
             throw ValidationError("unknown phase \(phase): use legacy, dual-legacy, dual-new or new")
         }
         if let mirror, mirror != "async" && mirror != "sync" { throw ValidationError("mirror must be async or sync") }
     }
 
     func run() throws {
-        let client = try admin.connect()
-        defer { client.close() }
-        do {
-            if let mirror { _ = try client.run("SET MIRROR \(route) TO \(mirror)") }
-            let r = try client.run("SET PHASE \(route) TO \(phase)\(force ? " FORCE" : "")")
-            printTable(r.columns, r.rows)
-        } catch let e as PGSession.Failure {
-            print("cutover: \(e)"); throw ExitCode(1)
-        }
+        try admin.printResults(of: (mirror.map { ["SET MIRROR \(route) TO \($0)"] } ?? []) + ["SET PHASE \(route) TO \(phase)\(force ? " FORCE" : "")"])
     }
+}
+
+struct Pause: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Hold new transactions on a route of a running proxy; waits for the in-flight ones (still_busy counts those left).")
+    @OptionGroup var admin: AdminOptions
+    @Argument(help: "The route (its database name).") var route: String
+    @Option(help: "Seconds to wait for in-flight transactions (default: the proxy's flip_timeout; at most 86400).") var timeout: Double?
+
+    func validate() throws {
+        if let timeout, !(timeout > 0 && timeout <= 86_400) { throw ValidationError("--timeout must be a number of seconds from 0 to 86400") }
+    }
+
+    func run() throws { try admin.printResults(of: ["PAUSE \(route)" + (timeout.map { " \($0)" } ?? "")]) }
+}
+
+struct Resume: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Let a paused route's transactions go on a running proxy.")
+    @OptionGroup var admin: AdminOptions
+    @Argument(help: "The route (its database name).") var route: String
+
+    func run() throws { try admin.printResults(of: ["RESUME \(route)"]) }
+}
+
+struct Divergences: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List a running proxy's latest divergences (of one route, or all).")
+    @OptionGroup var admin: AdminOptions
+    @Argument(help: "The route (its database name); all routes when left out.") var route: String?
+
+    func run() throws { try admin.printResults(of: ["SHOW DIVERGENCES" + (route.map { " \($0)" } ?? "")]) }
 }

@@ -23,6 +23,7 @@ struct Backfill: ParsableCommand {
         let (legacy, new) = try RouteSide.connectBoth(configPath: options.config, route: route)
         defer { legacy.session.close(); new.session.close() }
         do {
+            if let unknown = try RouteSide.unknownTables(tables, on: [legacy]) { try refuse([unknown]) }
             let names = try legacy.tables(only: tables)
             guard !names.isEmpty else {
                 print("cutover: no tables to copy in \(legacy)")
@@ -75,7 +76,7 @@ struct Backfill: ParsableCommand {
             try legacy.session.run("COMMIT")
             printTable(["table", "rows"], copied)
             print("\nroute \(route): \(counted(order.count, "table")), \(total) rows and \(counted(sequences, "sequence")) "
-                  + "copied from \(legacy) to \(new). Check with: cutover verify \(options.config) \(route)")
+                  + "copied from \(legacy) to \(new). Check with: cutover verify --config \(options.config) \(route)")
         } catch let e as PGSession.Failure {
             print("cutover: \(e) (nothing copied)")
             throw ExitCode(2)

@@ -11,11 +11,15 @@ struct Cutover: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cutover",
         abstract: "A PostgreSQL proxy that moves each service's schema to its own instance with no downtime.",
-        subcommands: [Serve.self, CheckConfig.self, Status.self, PhaseCommand.self, Verify.self, Backfill.self, Bench.self])
+        version: CutoverVersion.string,
+        subcommands: [Serve.self, CheckConfig.self, Status.self, PhaseCommand.self, Pause.self, Resume.self, Divergences.self,
+                      Verify.self, Backfill.self, Bench.self])
 }
 
+/// The config file, given the same way to every subcommand that reads it (an option, so that a route name
+/// after it is never taken for the file).
 struct ConfigOption: ParsableArguments {
-    @Argument(help: "The TOML config file.")
+    @Option(help: "The TOML config file.")
     var config: String = "config/cutover.toml"
 }
 

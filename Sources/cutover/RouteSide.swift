@@ -6,9 +6,11 @@ import CutoverCore
 struct RouteSide: CustomStringConvertible {
     let session: PGSession
     let schema: String
+    let database: String
     let backendName: String
 
-    var description: String { "schema \(schema) on \(backendName)" }
+    /// Where this side's tables are looked for, as every "missing" message names it.
+    var description: String { "schema \(schema) of database \(database) on backend \(backendName)" }
 
     /// Both sides of `route` from the config file, connected. Exits with status 2 (and says why) when the
     /// config, the route or a backend fails.
@@ -43,12 +45,25 @@ struct RouteSide: CustomStringConvertible {
         if let ca = backend.tlsCAFile { parameters.append(("sslrootcert", ca)) }
         session = try PGSession(parameters: parameters, reaching: "backend \(backend.name)")
         backendName = backend.name
+        database = backend.database
         self.schema = try schema ?? session.run("SELECT current_schema()").rows.first?.first ?? "public"
     }
 
     /// The schema's tables (or those of `names` among them), in name order.
     func tables(only names: [String]) throws -> [String] {
         try session.run(Verification.listTables, [schema]).rows.map { $0[0] }.filter { names.isEmpty || names.contains($0) }
+    }
+
+    /// The names among `requested` (`--table`) that none of `sides` has, said with where they were looked for;
+    /// nil when each is somewhere.
+    static func unknownTables(_ requested: [String], on sides: [RouteSide]) throws -> String? {
+        var unknown = requested
+        for side in sides {
+            let present = Set(try side.tables(only: []))
+            unknown.removeAll(where: present.contains)
+        }
+        guard !unknown.isEmpty else { return nil }
+        return "no table \(unknown.joined(separator: ", ")) in " + sides.map(\.description).joined(separator: " nor in ")
     }
 
     /// The columns a COPY can fill, in order.

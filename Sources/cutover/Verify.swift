@@ -10,7 +10,8 @@ struct Verify: ParsableCommand {
             Connects to both backends with the credentials in the config (not through the proxy). Each table is
             read in one scan per side: its row count and an order-insensitive hash of its rows. A table that
             differs is checked again (writes still on their way to the follower explain a difference for a
-            moment). Exit status: 0 every table matches, 1 some differ, 2 the config or a backend failed.
+            moment). Exit status: 0 every table matches, 1 some differ, 2 the config or a backend failed, or a
+            --table is on neither side.
             """)
     @OptionGroup var options: ConfigOption
     @Argument(help: "The route (its database name).") var route: String
@@ -29,6 +30,10 @@ struct Verify: ParsableCommand {
             func read(_ table: String) throws -> (TableFingerprint, TableFingerprint?)? {
                 guard let (l, names) = try legacy.fingerprint(table) else { return nil }
                 return (l, try new.fingerprint(table, names: names)?.0)
+            }
+            if let unknown = try RouteSide.unknownTables(tables, on: [legacy, new]) {
+                print("cutover: \(unknown)")
+                throw ExitCode(2)
             }
             var legacySide: [String: TableFingerprint] = [:], newSide: [String: TableFingerprint] = [:]
             for table in try legacy.tables(only: tables) {

@@ -28,31 +28,31 @@ import Testing
         let path = try f.offlineConfig("shop", legacySchema: "backfill_s", newDatabase: "backfill_new")
         func cli(_ args: [String]) throws -> ProcessResult { try f.cli(args) }
 
-        let first = try cli(["backfill", path, "shop"])
+        let first = try cli(["backfill", "--config", path, "shop"])
         #expect(first.status == 0, "\(first.stdout)\(first.stderr)")
         #expect(first.stdout.contains("2 tables, 5300 rows and 2 sequences copied"), "\(first.stdout)")
-        let verify = try cli(["verify", path, "shop", "--attempts", "1"])
+        let verify = try cli(["verify", "--config", path, "shop", "--attempts", "1"])
         #expect(verify.status == 0, "\(verify.stdout)")
         // Sequences continue where legacy's are (customers' is past its max id), identity included.
         #expect(try newSQL("SELECT nextval('customers_id_seq') || ',' || nextval('orders_id_seq')") == "303,5001")
 
         // A second run would mix rows: refused, nothing changes; --truncate replaces them.
-        let again = try cli(["backfill", path, "shop"])
+        let again = try cli(["backfill", "--config", path, "shop"])
         #expect(again.status == 1 && again.stdout.contains("not empty on new") && again.stdout.contains("nothing copied"))
         #expect(try newSQL("SELECT count(*) FROM orders") == "5000")
-        let replaced = try cli(["backfill", path, "shop", "--truncate"])
+        let replaced = try cli(["backfill", "--config", path, "shop", "--truncate"])
         #expect(replaced.status == 0, "\(replaced.stdout)")
         #expect(try newSQL("SELECT count(*) FROM orders") == "5000")
 
         // With --table, only the copied tables' sequences are set: customers' is in use on the new side.
         try newSQL("SELECT setval('customers_id_seq', 9000)")
-        let one = try cli(["backfill", path, "shop", "--table", "orders", "--truncate"])
+        let one = try cli(["backfill", "--config", path, "shop", "--table", "orders", "--truncate"])
         #expect(one.status == 0 && one.stdout.contains("1 table, 5000 rows and 1 sequence copied"), "\(one.stdout)")
         #expect(try newSQL("SELECT nextval('customers_id_seq') || ',' || nextval('orders_id_seq')") == "9001,5001")
 
         // A column the new side lacks is found before anything is copied.
         try newSQL("ALTER TABLE orders DROP COLUMN note")
-        let lacking = try cli(["backfill", path, "shop", "--truncate"])
+        let lacking = try cli(["backfill", "--config", path, "shop", "--truncate"])
         #expect(lacking.status == 1 && lacking.stdout.contains("orders: new lacks column(s) note"), "\(lacking.stdout)")
         #expect(try newSQL("SELECT count(*) FROM orders") == "5000", "the refused run truncated nothing")
     }
@@ -73,8 +73,8 @@ import Testing
             """, database: "hexabuilders", user: "hexabuilders", password: FixtureSecrets.legacyPassword)
         try f.onboarding.psql(ddl, database: "backfill_cycle", user: "onboarding_user", password: FixtureSecrets.onboardingPassword)
         let path = try f.offlineConfig("cycle", legacySchema: "cycle_s", newDatabase: "backfill_cycle")
-        let r = try f.cli(["backfill", path, "cycle"])
+        let r = try f.cli(["backfill", "--config", path, "cycle"])
         #expect(r.status == 0 && r.stdout.contains("2 tables, 55 rows"), "\(r.stdout)")
-        #expect(try f.cli(["verify", path, "cycle", "--attempts", "1"]).status == 0)
+        #expect(try f.cli(["verify", "--config", path, "cycle", "--attempts", "1"]).status == 0)
     }
 }

@@ -268,7 +268,7 @@ import Testing
         // A file that holds no list (here a certificate) is a config problem, and a reload with it is refused whole.
         try FileManager.default.removeItem(atPath: crl)
         try FileManager.default.copyItem(atPath: ca.certificate, toPath: crl)
-        let check = try f.cli(["check-config", path])
+        let check = try f.cli(["check-config", "--config", path])
         #expect(check.status == 1 && check.stdout.contains("server.client_tls_crl_file") && check.stdout.contains("holds no certificate revocation list"),
                 "\(check.stdout)")
         kill(p.processIdentifier, SIGHUP)

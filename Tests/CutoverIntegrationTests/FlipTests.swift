@@ -1,6 +1,7 @@
 // Integration: flips under load, rollback, a follower that dies mid-run, restarts mid-migration, the admin
 // console and the CLI, session state carried to a follower that joins late, cross-schema statements.
 import CLibPQ
+import CutoverCore
 import Foundation
 import Glibc
 import Testing
@@ -336,5 +337,26 @@ import Testing
         let unreachable = try runProcess(ProxyFixture.cutoverBinary, ["status", "--admin-url", "host=127.0.0.1 port=1 dbname=cutover user=ops"])
         #expect(unreachable.status == 2)
         try f.walk("recruitment", to: "legacy")
+    }
+
+    @Test func cliPauseResumeAndDivergencesTalkToTheRunningProxy() throws {
+        let url = "host=127.0.0.1 port=\(f.proxyPort) dbname=cutover user=ops password=\(FixtureSecrets.adminPassword)"
+        func cli(_ args: [String]) throws -> ProcessResult { try runProcess(ProxyFixture.cutoverBinary, args, environment: ["CUTOVER_ADMIN_URL": url]) }
+        func paused() throws -> String? { try f.admin().query("SHOW ROUTES").first { $0[0] == "recruitment" }?[8] ?? nil }
+        let pause = try cli(["pause", "recruitment", "--timeout", "2"])
+        #expect(pause.status == 0 && pause.stdout.contains("still_busy"), "\(pause.stdout)\(pause.stderr)")
+        #expect(try paused() == "yes")
+        let twice = try cli(["pause", "recruitment"])
+        #expect(twice.status == 1 && twice.stdout.contains("already paused"), "\(twice.stdout)")
+        let resume = try cli(["resume", "recruitment"])
+        #expect(resume.status == 0 && resume.stdout.contains("longest_stall_ms"), "\(resume.stdout)\(resume.stderr)")
+        #expect(try paused() == "no")
+        let divergences = try cli(["divergences", "recruitment"])
+        #expect(divergences.status == 0 && divergences.stdout.contains("kind") && divergences.stdout.contains("statement"), "\(divergences.stdout)")
+        #expect(try cli(["divergences"]).status == 0)
+        let unknown = try cli(["resume", "nosuch"])
+        #expect(unknown.status == 1 && unknown.stdout.contains("no route named"), "\(unknown.stdout)")
+        let version = try cli(["--version"])
+        #expect(version.status == 0 && version.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == CutoverVersion.string)
     }
 }

@@ -44,7 +44,7 @@ import Testing
         let port = PostgresCluster.freePort()
         let path = "\(f.directory)/unix-missing.toml"
         try f.ownConfig(port: port, server: "unix_socket_dir = \"/nonexistent-cutover-dir\"").write(toFile: path, atomically: true, encoding: .utf8)
-        let result = try f.cli(["serve", path])
+        let result = try f.cli(["serve", "--config", path])
         #expect(!result.succeeded)
         #expect((result.stdout + result.stderr).contains("cannot listen on /nonexistent-cutover-dir/.s.PGSQL.\(port)"),
                 "the error names the socket path: \(result.stderr)")
@@ -66,7 +66,7 @@ import Testing
         #expect(bound == 0 && listen(holder, 1) == 0, "the port is taken")
         let path = "\(f.directory)/unix-port-taken.toml"
         try f.ownConfig(port: port, server: "unix_socket_dir = \"\(directory)\"").write(toFile: path, atomically: true, encoding: .utf8)
-        let result = try f.cli(["serve", path])
+        let result = try f.cli(["serve", "--config", path])
         #expect(!result.succeeded)
         #expect((result.stdout + result.stderr).contains("cannot listen on"), "the error says why: \(result.stderr)")
         #expect(!FileManager.default.fileExists(atPath: "\(directory)/.s.PGSQL.\(port)"), "no socket file is left behind")

@@ -37,7 +37,7 @@ import Testing
             legacy = "nowhere"
             new = "new"
             """)
-        func verify(_ args: [String]) throws -> ProcessResult { try f.cli(["verify", path] + args) }
+        func verify(_ args: [String]) throws -> ProcessResult { try f.cli(["verify", "--config", path] + args) }
         func verdicts(_ out: String) -> [String: String] {
             var v: [String: String] = [:]
             for line in out.split(separator: "\n") {
@@ -50,7 +50,20 @@ import Testing
         let agreeing = try verify(["verify", "--table", "a", "--table", "b"])
         #expect(agreeing.status == 0, "\(agreeing.stdout)\(agreeing.stderr)")
         #expect(verdicts(agreeing.stdout) == ["a": "match", "b": "match"])
-        #expect(agreeing.stdout.contains("route verify: 2 tables, 2 match, 0 differ (legacy: schema verify_s on legacy; new: schema public on new)"))
+        #expect(agreeing.stdout.contains("route verify: 2 tables, 2 match, 0 differ (legacy: schema verify_s of database hexabuilders "
+                                         + "on backend legacy; new: schema public of database verify_new on backend new)"), "\(agreeing.stdout)")
+        // A --table that neither side has is an error, not an empty match.
+        let nosuch = try verify(["verify", "--table", "a", "--table", "nosuch"])
+        #expect(nosuch.status == 2 && nosuch.stdout.contains("no table nosuch in schema verify_s of database hexabuilders on backend legacy "
+                                                             + "nor in schema public of database verify_new on backend new"), "\(nosuch.stdout)")
+        // The route right after the subcommand is the route, the config the default config/cutover.toml.
+        let directory = "\(f.directory)/verify-default"
+        try FileManager.default.createDirectory(atPath: "\(directory)/config", withIntermediateDirectories: true)
+        try? FileManager.default.removeItem(atPath: "\(directory)/config/cutover.toml")
+        try FileManager.default.copyItem(atPath: path, toPath: "\(directory)/config/cutover.toml")
+        let defaulted = try runProcess(ProxyFixture.cutoverBinary, ["verify", "verify", "--table", "a"], environment: ProxyFixture.proxyEnvironment,
+                                       currentDirectory: directory)
+        #expect(defaulted.status == 0 && verdicts(defaulted.stdout) == ["a": "match"], "\(defaulted.stdout)\(defaulted.stderr)")
         // A column only the new side has is not compared (a backfill leaves it to its default).
         try newSQL("ALTER TABLE a ADD COLUMN added_later int DEFAULT 7")
         #expect(verdicts(try verify(["verify", "--table", "a"]).stdout) == ["a": "match"])

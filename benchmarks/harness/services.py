@@ -238,7 +238,7 @@ mirror = "{mirror}"
 """)
 
     def start(self, wrapper=(), signal_child=False):
-        argv = list(wrapper) + [self.binary, "serve", self.config, "--log-level", "warning"]
+        argv = list(wrapper) + [self.binary, "serve", "--config", self.config, "--log-level", "warning"]
         self.service = procs.Service(self.name, self.pin.wrap(argv), os.path.join(self.dir, "cutover.log"), cwd=self.dir,
                                      signal_child=signal_child)
         procs.wait_for_port(self.port, self.service.proc, timeout=60, what=self.name)

@@ -150,7 +150,7 @@ final class ProxyFixture: @unchecked Sendable {
     /// `resolvConf`: likewise its /etc/resolv.conf (with `hostsFile` only), e.g. a name server that never answers.
     static func startProxy(configPath: String, logPath: String, port: Int, fileLimit: Int? = nil, hostsFile: String? = nil,
                            resolvConf: String? = nil) throws -> Process {
-        let serve = ["serve", configPath, "--log-level", "info"]
+        let serve = ["serve", "--config", configPath, "--log-level", "info"]
         let p: Process
         if let fileLimit {
             p = try startBackgroundProcess("/bin/sh", ["-c", "ulimit -n \(fileLimit) && exec \"$0\" \"$@\"", cutoverBinary] + serve,
