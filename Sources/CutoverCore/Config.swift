@@ -162,6 +162,9 @@ public struct BackendConfig: Sendable, Equatable {
         self.password = password
     }
 
+    /// Where this backend's data lives: two backends with the same endpoint are one database.
+    public var endpoint: String { "\(host):\(port)/\(database)" }
+
     /// A `host` that starts with `/` is the directory of the server's Unix-domain socket, as in libpq.
     public var isUnixSocket: Bool { host.hasPrefix("/") }
     /// The socket file of a Unix-domain backend.

@@ -6,21 +6,68 @@ public enum ConfigLoader {
     /// Loads and validates `path`. `environment` is injectable so tests need not touch the process environment.
     public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> CutoverConfig {
         let text: String
-        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
-            throw ConfigErrors(problems: [ConfigProblem(path, "cannot read file: \(error.localizedDescription)")])
+        switch FileAccess.readText(path) {
+        case .success(let t): text = t
+        case .failure(let e): throw ConfigErrors(problems: [ConfigProblem(path, "cannot read file: \(e)")])
         }
-        return try parse(text, environment: environment, baseDirectory: (path as NSString).deletingLastPathComponent)
+        return try parse(text, environment: environment, baseDirectory: directory(ofConfigAt: path))
+    }
+
+    /// What `serve` starts with: `load`, and what only the machine can tell (the state file's directory takes
+    /// a new file). `check-config` runs it too, so it passes only a file `serve` would start with.
+    public static func loadForServing(path: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> CutoverConfig {
+        let config = try load(path: path, environment: environment)
+        let problems = config.problemsBeforeServing()
+        if !problems.isEmpty { throw ConfigErrors(problems: problems) }
+        return config
+    }
+
+    /// What `check-config` reports: everything `loadForServing` does, and mistakes a running proxy survives
+    /// until a flip makes them harmful (a route whose two sides are one database).
+    public static func check(path: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> CutoverConfig {
+        let config = try loadForServing(path: path, environment: environment)
+        let problems = config.routesOntoThemselves()
+        if !problems.isEmpty { throw ConfigErrors(problems: problems) }
+        return config
+    }
+
+    /// The absolute directory of the config file at `path`, which relative paths in it are relative to
+    /// (`cutover.toml` alone is in the current directory, not in `/`).
+    public static func directory(ofConfigAt path: String, currentDirectory: String = FileManager.default.currentDirectoryPath) -> String {
+        let absolute = path.hasPrefix("/") ? path : (currentDirectory as NSString).appendingPathComponent(path)
+        return ((absolute as NSString).standardizingPath as NSString).deletingLastPathComponent
     }
 
     public static func parse(_ text: String, environment: [String: String] = [:], baseDirectory: String = ".") throws -> CutoverConfig {
         let root: TOMLTable
         do { root = try TOMLTable(string: text) } catch let e as TOMLParseError {
-            throw ConfigErrors(problems: [ConfigProblem("line \(e.source.begin.line)", "TOML syntax: \(e.description)")])
+            let at = e.source.begin
+            throw ConfigErrors(problems: [ConfigProblem("line \(at.line), column \(at.column)", "TOML syntax error: \(e.description)")])
         }
         var p = Parser(environment: environment, baseDirectory: baseDirectory)
         let config = p.config(root)
         if !p.problems.isEmpty { throw ConfigErrors(problems: p.problems) }
         return config
+    }
+}
+
+extension CutoverConfig {
+    /// The state file is written as a temporary file renamed over it, so its directory must take a new file.
+    /// Without this check a proxy would start and only fail at its first flip, which it could not persist.
+    public func problemsBeforeServing() -> [ConfigProblem] {
+        guard let path = server.stateFile else { return [] }
+        let directory = (path as NSString).deletingLastPathComponent
+        guard let e = FileAccess.probeWritable(directory: directory) else { return [] }
+        return [ConfigProblem("server.state_file", "cannot create a file in \(directory), the directory of \(path): \(e)")]
+    }
+
+    /// Routes whose legacy and new reach the same database: every mirrored write would run there twice.
+    public func routesOntoThemselves() -> [ConfigProblem] {
+        routes.values.sorted { $0.name < $1.name }.compactMap { r in
+            guard let legacy = backends[r.legacy], let new = backends[r.new], legacy.endpoint == new.endpoint else { return nil }
+            let which = r.legacy == r.new ? "backend \(r.legacy)" : "backends \(r.legacy) and \(r.new), both \(legacy.endpoint)"
+            return ConfigProblem("routes.\(r.name).new", "legacy and new are the same database (\(which)); mirrored writes would run there twice")
+        }
     }
 }
 
@@ -81,11 +128,11 @@ private struct Parser {
             return v
         }
         if let file = string(t, "password_file", path) {
-            let full = file.hasPrefix("/") ? file : "\(baseDirectory)/\(file)"
-            guard let v = try? String(contentsOfFile: full, encoding: .utf8) else {
-                problem("\(path).password_file", "cannot read \(full)"); return nil
+            let full = absolute(file)
+            switch FileAccess.readText(full) {
+            case .success(let v): return v.trimmingCharacters(in: .newlines)
+            case .failure(let e): problem("\(path).password_file", "cannot read \(full): \(e)"); return nil
             }
-            return v.trimmingCharacters(in: .newlines)
         }
         return nil
     }
@@ -100,10 +147,12 @@ private struct Parser {
             if let arr = u.array {
                 for (i, v) in arr.enumerated() {
                     guard let t = v.table else { problem("users[\(i)]", "must be a table"); continue }
-                    if let user = user(t, "users[\(i)]") {
-                        if c.users[user.name] != nil { problem("users[\(i)].name", "duplicate user \(user.name)") }
+                    // A user is named by its name in problems (users[3] means nothing to someone reading the file).
+                    let path = t["name"]?.string.map { key("users", $0) } ?? "users[\(i)]"
+                    if let user = user(t, path) {
+                        if c.users[user.name] != nil { problem("\(path).name", "duplicate user \(user.name)") }
                         if user.auth == .cert && (c.server.clientTLSCAFile == nil || c.server.clientTLS == .disable) {
-                            problem("users[\(i)].auth", "cert needs client TLS and [server] client_tls_ca_file (the CAs client certificates must chain to)")
+                            problem("\(path).auth", "cert needs client TLS and [server] client_tls_ca_file (the CAs client certificates must chain to)")
                         }
                         c.users[user.name] = user
                     }
@@ -137,7 +186,7 @@ private struct Parser {
         if c.users.isEmpty { problem("users", "at least one [[users]] entry is required") }
         for (name, u) in c.users.sorted(by: { $0.key < $1.key }) {
             for r in (u.routes ?? []).sorted() where c.routes[r] == nil && !(r == "*" && c.wildcardBackend != nil) {
-                problem("users.\(name).routes", "no route named \(r)")
+                problem("\(key("users", name)).routes", "no route named \(r)")
             }
         }
         return c
@@ -235,8 +284,14 @@ private struct Parser {
         return nil
     }
 
+    /// `table.name`, the name quoted when it is not a bare TOML key (as the file itself must write it).
+    func key(_ table: String, _ name: String) -> String {
+        let bare = !name.isEmpty && name.unicodeScalars.allSatisfy { $0.isASCII && (CharacterSet.alphanumerics.contains($0) || $0 == "_" || $0 == "-") }
+        return bare ? "\(table).\(name)" : "\(table).\"\(name)\""
+    }
+
     /// Paths in the file are relative to the file's directory.
-    func absolute(_ path: String) -> String { path.hasPrefix("/") ? path : "\(baseDirectory)/\(path)" }
+    func absolute(_ path: String) -> String { path.hasPrefix("/") ? path : (baseDirectory as NSString).appendingPathComponent(path) }
 
     mutating func user(_ t: TOMLTable, _ path: String) -> UserConfig? {
         checkKeys(t, path, allowed: ["name", "auth", "password", "password_env", "password_file", "scram", "admin", "routes"])

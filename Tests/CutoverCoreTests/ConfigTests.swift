@@ -77,7 +77,7 @@ backend = "legacy"
             Issue.record("expected errors")
         } catch let e as ConfigErrors {
             let keys = Set(e.problems.map(\.key))
-            #expect(keys.isSuperset(of: ["server.listen", "server.metrics_listen", "server.follower_logins", "server.dns_refresh", "server.max_clients", "server.colour", "users[0].password_env",
+            #expect(keys.isSuperset(of: ["server.listen", "server.metrics_listen", "server.follower_logins", "server.dns_refresh", "server.max_clients", "server.colour", "users.u.password_env",
                                          "routes.r.new", "routes.r.phase"]))
         } catch { Issue.record("unexpected \(error)") }
     }
@@ -183,8 +183,8 @@ backend = "legacy"
         }
         let ok = try parse(files + "\nclient_tls_ca_file = \"\(cert.certificate)\"")
         #expect(ok.users["svc"]?.auth == .cert && ok.server.clientTLSCAFile == cert.certificate, "no password needed")
-        #expect(problems(files)["users[0].auth"]?.contains("client_tls_ca_file") == true)
-        #expect(problems("client_tls_ca_file = \"\(cert.certificate)\"")["users[0].auth"] != nil, "without client TLS no certificate can arrive")
+        #expect(problems(files)["users.svc.auth"]?.contains("client_tls_ca_file") == true)
+        #expect(problems("client_tls_ca_file = \"\(cert.certificate)\"")["users.svc.auth"] != nil, "without client TLS no certificate can arrive")
         let missing = problems(files + "\nclient_tls_ca_file = \"\(cert.directory)/none.pem\"")
         #expect(missing["server.client_tls_ca_file"]?.contains("none.pem") == true, "check-config names the CA file it cannot load")
 
@@ -226,8 +226,64 @@ backend = "legacy"
         #expect(missing["backends.b.tls_ca_file"]?.contains("none.pem") == true)
     }
 
-    @Test func syntaxErrorNamesTheLine() {
-        #expect(throws: ConfigErrors.self) { try ConfigLoader.parse("[server\nlisten=1") }
+    @Test func aSyntaxErrorSaysWhereAndWhat() {
+        let problems = Self.problems { try ConfigLoader.parse("[server]\nlisten = \"127.0.0.1:1\nmax_clients = 3\n") }
+        #expect(problems.count == 1)
+        #expect(problems.first?.key == "line 2, column 22", "\(problems)")
+        #expect(problems.first?.message.hasPrefix("TOML syntax error: ") == true && problems.first!.message.contains("string"), "\(problems)")
+    }
+
+    @Test func usersAreNamedByTheirNameInProblems() {
+        let problems = Self.problems {
+            try ConfigLoader.parse("[[users]]\nname = \"svc\"\npassword_env = \"NOPE\"\n[[users]]\nname = \"odd name\"\nauth = \"md5\"\n[[users]]\npassword = \"x\"\n")
+        }
+        let keys = Set(problems.map(\.key))
+        #expect(keys.isSuperset(of: ["users.svc.password_env", "users.\"odd name\"", "users[2].name"]), "\(keys)")
+        #expect(!keys.contains { $0.hasPrefix("users[0]") || $0.hasPrefix("users[1]") })
+    }
+
+    @Test func relativePathsAreRelativeToTheConfigFilesDirectoryWhereverThatIs() throws {
+        #expect(ConfigLoader.directory(ofConfigAt: "cutover.toml", currentDirectory: "/srv/cutover") == "/srv/cutover")
+        #expect(ConfigLoader.directory(ofConfigAt: "config/../etc/cutover.toml", currentDirectory: "/srv") == "/srv/etc")
+        #expect(ConfigLoader.directory(ofConfigAt: "/etc/cutover/cutover.toml", currentDirectory: "/srv") == "/etc/cutover")
+        let c = try ConfigLoader.parse("[server]\nstate_file = \"cutover.state\"\ndivergence_log = \"log/d.jsonl\"\n[[users]]\nname = \"u\"\nauth = \"trust\"\n",
+                                       baseDirectory: ConfigLoader.directory(ofConfigAt: "cutover.toml", currentDirectory: "/srv/cutover"))
+        #expect(c.server.stateFile == "/srv/cutover/cutover.state" && c.server.divergenceLog == "/srv/cutover/log/d.jsonl")
+    }
+
+    @Test func theStateFilesDirectoryMustTakeANewFileAndTheProblemSaysWhyInTheOSsWords() throws {
+        var c = CutoverConfig()
+        c.server.stateFile = "/nonexistent-cutover-dir/cutover.state"
+        let problems = c.problemsBeforeServing()
+        #expect(problems == [ConfigProblem("server.state_file", "cannot create a file in /nonexistent-cutover-dir, the directory of "
+                                           + "/nonexistent-cutover-dir/cutover.state: No such file or directory")])
+        let directory = NSTemporaryDirectory() + "cutover-state-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        c.server.stateFile = directory + "/cutover.state"
+        #expect(c.problemsBeforeServing().isEmpty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory).isEmpty, "the probe file is removed again")
+    }
+
+    @Test func aRouteWhoseTwoSidesAreOneDatabaseIsACheckProblem() throws {
+        let c = try ConfigLoader.parse("""
+            users = [{ name = "u", auth = "trust" }]
+            [backends]
+            a = { user = "x" }
+            a_again = { host = "127.0.0.1", user = "y", database = "x" }
+            b = { user = "x", port = 5433 }
+            [routes]
+            same = { legacy = "a", new = "a" }
+            aliased = { legacy = "a", new = "a_again" }
+            apart = { legacy = "a", new = "b" }
+            """)
+        #expect(c.routesOntoThemselves().map(\.key) == ["routes.aliased.new", "routes.same.new"])
+        #expect(c.routesOntoThemselves().first?.message.contains("backends a and a_again, both 127.0.0.1:5432/x") == true)
+    }
+
+    /// The problems `body` throws (none when it does not).
+    static func problems(_ body: () throws -> Any) -> [ConfigProblem] {
+        do { _ = try body(); return [] } catch let e as ConfigErrors { return e.problems } catch { return [ConfigProblem("?", "\(error)")] }
     }
 
     @Test func phaseLadder() {
