@@ -183,12 +183,25 @@ public struct RouteConfig: Sendable, Equatable {
     public var legacy: String
     public var legacySchema: String?
     public var new: String
+    /// Where the route's tables live on the new side (`new_schema`, default `public`).
+    public var newSchema: String
     public var phase: Phase
     public var mirror: MirrorMode
 
-    public init(name: String, legacy: String, legacySchema: String?, new: String, phase: Phase = .legacy, mirror: MirrorMode = .async) {
-        self.name = name; self.legacy = legacy; self.legacySchema = legacySchema; self.new = new
+    public init(name: String, legacy: String, legacySchema: String?, new: String, newSchema: String = "public",
+                phase: Phase = .legacy, mirror: MirrorMode = .async) {
+        self.name = name; self.legacy = legacy; self.legacySchema = legacySchema; self.new = new; self.newSchema = newSchema
         self.phase = phase; self.mirror = mirror
+    }
+
+    /// The `search_path` startup parameter a connection to `side` gets: the legacy schema there; on the new
+    /// side `new_schema`, except `public`, which a database finds by itself (so the backend user's own
+    /// `search_path` setting, if any, is left alone, as it was before `new_schema` existed).
+    public func searchPath(on side: Side) -> String? {
+        switch side {
+        case .legacy: legacySchema
+        case .new: newSchema == "public" ? nil : newSchema
+        }
     }
 }
 

@@ -61,12 +61,15 @@ extension CutoverConfig {
         return [ConfigProblem("server.state_file", "cannot create a file in \(directory), the directory of \(path): \(e)")]
     }
 
-    /// Routes whose legacy and new reach the same database: every mirrored write would run there twice.
+    /// Routes whose legacy and new reach the same tables (one database, one schema): every mirrored write
+    /// would run there twice. (A legacy side without `legacy_schema` counts as `public`, where it lands.)
     public func routesOntoThemselves() -> [ConfigProblem] {
         routes.values.sorted { $0.name < $1.name }.compactMap { r in
-            guard let legacy = backends[r.legacy], let new = backends[r.new], legacy.endpoint == new.endpoint else { return nil }
+            guard let legacy = backends[r.legacy], let new = backends[r.new], legacy.endpoint == new.endpoint,
+                  (r.legacySchema ?? "public") == r.newSchema else { return nil }
             let which = r.legacy == r.new ? "backend \(r.legacy)" : "backends \(r.legacy) and \(r.new), both \(legacy.endpoint)"
-            return ConfigProblem("routes.\(r.name).new", "legacy and new are the same database (\(which)); mirrored writes would run there twice")
+            return ConfigProblem("routes.\(r.name).new", "legacy and new are the same database and schema \(r.newSchema) (\(which)); "
+                                 + "mirrored writes would run there twice")
         }
     }
 }
@@ -349,7 +352,7 @@ private struct Parser {
 
     mutating func route(_ name: String, _ t: TOMLTable, backends: [String: BackendConfig]) -> RouteConfig? {
         let path = "routes.\(name)"
-        checkKeys(t, path, allowed: ["legacy", "legacy_schema", "new", "phase", "mirror"])
+        checkKeys(t, path, allowed: ["legacy", "legacy_schema", "new", "new_schema", "phase", "mirror"])
         let legacy = string(t, "legacy", path, required: true)
         let new = string(t, "new", path, required: true)
         for (key, b) in [("legacy", legacy), ("new", new)] {
@@ -363,9 +366,11 @@ private struct Parser {
         if let m = string(t, "mirror", path) {
             if let v = MirrorMode(rawValue: m) { mirror = v } else { problem("\(path).mirror", "must be async or sync") }
         }
-        let schema = string(t, "legacy_schema", path)
-        if let schema, schema.isEmpty { problem("\(path).legacy_schema", "must not be empty") }
+        let schema = string(t, "legacy_schema", path), newSchema = string(t, "new_schema", path)
+        for (key, value) in [("legacy_schema", schema), ("new_schema", newSchema)] where value?.isEmpty == true {
+            problem("\(path).\(key)", "must not be empty")
+        }
         guard let legacy, let new else { return nil }
-        return RouteConfig(name: name, legacy: legacy, legacySchema: schema, new: new, phase: phase, mirror: mirror)
+        return RouteConfig(name: name, legacy: legacy, legacySchema: schema, new: new, newSchema: newSchema ?? "public", phase: phase, mirror: mirror)
     }
 }

@@ -8,7 +8,7 @@ public struct RouteTarget: Sendable, Equatable {
     public var leader: BackendConfig
     /// The real database name on the leader.
     public var database: String
-    /// Set on the legacy side so unqualified names resolve in the route's schema.
+    /// Set so unqualified names resolve in the route's schema on that side (`RouteConfig.searchPath(on:)`).
     public var searchPath: String?
     public var follower: BackendConfig?
     public var followerDatabase: String?
@@ -27,7 +27,7 @@ extension CutoverConfig {
         if database == server.adminDatabase { return .admin }
         if let r = routes[database], let legacy = backends[r.legacy], let new = backends[r.new] {
             let phase = overridePhase ?? r.phase
-            func side(_ s: Side) -> (BackendConfig, String?) { s == .legacy ? (legacy, r.legacySchema) : (new, nil) }
+            func side(_ s: Side) -> (BackendConfig, String?) { (s == .legacy ? legacy : new, r.searchPath(on: s)) }
             let (leader, leaderPath) = side(phase.leader)
             let follower = phase.follower.map(side)
             return .route(RouteTarget(route: r.name, phase: phase, leader: leader, database: leader.database,

@@ -33,7 +33,7 @@ struct Backfill: ParsableCommand {
             var problems: [String] = []
             let onNew = Set(try new.tables(only: []))
             for t in names {
-                guard onNew.contains(t) else { problems.append("\(t): missing on new (apply the schema first)"); continue }
+                guard onNew.contains(t) else { problems.append("\(t): missing in \(new) (apply the service's schema first)"); continue }
                 let legacyColumns = try legacy.copyColumns(t), newColumns = Set(try new.copyColumns(t))
                 let lacking = legacyColumns.filter { !newColumns.contains($0) }
                 if !lacking.isEmpty { problems.append("\(t): new lacks column(s) \(lacking.joined(separator: ", "))") }

@@ -26,14 +26,15 @@ struct RouteSide: CustomStringConvertible {
         }
         do {
             let l = try RouteSide(backend: legacy, schema: r.legacySchema)
-            do { return (l, try RouteSide(backend: new, schema: nil)) } catch { l.session.close(); throw error }
+            do { return (l, try RouteSide(backend: new, schema: r.newSchema)) } catch { l.session.close(); throw error }
         } catch let e as PGSession.Failure {
             print("cutover: \(e)")
             throw ExitCode(2)
         }
     }
 
-    /// Without a schema, the one the backend user lands in (as a session through the proxy does).
+    /// Without a schema (a legacy side without `legacy_schema`), the one the backend user lands in, as a
+    /// session through the proxy does.
     init(backend: BackendConfig, schema: String?) throws {
         var parameters = [("host", backend.host), ("port", "\(backend.port)"), ("dbname", backend.database), ("user", backend.user),
                           ("sslmode", backend.tls.rawValue), ("application_name", "cutover"), ("connect_timeout", "10"),

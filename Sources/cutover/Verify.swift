@@ -54,6 +54,7 @@ struct Verify: ParsableCommand {
             printTable(["table", "legacy_rows", "new_rows", "verdict"], rows.map {
                 [$0.table, $0.legacy?.rowsText ?? "-", $0.new?.rowsText ?? "-", $0.verdict.rawValue]
             })
+            for row in rows where row.verdict == .missingOnNew { print("\n\(row.table): missing in \(new)") }
             for row in rows where row.verdict == .columnsDiffer {
                 print("\n\(row.table):\n  legacy: \(row.legacy?.columns ?? "")\n  new:    \(row.new?.columns ?? "")")
             }

@@ -276,9 +276,23 @@ backend = "legacy"
             same = { legacy = "a", new = "a" }
             aliased = { legacy = "a", new = "a_again" }
             apart = { legacy = "a", new = "b" }
+            schemas_apart = { legacy = "a", legacy_schema = "onboarding", new = "a", new_schema = "onboarding_new" }
             """)
         #expect(c.routesOntoThemselves().map(\.key) == ["routes.aliased.new", "routes.same.new"])
         #expect(c.routesOntoThemselves().first?.message.contains("backends a and a_again, both 127.0.0.1:5432/x") == true)
+    }
+
+    @Test func newSchemaIsTheNewSidesSearchPathUnlessItIsPublic() throws {
+        let c = try ConfigLoader.parse(sampleConfig.replacingOccurrences(of: "legacy_schema = \"onboarding\"",
+                                                                         with: "legacy_schema = \"onboarding\"\nnew_schema = \"onboarding_s\""), environment: env)
+        #expect(c.routes["onboarding"]?.newSchema == "onboarding_s")
+        guard case .route(let n) = c.resolve(database: "onboarding", phase: .dualNew) else { Issue.record("no route"); return }
+        #expect(n.leader.name == "onboarding" && n.searchPath == "onboarding_s" && n.followerSearchPath == "onboarding")
+        guard case .route(let l) = c.resolve(database: "onboarding", phase: .dualLegacy) else { Issue.record("no route"); return }
+        #expect(l.searchPath == "onboarding" && l.followerSearchPath == "onboarding_s")
+        #expect(try ConfigLoader.parse(sampleConfig, environment: env).routes["onboarding"]?.searchPath(on: .new) == nil, "public: left alone")
+        let empty = Self.problems { try ConfigLoader.parse(sampleConfig.replacingOccurrences(of: "phase = \"legacy\"", with: "new_schema = \"\""), environment: env) }
+        #expect(empty.map(\.key) == ["routes.onboarding.new_schema"])
     }
 
     /// The problems `body` throws (none when it does not).

@@ -77,4 +77,37 @@ import Testing
         #expect(r.status == 0 && r.stdout.contains("2 tables, 55 rows"), "\(r.stdout)")
         #expect(try f.cli(["verify", "--config", path, "cycle", "--attempts", "1"]).status == 0)
     }
+
+    @Test func newSchemaIsWhereBackfillAndVerifyLookAndTheProxysSearchPathOnTheNewSide() throws {
+        try f.onboarding.createDatabase(name: "schema_new", owner: "onboarding_user")
+        try f.legacy.psql("""
+            CREATE SCHEMA schema_s; CREATE TABLE schema_s.items (id serial PRIMARY KEY, v text);
+            INSERT INTO schema_s.items (v) SELECT 'v' || g FROM generate_series(1, 40) g;
+            """, database: "hexabuilders", user: "hexabuilders", password: FixtureSecrets.legacyPassword)
+        @discardableResult func newSQL(_ sql: String) throws -> String {
+            try f.onboarding.psql(sql, database: "schema_new", user: "onboarding_user", password: FixtureSecrets.onboardingPassword)
+        }
+        // A table of that name in public must not be taken for the one in the route's schema.
+        try newSQL("CREATE SCHEMA svc; CREATE TABLE public.items (id int, v text)")
+        let port = PostgresCluster.freePort()
+        let path = try f.offlineConfig("schemed", legacySchema: "schema_s", newDatabase: "schema_new",
+                                       extra: "new_schema = \"svc\"\nphase = \"new\"", proxyPort: port)
+        let missing = try f.cli(["backfill", "--config", path, "schemed"])
+        #expect(missing.status == 1 && missing.stdout.contains("items: missing in schema svc of database schema_new on backend new"), "\(missing.stdout)")
+        let unverified = try f.cli(["verify", "--config", path, "schemed", "--attempts", "1"])
+        #expect(unverified.status == 1 && unverified.stdout.contains("items: missing in schema svc of database schema_new on backend new"),
+                "\(unverified.stdout)")
+
+        try newSQL("CREATE TABLE svc.items (id serial PRIMARY KEY, v text)")
+        let copied = try f.cli(["backfill", "--config", path, "schemed"])
+        #expect(copied.status == 0 && copied.stdout.contains("1 table, 40 rows and 1 sequence copied"), "\(copied.stdout)")
+        #expect(try newSQL("SELECT count(*) FROM svc.items") == "40" && newSQL("SELECT count(*) FROM public.items") == "0")
+        #expect(try f.cli(["verify", "--config", path, "schemed", "--attempts", "1"]).status == 0)
+
+        // Through the proxy (phase new: the new side leads), unqualified names resolve in new_schema.
+        let (proxy, _) = try f.serveOffline(path, port: port)
+        defer { stopBackgroundProcess(proxy) }
+        let c = try PQConnection(f.conninfo(port, database: "schemed", user: "u", password: ""))
+        #expect(try c.scalar("SELECT current_schema() || ':' || count(*) FROM items") == "svc:40")
+    }
 }

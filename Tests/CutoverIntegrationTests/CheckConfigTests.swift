@@ -50,6 +50,6 @@ import Testing
         let directory = try directoryWithConfig(server: "", routeNew: "legacy")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let check = try cutover(["check-config", "--config", "cutover.toml"], in: directory)
-        #expect(check.status == 1 && check.stdout.contains("routes.r.new: legacy and new are the same database (backend legacy)"), "\(check.stdout)")
+        #expect(check.status == 1 && check.stdout.contains("routes.r.new: legacy and new are the same database and schema public (backend legacy)"), "\(check.stdout)")
     }
 }

@@ -257,10 +257,13 @@ final class ProxyFixture: @unchecked Sendable {
     }
 
     /// A config for the offline commands (`verify`, `backfill`): route `route` from the legacy cluster's
-    /// `legacySchema` to `newDatabase` on the onboarding cluster, plus `extra` lines. Returns its path.
-    func offlineConfig(_ route: String, legacySchema: String, newDatabase: String, extra: String = "") throws -> String {
+    /// `legacySchema` to `newDatabase` on the onboarding cluster, plus `extra` lines (in the route's table
+    /// first). With `proxyPort`, a proxy can serve it too: it listens there and has the admin user `ops`.
+    /// Returns its path.
+    func offlineConfig(_ route: String, legacySchema: String, newDatabase: String, extra: String = "", proxyPort: Int? = nil) throws -> String {
         let path = "\(directory)/\(route)-offline.toml"
         try """
+            \(proxyPort.map { "[server]\nlisten = \"127.0.0.1:\($0)\"\n\(Self.adminTOML)" } ?? "")
             [[users]]
             name = "u"
             auth = "trust"
@@ -277,6 +280,12 @@ final class ProxyFixture: @unchecked Sendable {
             \(extra)
             """.write(toFile: path, atomically: true, encoding: .utf8)
         return path
+    }
+
+    /// Starts a proxy serving a config from `offlineConfig(..., proxyPort: port)`; returns its admin console's URL.
+    func serveOffline(_ path: String, port: Int) throws -> (Process, adminURL: String) {
+        let p = try Self.startProxy(configPath: path, logPath: path.replacingOccurrences(of: ".toml", with: ".log"), port: port)
+        return (p, "host=127.0.0.1 port=\(port) dbname=cutover user=ops password=\(FixtureSecrets.adminPassword)")
     }
 
     /// Runs the `cutover` command with the fixture's backend passwords in its environment.
