@@ -10,7 +10,7 @@ struct AdminOptions: ParsableArguments {
 
     /// Connects, or exits with status 2 (the proxy could not be reached) and says why.
     func connect() throws -> PGSession {
-        do { return try PGSession(try connectionString(), reaching: "the admin console") } catch let e as PGSession.Failure {
+        do { return try open() } catch let e as PGSession.Failure {
             print("cutover: \(e)")
             throw ExitCode(2)
         }
@@ -37,6 +37,21 @@ struct AdminOptions: ParsableArguments {
             }
         }
     }
+
+    /// The route's phase and its `paused` column as the proxy's SHOW ROUTES has them; nil when the proxy has no
+    /// such route. Throws when the console cannot be asked (no URL, unreachable, refused).
+    func routeState(_ route: String) throws -> (phase: String, paused: String)? {
+        let client = try open()
+        defer { client.close() }
+        let routes = try client.run("SHOW ROUTES")
+        guard let name = routes.columns.firstIndex(of: "route"), let phase = routes.columns.firstIndex(of: "phase"),
+              let paused = routes.columns.firstIndex(of: "paused") else {
+            throw ValidationError("SHOW ROUTES has no route, phase or paused column (columns: \(routes.columns.joined(separator: ", ")))")
+        }
+        return routes.rows.first { $0[name] == route }.map { ($0[phase], $0[paused]) }
+    }
+
+    func open() throws -> PGSession { try PGSession(try connectionString(), reaching: "the admin console") }
 
     func connectionString() throws -> String {
         if let adminURL { return adminURL }
