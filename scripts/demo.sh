@@ -43,7 +43,8 @@ legacy_sql -c "CREATE ROLE hexabuilders LOGIN PASSWORD 'hexabuilders_pw'" -c "CR
 PGPASSWORD=hexabuilders_pw psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${PORT[legacy]}" -U hexabuilders hexabuilders <<'SQL'
 CREATE TABLE public.partners (id serial PRIMARY KEY, name text NOT NULL, tier text NOT NULL DEFAULT 'standard');
 CREATE SCHEMA onboarding;
-CREATE TABLE onboarding.candidates (id serial PRIMARY KEY, partner_id int NOT NULL, name text NOT NULL, status text NOT NULL DEFAULT 'new');
+CREATE TABLE onboarding.candidates (id serial PRIMARY KEY, partner_id int NOT NULL, name text NOT NULL, status text NOT NULL DEFAULT 'new',
+    created_at timestamptz NOT NULL DEFAULT now(), token uuid NOT NULL DEFAULT gen_random_uuid(), updated_at timestamptz);
 CREATE SCHEMA recruitment;
 CREATE TABLE recruitment.job_postings (id serial PRIMARY KEY, partner_id int NOT NULL, title text NOT NULL, openings int NOT NULL);
 CREATE SCHEMA campaign_management;
@@ -109,7 +110,8 @@ via_proxy onboarding -c "SELECT c.name, p.name AS partner FROM candidates c JOIN
 
 step "backfill: PAUSE the route, copy onboarding's schema to its new instance, verify, start mirroring, RESUME"
 ONB_NEW() { PGPASSWORD=onboarding_secure_password psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${PORT[onboarding]}" -U onboarding_user onboarding "$@"; }
-ONB_NEW -c "CREATE TABLE candidates (id serial PRIMARY KEY, partner_id int NOT NULL, name text NOT NULL, status text NOT NULL DEFAULT 'new')"
+ONB_NEW -c "CREATE TABLE candidates (id serial PRIMARY KEY, partner_id int NOT NULL, name text NOT NULL, status text NOT NULL DEFAULT 'new',
+    created_at timestamptz NOT NULL DEFAULT now(), token uuid NOT NULL DEFAULT gen_random_uuid(), updated_at timestamptz)"
 "$CUTOVER" pause onboarding --timeout 10
 echo "-- cutover backfill (legacy's schema onboarding, one snapshot, into the new instance; sequences too)"
 LEGACY_DB_PASSWORD=hexabuilders_pw "$CUTOVER" backfill --config "$WORK/cutover.toml" onboarding | sed 's/^/   /'
@@ -127,18 +129,22 @@ verify --attempts 1 || echo "   (exit status 1: the sides differ)"
 echo "   (repairing the new side: copying row 7 back)"
 PGPASSWORD=hexabuilders_pw psql -X -q -h 127.0.0.1 -p "${PORT[legacy]}" -U hexabuilders hexabuilders \
     -c "\\copy (SELECT * FROM onboarding.candidates WHERE id = 7) TO STDOUT" | ONB_NEW -c "\\copy candidates FROM STDIN"
-verify
-echo "   (that UPDATE changed row 7 on legacy only: the route is out of sync, and a leader flip would be refused;"
-echo "    repaired and verified, it goes back through legacy and re-enters dual-legacy in sync)"
-psql "$CUTOVER_ADMIN_URL" -X -c "SHOW ROUTES" | grep -E "route|onboarding" | sed 's/^/   /'
-"$CUTOVER" phase onboarding legacy | sed 's/^/   /'
-"$CUTOVER" phase onboarding dual-legacy | sed 's/^/   /'
+echo "   (that UPDATE changed row 7 on legacy only: the route is out of sync, and a leader flip would be refused)"
+psql "$CUTOVER_ADMIN_URL" -X -c "SHOW ROUTES" | grep -E "route|onboarding" | cut -c1-160 | sed 's/^/   /'
+echo "   (repaired, it is verified under a PAUSE and declared in sync: MARK IN SYNC names the pause the check ran under)"
+"$CUTOVER" pause onboarding --timeout 10 | sed 's/^/   /'
+verify --mark-in-sync
+"$CUTOVER" resume onboarding | sed 's/^/   /'
 
 step "a load of the onboarding service runs through the proxy (pgbench, 4 clients at 300 tx/s, 26 s) while the route walks the ladder"
+echo "   (each transaction registers a candidate: serial id, created_at DEFAULT now(), token DEFAULT gen_random_uuid(),"
+echo "    and moves another one on with updated_at = now(): values the proxy captures from the leader for the follower)"
 cat > "$WORK/onboarding.sql" <<'SQL'
 \set id random(1, 200)
+\set partner random(1, 20)
 BEGIN;
-UPDATE candidates SET status = CASE WHEN status = 'new' THEN 'screened' ELSE 'new' END WHERE id = :id;
+INSERT INTO candidates (partner_id, name) VALUES (:partner, 'walk-in');
+UPDATE candidates SET status = CASE WHEN status = 'new' THEN 'screened' ELSE 'new' END, updated_at = now() WHERE id = :id;
 SELECT id, status FROM candidates WHERE id = :id;
 END;
 SQL
@@ -163,6 +169,18 @@ grep -E "number of (transactions actually processed|failed)|latency average|tps"
 
 step "the new instance now serves onboarding; legacy's copy stopped at the flip to new"
 via_proxy onboarding -c "SELECT current_database() AS real_database, current_schema() AS schema, count(*) AS candidates FROM candidates"
+via_proxy onboarding -q -c "INSERT INTO candidates (partner_id, name) VALUES (3, 'registered in phase new')"
+
+step "rollback from new to legacy, nothing lost: PAUSE, copy new → legacy, verify and MARK IN SYNC, then walk back"
+"$CUTOVER" pause onboarding --timeout 10 | sed 's/^/   /'
+LEGACY_DB_PASSWORD=hexabuilders_pw "$CUTOVER" backfill --config "$WORK/cutover.toml" onboarding --reverse | sed 's/^/   /'
+verify --mark-in-sync
+"$CUTOVER" phase onboarding dual-new | sed 's/^/   /'
+"$CUTOVER" resume onboarding | sed 's/^/   /'
+"$CUTOVER" phase onboarding dual-legacy | sed 's/^/   /'
+verify
+"$CUTOVER" phase onboarding legacy | sed 's/^/   /'
+via_proxy onboarding -c "SELECT current_database() AS real_database, count(*) AS candidates, max(id) AS last_id FROM candidates"
 
 step "divergences by kind, and the last records of the divergence log ($WORK/divergences.jsonl)"
 python3 - "$WORK/divergences.jsonl" <<'PY'

@@ -9,6 +9,7 @@ public enum AdminCommand: Equatable, Sendable {
     case showStats
     case showBackends
     case showConfig
+    case showVersion
     case setPhase(route: String, phase: Phase, force: Bool)
     case setMirror(route: String, mode: MirrorMode)
     case pause(route: String, timeout: Double?)
@@ -28,7 +29,7 @@ public enum AdminCommand: Equatable, Sendable {
         public var sqlState: String
     }
 
-    public static let usage = "commands: SHOW ROUTES | SHOW SESSIONS | SHOW DIVERGENCES [route] | SHOW STATS | SHOW BACKENDS | SHOW CONFIG | SET PHASE <route> TO <phase> [FORCE] | SET MIRROR <route> TO async|sync | PAUSE <route> [timeout_seconds] | RESUME <route> | CANCEL <session id> | KILL <session id> | MARK IN SYNC <route> <pause_id> | RELOAD"
+    public static let usage = "commands: SHOW ROUTES | SHOW SESSIONS | SHOW DIVERGENCES [route] | SHOW STATS | SHOW BACKENDS | SHOW CONFIG | SHOW VERSION | SET PHASE <route> TO <phase> [FORCE] | SET MIRROR <route> TO async|sync | PAUSE <route> [timeout_seconds] | RESUME <route> | CANCEL <session id> | KILL <session id> | MARK IN SYNC <route> <pause_id> | RELOAD"
 
     public static func parse(_ text: String) throws(ParseError) -> AdminCommand {
         var t = text.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -44,6 +45,7 @@ public enum AdminCommand: Equatable, Sendable {
         case ("SHOW", 2) where upper[1] == "STATS": return .showStats
         case ("SHOW", 2) where upper[1] == "BACKENDS": return .showBackends
         case ("SHOW", 2) where upper[1] == "CONFIG": return .showConfig
+        case ("SHOW", 2) where upper[1] == "VERSION": return .showVersion
         case ("SHOW", 2) where upper[1] == "HELP": return .show(help: true)
         case ("SHOW", 2) where upper[1] == "DIVERGENCES": return .showDivergences(route: nil)
         case ("SHOW", 3) where upper[1] == "DIVERGENCES": return .showDivergences(route: name(2))

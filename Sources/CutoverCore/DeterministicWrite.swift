@@ -16,6 +16,9 @@ public enum WritePlan: Sendable, Equatable {
     /// per-row defaults of an INSERT … SELECT): both run it as sent, and the route is marked out of sync
     /// when the write is kept. The reason names the statement's part.
     case nondeterministic(String)
+    /// It writes to tables the catalog does not have (created after it was read, behind the proxy's back):
+    /// run as sent; the caller reads the catalog again and plans the text once more, to find out.
+    case needsCatalog([String])
 }
 
 /// A write whose per-side values are captured from the leader.
@@ -66,6 +69,7 @@ public enum DeterministicWrite {
             rewriter.statement(stmt)
         }
         if let reason = rewriter.reasons.first { return .nondeterministic(reason) }
+        if !rewriter.unknownTables.isEmpty { return .needsCatalog(rewriter.unknownTables) }
         guard !rewriter.edits.isEmpty else { return .asSent }
         guard let (leader, follower) = rewriter.apply() else { return .nondeterministic("overlapping rewrites (a capture inside another)") }
         return .captured(CapturedWrite(leaderText: leader, followerText: follower, settings: rewriter.settings, needsOverride: rewriter.overrides))
@@ -102,6 +106,8 @@ struct Rewriter {
     private(set) var settings: [String] = []
     private(set) var reasons: [String] = []
     private(set) var overrides = false
+    /// Tables of the route's schema the catalog does not have.
+    private(set) var unknownTables: [String] = []
 
     init(text: [UInt8], tokens: [PostgresParser.Token], catalog: WriteCatalog?, tag: String) {
         self.text = text; self.tokens = tokens; self.catalog = catalog; self.tag = tag
@@ -332,7 +338,8 @@ struct Rewriter {
         guard let relation = relation?["RangeVar"] ?? relation, let name = relation["relname"]?.string else { return nil }
         if relation["relpersistence"]?.string == "t" || relation["schemaname"]?.string == "pg_temp" { return nil }
         guard let catalog else {
-            reasons.append("\(verb) \(name): the leader's catalog is not loaded, so its defaults are unknown")
+            // Not read yet (or it could not be): the caller reads it and plans again.
+            if !unknownTables.contains(name) { unknownTables.append(name) }
             return nil
         }
         if let schema = relation["schemaname"]?.string, schema != catalog.schema {
@@ -340,7 +347,7 @@ struct Rewriter {
             return nil
         }
         guard let table = catalog.tables[name] else {
-            reasons.append("\(verb) \(name): no such table in schema \(catalog.schema) when the catalog was read")
+            if !unknownTables.contains(name) { unknownTables.append(name) }
             return nil
         }
         if !table.nondeterministicTriggers.isEmpty {

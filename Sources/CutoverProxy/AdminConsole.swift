@@ -34,6 +34,7 @@ final class AdminConsole {
             case .showBackends: send(.success(backends()))
             case .showConfig: send(.success(configSettings()))
             case .show: send(.success(AdminResult(columns: ["usage"], rows: [[AdminCommand.usage]], tag: "SHOW")))
+            case .showVersion: send(.success(AdminResult(columns: ["version"], rows: [["cutover " + CutoverVersion.string]], tag: "SHOW")))
             case .setPhase(let route, let phase, let force): server.setPhase(route, to: phase, force: force, reply: send)
             case .setMirror(let route, let mode): send(.success(try server.setMirror(route, to: mode)))
             case .pause(let route, let timeout): pause(route, timeout: timeout, reply: send)
@@ -86,8 +87,9 @@ final class AdminConsole {
     private func routes() -> AdminResult {
         let rows: [[String?]] = server.routes.values.sorted { $0.name < $1.name }.map { r in
             let legacy = r.config.legacy + (r.config.legacySchema.map { "/\($0)" } ?? "")
-            let leader = r.phase.leader == .legacy ? legacy : r.config.new
-            let follower = r.phase.follower.map { $0 == .legacy ? legacy : r.config.new }
+            let new = r.config.new + (r.config.newSchema == "public" ? "" : "/\(r.config.newSchema)")
+            let leader = r.phase.leader == .legacy ? legacy : new
+            let follower = r.phase.follower.map { $0 == .legacy ? legacy : new }
             return [r.name, r.phase.rawValue, r.mirror.rawValue, leader, follower, "\(r.sessions.count)",
                     r.phase.follower == nil ? nil : (r.inSync ? "yes" : "no"), "\(r.stats.divergenceTotal)",
                     r.pause == nil ? (r.warmUp == nil ? "no" : "warming up") : (r.pause!.isFlip ? "flipping" : "yes"),

@@ -32,7 +32,11 @@ final class CaptureState {
     /// `.unit` in `held`.
     var awaiting = 0
     /// What the follower gets, in order, once the captures before it are resolved.
-    var held: [HeldForFollower] = []
+    var held: [HeldForFollower] = [] { didSet { if held.isEmpty { heldSince = nil } else if heldSince == nil { heldSince = heldClock() } } }
+    /// Since when (loop ns) something is held: past `follower_timeout` the session stops mirroring.
+    var heldSince: UInt64?
+    /// The loop's clock, set by the session that owns this state.
+    var heldClock: () -> UInt64 = { 0 }
     /// Readback rows received, by the number of the leader's internal unit they answer (several can come
     /// in one read before their boundaries are handled).
     var rows: [UInt64: [String?]] = [:]
@@ -82,6 +86,8 @@ extension ClientSession {
         let c = coldState
         if let s = c.captures { return s }
         let s = CaptureState()
+        let loop = self.loop
+        s.heldClock = { loop.nanoseconds }
         c.captures = s
         return s
     }
@@ -99,7 +105,7 @@ extension ClientSession {
             if SQLText.leadingWords(text, count: 1).first.map(Self.ddlWords.contains) == true { captureState.ddlSeen = true }
             let s: CaptureState
             switch plan {
-            case .asSent:
+            case .asSent, .needsCatalog:
                 guard let existing = cold?.captures else { return nil }
                 s = existing
                 if let name { forgetStatement(name, s) }

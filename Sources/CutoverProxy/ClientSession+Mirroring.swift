@@ -164,6 +164,10 @@ extension ClientSession {
         guard limit > 0 else { return }
         // The clock starts when the leader has answered (a long statement is slow on both sides, not a
         // lagging follower), or when the follower went first (a COMMIT in lock-step).
+        if let since = cold?.captures?.heldSince, Double(nowNs &- since) / 1e9 > limit {
+            // The leader's values for a captured write never came back: its follower copy cannot go.
+            return stopMirroring(.followerTimeout, detail: "a captured write's values were not read back from the leader within \(limit) s")
+        }
         guard let u = units[unitsHead...].first(where: { $0.follower == nil && $0.followerSentAt != nil }),
               let sent = u.followerSentAt else { return }
         var since: UInt64
@@ -280,7 +284,7 @@ extension ClientSession {
     private func openFollowerLink(_ side: Side) -> BackendLink? {
         guard let route, let backend = server.config.backends[side == .legacy ? route.config.legacy : route.config.new] else { return nil }
         let packet = BackendHandshake(backend: backend).startupPacket(client: startup, database: backend.database,
-                                                                      searchPath: side == .legacy ? route.config.legacySchema : nil)
+                                                                      searchPath: route.config.searchPath(on: side))
         if let pooled = server.idleBackends?.take(IdleBackendPool.Key(backend: backend.name, side: side, startup: packet)) {
             pooled.adopt(by: self)
             return pooled

@@ -829,7 +829,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// and finishes once the follower has caught up (or gone).
     func finishDrainingIfDone() {
         guard state == .draining else { return }
-        if !lockStepIsBusy && !leaderReleased {
+        // A capture's readback still on its way holds the leader: the follower's copy of that unit waits for it.
+        if !lockStepIsBusy && !leaderReleased && (cold?.captures?.awaiting ?? 0) == 0 {
             // Units the leader had not answered will never be compared: the client is gone. (The leader still
             // owes their answers, so `endedCleanForPool` keeps both backends, which may still run them, out of the pool.)
             while units.count > unitsHead, let last = units.last, last.leader == nil { units.removeLast() }

@@ -7,7 +7,7 @@ import CutoverRuntime
 extension ProxyServer {
     /// The schema a side of a route keeps its tables in (nil: the one its backend user lands in).
     func schema(of r: RouteRuntime, _ side: Side) -> String? {
-        side == .legacy ? r.config.legacySchema : nil
+        side == .legacy ? r.config.legacySchema : r.config.newSchema
     }
 
     /// How mirroring treats `text` on route `r` in the session's phase: cached per leader side and text.
@@ -29,6 +29,12 @@ extension ProxyServer {
             plan = DeterministicWrite.plan(text, catalog: r.catalogs[side])
             if r.catalogs[side] == nil { refreshCatalog(r, side: side) } // read it for the next statements
         }
+        if case .needsCatalog = plan {
+            // Run as sent now; planned again once the catalog has been read (`recheckAfterCatalog`).
+            if r.recheck[side, default: []].count < 1024 { r.recheck[side, default: []].insert(text) }
+            refreshCatalog(r, side: side, force: true)
+            return plan // not cached: the next one asks again until the catalog is in
+        }
         // Bounded: by count and by the bytes of text kept.
         if r.planBytes > Self.planCacheBytes || (r.plans[side]?.count ?? 0) >= 4096 { r.plans = [:]; r.planBytes = 0 }
         r.plans[side, default: [:]][text] = plan
@@ -41,27 +47,55 @@ extension ProxyServer {
 
     /// Reads the catalog of `side` of route `r` off the loop; `done` gets the failure, if any. Plans made
     /// with the old catalog are dropped when the new one is in.
-    func refreshCatalog(_ r: RouteRuntime, side: Side, done: ((String?) -> Void)? = nil) {
+    func refreshCatalog(_ r: RouteRuntime, side: Side, force: Bool = false, done: ((String?) -> Void)? = nil) {
         guard let backend = config.backends[side == .legacy ? r.config.legacy : r.config.new] else { done?("no backend"); return }
         if done == nil {
-            // Unasked refreshes (a miss, DDL) at most once a second per side.
-            guard loop.now - (r.catalogRequestedAt[side] ?? 0) >= 1000 || r.catalogRequestedAt[side] == nil else { return }
+            // Unasked refreshes (DDL) at most once a second per side; one asked for a recheck whenever none is under way.
+            if force { guard !r.catalogLoading.contains(side) else { return } }
+            else { guard loop.now - (r.catalogRequestedAt[side] ?? 0) >= 1000 || r.catalogRequestedAt[side] == nil else { return } }
         }
         r.catalogRequestedAt[side] = loop.now
+        r.catalogLoading.insert(side)
         let schema = schema(of: r, side)
         BackgroundWork.start(loop: loop, { BackendSession.readCatalog(backend, schema: schema) }) { [weak self, weak r] result in
             guard let self, let r else { return }
+            r.catalogLoading.remove(side)
             switch result {
             case .success(let catalog):
                 r.catalogs[side] = catalog
                 r.plans[side] = [:]
                 self.logger.info("catalog read", metadata: ["route": "\(r.name)", "side": "\(side.rawValue)", "schema": "\(catalog.schema)",
                                                             "tables": "\(catalog.tables.count)"])
+                self.recheckAfterCatalog(r, side: side, failure: nil)
                 done?(nil)
             case .failure(let e):
                 self.logger.warning("cannot read the catalog", metadata: ["route": "\(r.name)", "side": "\(side.rawValue)", "error": "\(e)"])
+                self.recheckAfterCatalog(r, side: side, failure: e.description)
                 done?(e.description)
             }
+        }
+    }
+
+    /// Statements that ran as sent because their table was not in the catalog, planned again with the new
+    /// one: one that needed a capture was mirrored without it, so the route is marked out of sync. A table
+    /// still missing (a temporary table, a view, a table on another schema of the search_path) is not ours
+    /// to judge. If the catalog could not be read at all, every such statement marks the route.
+    func recheckAfterCatalog(_ r: RouteRuntime, side: Side, failure: String?) {
+        guard let texts = r.recheck.removeValue(forKey: side), !texts.isEmpty else { return }
+        for text in texts {
+            let reason: String
+            if let failure {
+                reason = "a write to a table the proxy had no catalog for ran as sent, and the catalog could not be read: \(failure)"
+            } else {
+                switch DeterministicWrite.plan(text, catalog: r.catalogs[side]) { // not writePlan: that would queue it again
+                case .asSent, .needsCatalog: continue
+                case .captured: reason = "a write to a table created after the proxy read the catalog stored values that differ per side (its defaults, or calls), uncaptured"
+                case .nondeterministic(let why): reason = why
+                }
+            }
+            recordRouteDivergence(r, kind: .nondeterministic, detail: reason + " (statement: \(analyzer.analyze(text).normalized ?? "?"))")
+            r.markOutOfSync("nondeterministic: \(reason)")
+            break // the route is marked; one record says why
         }
     }
 

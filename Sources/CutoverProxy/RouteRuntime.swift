@@ -71,6 +71,10 @@ final class RouteRuntime {
     var plans: [Side: [String: WritePlan]] = [:]
     var planBytes = 0
     var catalogRequestedAt: [Side: UInt64] = [:]
+    var catalogLoading: Set<Side> = []
+    /// Statement texts that ran as sent because they write to tables the catalog did not have: planned again
+    /// once it has been read (see `ProxyServer.recheckAfterCatalog`).
+    var recheck: [Side: Set<String>] = [:]
 }
 
 struct RouteStats {

@@ -12,17 +12,27 @@ struct Verify: ParsableCommand {
             differs is checked again (writes still on their way to the follower explain a difference for a
             moment). Exit status: 0 every table matches, 1 some differ, 2 the config or a backend failed, or a
             --table is on neither side.
+
+            With --mark-in-sync (a route out of sync after a repair, or after an unclean shutdown), it first
+            asks the proxy (--admin-url or $CUTOVER_ADMIN_URL) for the route's pause: the route must be
+            held by a settled PAUSE, so nothing is written while both sides are read. If every table matches,
+            it then sends MARK IN SYNC with that pause's id: the proxy accepts it only while that very pause
+            still holds. Exit 1 also when the route is not paused.
             """)
     @OptionGroup var options: ConfigOption
     @Argument(help: "The route (its database name).") var route: String
     @Option(name: .customLong("table"), help: "Only this table (repeatable).") var tables: [String] = []
     @Option(help: "How many times a differing table is checked before it is reported (1 s apart).") var attempts = 3
+    @Flag(help: "Under the route's settled PAUSE: if every table matches, declare the route in sync (MARK IN SYNC).") var markInSync = false
+    @OptionGroup var admin: AdminOptions
 
     func validate() throws {
         guard attempts >= 1 else { throw ValidationError("--attempts must be at least 1") }
     }
 
     func run() throws {
+        // Read before anything is compared: the check counts only if this same pause still holds when it ends.
+        let pauseID = markInSync ? try settledPause() : nil
         let (legacy, new) = try RouteSide.connectBoth(configPath: options.config, route: route)
         defer { legacy.session.close(); new.session.close() }
         do {
@@ -61,10 +71,36 @@ struct Verify: ParsableCommand {
             let differing = rows.filter(\.verdict.isDifference).count
             print("\nroute \(route): \(counted(rows.count, "table")), \(rows.filter { $0.verdict == .match }.count) match, \(differing) differ "
                   + "(legacy: \(legacy); new: \(new))")
-            if differing > 0 { throw ExitCode(1) }
+            if differing > 0 {
+                if markInSync { print("cutover: not marked in sync: \(counted(differing, "table")) differ") }
+                throw ExitCode(1)
+            }
+            if let pauseID {
+                try admin.printResults(of: ["MARK IN SYNC \(route) \(pauseID)"])
+            }
         } catch let e as PGSession.Failure {
             print("cutover: \(e)")
             throw ExitCode(2)
         }
+    }
+
+    /// The id of the settled PAUSE holding the route now; exits 1 (and says what to do) without one.
+    private func settledPause() throws -> Int {
+        var found: Int?
+        try admin.session { client in
+            let r = try client.run("SHOW ROUTES")
+            guard let name = r.columns.firstIndex(of: "route"), let id = r.columns.firstIndex(of: "pause_id"),
+                  let settled = r.columns.firstIndex(of: "pause_settled"), let row = r.rows.first(where: { $0[name] == route }) else {
+                print("cutover: the proxy has no route \(route) (or is older than MARK IN SYNC)")
+                throw ExitCode(1)
+            }
+            guard let pause = Int(row[id]), row[settled] == "yes" else {
+                print("cutover: --mark-in-sync needs route \(route) held by a settled pause: run `cutover pause \(route)` first"
+                      + (row[id].isEmpty ? "" : " (pause \(row[id]) has not settled yet: sessions are still in transactions)"))
+                throw ExitCode(1)
+            }
+            found = pause
+        }
+        return found!
     }
 }

@@ -256,6 +256,7 @@ extension SessionTracker {
         #expect(try AdminCommand.parse("kill 42;") == .kill(session: 42))
         #expect(try AdminCommand.parse("CANCEL 7") == .cancel(session: 7))
         #expect(try AdminCommand.parse("mark in sync onboarding 3;") == .markInSync(route: "onboarding", pauseID: 3))
+        #expect(try AdminCommand.parse("show version") == .showVersion)
     }
 
     @Test func refusesWithSQLStates() {

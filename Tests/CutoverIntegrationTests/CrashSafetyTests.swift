@@ -134,10 +134,39 @@ import Testing
         #expect(log.contains("route marked in sync"))
     }
 
+    @Test func verifyMarksInSyncOnlyUnderASettledPauseAndOnlyWhenTheSidesMatch() throws {
+        let s = try RouteProxy(f, "crashverify")
+        defer { s.stop() }
+        s.kill9()
+        try s.start()
+        #expect(try s.route()["in_sync"] == "no")
+        let url = f.conninfo(s.port, database: "cutover", user: "ops", password: FixtureSecrets.adminPassword)
+        func verify() throws -> ProcessResult {
+            try runProcess(ProxyFixture.cutoverBinary, ["verify", "--config", s.path, "crashverify", "--table", "crashverify_items",
+                                                        "--attempts", "1", "--mark-in-sync", "--admin-url", url],
+                           environment: ProxyFixture.proxyEnvironment)
+        }
+        let unpaused = try verify()
+        #expect(unpaused.status == 1 && unpaused.stdout.contains("needs route crashverify held by a settled pause"), "\(unpaused)")
+        #expect(s.sqlState("PAUSE crashverify 5") == nil)
+        // The sides differ: nothing is marked.
+        try f.recruitmentNew().query("INSERT INTO crashverify_items VALUES (1, 'only on new')")
+        let differing = try verify()
+        #expect(differing.status == 1 && differing.stdout.contains("not marked in sync"), "\(differing)")
+        #expect(try s.route()["in_sync"] == "no")
+        // Repaired: both sides match, and the route is in sync again.
+        try f.recruitmentNew().query("DELETE FROM crashverify_items")
+        let clean = try verify()
+        #expect(clean.status == 0 && clean.stdout.contains("marked_by"), "\(clean)")
+        #expect(try s.route()["in_sync"] == "yes", "\(clean.stdout)")
+        #expect(s.sqlState("RESUME crashverify") == nil)
+    }
+
     @Test func adminPapercuts() throws {
         let s = try RouteProxy(f, "crashadmin")
         defer { s.stop() }
         #expect(s.sqlState("SHOW DIVERGENCES nosuch") == "42704")
+        #expect(try s.admin().query("SHOW VERSION").first?.first??.hasPrefix("cutover ") == true)
         do { try s.admin().query("PAUSE crashadmin 0"); Issue.record("PAUSE 0 accepted") } catch let e as PQError {
             #expect(e.message.contains("greater than 0"), "\(e.message)")
         }
