@@ -569,6 +569,10 @@ public final class ProxyServer {
                                 ? "route \(name) is paused or already flipping; RESUME it or wait"
                                 : "route \(name) is paused but not every session has reached an idle boundary yet; wait, or RESUME it")
         }
+        if target.follower != nil, let problem = config.routesOntoThemselves().first(where: { $0.key == "routes.\(name).new" }) {
+            // check-config refuses such a config; `serve` starts with it (a single-side rehearsal), but never mirrors it.
+            return AdminError(code: "55000", message: "cannot flip \(name) to \(target.rawValue): \(problem.message)")
+        }
         if target.leader != from.leader && !r.inSync && !force {
             // The follower is the stale side, and it is the one this flip would make the leader.
             let stale = from.follower?.rawValue ?? "follower"

@@ -163,9 +163,13 @@ import Testing
     }
 
     @Test func adminPapercuts() throws {
-        let s = try RouteProxy(f, "crashadmin")
+        // A route whose legacy and new are one database and schema: serving it is allowed, mirroring it never.
+        let s = try RouteProxy(f, "crashadmin", route: "[routes.selfie]\nlegacy = \"legacy\"\nlegacy_schema = \"public\"\nnew = \"legacy\"")
         defer { s.stop() }
         #expect(s.sqlState("SHOW DIVERGENCES nosuch") == "42704")
+        do { try s.admin().query("SET PHASE selfie TO dual-legacy"); Issue.record("mirrored a route onto itself") } catch let e as PQError {
+            #expect(e.sqlState == "55000" && e.message.contains("the same database"), "\(e)")
+        }
         #expect(try s.admin().query("SHOW VERSION").first?.first??.hasPrefix("cutover ") == true)
         do { try s.admin().query("PAUSE crashadmin 0"); Issue.record("PAUSE 0 accepted") } catch let e as PQError {
             #expect(e.message.contains("greater than 0"), "\(e.message)")

@@ -56,8 +56,8 @@ import Testing
         try String(full[..<routeTable.lowerBound]).write(toFile: path, atomically: true, encoding: .utf8)
         try restart()
         #expect(try row().isEmpty)
-        // Flips of another route save the file while this one is absent.
-        #expect(sqlState("SET PHASE onboarding TO dual-legacy") == nil && sqlState("SET PHASE onboarding TO legacy") == nil)
+        // Changes to another route save the file while this one is absent.
+        #expect(sqlState("SET MIRROR onboarding TO sync") == nil && sqlState("SET MIRROR onboarding TO async") == nil)
         try full.write(toFile: path, atomically: true, encoding: .utf8)
         kill(p.processIdentifier, SIGHUP)
         deadline = Date().addingTimeInterval(3)
