@@ -27,8 +27,8 @@ import Testing
             + c.query("SELECT 'k', k, v::text, at::text, '', '', '', '', '', '' FROM det_kv ORDER BY k")
     }
 
-    /// 8 clients for `seconds`: each inserts (simple, multi-row, extended with RETURNING, DEFAULT VALUES into an
-    /// identity table), updates its rows (updated_at = now(), commutative and non-commutative), upserts,
+    /// 8 clients for `seconds`: each inserts (simple, multi-row, extended with RETURNING, a named prepared
+    /// statement with RETURNING, DEFAULT VALUES into an identity table), updates its rows (updated_at = now(), commutative and non-commutative), upserts,
     /// deletes, in autocommit and in explicit transactions.
     func load(_ p: RouteProxy, seconds: Double) {
         let deadline = Date().addingTimeInterval(seconds)
@@ -37,6 +37,8 @@ import Testing
         DispatchQueue.concurrentPerform(iterations: 8) { client in
             do {
                 let c = try PQConnection(conninfo + " application_name=det\(client)")
+                // A named prepared statement, parsed once and bound again and again (pgjdbc, asyncpg, psycopg's prepare).
+                try c.prepare("add_event", "INSERT INTO det_events (owner, body) VALUES ($1, $2) RETURNING id, at")
                 var k = 0
                 while Date() < deadline {
                     k += 1
@@ -54,7 +56,10 @@ import Testing
                         try c.query("COMMIT")
                     case 5: try c.query("INSERT INTO det_kv (k, v) VALUES ($1, 1) ON CONFLICT (k) DO UPDATE SET v = det_kv.v + 1, at = now()", ["key \(client) \(k % 4)"])
                     case 6: try c.query("DELETE FROM det_items WHERE owner = \(client) AND id % 7 = \(k % 7) AND status = 'seen'")
-                    default: try c.query("INSERT INTO det_events DEFAULT VALUES")
+                    case 7 where k % 16 == 7: try c.query("INSERT INTO det_events DEFAULT VALUES")
+                    default:
+                        let rows = try c.execPrepared("add_event", ["\(client)", "prepared \(k)"])
+                        if rows.count != 1 { failures.add("prepared RETURNING gave \(rows.count) rows") }
                     }
                 }
             } catch {

@@ -46,6 +46,24 @@ final class PQConnection {
         return try rows(res)
     }
 
+    /// Prepares a named statement (Parse, then Sync), as drivers do for a statement they run again and again.
+    func prepare(_ name: String, _ sql: String) throws {
+        let res = PQprepare(conn, name, sql, 0, nil)
+        defer { PQclear(res) }
+        _ = try rows(res)
+    }
+
+    /// Runs a statement `prepare`d before (Bind, Execute, Sync).
+    func execPrepared(_ name: String, _ params: [String?]) throws -> [[String?]] {
+        let cstrs: [UnsafeMutablePointer<CChar>?] = params.map { $0.map { strdup($0)! } }
+        defer { cstrs.forEach { free($0) } }
+        let res = cstrs.map { UnsafePointer($0) }.withUnsafeBufferPointer {
+            PQexecPrepared(conn, name, Int32(params.count), $0.baseAddress, nil, nil, 0)
+        }
+        defer { PQclear(res) }
+        return try rows(res)
+    }
+
     private func rows(_ res: OpaquePointer?) throws -> [[String?]] {
         guard let res else { throw PQError(message: String(cString: PQerrorMessage(conn))) }
         switch PQresultStatus(res) {
