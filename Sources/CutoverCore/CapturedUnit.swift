@@ -25,6 +25,20 @@ public enum CapturedUnit {
         return w.bytes
     }
 
+    /// The statement text's bytes in a Query or Parse body, without copying (nil for other messages).
+    public static func textBytes(id: UInt8, body: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+        switch id {
+        case FrontendMessageID.query.rawValue:
+            return UnsafeRawBufferPointer(rebasing: body[..<(body.firstIndex(of: 0) ?? body.count)])
+        case FrontendMessageID.parse.rawValue:
+            guard let nameEnd = body.firstIndex(of: 0) else { return nil }
+            let rest = body[(nameEnd + 1)...]
+            return UnsafeRawBufferPointer(rebasing: rest[..<(rest.firstIndex(of: 0) ?? body.count)])
+        default:
+            return nil
+        }
+    }
+
     /// The statement text of a Query or Parse body (nil for other messages).
     public static func text(id: UInt8, body: UnsafeRawBufferPointer) -> String? {
         switch id {

@@ -99,10 +99,18 @@ extension ClientSession {
         guard let route else { return nil }
         switch id {
         case FrontendMessageID.query.rawValue, FrontendMessageID.parse.rawValue:
-            guard let text = CapturedUnit.text(id: id, body: body) else { return nil }
+            // Most statements are reads: decided on the bytes, before any String is made.
+            guard let raw = CapturedUnit.textBytes(id: id, body: body) else { return nil }
+            let keyword = SQLBytes.leadingKeyword(raw)
+            if keyword.mayBeDDLOrCall, Self.ddlWords.contains(SQLText.leadingWords(String(decoding: raw, as: UTF8.self), count: 1).first ?? "") {
+                captureState.ddlSeen = true
+            }
+            let mayWrite = SQLBytes.isWrite(raw, keyword: keyword) || SQLBytes.containsByte(raw, 0x3B)
+            // A Parse may reuse the name of a captured statement: that one is forgotten below.
+            guard mayWrite || (id == FrontendMessageID.parse.rawValue && cold?.captures != nil) else { return nil }
+            let text = String(decoding: raw, as: UTF8.self)
             let name = id == FrontendMessageID.parse.rawValue ? CapturedUnit.statementName(id: id, body: body) : nil
-            let plan = server.writePlan(route, text, leader: sessionPhase.leader)
-            if SQLText.leadingWords(text, count: 1).first.map(Self.ddlWords.contains) == true { captureState.ddlSeen = true }
+            let plan = mayWrite ? server.writePlan(route, text, leader: sessionPhase.leader) : .asSent
             let s: CaptureState
             switch plan {
             case .asSent, .needsCatalog:
