@@ -85,7 +85,8 @@ def main():
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--json")
     args = p.parse_args()
-    binaries = [("after", args.after)] + ([("before", args.before)] if args.before else [])
+    # Absolute: each proxy runs in a directory of its own.
+    binaries = [("after", os.path.abspath(args.after))] + ([("before", os.path.abspath(args.before))] if args.before else [])
     work = tempfile.mkdtemp(prefix="cutover-mirrored-writes-")
     os.chmod(work, 0o755)
     script = os.path.join(work, "writes.sql")
