@@ -65,14 +65,15 @@ public enum CapturedUnit {
         }
     }
 
-    /// The follower's text of `write` with the leader's `values` in place of the settings it would read. A
-    /// value the leader never computed (an UPDATE that matched no row, a statement that failed first) is NULL.
+    /// The follower's text of `write` with the leader's `values` in place of the settings it would read.
     public static func followerText(_ write: CapturedWrite, values: [String?]) -> String {
         var text = write.followerText
         for (k, name) in write.settings.enumerated() {
             let value = k < values.count ? values[k] : nil
+            // A value the leader never computed: an expression that fails if the follower evaluates it
+            // (the leader's statement failed first, or never reached it: an UPDATE that matched no row).
             text = text.replacingOccurrences(of: "pg_catalog.current_setting(\(SQLText.quoteLiteral(name)))",
-                                             with: value.map(SQLText.quoteLiteral) ?? "NULL")
+                                             with: value.map(SQLText.quoteLiteral) ?? "pg_catalog.current_setting('cutover.not_computed_by_the_leader')")
         }
         return text
     }

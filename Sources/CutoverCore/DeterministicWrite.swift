@@ -60,10 +60,14 @@ public enum DeterministicWrite {
     /// The plan for one statement text (a simple Query's whole text, or one Parse's). `catalog` is the
     /// leader's (nil: not loaded, so no table's defaults are known).
     public static func plan(_ text: String, catalog: WriteCatalog?) -> WritePlan {
-        guard let json = PostgresParser.parseTree(text).json, let tree = try? JSONNode.parse(json) else { return .asSent }
+        // A text PostgreSQL's parser (this libpg_query's version) cannot read may still write: it is not
+        // passed silently (a syntax error fails on both sides anyway, and marks the route only if it wrote).
+        guard let json = PostgresParser.parseTree(text).json, let tree = try? JSONNode.parse(json) else {
+            return .nondeterministic("the statement could not be parsed here, so its values were not checked")
+        }
         let utf8 = Array(text.utf8)
         guard let tokens = PostgresParser.tokens(text) else { return .asSent }
-        var rewriter = Rewriter(text: utf8, tokens: tokens, catalog: catalog, tag: Self.tag(utf8))
+        var rewriter = Rewriter(text: utf8, tokens: tokens, catalog: catalog, tag: Self.tag)
         for statement in tree["stmts"]?.array ?? [] {
             guard let stmt = statement["stmt"] else { continue }
             rewriter.statement(stmt)
@@ -71,17 +75,22 @@ public enum DeterministicWrite {
         if let reason = rewriter.reasons.first { return .nondeterministic(reason) }
         if !rewriter.unknownTables.isEmpty { return .needsCatalog(rewriter.unknownTables) }
         guard !rewriter.edits.isEmpty else { return .asSent }
+        // The readback selects two columns per value; PostgreSQL allows 1 664 (and the follower's copy is
+        // rendered value by value): a bulk VALUES list of that size is refused rather than half captured.
+        guard rewriter.settings.count <= maximumCaptures else {
+            return .nondeterministic("\(rewriter.settings.count) values differ per side in one statement; at most \(maximumCaptures) are captured")
+        }
         guard let (leader, follower) = rewriter.apply() else { return .nondeterministic("overlapping rewrites (a capture inside another)") }
         return .captured(CapturedWrite(leaderText: leader, followerText: follower, settings: rewriter.settings, needsOverride: rewriter.overrides))
     }
 
-    /// Setting names are `cutover.w<hash of the text>_<n>`: stable for a prepared statement's text, apart
-    /// for two statements of one unit.
-    static func tag(_ bytes: [UInt8]) -> String {
-        var h: UInt32 = 2_166_136_261
-        for b in bytes { h = (h ^ UInt32(b)) &* 16_777_619 }
-        return "cutover.w" + String(h, radix: 16)
-    }
+    /// At most this many values per statement (see `plan`).
+    public static let maximumCaptures = 800
+
+    /// Setting names are positional (`cutover.v_1`, …): a unit runs one captured statement and its values
+    /// are read back right after it, so names can be reused; names per text would leave a placeholder
+    /// setting in the leader's backend for every distinct statement, for the life of the connection.
+    static let tag = "cutover.v"
 }
 
 /// Where an expression sits, which decides how often it is evaluated.
@@ -129,8 +138,10 @@ struct Rewriter {
         if let delete = node["DeleteStmt"] { return self.delete(delete) }
         if let merge = node["MergeStmt"] { return self.merge(merge) }
         if let copy = node["CopyStmt"] { return self.copy(copy) }
-        // A subquery is evaluated per row of whatever uses it.
-        let inner: EvaluationContext = (node["SubLink"] != nil || node["RangeSubselect"] != nil) && context != .none ? .filter : context
+        // A subquery or a CTE may feed stored values: a constant in it is captured (exact), a per-call value
+        // marks. Only a condition (`.filter`) is left to each side.
+        let subquery = node["SubLink"] != nil || node["RangeSubselect"] != nil || node["CommonTableExpr"] != nil
+        let inner: EvaluationContext = subquery && context == .once ? .perRow : context
         for child in node.children { visit(child, inner) }
     }
 
@@ -163,7 +174,21 @@ struct Rewriter {
         edits.append((range, leader, follower))
     }
 
-    private mutating func captured(_ expression: String, type: String) -> (String, String) {
+    /// A type without its modifier (`character varying(5)` → `character varying`): the capture is cast to
+    /// the base type and the column's own assignment applies the modifier on each side, raising what the
+    /// statement as sent would raise (a value too long) instead of truncating it in an explicit cast.
+    static func baseType(_ type: String) -> String {
+        var out = "", depth = 0
+        for c in type {
+            if c == "(" { depth += 1; continue }
+            if c == ")" { depth -= 1; continue }
+            if depth == 0 { out.append(c) }
+        }
+        return out.replacingOccurrences(of: "  ", with: " ").trimmingCharacters(in: .whitespaces)
+    }
+
+    private mutating func captured(_ expression: String, type fullType: String) -> (String, String) {
+        let type = Self.baseType(fullType)
         let name = "\(tag)_\(settings.count + 1)"
         settings.append(name)
         let quoted = SQLText.quoteLiteral(name)
@@ -173,13 +198,14 @@ struct Rewriter {
             ? "pg_catalog.to_json((\(expression))::\(type)) #>> '{}'" : "(\(expression))::\(type)::text"
         let leader = "NULLIF(pg_catalog.set_config(\(quoted), COALESCE(\(asText), pg_catalog.chr(1)), false), pg_catalog.chr(1))::\(type)"
         let follower = "NULLIF(pg_catalog.current_setting(\(quoted)), pg_catalog.chr(1))::\(type)"
+        _ = fullType
         return (leader, follower)
     }
 
     // MARK: INSERT
 
     private mutating func insert(_ s: JSONNode) {
-        visit(s["withClause"], .filter)
+        visit(s["withClause"], .perRow)
         let table = lookUp(s["relation"], verb: "INSERT into")
         let select = s["selectStmt"]?["SelectStmt"]
         let rows = select?["valuesLists"]?.array.map { $0["List"]?["items"]?.array ?? [] }
@@ -196,6 +222,16 @@ struct Rewriter {
         }
         let override = s["override"]?.string ?? "OVERRIDING_NOT_SET"
         var givesIdentity = false
+        if let rows, plainValues, let table {
+            // An explicit value for a GENERATED ALWAYS identity column is an error as sent; OVERRIDING added
+            // for the captures would let it through. Left as sent: both sides refuse it alike.
+            let identityAlways = targets.indices.filter { targets[$0]?.identity == .always }
+            if rows.contains(where: { row in identityAlways.contains { $0 < row.count && row[$0]["SetToDefault"] == nil } }),
+               s["override"]?.string == "OVERRIDING_NOT_SET" {
+                _ = table
+                return
+            }
+        }
         if let rows, plainValues {
             for row in rows {
                 for (j, item) in row.enumerated() {
@@ -210,7 +246,8 @@ struct Rewriter {
             }
         } else if let select {
             visit(select["targetList"], .perRow)
-            for key in ["fromClause", "whereClause", "groupClause", "havingClause", "valuesLists", "larg", "rarg", "withClause"] { visit(select[key], .filter) }
+            for key in ["fromClause", "valuesLists", "larg", "rarg", "withClause"] { visit(select[key], .perRow) }
+            for key in ["whereClause", "groupClause", "havingClause"] { visit(select[key], .filter) }
         }
         if let table {
             let given = Set(targets.compactMap { $0?.name })
@@ -238,7 +275,23 @@ struct Rewriter {
             visit(conflict["targetList"], .perRow)
             visit(conflict["whereClause"], .filter)
         }
-        visit(s["returningList"], .perRow)
+        returning(s["returningList"])
+    }
+
+    /// RETURNING: per row; a call that is a whole item keeps the column name PostgreSQL gives it (a driver
+    /// may read the column by name), which the capture's NULLIF would otherwise become.
+    private mutating func returning(_ list: JSONNode?) {
+        for item in list?.array ?? [] {
+            guard let target = item["ResTarget"], let value = target["val"] else { continue }
+            if target["name"] == nil, let call = FunctionCallNode(value), let kind = call.classification,
+               kind.evaluationClass != .perCall, let range = span(of: call) {
+                let (leader, follower) = captured(String(decoding: text[range], as: UTF8.self), type: kind.type)
+                let alias = " AS " + Verification.quoteIdentifier(call.columnName)
+                edits.append((range, leader + alias, follower + alias))
+            } else {
+                visit(value, .perRow)
+            }
+        }
     }
 
     /// `INSERT INTO t DEFAULT VALUES` with defaults that differ per side: `(cols) VALUES (captures)`.
@@ -285,7 +338,7 @@ struct Rewriter {
     // MARK: UPDATE, DELETE, MERGE, COPY
 
     private mutating func update(_ s: JSONNode) {
-        visit(s["withClause"], .filter)
+        visit(s["withClause"], .perRow)
         let table = lookUp(s["relation"], verb: "UPDATE of")
         for target in s["targetList"]?.array ?? [] {
             let name = target["ResTarget"]?["name"]?.string
@@ -301,17 +354,17 @@ struct Rewriter {
                 visit(target["ResTarget"]?["val"], .perRow)
             }
         }
-        visit(s["fromClause"], .filter)
+        visit(s["fromClause"], .perRow) // UPDATE … FROM (SELECT now() AS ts) s SET x = s.ts stores it
         visit(s["whereClause"], .filter)
-        visit(s["returningList"], .perRow)
+        returning(s["returningList"])
     }
 
     private mutating func delete(_ s: JSONNode) {
-        visit(s["withClause"], .filter)
+        visit(s["withClause"], .perRow)
         _ = lookUp(s["relation"], verb: "DELETE from")
         visit(s["usingClause"], .filter)
         visit(s["whereClause"], .filter)
-        visit(s["returningList"], .perRow)
+        returning(s["returningList"])
     }
 
     private mutating func merge(_ s: JSONNode) {
@@ -447,6 +500,9 @@ struct FunctionCallNode {
     let classification: NondeterministicCall?
     /// `CURRENT_TIMESTAMP` and friends: keywords, with an optional precision in parentheses.
     let isKeyword: Bool
+
+    /// The name PostgreSQL gives a result column that is this call alone (`now`, `current_timestamp`).
+    var columnName: String { name.lowercased().replacingOccurrences(of: "_n", with: "", options: .anchored.union(.backwards)) }
 
     init?(_ node: JSONNode) {
         if let f = node["FuncCall"] {

@@ -106,22 +106,23 @@ public enum NondeterministicCall: Sendable, Equatable {
     /// A function call by its (last) name; `schema` must be absent or pg_catalog for built-ins.
     public static func function(_ name: String, schema: String?) -> NondeterministicCall? {
         let builtIn = schema == nil || schema == "pg_catalog"
+        // uuid-ossp lives in whatever schema the extension was created in; the rest are pg_catalog's.
+        if name.hasPrefix("uuid_generate_v1") || name == "uuid_generate_v4" { return .perCall(type: "uuid") }
+        guard builtIn else { return nil }
         switch name {
-        case "now", "transaction_timestamp" where builtIn: return .constant(type: "timestamp with time zone")
-        case "statement_timestamp" where builtIn: return .perStatement(type: "timestamp with time zone")
-        case "clock_timestamp" where builtIn: return .perCall(type: "timestamp with time zone")
-        case "timeofday" where builtIn: return .perCall(type: "text")
-        case "random" where builtIn: return .perCall(type: "double precision")
-        case "gen_random_uuid" where builtIn: return .perCall(type: "uuid")
-        // uuid-ossp lives in whatever schema the extension was created in.
-        case "uuid_generate_v1", "uuid_generate_v1mc", "uuid_generate_v4": return .perCall(type: "uuid")
-        case "nextval" where builtIn: return .perCall(type: "bigint")
-        case "currval", "lastval" where builtIn: return .constant(type: "bigint")
-        case "txid_current" where builtIn: return .constant(type: "bigint")
-        case "pg_current_xact_id" where builtIn: return .constant(type: "xid8")
-        case "pg_backend_pid" where builtIn: return .constant(type: "integer")
-        case "inet_client_addr", "inet_server_addr" where builtIn: return .constant(type: "inet")
-        case "inet_client_port", "inet_server_port" where builtIn: return .constant(type: "integer")
+        case "now", "transaction_timestamp": return .constant(type: "timestamp with time zone")
+        case "statement_timestamp": return .perStatement(type: "timestamp with time zone")
+        case "clock_timestamp": return .perCall(type: "timestamp with time zone")
+        case "timeofday": return .perCall(type: "text")
+        case "random": return .perCall(type: "double precision")
+        case "gen_random_uuid": return .perCall(type: "uuid")
+        // currval and lastval change when the same statement calls nextval: per call, to be safe.
+        case "nextval", "currval", "lastval": return .perCall(type: "bigint")
+        case "txid_current": return .constant(type: "bigint")
+        case "pg_current_xact_id": return .constant(type: "xid8")
+        case "pg_backend_pid": return .constant(type: "integer")
+        case "inet_client_addr", "inet_server_addr": return .constant(type: "inet")
+        case "inet_client_port", "inet_server_port": return .constant(type: "integer")
         default: return nil
         }
     }
