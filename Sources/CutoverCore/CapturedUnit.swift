@@ -65,6 +65,9 @@ public enum CapturedUnit {
         }
     }
 
+    /// The follower's own prepared statement for a captured execution of a named one.
+    static let reservedStatement = "cutover_capture"
+
     /// The follower's text of `write` with the leader's `values` in place of the settings it would read.
     public static func followerText(_ write: CapturedWrite, values: [String?]) -> String {
         var text = write.followerText
@@ -80,7 +83,7 @@ public enum CapturedUnit {
 
     /// The follower's copy of a captured unit (`template`: the client's messages, whole): each captured Query
     /// or unnamed Parse carries the leader's values as literals; a Bind of a named captured statement is run
-    /// from an unnamed one parsed just before it with those literals (the named one keeps the client's text,
+    /// from the proxy's own statement parsed just before it with those literals (the named one keeps the client's text,
     /// and another execution of it would need other values). `writes` resolves a statement text or name to
     /// its capture, `parseOf` a statement name to the client's Parse message (for its parameter types).
     public static func renderForFollower(_ template: [UInt8], values: [[String?]], capturedText: (String) -> CapturedWrite?,
@@ -107,18 +110,23 @@ public enum CapturedUnit {
                     var bytes: [UInt8] = []
                     parse.withUnsafeBytes { p in
                         let parseBody = UnsafeRawBufferPointer(rebasing: p[5...])
-                        // The same Parse, unnamed: its parameter types are the client's.
-                        var unnamed = [UInt8(0)] + Array(parseBody[(parseBody.firstIndex(of: 0)! + 1)...])
-                        unnamed.withUnsafeBytes { bytes = replacingText(id: FrontendMessageID.parse.rawValue, body: $0, with: literal) ?? [] }
+                        // The same Parse under the proxy's own name (the client's unnamed statement stays as it
+                        // was): its parameter types are the client's.
+                        var own = Array(reservedStatement.utf8) + [0] + Array(parseBody[(parseBody.firstIndex(of: 0)! + 1)...])
+                        own.withUnsafeBytes { bytes = replacingText(id: FrontendMessageID.parse.rawValue, body: $0, with: literal) ?? [] }
                     }
-                    // The Bind, now of the unnamed statement.
+                    // The Bind, now of that statement, which is closed right after (a portal outlives it).
                     let portalEnd = body.firstIndex(of: 0)!
                     let statementEnd = body[(portalEnd + 1)...].firstIndex(of: 0)!
-                    var w = ByteWriter(capacity: body.count + 5)
+                    var w = ByteWriter(capacity: body.count + 40)
                     w.beginMessage(id)
                     w.writeBytes(UnsafeRawBufferPointer(rebasing: body[...portalEnd]))
-                    w.writeCString("")
+                    w.writeCString(reservedStatement)
                     w.writeBytes(UnsafeRawBufferPointer(rebasing: body[(statementEnd + 1)...]))
+                    w.endMessage()
+                    w.beginMessage(FrontendMessageID.close.rawValue)
+                    w.writeBytes([UInt8(ascii: "S")])
+                    w.writeCString(reservedStatement)
                     w.endMessage()
                     replaced = bytes + w.bytes
                 }

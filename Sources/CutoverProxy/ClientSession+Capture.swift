@@ -6,7 +6,7 @@ import CutoverCore
 import CutoverProtocol
 
 /// A unit of the proxy's own on the leader: the lock-step's implicit BEGIN/COMMIT, or a capture's readback.
-enum LeaderInternalKind { case lockStep, readback }
+enum LeaderInternalKind { case lockStep, readback, replay }
 
 /// One session's capture bookkeeping (allocated at its first captured write).
 final class CaptureState {
@@ -22,7 +22,9 @@ final class CaptureState {
 
     // The unit being scanned (async) or sent (sync).
     /// Captured statements it executes, in order.
-    var executions: [CapturedWrite] = []
+    var executions: [CaptureExecution] = []
+    /// The client's text of the unnamed statement parsed in this unit.
+    var unnamedText: String?
     /// Why it cannot be captured, if it cannot.
     var refusal: String?
     /// The unit's statement text, for the record.
@@ -41,7 +43,7 @@ final class CaptureState {
     /// in one read before their boundaries are handled).
     var rows: [UInt64: [String?]] = [:]
     /// Lock-step: the capture of the unit sent to the leader, for its copy to the follower.
-    var lockStepFollower: CapturedWrite?
+    var lockStepFollower: CaptureExecution?
     /// Lock-step: part of the unit went out before a Flush.
     var lockStepUnitSplit = false
     /// A statement that may change the catalog went to the leader: it is read again at the next idle boundary.
@@ -51,17 +53,29 @@ final class CaptureState {
 
     func startUnit() {
         unnamedParsedInUnit = false
+        unnamedText = nil
         executions.removeAll(keepingCapacity: true)
         refusal = nil
         statement = nil
     }
 }
 
+/// One execution of a captured statement in a unit, as it stood when it went to the leader: what the
+/// follower's copy is rendered from (later Parses, or a new catalog, must not change it).
+struct CaptureExecution {
+    let write: CapturedWrite
+    /// The client's text of a captured Query or unnamed Parse.
+    let text: String?
+    /// A named statement's name and the client's Parse of it (its parameter types).
+    let statement: String?
+    let parse: [UInt8]?
+}
+
 /// Follower-bound bytes held behind a capture not yet read back.
 enum HeldForFollower {
     case bytes([UInt8])
     /// A captured unit: the client's messages, rendered with the leader's values once they are known.
-    case unit(template: [UInt8], write: CapturedWrite, values: [String?]?)
+    case unit(template: [UInt8], execution: CaptureExecution, values: [String?]?)
 }
 
 /// One message of a client chunk as the capture sees it.
@@ -131,9 +145,9 @@ extension ClientSession {
                 }
                 if let name {
                     forgetStatement(name, s)
-                    if name.isEmpty { s.unnamed = write; s.unnamedParsedInUnit = true } else { s.named[name] = write }
+                    if name.isEmpty { s.unnamed = write; s.unnamedParsedInUnit = true; s.unnamedText = text } else { s.named[name] = write }
                 } else {
-                    s.executions.append(write)
+                    s.executions.append(CaptureExecution(write: write, text: text, statement: nil, parse: nil))
                     s.statement = s.statement ?? text
                 }
                 return CapturedUnit.replacingText(id: id, body: body, with: write.leaderText)
@@ -143,7 +157,8 @@ extension ClientSession {
             if name.isEmpty, s.unnamed != nil, !s.unnamedParsedInUnit {
                 refuseUnit(s, nil, "a Bind of the unnamed statement parsed in an earlier unit")
             } else if let write = name.isEmpty ? s.unnamed : s.named[name] {
-                s.executions.append(write)
+                s.executions.append(name.isEmpty ? CaptureExecution(write: write, text: s.unnamedText, statement: nil, parse: nil)
+                                                 : CaptureExecution(write: write, text: nil, statement: name, parse: tracker.preparedMessages[name]))
                 s.statement = s.statement ?? write.leaderText
             } else if let reason = s.unrewritten[name] {
                 refuseUnit(s, nil, reason)
@@ -166,7 +181,7 @@ extension ClientSession {
     /// The unit ends (its Query or Sync went by). Returns the capture the unit needs, if it can have one: a
     /// unit that executes exactly one captured statement, begun in the bytes at hand (`begunHere`). Anything
     /// else that differs per side is recorded as non-deterministic and marks the route out of sync.
-    func captureUnitEnds(begunHere: Bool) -> CapturedWrite? {
+    func captureUnitEnds(begunHere: Bool) -> CaptureExecution? {
         guard let s = cold?.captures else { return nil }
         defer { s.startUnit() }
         var refusal = s.refusal
@@ -194,7 +209,8 @@ extension ClientSession {
 
     /// The readback the leader runs right behind the unit that ends at the end of the bytes sent before it
     /// (`clientUnitsAhead` of the client's units, that one included, are still to be answered then).
-    func readbackBytes(for write: CapturedWrite, clientUnitsAhead: Int32) -> [UInt8] {
+    func readbackBytes(for execution: CaptureExecution, clientUnitsAhead: Int32) -> [UInt8] {
+        let write = execution.write
         leader?.addInternal(afterClientUnits: clientUnitsAhead)
         leaderInternalKinds.append(.readback)
         captureState.awaiting += 1
@@ -224,13 +240,14 @@ extension ClientSession {
     func leaderInternalEnded(unit: UInt64) -> Bool {
         guard let c = cold, !c.leaderInternalKinds.isEmpty else { return false }
         let kind = c.leaderInternalKinds.removeFirst()
+        if kind == .replay { return true } // a named statement parsed again: nothing to do with its answer
         guard kind == .readback, let s = c.captures else { return false }
         s.awaiting -= 1
         let values = s.rows.removeValue(forKey: unit)
         if let k = s.held.firstIndex(where: { if case .unit(_, _, nil) = $0 { return true } else { return false } }),
-           case .unit(let template, let write, _) = s.held[k] {
+           case .unit(let template, let execution, _) = s.held[k] {
             // No row: the leader's statement failed before computing them; the follower's copy then fails too.
-            s.held[k] = .unit(template: template, write: write, values: Array((values ?? []).prefix(write.settings.count)))
+            s.held[k] = .unit(template: template, execution: execution, values: Array((values ?? []).prefix(execution.write.settings.count)))
         }
         releaseHeldForFollower()
         return true
@@ -239,9 +256,9 @@ extension ClientSession {
     // MARK: the follower's copy
 
     /// Follower-bound bytes: held behind a capture still being read back, else delivered as before.
-    func toFollower(_ bytes: [UInt8], capture write: CapturedWrite?) {
-        if let write {
-            captureState.held.append(.unit(template: bytes, write: write, values: nil))
+    func toFollower(_ bytes: [UInt8], capture execution: CaptureExecution?) {
+        if let execution {
+            captureState.held.append(.unit(template: bytes, execution: execution, values: nil))
         } else if let s = cold?.captures, !s.held.isEmpty {
             s.held.append(.bytes(bytes))
         } else {
@@ -257,14 +274,11 @@ extension ClientSession {
         for item in s.held {
             switch item {
             case .bytes(let b): out += b
-            case .unit(let template, let write, let values?):
+            case .unit(let template, let e, let values?):
                 out += CapturedUnit.renderForFollower(template, values: [values],
-                                                      capturedText: { text in
-                                                          if case .captured(let w)? = self.route.map({ self.server.writePlan($0, text, leader: self.sessionPhase.leader) }), w == write { return w }
-                                                          return nil
-                                                      },
-                                                      capturedName: { name in s.named[name] == write ? write : nil },
-                                                      parseOf: { self.tracker.preparedMessages[$0] })
+                                                      capturedText: { $0 == e.text ? e.write : nil },
+                                                      capturedName: { $0 == e.statement ? e.write : nil },
+                                                      parseOf: { $0 == e.statement ? e.parse : nil })
             case .unit(_, _, nil):
                 break
             }
@@ -299,6 +313,60 @@ extension ClientSession {
         cold?.captures?.held = []
     }
 
+    // MARK: named statements
+
+    /// When the session's follower starts (its named statements replayed with the client's texts) or the
+    /// leader changes (the new leader has them with the client's texts, as a follower had): each named
+    /// statement is planned again with this leader's catalog, and one that needs a capture is parsed again on
+    /// the leader with its rewritten text (a unit of the proxy's own: Close, Parse, Sync). Without this a
+    /// Bind of it would run the client's text on the leader, and the follower would get no values.
+    func prepareCapturedStatementsOnLeader(leaderChanged: Bool) {
+        guard let follower, let route, let leader, !tracker.preparedMessages.isEmpty else { return }
+        let s = captureState
+        // The old leader, now the follower, has these with their rewritten texts: it gets the client's back.
+        let rewrittenOnFollower = leaderChanged ? Set(s.named.keys) : []
+        var followerOut: [UInt8] = []
+        s.named = [:]
+        s.unrewritten = [:]
+        s.unnamed = nil
+        var out: [UInt8] = []
+        for (name, parse) in tracker.preparedMessages.sorted(by: { $0.key < $1.key }) {
+            let text: String? = parse.count > 5 ? parse.withUnsafeBytes { CapturedUnit.text(id: parse[0], body: UnsafeRawBufferPointer(rebasing: $0[5...])) } : nil
+            guard let text else { continue }
+            switch server.writePlan(route, text, leader: sessionPhase.leader) {
+            case .captured(let write):
+                out += Self.closeStatement(name)
+                parse.withUnsafeBytes { out += CapturedUnit.replacingText(id: parse[0], body: UnsafeRawBufferPointer(rebasing: $0[5...]), with: write.leaderText) ?? [] }
+                s.named[name] = write
+            case .nondeterministic(let reason):
+                s.unrewritten[name] = reason
+            case .asSent, .needsCatalog:
+                break
+            }
+            if rewrittenOnFollower.contains(name) {
+                followerOut += Self.closeStatement(name) + parse
+            }
+        }
+        if !followerOut.isEmpty {
+            follower.addInternal()
+            follower.send(followerOut + [FrontendMessageID.sync.rawValue, 0, 0, 0, 4])
+        }
+        guard !out.isEmpty else { return }
+        out += [FrontendMessageID.sync.rawValue, 0, 0, 0, 4]
+        leader.addInternal()
+        leaderInternalKinds.append(.replay)
+        leader.send(out)
+    }
+
+    static func closeStatement(_ name: String) -> [UInt8] {
+        var w = ByteWriter()
+        w.beginMessage(FrontendMessageID.close.rawValue)
+        w.writeBytes([UInt8(ascii: "S")])
+        w.writeCString(name)
+        w.endMessage()
+        return w.bytes
+    }
+
     // MARK: sending
 
     /// Async mirroring of a chunk with captured units (or behind one still being read back): the leader
@@ -318,9 +386,9 @@ extension ClientSession {
         guard follower != nil else { return }
         if !chunk.batching { for (_, unit) in chunkUnits { registerUnit(unit, followerSent: false) } }
         at = 0
-        for (range, write) in chunk.followerCaptures {
+        for (range, execution) in chunk.followerCaptures {
             if range.lowerBound > at { toFollower(Array(bytes[at..<range.lowerBound]), capture: nil) }
-            toFollower(Array(bytes[range]), capture: write)
+            toFollower(Array(bytes[range]), capture: execution)
             at = range.upperBound
         }
         if at < bytes.count { toFollower(Array(bytes[at...]), capture: nil) }
@@ -356,9 +424,9 @@ extension ClientSession {
             return edited ? out : bytes
         }
         let s = cold?.captures
-        if let write = captureUnitEnds(begunHere: !(s?.lockStepUnitSplit ?? false)) {
-            out += readbackBytes(for: write, clientUnitsAhead: 1)
-            captureState.lockStepFollower = write
+        if let execution = captureUnitEnds(begunHere: !(s?.lockStepUnitSplit ?? false)) {
+            out += readbackBytes(for: execution, clientUnitsAhead: 1)
+            captureState.lockStepFollower = execution
             edited = true
         }
         s?.lockStepUnitSplit = false

@@ -451,6 +451,7 @@ extension ClientSession {
     /// Brings the session to its route's phase and mirror mode. Called only when drained at an idle boundary.
     func applyRoutePhase() {
         guard let route, let currentLeader = leader else { return }
+        let followerBefore = follower
         flushFollowerOutbox() // empty at a drained boundary; a forced re-route must not lose it either
         let target = route.phase
         if sessionPhase != target {
@@ -483,6 +484,9 @@ extension ClientSession {
         }
         mirrorMode = route.mirror
         lockStep = LockStep() // quiet here: a drained idle boundary
+        if follower != nil && (follower !== followerBefore || leader !== currentLeader) {
+            prepareCapturedStatementsOnLeader(leaderChanged: leader !== currentLeader)
+        }
         leader?.setDigesting(follower != nil)
         leader?.connection.readsOnDemand = false // after a leader flip, the old follower
         tracker.recordUnits = follower != nil

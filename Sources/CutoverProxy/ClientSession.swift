@@ -652,7 +652,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         /// Messages the leader gets rewritten, and the readbacks it gets behind captured units.
         var leaderEdits: [CaptureEdit] = []
         /// Captured units, for the follower's copy.
-        var followerCaptures: [(range: Range<Int>, write: CapturedWrite)] = []
+        var followerCaptures: [(range: Range<Int>, execution: CaptureExecution)] = []
     }
 
     /// The scan in a function of its own, small enough for `scan` to be inlined: inside the large
@@ -709,10 +709,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if id == FrontendMessageID.sync.rawValue { syncsSinceExecute += 1 }
         pendingReadyForQuery += 1
         if chunk.capturing {
-            if let write = captureUnitEnds(begunHere: chunk.unitBegan >= 0) {
+            if let execution = captureUnitEnds(begunHere: chunk.unitBegan >= 0) {
                 chunk.leaderEdits.append(CaptureEdit(range: endOffset..<endOffset,
-                                                     bytes: readbackBytes(for: write, clientUnitsAhead: Int32(clamping: pendingReadyForQuery))))
-                chunk.followerCaptures.append((chunk.unitBegan..<endOffset, write))
+                                                     bytes: readbackBytes(for: execution, clientUnitsAhead: Int32(clamping: pendingReadyForQuery))))
+                chunk.followerCaptures.append((chunk.unitBegan..<endOffset, execution))
             }
             chunk.unitBegan = endOffset
         }

@@ -98,6 +98,29 @@ import Testing
 
     @Test func asyncModeLeavesBothSidesIdentical() throws { try run(mirror: "async") }
 
+    /// A statement prepared before the follower joined, and one carried across a leader flip, is still
+    /// captured: the proxy parses it again on the (new) leader with its rewritten text.
+    @Test func namedStatementsStayCapturedWhenTheFollowerJoinsAndWhenTheLeaderChanges() throws {
+        for c in [try f.recruitmentLegacy(), try f.recruitmentNew()] { try c.query(Self.schema) }
+        let p = try RouteProxy(f, "detnamed")
+        defer { p.stop() }
+        let c = try p.client()
+        try c.prepare("add", "INSERT INTO det_items (owner, name) VALUES ($1, $2) RETURNING id")
+        #expect(try p.admin().query("SET PHASE detnamed TO legacy").count == 1)
+        _ = try c.execPrepared("add", ["1", "legacy only"]) // the new side misses it: re-copied below
+        try f.recruitmentNew().query("INSERT INTO det_items SELECT * FROM (VALUES (1::bigint, 1, 'legacy only', 'new', now(), gen_random_uuid(), NULL::text, NULL::timestamptz, 0::bigint)) v")
+        try f.recruitmentNew().query("SELECT setval('det_items_id_seq', 1)")
+        #expect(try p.admin().query("SET PHASE detnamed TO dual-legacy").count == 1)
+        for k in 0..<3 { _ = try c.execPrepared("add", ["2", "after the follower joined \(k)"]) }
+        try p.admin().query("SET PHASE detnamed TO dual-new")
+        for k in 0..<3 { _ = try c.execPrepared("add", ["3", "after the leader changed \(k)"]) }
+        try waitUntil("the follower answered everything") { try p.admin().query("SHOW STATS").first { $0[0] == "detnamed" }?[5] == "0" }
+        let q = "SELECT id, owner, name, created_at::text, token::text FROM det_items WHERE owner > 1 ORDER BY id"
+        let legacy = try f.recruitmentLegacy().query(q), new = try f.recruitmentNew().query(q)
+        #expect(legacy.count == 6 && legacy == new, "\(legacy) vs \(new)")
+        #expect(try p.route()["in_sync"] == "yes")
+    }
+
     @Test func whatCannotBeCapturedMarksTheRouteOutOfSyncWithItsReason() throws {
         for c in [try f.recruitmentLegacy(), try f.recruitmentNew()] { try c.query(Self.schema) }
         let p = try RouteProxy(f, "detmark")
