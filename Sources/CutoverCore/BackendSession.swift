@@ -5,8 +5,9 @@ import CutoverNative
 extension BackendConfig {
     /// libpq keywords and values for this backend: its own login, TLS mode and CA; values rendered alike on
     /// both sides whatever their server defaults (as pg_dump does); `schema` as the search_path if given.
-    public func libpqParameters(schema: String? = nil, applicationName: String = "cutover") -> [(String, String)] {
+    public func libpqParameters(schema: String? = nil, applicationName: String = "cutover", statementTimeoutMs: Int? = nil) -> [(String, String)] {
         var options = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres -c extra_float_digits=3 -c bytea_output=hex"
+        if let statementTimeoutMs { options += " -c statement_timeout=\(statementTimeoutMs)" }
         if let schema { options += " -c search_path=" + Verification.quoteIdentifier(schema).replacingOccurrences(of: " ", with: "\\ ") }
         var p = [("host", host), ("port", "\(port)"), ("dbname", database), ("user", user), ("sslmode", tls.rawValue),
                  ("application_name", applicationName), ("connect_timeout", "10"), ("client_encoding", "UTF8"), ("options", options)]
@@ -21,10 +22,13 @@ public enum BackendSession {
     /// The leader's catalog for a route side: `schema` (nil: the schema the backend user lands in).
     public static func readCatalog(_ backend: BackendConfig, schema: String?) -> Result<WriteCatalog, BackendSessionError> {
         do {
-            let s = try PGSession(parameters: backend.libpqParameters(schema: schema, applicationName: "cutover catalog"),
+            let s = try PGSession(parameters: backend.libpqParameters(schema: schema, applicationName: "cutover catalog", statementTimeoutMs: 10_000),
                                   reaching: "backend \(backend.name)")
             defer { s.close() }
             let name = try schema ?? s.run("SELECT current_schema()").rows.first?.first ?? "public"
+            // Only pg_catalog on the path: defaults and types come back schema-qualified (`nextval('onboarding.t_id_seq'
+            // ::regclass)`), so the leader's rewritten statement names the same objects whatever the client's search_path.
+            try s.run("SET search_path = pg_catalog")
             let rows = try s.run(WriteCatalog.query, [name]).rows.map { $0.map { $0.isEmpty ? nil : Optional($0) } }
             return .success(WriteCatalog(schema: name, rows: rows))
         } catch {
@@ -38,10 +42,11 @@ public enum BackendSession {
     public static func carrySequences(from old: BackendConfig, schema oldSchema: String?, to new: BackendConfig, schema newSchema: String?)
         -> Result<Int, BackendSessionError> {
         do {
-            let source = try PGSession(parameters: old.libpqParameters(schema: oldSchema, applicationName: "cutover sequences"),
+            // Bounded: the route is paused while this runs (connect_timeout 10 s, each statement 10 s).
+            let source = try PGSession(parameters: old.libpqParameters(schema: oldSchema, applicationName: "cutover sequences", statementTimeoutMs: 10_000),
                                        reaching: "backend \(old.name)")
             defer { source.close() }
-            let target = try PGSession(parameters: new.libpqParameters(schema: newSchema, applicationName: "cutover sequences"),
+            let target = try PGSession(parameters: new.libpqParameters(schema: newSchema, applicationName: "cutover sequences", statementTimeoutMs: 10_000),
                                        reaching: "backend \(new.name)")
             defer { target.close() }
             let fromSchema = try oldSchema ?? source.run("SELECT current_schema()").rows.first?.first ?? "public"
@@ -49,9 +54,14 @@ public enum BackendSession {
             let sequences = try source.run(sequenceValues, [fromSchema]).rows
             let present = Set(try target.run(sequenceValues, [toSchema]).rows.map { $0[0] })
             var set = 0
-            for row in sequences where present.contains(row[0]) && !row[1].isEmpty {
+            for row in sequences {
+                // A sequence the old leader's user cannot read cannot be carried: the flip must not go on blind.
+                guard row[3] == "true" else { throw BackendSessionError(description: "sequence \(fromSchema).\(row[0]): no privilege to read it on backend \(old.name)") }
+                guard present.contains(row[0]), !row[1].isEmpty else { continue } // never used there, or not on the new leader
                 let name = Verification.quoteIdentifier(toSchema) + "." + Verification.quoteIdentifier(row[0])
-                try target.run("SELECT pg_catalog.setval($1::regclass, GREATEST($2::bigint, (SELECT last_value FROM \(name))), true)", [name, row[1]])
+                // Never moved back: the farther of the two along the sequence's direction.
+                let farther = row[2].hasPrefix("-") ? "LEAST" : "GREATEST"
+                try target.run("SELECT pg_catalog.setval($1::regclass, \(farther)($2::bigint, (SELECT last_value FROM \(name))), true)", [name, row[1]])
                 set += 1
             }
             return .success(set)
@@ -62,7 +72,9 @@ public enum BackendSession {
 
     /// A schema's sequences with their last value handed out (empty when none was yet). $1: schema.
     static let sequenceValues = """
-        SELECT sequencename, COALESCE(last_value::text, '') FROM pg_catalog.pg_sequences WHERE schemaname = $1 ORDER BY 1
+        SELECT sequencename, COALESCE(last_value::text, ''), increment_by::text,
+               pg_catalog.has_sequence_privilege(pg_catalog.quote_ident(schemaname) || '.' || pg_catalog.quote_ident(sequencename), 'SELECT')::text
+        FROM pg_catalog.pg_sequences WHERE schemaname = $1 ORDER BY 1
         """
 }
 

@@ -167,6 +167,18 @@ final class BackendLink: TCPConnectionDelegate {
         internalUnits += count
     }
 
+    /// `count` of the client's units counted ahead of internal ones will get no ReadyForQuery (Syncs sent
+    /// behind a COPY's Execute, which the backend ignores in COPY mode).
+    func clientUnitsWillNotBeAnswered(_ count: Int32) {
+        guard let s = spill, !s.internalBehind.isEmpty else { return }
+        var left = count
+        for i in s.internalBehind.indices where left > 0 {
+            let d = min(s.internalBehind[i], left)
+            s.internalBehind[i] -= d
+            left -= d
+        }
+    }
+
     /// Whether the message arriving now answers a unit of the proxy's own.
     @inline(__always) private var answeringInternal: Bool {
         internalUnits > 0 && (spill.map { $0.internalBehind.isEmpty || $0.internalBehind[0] == 0 } ?? true)

@@ -48,6 +48,8 @@ final class CaptureState {
     var lockStepUnitSplit = false
     /// A statement that may change the catalog went to the leader: it is read again at the next idle boundary.
     var ddlSeen = false
+    /// Lock-step: the unit now going to the leader went to the follower first (it commits).
+    var followerWentFirst = false
 
     var isIdle: Bool { awaiting == 0 && held.isEmpty }
 
@@ -122,7 +124,18 @@ extension ClientSession {
             let mayWrite = SQLBytes.isWrite(raw, keyword: keyword) || SQLBytes.containsByte(raw, 0x3B)
             // A Parse may reuse the name of a captured statement: that one is forgotten below.
             guard mayWrite || (id == FrontendMessageID.parse.rawValue && cold?.captures != nil) else { return nil }
-            let text = String(decoding: raw, as: UTF8.self)
+            guard let text = String(validating: raw, as: UTF8.self) else {
+                // Rewriting goes through Swift strings: text that is not UTF-8 (a LATIN1 client) would be altered.
+                let s = captureState
+                let reason = "the statement is not UTF-8 (client_encoding), so it is not rewritten and its values are not captured"
+                if id == FrontendMessageID.parse.rawValue, let name = CapturedUnit.statementName(id: id, body: body) {
+                    forgetStatement(name, s)
+                    s.unrewritten[name] = reason
+                } else if mayWrite {
+                    refuseUnit(s, nil, reason)
+                }
+                return nil
+            }
             let name = id == FrontendMessageID.parse.rawValue ? CapturedUnit.statementName(id: id, body: body) : nil
             let plan = mayWrite ? server.writePlan(route, text, leader: sessionPhase.leader) : .asSent
             let s: CaptureState
@@ -286,6 +299,7 @@ extension ClientSession {
             taken += 1
         }
         s.held.removeFirst(taken)
+        if taken > 0, !s.held.isEmpty { s.heldSince = loop.nanoseconds }
         if !out.isEmpty { deliverToFollower(out) }
         // The transaction may have ended on the leader while this waited: the batch goes now.
         if s.held.isEmpty, transactionStatus == .idle, let c = cold, !c.followerOutbox.isEmpty { flushFollowerOutbox() }
@@ -311,6 +325,32 @@ extension ClientSession {
     /// Mirroring stopped: nothing is owed to a follower any more (the readbacks still end on the leader).
     func dropHeldForFollower() {
         cold?.captures?.held = []
+    }
+
+    /// Lock-step sends a unit that commits to the follower first, before the leader has computed anything:
+    /// a captured write in it cannot get the leader's values. It is sent as it is and recorded (the route is
+    /// marked); its leader copy then goes as sent too.
+    func followerFirstUnit(_ bytes: [UInt8]) {
+        var captured = false
+        bytes.withUnsafeBytes { raw in
+            var i = 0
+            while i + 5 <= raw.count {
+                let id = raw[i]
+                let length = Int(Int32(bigEndian: raw.loadUnaligned(fromByteOffset: i + 1, as: Int32.self)))
+                let end = min(raw.count, i + 1 + length)
+                let body = UnsafeRawBufferPointer(rebasing: raw[(i + 5)..<end])
+                if let route, let text = CapturedUnit.text(id: id, body: body), case .captured = server.writePlan(route, text, leader: sessionPhase.leader) {
+                    captured = true
+                } else if id == FrontendMessageID.bind.rawValue, let name = CapturedUnit.statementName(id: id, body: body),
+                          cold?.captures?.named[name] != nil || (name.isEmpty && cold?.captures?.unnamed != nil) {
+                    captured = true
+                }
+                i = end
+            }
+        }
+        guard captured else { return }
+        captureState.followerWentFirst = true
+        recordNondeterministic(nil, "a write whose values differ per side is in a unit that also commits (lock-step runs such a unit on the follower first, before the leader has computed them)")
     }
 
     // MARK: named statements
@@ -398,6 +438,10 @@ extension ClientSession {
     /// captured write, with the readback behind it. The follower's copy comes later (`.toFollower`).
     func leaderBytesInLockStep(_ bytes: [UInt8]) -> [UInt8] {
         guard follower != nil, route != nil else { return bytes }
+        // COPY data streams as it comes (chunks need not start at a message); a unit that went to the
+        // follower first (it commits) was judged there (`followerFirstUnit`).
+        if case .copyBoth? = lockStep.stage { return bytes }
+        if let s = cold?.captures, s.followerWentFirst { s.followerWentFirst = false; return bytes }
         var out: [UInt8] = []
         var edited = false, endsUnit = false
         bytes.withUnsafeBytes { raw in

@@ -164,7 +164,9 @@ extension ClientSession {
         guard limit > 0 else { return }
         // The clock starts when the leader has answered (a long statement is slow on both sides, not a
         // lagging follower), or when the follower went first (a COMMIT in lock-step).
-        if let since = cold?.captures?.heldSince, Double(nowNs &- since) / 1e9 > limit {
+        // Held with every readback answered means something is stuck (a long statement on the leader is the
+        // leader's time, not the follower's); the clock restarts at each release.
+        if let s = cold?.captures, s.awaiting == 0, let since = s.heldSince, Double(nowNs &- since) / 1e9 > limit {
             // The leader's values for a captured write never came back: its follower copy cannot go.
             return stopMirroring(.followerTimeout, detail: "a captured write's values were not read back from the leader within \(limit) s")
         }
@@ -191,6 +193,7 @@ extension ClientSession {
             switch action {
             case .toLeader(let bytes): leader?.send(leaderBytesInLockStep(bytes))
             case .toFollower(let bytes):
+                if case .followerFirst? = lockStep.stage { followerFirstUnit(bytes) }
                 let write = cold?.captures?.lockStepFollower
                 cold?.captures?.lockStepFollower = nil
                 if follower != nil { toFollower(bytes, capture: write) }
@@ -261,6 +264,7 @@ extension ClientSession {
         follower = nil
         if cold != nil { followerOutbox = [] }
         dropHeldForFollower()
+        cold?.captures?.lockStepFollower = nil
         f.close() // closing rolls back whatever the follower had open
         cold?.keptWrites = KeptWriteCheck()
         server.recordDivergence(session: self, kind: kind, statement: nil, leader: nil, follower: nil, leaderMs: nil, followerMs: nil, detail: detail)

@@ -481,6 +481,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         clientCopyIn = true
         guard syncsSinceExecute > 0 else { return }
         pendingReadyForQuery = max(0, pendingReadyForQuery - syncsSinceExecute)
+        // A readback counted those Syncs among the client's units ahead of it: they will not be answered.
+        leader?.clientUnitsWillNotBeAnswered(Int32(clamping: syncsSinceExecute))
         // Their units will get no answer of their own: the copy's ReadyForQuery answers a later Sync.
         for _ in 0..<syncsSinceExecute {
             guard units.count > unitsHead, let last = units.last, last.leader == nil else { break }

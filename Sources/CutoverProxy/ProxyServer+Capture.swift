@@ -31,7 +31,10 @@ extension ProxyServer {
         }
         if case .needsCatalog = plan {
             // Run as sent now; planned again once the catalog has been read (`recheckAfterCatalog`).
-            if r.recheck[side, default: []].count < 1024 { r.recheck[side, default: []].insert(text) }
+            if r.recheck[side, default: []].count < 1024 { r.recheck[side, default: []].insert(text) } else {
+                // Too many unknown texts at once to check each later: not silently.
+                r.markOutOfSync("nondeterministic: more than 1 024 statements wrote to tables the proxy had no catalog for")
+            }
             refreshCatalog(r, side: side, force: true)
             return plan // not cached: the next one asks again until the catalog is in
         }
@@ -88,7 +91,12 @@ extension ProxyServer {
                 reason = "a write to a table the proxy had no catalog for ran as sent, and the catalog could not be read: \(failure)"
             } else {
                 switch DeterministicWrite.plan(text, catalog: r.catalogs[side]) { // not writePlan: that would queue it again
-                case .asSent, .needsCatalog: continue
+                case .asSent: continue
+                case .needsCatalog:
+                    // Still not a table of the route's schema after a fresh read (a temporary table, a view):
+                    // run as sent from now on, without a catalog read each time (until the next read).
+                    r.plans[side, default: [:]][text] = .asSent
+                    continue
                 case .captured: reason = "a write to a table created after the proxy read the catalog stored values that differ per side (its defaults, or calls), uncaptured"
                 case .nondeterministic(let why): reason = why
                 }

@@ -60,10 +60,14 @@ public final class ProxyServer {
     /// mark at its start knows its predecessor did not stop cleanly.
     private var servingSince: Double?
     /// Numbers each pause (SHOW ROUTES `pause_id`): MARK IN SYNC names the pause its verify ran under.
-    private var lastPauseID = 0
+    /// Seeded from the clock: ids stay unique across restarts (a verify begun before one cannot name a pause
+    /// taken after it).
+    private var lastPauseID = Int(Date().timeIntervalSince1970) % 1_000_000 * 1000
     /// The running mark the state file had at start (its writer did not stop cleanly): routes a reload
     /// brings back from the file are restored as out of sync too.
     private var uncleanPredecessor: PersistedState.Running?
+    /// The clean stop has written the state file for the last time.
+    private var stopped = false
     /// Restart-only settings the last reload read with another value than the running one (SHOW CONFIG).
     private(set) var pendingRestart: [String: String?] = [:]
     private var saltedCache: [String: [UInt8]] = [:]
@@ -506,7 +510,7 @@ public final class ProxyServer {
     }
 
     func persist() throws {
-        guard let path = config.server.stateFile else { return }
+        guard let path = config.server.stateFile, !stopped else { return }
         var s = PersistedState(routes: routesNotConfigured, running: servingSince.map { .init(pid: getpid(), since: $0) })
         for (name, r) in routes {
             var manual = false
@@ -674,6 +678,12 @@ public final class ProxyServer {
             let now = r.pause.map { $0.isFlip ? "a flip's pause" : "pause \($0.id)\($0.settled ? "" : ", not settled yet")" } ?? "no pause"
             throw AdminError(code: "55000", message: "MARK IN SYNC \(name) needs the route held by pause \(pauseID), settled; it has \(now)",
                              detail: "PAUSE the route, then run cutover verify --mark-in-sync: it checks both sides under that pause.")
+        }
+        // A session that stopped mirroring (its follower lost, timed out, overflowed) writes to the leader
+        // alone for the rest of its life: the route cannot be in sync while it runs.
+        if r.phase.follower != nil, let alone = r.sessions.values.first(where: { $0.state == .forwarding && $0.follower == nil }) {
+            throw AdminError(code: "55000", message: "MARK IN SYNC \(name): session \(alone.id) runs without a follower (its mirroring stopped), so its writes reach one side only",
+                             detail: "End it first (KILL \(alone.id)); its client reconnects with a follower.")
         }
         let before = r.inSync ? (r.phase == .new ? "legacy behind" : "in sync") : "out of sync (\(r.outOfSyncReason ?? "unknown"))"
         let saved = (r.inSync, r.outOfSyncReason, r.unmirroredStatements, r.legacyMissedWritesBeforeRestart)
@@ -974,7 +984,9 @@ public final class ProxyServer {
             logger.error("cannot write the state file at shutdown; the next start will treat this stop as unclean",
                          metadata: ["error": "\(error)"])
         }
-        stateLock?.release()
+        // Written for the last time: work still finishing on the thread pool (a catalog read, a sequence
+        // carry) must not write it after this clean stop. The lock stays held until the process exits.
+        stopped = true
         idleBackends?.terminateAll()
         cancelLookups()
         metricsEndpoint?.close()

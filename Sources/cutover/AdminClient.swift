@@ -40,7 +40,7 @@ struct AdminOptions: ParsableArguments {
 
     /// The route's phase and its `paused` column as the proxy's SHOW ROUTES has them; nil when the proxy has no
     /// such route. Throws when the console cannot be asked (no URL, unreachable, refused).
-    func routeState(_ route: String) throws -> (phase: String, paused: String)? {
+    func routeState(_ route: String) throws -> (phase: String, paused: String, pauseID: String, settled: Bool)? {
         let client = try open()
         defer { client.close() }
         let routes = try client.run("SHOW ROUTES")
@@ -48,7 +48,9 @@ struct AdminOptions: ParsableArguments {
               let paused = routes.columns.firstIndex(of: "paused") else {
             throw ValidationError("SHOW ROUTES has no route, phase or paused column (columns: \(routes.columns.joined(separator: ", ")))")
         }
-        return routes.rows.first { $0[name] == route }.map { ($0[phase], $0[paused]) }
+        let id = routes.columns.firstIndex(of: "pause_id"), settled = routes.columns.firstIndex(of: "pause_settled")
+        guard let row = routes.rows.first(where: { $0[name] == route }) else { return nil }
+        return (row[phase], row[paused], id.map { row[$0] } ?? "", settled.map { row[$0] == "yes" } ?? false)
     }
 
     func open() throws -> PGSession { try PGSession(try connectionString(), reaching: "the admin console") }

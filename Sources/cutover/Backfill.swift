@@ -40,7 +40,7 @@ struct Backfill: ParsableCommand {
     var replaces: Bool { truncate || reverse }
 
     func run() throws {
-        let refusal = overwriteLive ? nil : guardRefusal()
+        let (refusal, pauseID) = overwriteLive ? (nil, nil) : guardRefusal()
         if let refusal { print("cutover: \(refusal)") }
         let (legacy, new) = try RouteSide.connectBoth(configPath: options.config, route: route)
         defer { legacy.session.close(); new.session.close() }
@@ -54,21 +54,41 @@ struct Backfill: ParsableCommand {
                 }
                 try nothingCopied()
             }
-            try copy(names, from: source, to: target)
+            try copy(names, from: source, to: target, pauseID: pauseID)
         } catch let e as PGSession.Failure {
             print("cutover: \(e) (nothing copied)")
             throw ExitCode(2)
         }
     }
 
-    /// Why the copy may not run, as the proxy sees the route; nil when it is paused in the direction's phase.
-    private func guardRefusal() -> String? {
+    /// Why the copy may not run, as the proxy sees the route (nil when it is paused in the direction's phase
+    /// and that pause has settled), and the id of that pause, checked again before the copy commits.
+    private func guardRefusal() -> (String?, String?) {
         do {
             let state = try admin.routeState(route)
-            return BackfillGuard.refusal(route: route, direction: direction, phase: state?.phase, paused: state?.paused)
+            if let refusal = BackfillGuard.refusal(route: route, direction: direction, phase: state?.phase, paused: state?.paused) {
+                return (refusal, nil)
+            }
+            // Settled: every session is held at an idle boundary, so no transaction still running on the source
+            // can commit after the copy's snapshot.
+            guard let state, state.settled else {
+                return ("route \(route) is paused but its pause has not settled (sessions are still in transactions); wait, then run again", nil)
+            }
+            return (nil, state.pauseID)
         } catch {
-            return "cannot ask the proxy whether route \(route) is paused in phase \(direction.phase.rawValue): \(error); "
-                + "if no proxy serves route \(route), run again with --overwrite-live"
+            return ("cannot ask the proxy whether route \(route) is paused in phase \(direction.phase.rawValue): \(error); "
+                + "if no proxy serves route \(route), run again with --overwrite-live", nil)
+        }
+    }
+
+    /// Before the copy commits: the pause it started under still holds (a RESUME meanwhile would have let
+    /// writes reach the source after the snapshot, and the flip that follows would miss them).
+    private func stillUnderPause(_ pauseID: String?) throws {
+        guard let pauseID else { return }
+        let state = try? admin.routeState(route)
+        guard let state, state.pauseID == pauseID, state.settled else {
+            print("cutover: the pause of route \(route) ended during the copy (pause \(pauseID), now \(state.map { $0.pauseID.isEmpty ? "none" : $0.pauseID } ?? "unknown")); nothing copied")
+            throw ExitCode(1)
         }
     }
 
@@ -90,7 +110,7 @@ struct Backfill: ParsableCommand {
 
     /// The copy itself, one routine for both directions: checks, then one snapshot on the source and one
     /// transaction on the target, tables in foreign-key order, then the sequences.
-    private func copy(_ names: [String], from source: RouteSide, to target: RouteSide) throws {
+    private func copy(_ names: [String], from source: RouteSide, to target: RouteSide, pauseID: String?) throws {
         var columns: [String: [String]] = [:]
         var problems: [String] = []
         let onTarget = Set(try target.tables(only: []))
@@ -129,6 +149,7 @@ struct Backfill: ParsableCommand {
             total += rows
         }
         let sequences = try copySequences(from: source, to: target, copied: Set(order))
+        try stillUnderPause(pauseID) // exits with the transactions open: they roll back with the connections
         try target.session.run("COMMIT")
         try source.session.run("COMMIT")
         printTable(["table", "rows"], copied)

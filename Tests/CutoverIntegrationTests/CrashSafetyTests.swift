@@ -115,12 +115,28 @@ import Testing
         try s.start()
         #expect(try s.route()["in_sync"] == "no")
         #expect(s.sqlState("MARK IN SYNC crashmark 1") == "55000", "not paused")
+        // A session whose mirroring stopped writes to one side only: no MARK IN SYNC while it runs.
+        let app = "crashmark_\(getpid())"
+        var lone: PQConnection? = try s.client("application_name=\(app)")
+        #expect(try lone?.scalar("SELECT 1") == "1")
+        try waitUntil("its follower is there") {
+            try f.recruitmentNew().scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = '\(app)'") == "1"
+        }
+        try f.recruitmentNew().query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '\(app)'")
+        usleep(300_000)
+        _ = try? lone?.scalar("SELECT 2") // the session notices its follower is gone and goes on alone
         #expect(s.sqlState("PAUSE crashmark 5") == nil)
         let id = Int(try s.route()["pause_id"] ?? "") ?? 0
         #expect(id > 0)
         #expect(s.sqlState("MARK IN SYNC crashmark \(id + 1)") == "55000", "another pause's id")
         #expect(s.sqlState("MARK IN SYNC nosuch \(id)") == "42704")
-        let answer = try s.admin().query("MARK IN SYNC crashmark \(id)")
+        do { try s.admin().query("MARK IN SYNC crashmark \(id)"); Issue.record("marked with a follower-less session") } catch let e as PQError {
+            #expect(e.sqlState == "55000" && e.message.contains("runs without a follower"), "\(e)")
+        }
+        lone = nil // the client leaves (it is idle, so the pause lets it go); its session ends
+        usleep(300_000)
+        let id2 = id
+        let answer = try s.admin().query("MARK IN SYNC crashmark \(id2)")
         #expect(answer.first?[2]?.contains("unclean shutdown") == true, "says what it was: \(answer)")
         #expect(answer.first?[3]?.hasPrefix("ops from ") == true, "says who: \(answer)")
         let row = try s.route()

@@ -2,6 +2,7 @@
 // updated_at = now()) written by 8 clients at once through a dual-legacy route end identical on both sides,
 // in sync and async mode; what cannot be made identical marks the route out of sync with its reason.
 import CLibPQ
+import CutoverCore
 import Foundation
 import Glibc
 import Testing
@@ -118,6 +119,33 @@ import Testing
         let q = "SELECT id, owner, name, created_at::text, token::text FROM det_items WHERE owner > 1 ORDER BY id"
         let legacy = try f.recruitmentLegacy().query(q), new = try f.recruitmentNew().query(q)
         #expect(legacy.count == 6 && legacy == new, "\(legacy) vs \(new)")
+        #expect(try p.route()["in_sync"] == "yes")
+    }
+
+    /// Defaults are inlined schema-qualified (a client's own search_path cannot break the leader's
+    /// statement); a whole transaction in one Query is captured in lock-step.
+    @Test func qualifiedDefaultsAndATransactionInOneQueryInLockStep() throws {
+        for c in [try f.recruitmentLegacy(), try f.recruitmentNew()] { try c.query(Self.schema) }
+        let p = try RouteProxy(f, "detpath", route: "mirror = \"sync\"")
+        defer { p.stop() }
+        let c = try p.client()
+        // The catalog's defaults are schema-qualified: inlined into the leader's statement, they name the same
+        // sequence whatever search_path the client set.
+        var legacy = BackendConfig(name: "legacy", host: "127.0.0.1", port: f.legacy.port, database: "hexabuilders", user: "hexabuilders",
+                                   password: FixtureSecrets.legacyPassword)
+        legacy.tls = .disable
+        guard case .success(let catalog) = BackendSession.readCatalog(legacy, schema: "recruitment") else { Issue.record("catalog"); return }
+        #expect(catalog.tables["det_items"]?.column("id")?.defaultExpression == "nextval('recruitment.det_items_id_seq'::regclass)")
+        try c.query("INSERT INTO det_items (owner, name) VALUES (5, 'captured')")
+        let q = "SELECT id, created_at::text, token::text FROM det_items ORDER BY id"
+        #expect(try f.recruitmentLegacy().query(q) == f.recruitmentNew().query(q))
+        #expect(try p.route()["in_sync"] == "yes")
+        // A whole transaction in one Query, in lock-step: captured, committed, read back, identical.
+        let started = Date()
+        try c.query("BEGIN; INSERT INTO det_items (owner, name) VALUES (6, 'in one Query'); UPDATE det_items SET updated_at = now() WHERE owner = 6; COMMIT")
+        #expect(Date().timeIntervalSince(started) < 3, "answered at once, not after a follower timeout")
+        let all = "SELECT id, created_at::text, token::text, updated_at::text FROM det_items ORDER BY id"
+        #expect(try f.recruitmentLegacy().query(all) == f.recruitmentNew().query(all))
         #expect(try p.route()["in_sync"] == "yes")
     }
 
