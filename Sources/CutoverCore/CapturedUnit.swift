@@ -3,6 +3,20 @@
 import CutoverProtocol
 
 public enum CapturedUnit {
+    /// Each whole frontend message in `bytes` (id, body without its header, the bytes it spans); a message cut
+    /// off at the end is reported with the body it has. Returns where the last whole message ends.
+    @discardableResult
+    public static func forEachMessage(_ bytes: UnsafeRawBufferPointer, _ visit: (UInt8, UnsafeRawBufferPointer, Range<Int>) -> Void) -> Int {
+        var i = 0
+        while i + 5 <= bytes.count {
+            let length = Int(Int32(bigEndian: bytes.loadUnaligned(fromByteOffset: i + 1, as: Int32.self)))
+            let end = min(bytes.count, i + 1 + max(4, length))
+            visit(bytes[i], UnsafeRawBufferPointer(rebasing: bytes[(i + 5)..<end]), i..<end)
+            i = end
+        }
+        return i
+    }
+
     /// A Query or Parse message with `text` in place of its statement text; nil for any other message or a
     /// body that does not read as one. (`body` is the message without its 5-byte header.)
     public static func replacingText(id: UInt8, body: UnsafeRawBufferPointer, with text: String) -> [UInt8]? {
@@ -92,12 +106,7 @@ public enum CapturedUnit {
         out.reserveCapacity(template.count + 256)
         var next = 0 // index of the next execution's values
         template.withUnsafeBytes { raw in
-            var i = 0
-            while i + 5 <= raw.count {
-                let id = raw[i]
-                let length = Int(Int32(bigEndian: raw.loadUnaligned(fromByteOffset: i + 1, as: Int32.self)))
-                let end = min(raw.count, i + 1 + length)
-                let body = UnsafeRawBufferPointer(rebasing: raw[(i + 5)..<end])
+            let whole = forEachMessage(raw) { id, body, range in
                 var replaced: [UInt8]?
                 if id == FrontendMessageID.query.rawValue || (id == FrontendMessageID.parse.rawValue && statementName(id: id, body: body) == ""),
                    let text = text(id: id, body: body), let write = capturedText(text), next < values.count {
@@ -130,10 +139,9 @@ public enum CapturedUnit {
                     w.endMessage()
                     replaced = bytes + w.bytes
                 }
-                if let replaced { out += replaced } else { out += raw[i..<end] }
-                i = end
+                if let replaced { out += replaced } else { out += raw[range] }
             }
-            if i < raw.count { out += raw[i...] }
+            if whole < raw.count { out += raw[whole...] }
         }
         return out
     }

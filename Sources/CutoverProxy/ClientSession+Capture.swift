@@ -333,19 +333,13 @@ extension ClientSession {
     func followerFirstUnit(_ bytes: [UInt8]) {
         var captured = false
         bytes.withUnsafeBytes { raw in
-            var i = 0
-            while i + 5 <= raw.count {
-                let id = raw[i]
-                let length = Int(Int32(bigEndian: raw.loadUnaligned(fromByteOffset: i + 1, as: Int32.self)))
-                let end = min(raw.count, i + 1 + length)
-                let body = UnsafeRawBufferPointer(rebasing: raw[(i + 5)..<end])
+            CapturedUnit.forEachMessage(raw) { id, body, _ in
                 if let route, let text = CapturedUnit.text(id: id, body: body), case .captured = server.writePlan(route, text, leader: sessionPhase.leader) {
                     captured = true
                 } else if id == FrontendMessageID.bind.rawValue, let name = CapturedUnit.statementName(id: id, body: body),
                           cold?.captures?.named[name] != nil || (name.isEmpty && cold?.captures?.unnamed != nil) {
                     captured = true
                 }
-                i = end
             }
         }
         guard captured else { return }
@@ -445,23 +439,17 @@ extension ClientSession {
         var out: [UInt8] = []
         var edited = false, endsUnit = false
         bytes.withUnsafeBytes { raw in
-            var i = 0
-            while i + 5 <= raw.count {
-                let id = raw[i]
-                let length = Int(Int32(bigEndian: raw.loadUnaligned(fromByteOffset: i + 1, as: Int32.self)))
-                let end = min(raw.count, i + 1 + length)
-                let body = UnsafeRawBufferPointer(rebasing: raw[(i + 5)..<end])
+            let whole = CapturedUnit.forEachMessage(raw) { id, body, range in
                 if id == FrontendMessageID.query.rawValue || id == FrontendMessageID.parse.rawValue || id == FrontendMessageID.bind.rawValue,
                    let replacement = captureSees(id: id, body: body, whole: true) {
                     out += replacement
                     edited = true
                 } else {
-                    out += raw[i..<end]
+                    out += raw[range]
                 }
                 endsUnit = id == FrontendMessageID.query.rawValue || id == FrontendMessageID.sync.rawValue
-                i = end
             }
-            if i < raw.count { out += raw[i...] }
+            if whole < raw.count { out += raw[whole...] }
         }
         guard endsUnit else {
             if !bytes.isEmpty { captureState.lockStepUnitSplit = true }
