@@ -206,4 +206,18 @@ public enum SQLBytes {
     public static func containsByte(_ text: UnsafeRawBufferPointer, _ byte: UInt8) -> Bool {
         RawBytes.index(of: byte, in: text) != nil
     }
+
+    /// Whether anything but white space follows a `;`: the text may hold a second statement (`SELECT 1;
+    /// INSERT …`). A trailing `;` (pgbench, psql) is not one; a `;` in a literal errs towards yes.
+    public static func mayHoldSeveralStatements(_ text: UnsafeRawBufferPointer) -> Bool {
+        guard let first = RawBytes.index(of: 0x3B, in: text) else { return false }
+        var i = first + 1
+        while i < text.count {
+            switch text[i] {
+            case 0x20, 0x09, 0x0A, 0x0D, 0x3B: i += 1
+            default: return true
+            }
+        }
+        return false
+    }
 }

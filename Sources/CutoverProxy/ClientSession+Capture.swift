@@ -121,7 +121,7 @@ extension ClientSession {
             if keyword.mayBeDDLOrCall, Self.ddlWords.contains(SQLText.leadingWords(String(decoding: raw, as: UTF8.self), count: 1).first ?? "") {
                 captureState.ddlSeen = true
             }
-            let mayWrite = SQLBytes.isWrite(raw, keyword: keyword) || SQLBytes.containsByte(raw, 0x3B)
+            let mayWrite = SQLBytes.isWrite(raw, keyword: keyword) || SQLBytes.mayHoldSeveralStatements(raw)
             // A Parse may reuse the name of a captured statement: that one is forgotten below.
             guard mayWrite || (id == FrontendMessageID.parse.rawValue && cold?.captures != nil) else { return nil }
             guard let text = String(validating: raw, as: UTF8.self) else {

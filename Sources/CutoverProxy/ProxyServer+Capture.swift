@@ -18,7 +18,7 @@ extension ProxyServer {
         let mayWrite = t.withUTF8 { utf8 -> Bool in
             let raw = UnsafeRawBufferPointer(utf8)
             let keyword = SQLBytes.leadingKeyword(raw)
-            return SQLBytes.isWrite(raw, keyword: keyword) || SQLBytes.containsByte(raw, 0x3B)
+            return SQLBytes.isWrite(raw, keyword: keyword) || SQLBytes.mayHoldSeveralStatements(raw)
         }
         guard mayWrite else { return .asSent }
         if let hit = r.plans[side]?[text] { return hit }

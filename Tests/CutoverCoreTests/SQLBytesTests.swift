@@ -42,3 +42,18 @@ import Testing
         #expect(!LockStep.isAutocommitWrite(unit))
     }
 }
+
+@Suite struct SeveralStatementsTests {
+    func check(_ text: String) -> Bool {
+        var t = text
+        return t.withUTF8 { SQLBytes.mayHoldSeveralStatements(UnsafeRawBufferPointer($0)) }
+    }
+
+    @Test func aTrailingSemicolonIsOneStatement() {
+        #expect(!check("SELECT abalance FROM pgbench_accounts WHERE aid = 1;"))
+        #expect(!check("SELECT 1 ;; \n"))
+        #expect(!check("SELECT 1"))
+        #expect(check("SELECT 1; INSERT INTO t VALUES (1)"))
+        #expect(check("SELECT ';' FROM t"), "a literal errs towards looking")
+    }
+}
