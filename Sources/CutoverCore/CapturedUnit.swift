@@ -40,14 +40,18 @@ public enum CapturedUnit {
     }
 
     /// The statement text's bytes in a Query or Parse body, without copying (nil for other messages).
+    /// (memchr, not a generic search: this runs for every mirrored Query.)
     public static func textBytes(id: UInt8, body: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
         switch id {
         case FrontendMessageID.query.rawValue:
-            return UnsafeRawBufferPointer(rebasing: body[..<(body.firstIndex(of: 0) ?? body.count)])
+            // A Query is one string and its NUL.
+            let n = body.count
+            if n > 0, body[n - 1] == 0, RawBytes.index(of: 0, in: body) == n - 1 { return UnsafeRawBufferPointer(rebasing: body[..<(n - 1)]) }
+            return UnsafeRawBufferPointer(rebasing: body[..<(RawBytes.index(of: 0, in: body) ?? n)])
         case FrontendMessageID.parse.rawValue:
-            guard let nameEnd = body.firstIndex(of: 0) else { return nil }
-            let rest = body[(nameEnd + 1)...]
-            return UnsafeRawBufferPointer(rebasing: rest[..<(rest.firstIndex(of: 0) ?? body.count)])
+            guard let nameEnd = RawBytes.index(of: 0, in: body) else { return nil }
+            let end = RawBytes.index(of: 0, in: body, from: nameEnd + 1) ?? body.count
+            return UnsafeRawBufferPointer(rebasing: body[(nameEnd + 1)..<end])
         default:
             return nil
         }

@@ -46,6 +46,10 @@ final class CaptureState {
     var lockStepFollower: CaptureExecution?
     /// Lock-step: part of the unit went out before a Flush.
     var lockStepUnitSplit = false
+    /// Async: the chunk being forwarded: messages the leader gets rewritten (and readbacks), and its
+    /// captured units for the follower's copy.
+    var leaderEdits: [CaptureEdit] = []
+    var followerCaptures: [(range: Range<Int>, execution: CaptureExecution)] = []
     /// A statement that may change the catalog went to the leader: it is read again at the next idle boundary.
     var ddlSeen = false
     /// Lock-step: the unit now going to the leader went to the follower first (it commits).
@@ -403,14 +407,27 @@ extension ClientSession {
 
     // MARK: sending
 
+    /// The capture lists of the chunk being scanned, emptied at its first capture.
+    func captureChunk(_ chunk: inout ClientChunk) -> CaptureState {
+        let s = captureState
+        if !chunk.hasCaptures {
+            chunk.hasCaptures = true
+            s.leaderEdits.removeAll(keepingCapacity: true)
+            s.followerCaptures.removeAll(keepingCapacity: true)
+        }
+        return s
+    }
+
     /// Async mirroring of a chunk with captured units (or behind one still being read back): the leader
     /// gets its rewritten messages and the readbacks, the follower the client's bytes, each captured unit
     /// held until the leader's values for it are in.
     func forwardCaptured(_ bytes: UnsafeRawBufferPointer, _ chunk: ClientChunk) {
+        let s = captureState
+        if !chunk.hasCaptures { s.leaderEdits.removeAll(); s.followerCaptures.removeAll() }
         var leaderBytes: [UInt8] = []
         leaderBytes.reserveCapacity(bytes.count + 256)
         var at = 0
-        for edit in chunk.leaderEdits {
+        for edit in s.leaderEdits {
             leaderBytes += bytes[at..<edit.range.lowerBound]
             leaderBytes += edit.bytes
             at = edit.range.upperBound
@@ -420,7 +437,7 @@ extension ClientSession {
         guard follower != nil else { return }
         if !chunk.batching { for (_, unit) in chunkUnits { registerUnit(unit, followerSent: false) } }
         at = 0
-        for (range, execution) in chunk.followerCaptures {
+        for (range, execution) in s.followerCaptures {
             if range.lowerBound > at { toFollower(Array(bytes[at..<range.lowerBound]), capture: nil) }
             toFollower(Array(bytes[range]), capture: execution)
             at = range.upperBound

@@ -607,7 +607,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
                 clientPaused = true
                 client.stopReading()
             }
-        } else if !chunk.leaderEdits.isEmpty || !chunk.followerCaptures.isEmpty || !(cold?.captures?.held.isEmpty ?? true) {
+        } else if chunk.hasCaptures || !(cold?.captures?.held.isEmpty ?? true) {
             forwardCaptured(bytes, chunk)
             checkMirrorBounds()
         } else {
@@ -651,10 +651,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         var capturing = false
         /// Where the unit being scanned began in this chunk (-1: in an earlier one).
         var unitBegan = 0
-        /// Messages the leader gets rewritten, and the readbacks it gets behind captured units.
-        var leaderEdits: [CaptureEdit] = []
-        /// Captured units, for the follower's copy.
-        var followerCaptures: [(range: Range<Int>, execution: CaptureExecution)] = []
+        /// Messages in it the leader gets rewritten, or readbacks behind captured units (their lists are in
+        /// the session's `CaptureState`, not here: a chunk is set up for every read).
+        var hasCaptures = false
     }
 
     /// The scan in a function of its own, small enough for `scan` to be inlined: inside the large
@@ -674,7 +673,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             || id == FrontendMessageID.bind.rawValue {
             let whole = !(chunk.lastEnd == 0 && chunk.startsMidMessage)
             if let replacement = captureSees(id: id, body: body, whole: whole) {
-                chunk.leaderEdits.append(CaptureEdit(range: chunk.lastEnd..<endOffset, bytes: replacement))
+                captureChunk(&chunk).leaderEdits.append(CaptureEdit(range: chunk.lastEnd..<endOffset, bytes: replacement))
             }
         }
         switch id {
@@ -712,9 +711,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         pendingReadyForQuery += 1
         if chunk.capturing {
             if let execution = captureUnitEnds(begunHere: chunk.unitBegan >= 0) {
-                chunk.leaderEdits.append(CaptureEdit(range: endOffset..<endOffset,
-                                                     bytes: readbackBytes(for: execution, clientUnitsAhead: Int32(clamping: pendingReadyForQuery))))
-                chunk.followerCaptures.append((chunk.unitBegan..<endOffset, execution))
+                let readback = readbackBytes(for: execution, clientUnitsAhead: Int32(clamping: pendingReadyForQuery))
+                let s = captureChunk(&chunk)
+                s.leaderEdits.append(CaptureEdit(range: endOffset..<endOffset, bytes: readback))
+                s.followerCaptures.append((chunk.unitBegan..<endOffset, execution))
             }
             chunk.unitBegan = endOffset
         }
