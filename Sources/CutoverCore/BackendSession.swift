@@ -29,7 +29,12 @@ public enum BackendSession {
             // Only pg_catalog on the path: defaults and types come back schema-qualified (`nextval('onboarding.t_id_seq'
             // ::regclass)`), so the leader's rewritten statement names the same objects whatever the client's search_path.
             try s.run("SET search_path = pg_catalog")
-            let rows = try s.run(WriteCatalog.query, [name]).rows.map { $0.map { $0.isEmpty ? nil : Optional($0) } }
+            var rows = try s.run(WriteCatalog.query, [name]).rows.map { $0.map { $0.isEmpty ? nil : Optional($0) } }
+            // Types, though, as the route's schema sees them: a domain or enum of the route's own is named
+            // without its schema, which is another schema's name on the other side (public on new).
+            try s.run("SELECT pg_catalog.set_config('search_path', pg_catalog.quote_ident($1) || ', pg_catalog', false)", [name])
+            let typed = try s.run(WriteCatalog.query, [name]).rows
+            if typed.count == rows.count { for k in rows.indices where rows[k].count > 2 && typed[k].count > 2 { rows[k][2] = typed[k][2] } }
             return .success(WriteCatalog(schema: name, rows: rows))
         } catch {
             return .failure(BackendSessionError(description: "\(error)"))
@@ -54,10 +59,11 @@ public enum BackendSession {
             let sequences = try source.run(sequenceValues, [fromSchema]).rows
             let present = Set(try target.run(sequenceValues, [toSchema]).rows.map { $0[0] })
             var set = 0
-            for row in sequences {
-                // A sequence the old leader's user cannot read cannot be carried: the flip must not go on blind.
+            for row in sequences where present.contains(row[0]) {
+                // One the new leader has but the old leader's user cannot read cannot be carried: the flip must
+                // not go on blind. (Not on the new leader: nothing to carry.)
                 guard row[3] == "true" else { throw BackendSessionError(description: "sequence \(fromSchema).\(row[0]): no privilege to read it on backend \(old.name)") }
-                guard present.contains(row[0]), !row[1].isEmpty else { continue } // never used there, or not on the new leader
+                guard !row[1].isEmpty else { continue } // never used there
                 let name = Verification.quoteIdentifier(toSchema) + "." + Verification.quoteIdentifier(row[0])
                 // Never moved back: the farther of the two along the sequence's direction.
                 let farther = row[2].hasPrefix("-") ? "LEAST" : "GREATEST"
@@ -73,7 +79,7 @@ public enum BackendSession {
     /// A schema's sequences with their last value handed out (empty when none was yet). $1: schema.
     static let sequenceValues = """
         SELECT sequencename, COALESCE(last_value::text, ''), increment_by::text,
-               pg_catalog.has_sequence_privilege(pg_catalog.quote_ident(schemaname) || '.' || pg_catalog.quote_ident(sequencename), 'SELECT')::text
+               pg_catalog.has_sequence_privilege(pg_catalog.quote_ident(schemaname) || '.' || pg_catalog.quote_ident(sequencename), 'SELECT, USAGE')::text
         FROM pg_catalog.pg_sequences WHERE schemaname = $1 ORDER BY 1
         """
 }

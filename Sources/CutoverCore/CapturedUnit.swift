@@ -141,7 +141,13 @@ public enum CapturedUnit {
                     w.writeBytes([UInt8(ascii: "S")])
                     w.writeCString(reservedStatement)
                     w.endMessage()
-                    replaced = bytes + w.bytes
+                    // Closed before it is parsed as well: a Bind that failed last time skipped its Close.
+                    var close = ByteWriter(capacity: 24)
+                    close.beginMessage(FrontendMessageID.close.rawValue)
+                    close.writeBytes([UInt8(ascii: "S")])
+                    close.writeCString(reservedStatement)
+                    close.endMessage()
+                    replaced = close.bytes + bytes + w.bytes
                 }
                 if let replaced { out += replaced } else { out += raw[range] }
             }

@@ -178,6 +178,10 @@ struct Rewriter {
     /// the base type and the column's own assignment applies the modifier on each side, raising what the
     /// statement as sent would raise (a value too long) instead of truncating it in an explicit cast.
     static func baseType(_ type: String) -> String {
+        // Only where the bare type is unbounded: bare `character` is char(1) and bare `bit` is bit(1), so
+        // those keep their length (a cast to them would truncate).
+        let unbounded = ["character varying", "numeric", "timestamp", "time", "interval", "bit varying"]
+        guard unbounded.contains(where: { type.hasPrefix($0) }) else { return type }
         var out = "", depth = 0
         for c in type {
             if c == "(" { depth += 1; continue }

@@ -17,6 +17,10 @@ final class CaptureState {
     var unrewritten: [String: String] = [:]
     /// The unnamed statement, if the unit's Parse of it was captured.
     var unnamed: CapturedWrite?
+    /// The client's Parse of each captured named statement, as it was when it went to the leader.
+    var parses: [String: [UInt8]] = [:]
+    /// The unit being scanned runs COPY.
+    var unitHasCopy = false
     /// That Parse is in the unit being scanned (the follower's copy can carry the values only then).
     var unnamedParsedInUnit = false
 
@@ -54,10 +58,13 @@ final class CaptureState {
     var ddlSeen = false
     /// Lock-step: the unit now going to the leader went to the follower first (it commits).
     var followerWentFirst = false
+    /// Lock-step: a COPY's unit has gone; what follows is its data, until the stage changes.
+    var inCopyData = false
 
     var isIdle: Bool { awaiting == 0 && held.isEmpty }
 
     func startUnit() {
+        unitHasCopy = false
         unnamedParsedInUnit = false
         unnamedText = nil
         executions.removeAll(keepingCapacity: true)
@@ -128,13 +135,14 @@ extension ClientSession {
             let mayWrite = SQLBytes.isWrite(raw, keyword: keyword) || SQLBytes.mayHoldSeveralStatements(raw)
             // A Parse may reuse the name of a captured statement: that one is forgotten below.
             guard mayWrite || (id == FrontendMessageID.parse.rawValue && cold?.captures != nil) else { return nil }
+            if keyword == .copy { captureState.unitHasCopy = true }
             guard let text = String(validating: raw, as: UTF8.self) else {
                 // Rewriting goes through Swift strings: text that is not UTF-8 (a LATIN1 client) would be altered.
                 let s = captureState
                 let reason = "the statement is not UTF-8 (client_encoding), so it is not rewritten and its values are not captured"
                 if id == FrontendMessageID.parse.rawValue, let name = CapturedUnit.statementName(id: id, body: body) {
                     forgetStatement(name, s)
-                    s.unrewritten[name] = reason
+                    if mayWrite { s.unrewritten[name] = reason }
                 } else if mayWrite {
                     refuseUnit(s, nil, reason)
                 }
@@ -162,7 +170,15 @@ extension ClientSession {
                 }
                 if let name {
                     forgetStatement(name, s)
-                    if name.isEmpty { s.unnamed = write; s.unnamedParsedInUnit = true; s.unnamedText = text } else { s.named[name] = write }
+                    if name.isEmpty { s.unnamed = write; s.unnamedParsedInUnit = true; s.unnamedText = text } else {
+                        s.named[name] = write
+                        // The client's Parse as it was (its parameter types), for the follower's copy of later units.
+                        var w = ByteWriter(capacity: body.count + 5)
+                        w.beginMessage(id)
+                        w.writeBytes(body)
+                        w.endMessage()
+                        s.parses[name] = w.bytes
+                    }
                 } else {
                     s.executions.append(CaptureExecution(write: write, text: text, statement: nil, parse: nil))
                     s.statement = s.statement ?? text
@@ -175,7 +191,7 @@ extension ClientSession {
                 refuseUnit(s, nil, "a Bind of the unnamed statement parsed in an earlier unit")
             } else if let write = name.isEmpty ? s.unnamed : s.named[name] {
                 s.executions.append(name.isEmpty ? CaptureExecution(write: write, text: s.unnamedText, statement: nil, parse: nil)
-                                                 : CaptureExecution(write: write, text: nil, statement: name, parse: tracker.preparedMessages[name]))
+                                                 : CaptureExecution(write: write, text: nil, statement: name, parse: s.parses[name] ?? tracker.preparedMessages[name]))
                 s.statement = s.statement ?? write.leaderText
             } else if let reason = s.unrewritten[name] {
                 refuseUnit(s, nil, reason)
@@ -187,7 +203,10 @@ extension ClientSession {
     }
 
     private func forgetStatement(_ name: String, _ s: CaptureState) {
-        if name.isEmpty { s.unnamed = nil } else { s.named[name] = nil; s.unrewritten[name] = nil }
+        if name.isEmpty { s.unnamed = nil }
+        s.named[name] = nil
+        s.unrewritten[name] = nil
+        s.parses[name] = nil
     }
 
     private func refuseUnit(_ s: CaptureState, _ text: String?, _ reason: String) {
@@ -207,6 +226,10 @@ extension ClientSession {
         }
         if refusal == nil && !s.executions.isEmpty && !begunHere {
             refusal = "the unit began in an earlier read, so the follower's copy of it was on its way before the leader's values could be read back"
+        }
+        if refusal == nil && !s.executions.isEmpty && s.unitHasCopy {
+            // Its readback would reach a backend in COPY mode.
+            refusal = "the unit also runs COPY, so the leader's values cannot be read back behind it"
         }
         if let refusal {
             recordNondeterministic(s.statement, refusal)
@@ -364,8 +387,10 @@ extension ClientSession {
         // The old leader, now the follower, has these with their rewritten texts: it gets the client's back.
         let rewrittenOnFollower = leaderChanged ? Set(s.named.keys) : []
         var followerOut: [UInt8] = []
+        var units: Int32 = 0, followerUnits: Int32 = 0
         s.named = [:]
         s.unrewritten = [:]
+        s.parses = [:]
         s.unnamed = nil
         var out: [UInt8] = []
         for (name, parse) in tracker.preparedMessages.sorted(by: { $0.key < $1.key }) {
@@ -373,28 +398,34 @@ extension ClientSession {
             guard let text else { continue }
             switch server.writePlan(route, text, leader: sessionPhase.leader) {
             case .captured(let write):
+                // One Sync each: a Parse that fails skips only itself, not the statements after it.
                 out += Self.closeStatement(name)
                 parse.withUnsafeBytes { out += CapturedUnit.replacingText(id: parse[0], body: UnsafeRawBufferPointer(rebasing: $0[5...]), with: write.leaderText) ?? [] }
+                out += Self.sync
+                units += 1
                 s.named[name] = write
+                s.parses[name] = parse
             case .nondeterministic(let reason):
                 s.unrewritten[name] = reason
             case .asSent, .needsCatalog:
                 break
             }
             if rewrittenOnFollower.contains(name) {
-                followerOut += Self.closeStatement(name) + parse
+                followerOut += Self.closeStatement(name) + parse + Self.sync
+                followerUnits += 1
             }
         }
-        if !followerOut.isEmpty {
-            follower.addInternal()
-            follower.send(followerOut + [FrontendMessageID.sync.rawValue, 0, 0, 0, 4])
+        if followerUnits > 0 {
+            follower.addInternal(followerUnits)
+            follower.send(followerOut)
         }
-        guard !out.isEmpty else { return }
-        out += [FrontendMessageID.sync.rawValue, 0, 0, 0, 4]
-        leader.addInternal()
-        leaderInternalKinds.append(.replay)
+        guard units > 0 else { return }
+        leader.addInternal(units)
+        leaderInternalKinds += Array(repeating: .replay, count: Int(units))
         leader.send(out)
     }
+
+    static let sync: [UInt8] = [FrontendMessageID.sync.rawValue, 0, 0, 0, 4]
 
     static func closeStatement(_ name: String) -> [UInt8] {
         var w = ByteWriter()
@@ -448,11 +479,17 @@ extension ClientSession {
     /// Lock-step: a unit (or the part before a Flush) on its way to the leader, rewritten where it runs a
     /// captured write, with the readback behind it. The follower's copy comes later (`.toFollower`).
     func leaderBytesInLockStep(_ bytes: [UInt8]) -> [UInt8] {
+        let wentFirst = cold?.captures?.followerWentFirst ?? false
+        cold?.captures?.followerWentFirst = false
         guard follower != nil, route != nil else { return bytes }
-        // COPY data streams as it comes (chunks need not start at a message); a unit that went to the
-        // follower first (it commits) was judged there (`followerFirstUnit`).
-        if case .copyBoth? = lockStep.stage { return bytes }
-        if let s = cold?.captures, s.followerWentFirst { s.followerWentFirst = false; return bytes }
+        // COPY data streams as it comes (chunks need not start at a message): the COPY's own unit is looked
+        // at, what follows it in the copy is not.
+        if case .copyBoth? = lockStep.stage {
+            if cold?.captures?.inCopyData == true { return bytes }
+            captureState.inCopyData = true
+        } else if let s = cold?.captures {
+            s.inCopyData = false
+        }
         var out: [UInt8] = []
         var edited = false, endsUnit = false
         bytes.withUnsafeBytes { raw in
@@ -470,6 +507,13 @@ extension ClientSession {
         }
         guard endsUnit else {
             if !bytes.isEmpty { captureState.lockStepUnitSplit = true }
+            return edited ? out : bytes
+        }
+        if wentFirst {
+            // The follower ran this unit first, as the client sent it (recorded in `followerFirstUnit`): its
+            // Parses are rewritten for later units, but this unit's values cannot be read back for it.
+            cold?.captures?.startUnit()
+            cold?.captures?.lockStepUnitSplit = false
             return edited ? out : bytes
         }
         let s = cold?.captures

@@ -166,7 +166,8 @@ extension ClientSession {
         // lagging follower), or when the follower went first (a COMMIT in lock-step).
         // Held with every readback answered means something is stuck (a long statement on the leader is the
         // leader's time, not the follower's); the clock restarts at each release.
-        if let s = cold?.captures, s.awaiting == 0, let since = s.heldSince, Double(nowNs &- since) / 1e9 > limit {
+        // (Bounded also with a readback still owed: a lost answer must not starve the follower for ever.)
+        if let s = cold?.captures, let since = s.heldSince, Double(nowNs &- since) / 1e9 > (s.awaiting == 0 ? limit : max(60, 12 * limit)) {
             // The leader's values for a captured write never came back: its follower copy cannot go.
             return stopMirroring(.followerTimeout, detail: "a captured write's values were not read back from the leader within \(limit) s")
         }
@@ -265,6 +266,7 @@ extension ClientSession {
         if cold != nil { followerOutbox = [] }
         dropHeldForFollower()
         cold?.captures?.lockStepFollower = nil
+        cold?.captures?.followerWentFirst = false
         f.close() // closing rolls back whatever the follower had open
         cold?.keptWrites = KeptWriteCheck()
         server.recordDivergence(session: self, kind: kind, statement: nil, leader: nil, follower: nil, leaderMs: nil, followerMs: nil, detail: detail)

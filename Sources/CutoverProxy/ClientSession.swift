@@ -424,7 +424,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         let boundaryCount = link.boundaries.count
         // The number of the first internal unit ending in this read (the link has counted them all).
         var internalUnit = link.internalAnswered
-        if !leaderInternalKinds.isEmpty {
+        if let c = cold, !c.leaderInternalKinds.isEmpty { // (read in place: the accessor would copy the array)
             for k in 0..<boundaryCount where link.boundaries[k].isInternal && !link.boundaries[k].isCopyIn { internalUnit &-= 1 }
         }
         for k in 0..<boundaryCount {
@@ -567,13 +567,14 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             return
         }
         // Units are collected only for mirroring and lock-step; a single-side phase just counts them.
-        let collecting = follower != nil || !lockStepIsQuiet
+        let quiet = lockStepIsQuiet
+        let collecting = follower != nil || !quiet
         // Async mirroring with a batching follower registers each unit as it ends (no per-chunk list).
-        let batching = collecting && lockStepIsQuiet && mirrorMode == .async && follower?.connection.readsOnDemand == true
+        let batching = collecting && quiet && mirrorMode == .async && follower?.connection.readsOnDemand == true
         var chunk = ClientChunk(collecting: collecting, batching: batching)
         chunk.startsMidMessage = !clientScanner.atMessageBoundary
         // Async mirroring captures values that differ per side here; lock-step does it unit by unit.
-        chunk.capturing = collecting && follower != nil && mirrorMode == .async && lockStepIsQuiet
+        chunk.capturing = collecting && quiet && follower != nil && mirrorMode == .async
         chunk.unitBegan = extendedSinceSync || chunk.startsMidMessage ? -1 : 0
         if collecting && !batching && !chunkUnits.isEmpty { chunkUnits.removeAll(keepingCapacity: true) }
         do {

@@ -60,9 +60,9 @@ public final class ProxyServer {
     /// mark at its start knows its predecessor did not stop cleanly.
     private var servingSince: Double?
     /// Numbers each pause (SHOW ROUTES `pause_id`): MARK IN SYNC names the pause its verify ran under.
-    /// Seeded from the clock: ids stay unique across restarts (a verify begun before one cannot name a pause
+    /// Seeded at random: ids do not repeat across restarts (a verify begun before one cannot name a pause
     /// taken after it).
-    private var lastPauseID = Int(Date().timeIntervalSince1970) % 1_000_000 * 1000
+    private var lastPauseID = Int.random(in: 1...1_000_000_000)
     /// The running mark the state file had at start (its writer did not stop cleanly): routes a reload
     /// brings back from the file are restored as out of sync too.
     private var uncleanPredecessor: PersistedState.Running?

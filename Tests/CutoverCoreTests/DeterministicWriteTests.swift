@@ -1,6 +1,7 @@
 // The mirroring rewrite as text in, texts out: what is captured from the leader, what the follower reads,
 // and what is refused as non-deterministic (never silently passed).
 import CutoverCore
+import CutoverProtocol
 import Testing
 
 @Suite struct DeterministicWriteTests {
@@ -153,6 +154,27 @@ import Testing
         // A value the leader never computed fails on the follower, if the follower evaluates it.
         let u = try #require(captured("UPDATE candidates SET updated_at = now() WHERE id = -1"))
         #expect(CapturedUnit.followerText(u, values: [nil]).contains("current_setting('cutover.not_computed_by_the_leader')"))
+    }
+
+    @Test func secondReviewFindings() throws {
+        // Bare `character` is char(1) and bare `bit` is bit(1): their lengths stay; unbounded bases lose them.
+        let c = WriteCatalog(schema: "s", tables: [.init(name: "t", columns: [
+            .init(name: "code", type: "character(36)", defaultExpression: "(gen_random_uuid())::text"),
+            .init(name: "name", type: "character varying(5)", defaultExpression: "(now())::text"),
+            .init(name: "k", type: "integer")])])
+        guard case .captured(let w) = DeterministicWrite.plan("INSERT INTO t (k) VALUES (1)", catalog: c) else { Issue.record("not captured"); return }
+        #expect(w.followerText.contains("::character(36)") && w.followerText.contains("::character varying)"), "\(w.followerText)")
+        // The follower's own statement is closed before it is parsed too (a failed Bind skipped its Close).
+        let write = try #require(captured("INSERT INTO candidates (name) VALUES ($1)"))
+        var parse = ByteWriter()
+        parse.beginMessage(UInt8(ascii: "P")); parse.writeCString("s1"); parse.writeCString("INSERT INTO candidates (name) VALUES ($1)")
+        parse.writeBytes([0, 0]); parse.endMessage()
+        var bind = ByteWriter()
+        bind.beginMessage(UInt8(ascii: "B")); bind.writeCString(""); bind.writeCString("s1"); bind.writeBytes([0, 0, 0, 0, 0, 0]); bind.endMessage()
+        let rendered = CapturedUnit.renderForFollower(bind.bytes, values: [["1", "2026-01-01T00:00:00+00:00", "00000000-0000-0000-0000-000000000000"]],
+                                                      capturedText: { _ in nil }, capturedName: { $0 == "s1" ? write : nil }, parseOf: { _ in parse.bytes })
+        #expect(rendered.first == UInt8(ascii: "C"), "Close first")
+        #expect(String(decoding: rendered, as: UTF8.self).contains("cutover_capture"))
     }
 
     @Test func severalStatementsAndConflictsGetSettingsOfTheirOwn() throws {
