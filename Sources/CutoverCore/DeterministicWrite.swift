@@ -292,6 +292,12 @@ struct Rewriter {
                 let (leader, follower) = captured(String(decoding: text[range], as: UTF8.self), type: kind.type)
                 let alias = " AS " + Verification.quoteIdentifier(call.columnName)
                 edits.append((range, leader + alias, follower + alias))
+            } else if target["name"] == nil, value["TypeCast"] != nil, let call = Self.castCall(value), call.classification != nil,
+                      let end = itemEnd(from: call.location) {
+                // `now()::date` is named after its call too: the alias goes after the whole item.
+                visit(value, .perRow)
+                let alias = " AS " + Verification.quoteIdentifier(call.columnName)
+                edits.append((end..<end, alias, alias))
             } else {
                 visit(value, .perRow)
             }
@@ -411,6 +417,29 @@ struct Rewriter {
             reasons.append("\(verb) \(name): trigger \(table.nondeterministicTriggers.joined(separator: ", ")) calls a function whose value differs per side")
         }
         return table
+    }
+
+    /// The call a chain of casts wraps (`now()::date::text` → now()).
+    static func castCall(_ node: JSONNode) -> FunctionCallNode? {
+        if let inner = node["TypeCast"]?["arg"] { return castCall(inner) }
+        return FunctionCallNode(node)
+    }
+
+    /// Where a target-list item that starts at `location` ends: the next `,`, `;` or `)` outside its own
+    /// parentheses, or the end of the text.
+    private func itemEnd(from location: Int) -> Int? {
+        guard var k = tokenIndex(at: location) else { return nil }
+        var depth = 0
+        while k < tokens.count {
+            switch tokens[k].kind {
+            case Self.openParen: depth += 1
+            case Self.closeParen: if depth == 0 { return tokens[k].start }; depth -= 1
+            case Self.comma, 59 /* ; */: if depth == 0 { return tokens[k].start }
+            default: break
+            }
+            k += 1
+        }
+        return tokens.last?.end
     }
 
     // MARK: tokens

@@ -138,6 +138,8 @@ import Testing
         // RETURNING keeps the column name PostgreSQL gives a bare call.
         let r = try #require(captured("UPDATE plain SET v = 'x' RETURNING k, now(), CURRENT_TIMESTAMP"))
         #expect(r.followerText.contains(#"::timestamp with time zone AS "now""#) && r.followerText.contains(#"AS "current_timestamp""#))
+        let cast = try #require(captured("UPDATE plain SET v = 'x' RETURNING now()::date, k"))
+        #expect(cast.followerText.hasSuffix(#"::timestamp with time zone::date AS "now", k"#), "\(cast.followerText)")
         // A value stored through a subquery or a CTE is captured too (not only a VALUES item).
         #expect(captured("INSERT INTO plain (k, v) VALUES (1, (SELECT now()::text))") != nil)
         #expect(captured("WITH c AS (SELECT now() AS ts) INSERT INTO plain (k, v) SELECT 1, ts::text FROM c") != nil)
