@@ -6,7 +6,12 @@ import CutoverCore
 import CutoverProtocol
 
 /// A unit of the proxy's own on the leader: the lock-step's implicit BEGIN/COMMIT, or a capture's readback.
-enum LeaderInternalKind { case lockStep, readback, replay }
+enum LeaderInternalKind: Equatable {
+    case lockStep, readback
+    /// A captured named statement parsed again with its rewritten text; the client's Parse of it, to put
+    /// back if that fails (the Close before it has run: the client's statement would be gone).
+    case replay(name: String, clientParse: [UInt8])
+}
 
 /// One session's capture bookkeeping (allocated at its first captured write).
 final class CaptureState {
@@ -277,10 +282,21 @@ extension ClientSession {
 
     /// A unit of the proxy's own ended on the leader (`unit`: its number on the link): a readback resolves
     /// the oldest capture waiting. Returns false for a lock-step unit (the caller hands it to the lock-step).
-    func leaderInternalEnded(unit: UInt64) -> Bool {
+    func leaderInternalEnded(unit: UInt64, outcome: StatementOutcome?) -> Bool {
         guard let c = cold, !c.leaderInternalKinds.isEmpty else { return false }
         let kind = c.leaderInternalKinds.removeFirst()
-        if kind == .replay { return true } // a named statement parsed again: nothing to do with its answer
+        if case .replay(let name, let clientParse) = kind {
+            if outcome?.sqlState != nil, let leader {
+                // The rewritten text did not parse there: the client's statement is put back as it was, and its
+                // executions are no longer captured (recorded when they run).
+                c.captures?.named[name] = nil
+                c.captures?.unrewritten[name] = "its rewritten text could not be prepared on the leader (\(outcome?.sqlState ?? ""))"
+                leader.addInternal()
+                c.leaderInternalKinds.append(.lockStep)
+                leader.send(clientParse + Self.sync)
+            }
+            return true
+        }
         guard kind == .readback, let s = c.captures else { return false }
         s.awaiting -= 1
         let values = s.rows.removeValue(forKey: unit)
@@ -388,6 +404,7 @@ extension ClientSession {
         let rewrittenOnFollower = leaderChanged ? Set(s.named.keys) : []
         var followerOut: [UInt8] = []
         var units: Int32 = 0, followerUnits: Int32 = 0
+        var kinds: [LeaderInternalKind] = []
         s.named = [:]
         s.unrewritten = [:]
         s.parses = [:]
@@ -403,6 +420,7 @@ extension ClientSession {
                 parse.withUnsafeBytes { out += CapturedUnit.replacingText(id: parse[0], body: UnsafeRawBufferPointer(rebasing: $0[5...]), with: write.leaderText) ?? [] }
                 out += Self.sync
                 units += 1
+                kinds.append(.replay(name: name, clientParse: parse))
                 s.named[name] = write
                 s.parses[name] = parse
             case .nondeterministic(let reason):
@@ -421,7 +439,7 @@ extension ClientSession {
         }
         guard units > 0 else { return }
         leader.addInternal(units)
-        leaderInternalKinds += Array(repeating: .replay, count: Int(units))
+        leaderInternalKinds += kinds
         leader.send(out)
     }
 

@@ -435,7 +435,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             }
             if b.isInternal {
                 internalUnit &+= 1
-                if !leaderInternalEnded(unit: internalUnit - 1) {
+                if !leaderInternalEnded(unit: internalUnit - 1, outcome: b.digest?.first) {
                     runLockStep(lockStep.leaderInternalReady(commitOutcome: b.digest?.first, status: b.status, now: loop.now))
                 }
                 continue
