@@ -3,8 +3,9 @@
 import CutoverProtocol
 
 public enum CapturedUnit {
-    /// Each whole frontend message in `bytes` (id, body without its header, the bytes it spans); a message cut
-    /// off at the end is reported with the body it has. Returns where the last whole message ends.
+    /// Each frontend message in `bytes` (id, body without its header, the bytes it spans): a unit's whole
+    /// messages (a last one cut short is reported with the body it has). Returns where the walk stopped: a
+    /// tail shorter than a header is not a message.
     @discardableResult
     public static func forEachMessage(_ bytes: UnsafeRawBufferPointer, _ visit: (UInt8, UnsafeRawBufferPointer, Range<Int>) -> Void) -> Int {
         var i = 0
@@ -39,48 +40,41 @@ public enum CapturedUnit {
         return w.bytes
     }
 
-    /// The statement text's bytes in a Query or Parse body, without copying (nil for other messages).
-    /// (memchr, not a generic search: this runs for every mirrored Query.)
+    /// The statement text's bytes in a Query or Parse body, without copying (nil for other messages). (The
+    /// tracker's C-string reader: memchr, this runs for every mirrored Query.)
     public static func textBytes(id: UInt8, body: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
         switch id {
-        case FrontendMessageID.query.rawValue:
-            // A Query is one string and its NUL.
-            let n = body.count
-            if n > 0, body[n - 1] == 0, RawBytes.index(of: 0, in: body) == n - 1 { return UnsafeRawBufferPointer(rebasing: body[..<(n - 1)]) }
-            return UnsafeRawBufferPointer(rebasing: body[..<(RawBytes.index(of: 0, in: body) ?? n)])
-        case FrontendMessageID.parse.rawValue:
-            guard let nameEnd = RawBytes.index(of: 0, in: body) else { return nil }
-            let end = RawBytes.index(of: 0, in: body, from: nameEnd + 1) ?? body.count
-            return UnsafeRawBufferPointer(rebasing: body[(nameEnd + 1)..<end])
-        default:
-            return nil
+        case FrontendMessageID.query.rawValue: return SessionTracker.cString(body).0
+        case FrontendMessageID.parse.rawValue: return SessionTracker.cString(body, from: SessionTracker.cString(body).next).0
+        default: return nil
         }
     }
 
     /// The statement text of a Query or Parse body (nil for other messages).
     public static func text(id: UInt8, body: UnsafeRawBufferPointer) -> String? {
-        switch id {
-        case FrontendMessageID.query.rawValue:
-            return String(decoding: body.prefix { $0 != 0 }, as: UTF8.self)
-        case FrontendMessageID.parse.rawValue:
-            guard let nameEnd = body.firstIndex(of: 0) else { return nil }
-            return String(decoding: body[(nameEnd + 1)...].prefix { $0 != 0 }, as: UTF8.self)
-        default:
-            return nil
-        }
+        textBytes(id: id, body: body).map { String(decoding: $0, as: UTF8.self) }
     }
 
     /// The name a Parse gives its statement, or a Bind the statement it binds.
     public static func statementName(id: UInt8, body: UnsafeRawBufferPointer) -> String? {
+        let name: UnsafeRawBufferPointer
         switch id {
-        case FrontendMessageID.parse.rawValue:
-            return String(decoding: body.prefix { $0 != 0 }, as: UTF8.self)
-        case FrontendMessageID.bind.rawValue:
-            guard let portalEnd = body.firstIndex(of: 0) else { return nil }
-            return String(decoding: body[(portalEnd + 1)...].prefix { $0 != 0 }, as: UTF8.self)
-        default:
-            return nil
+        case FrontendMessageID.parse.rawValue: name = SessionTracker.cString(body).0
+        case FrontendMessageID.bind.rawValue: name = SessionTracker.cString(body, from: SessionTracker.cString(body).next).0
+        default: return nil
         }
+        return String(decoding: name, as: UTF8.self)
+    }
+
+    /// A Sync, and a Close of the named statement `name`: what the proxy's own units end with or repair by.
+    public static let sync: [UInt8] = [FrontendMessageID.sync.rawValue, 0, 0, 0, 4]
+    public static func closeStatement(_ name: String) -> [UInt8] {
+        var w = ByteWriter(capacity: name.utf8.count + 7)
+        w.beginMessage(FrontendMessageID.close.rawValue)
+        w.writeBytes([UInt8(ascii: "S")])
+        w.writeCString(name)
+        w.endMessage()
+        return w.bytes
     }
 
     /// The follower's own prepared statement for a captured execution of a named one.
@@ -137,17 +131,9 @@ public enum CapturedUnit {
                     w.writeCString(reservedStatement)
                     w.writeBytes(UnsafeRawBufferPointer(rebasing: body[(statementEnd + 1)...]))
                     w.endMessage()
-                    w.beginMessage(FrontendMessageID.close.rawValue)
-                    w.writeBytes([UInt8(ascii: "S")])
-                    w.writeCString(reservedStatement)
-                    w.endMessage()
                     // Closed before it is parsed as well: a Bind that failed last time skipped its Close.
-                    var close = ByteWriter(capacity: 24)
-                    close.beginMessage(FrontendMessageID.close.rawValue)
-                    close.writeBytes([UInt8(ascii: "S")])
-                    close.writeCString(reservedStatement)
-                    close.endMessage()
-                    replaced = close.bytes + bytes + w.bytes
+                    let close = closeStatement(reservedStatement)
+                    replaced = close + bytes + w.bytes + close
                 }
                 if let replaced { out += replaced } else { out += raw[range] }
             }

@@ -138,7 +138,7 @@ public struct SessionTracker: Sendable {
     }
 
     /// The bytes up to the first NUL (memchr: message bodies can be long).
-    private static func cString(_ body: UnsafeRawBufferPointer, from start: Int = 0) -> (UnsafeRawBufferPointer, next: Int) {
+    static func cString(_ body: UnsafeRawBufferPointer, from start: Int = 0) -> (UnsafeRawBufferPointer, next: Int) {
         guard start < body.count else { return (UnsafeRawBufferPointer(start: nil, count: 0), body.count) }
         let end = RawBytes.index(of: 0, in: body, from: start) ?? body.count
         return (UnsafeRawBufferPointer(rebasing: body[start..<end]), end + 1)

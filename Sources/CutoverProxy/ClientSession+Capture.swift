@@ -8,6 +8,8 @@ import CutoverProtocol
 /// A unit of the proxy's own on the leader: the lock-step's implicit BEGIN/COMMIT, or a capture's readback.
 enum LeaderInternalKind: Equatable {
     case lockStep, readback
+    /// Its answer needs nothing (a client's statement put back after a failed replay).
+    case ignored
     /// A captured named statement parsed again with its rewritten text; the client's Parse of it, to put
     /// back if that fails (the Close before it has run: the client's statement would be gone).
     case replay(name: String, clientParse: [UInt8])
@@ -24,16 +26,15 @@ final class CaptureState {
     var unnamed: CapturedWrite?
     /// The client's Parse of each captured named statement, as it was when it went to the leader.
     var parses: [String: [UInt8]] = [:]
-    /// The unit being scanned runs COPY.
-    var unitHasCopy = false
-    /// That Parse is in the unit being scanned (the follower's copy can carry the values only then).
-    var unnamedParsedInUnit = false
 
     // The unit being scanned (async) or sent (sync).
     /// Captured statements it executes, in order.
     var executions: [CaptureExecution] = []
-    /// The client's text of the unnamed statement parsed in this unit.
+    /// The client's text of the unnamed statement if this unit parsed it (the follower's copy can carry
+    /// the values of a Bind of it only then).
     var unnamedText: String?
+    /// It runs COPY.
+    var unitHasCopy = false
     /// Why it cannot be captured, if it cannot.
     var refusal: String?
     /// The unit's statement text, for the record.
@@ -66,11 +67,8 @@ final class CaptureState {
     /// Lock-step: a COPY's unit has gone; what follows is its data, until the stage changes.
     var inCopyData = false
 
-    var isIdle: Bool { awaiting == 0 && held.isEmpty }
-
     func startUnit() {
         unitHasCopy = false
-        unnamedParsedInUnit = false
         unnamedText = nil
         executions.removeAll(keepingCapacity: true)
         refusal = nil
@@ -175,7 +173,7 @@ extension ClientSession {
                 }
                 if let name {
                     forgetStatement(name, s)
-                    if name.isEmpty { s.unnamed = write; s.unnamedParsedInUnit = true; s.unnamedText = text } else {
+                    if name.isEmpty { s.unnamed = write; s.unnamedText = text } else {
                         s.named[name] = write
                         // The client's Parse as it was (its parameter types), for the follower's copy of later units.
                         var w = ByteWriter(capacity: body.count + 5)
@@ -192,7 +190,7 @@ extension ClientSession {
             }
         case FrontendMessageID.bind.rawValue:
             guard let s = cold?.captures, let name = CapturedUnit.statementName(id: id, body: body) else { return nil }
-            if name.isEmpty, s.unnamed != nil, !s.unnamedParsedInUnit {
+            if name.isEmpty, s.unnamed != nil, s.unnamedText == nil {
                 refuseUnit(s, nil, "a Bind of the unnamed statement parsed in an earlier unit")
             } else if let write = name.isEmpty ? s.unnamed : s.named[name] {
                 s.executions.append(name.isEmpty ? CaptureExecution(write: write, text: s.unnamedText, statement: nil, parse: nil)
@@ -286,17 +284,22 @@ extension ClientSession {
         guard let c = cold, !c.leaderInternalKinds.isEmpty else { return false }
         let kind = c.leaderInternalKinds.removeFirst()
         if case .replay(let name, let clientParse) = kind {
-            if outcome?.sqlState != nil, let leader {
-                // The rewritten text did not parse there: the client's statement is put back as it was, and its
-                // executions are no longer captured (recorded when they run).
+            if outcome?.sqlState != nil {
+                // The rewritten text did not parse there: its executions are no longer captured (recorded when
+                // they run), and the client's statement is put back as it was, if nothing of the client's is in
+                // flight to the leader (an internal unit must not go behind one it cannot count: lock-step may
+                // hold units not yet sent); otherwise the client's next Bind of it fails (26000), visibly.
                 c.captures?.named[name] = nil
                 c.captures?.unrewritten[name] = "its rewritten text could not be prepared on the leader (\(outcome?.sqlState ?? ""))"
-                leader.addInternal()
-                c.leaderInternalKinds.append(.lockStep)
-                leader.send(clientParse + Self.sync)
+                if let leader, pendingReadyForQuery == 0, lockStepIsQuiet {
+                    leader.addInternal()
+                    c.leaderInternalKinds.append(.ignored)
+                    leader.send(clientParse + CapturedUnit.sync)
+                }
             }
             return true
         }
+        if kind == .ignored { return true }
         guard kind == .readback, let s = c.captures else { return false }
         s.awaiting -= 1
         let values = s.rows.removeValue(forKey: unit)
@@ -327,7 +330,7 @@ extension ClientSession {
         guard let s = cold?.captures else { return }
         var out: [UInt8] = []
         var taken = 0
-        for item in s.held {
+        release: for item in s.held {
             switch item {
             case .bytes(let b): out += b
             case .unit(let template, let e, let values?):
@@ -336,9 +339,8 @@ extension ClientSession {
                                                       capturedName: { $0 == e.statement ? e.write : nil },
                                                       parseOf: { $0 == e.statement ? e.parse : nil })
             case .unit(_, _, nil):
-                break
+                break release
             }
-            if case .unit(_, _, nil) = item { break }
             taken += 1
         }
         s.held.removeFirst(taken)
@@ -416,9 +418,9 @@ extension ClientSession {
             switch server.writePlan(route, text, leader: sessionPhase.leader) {
             case .captured(let write):
                 // One Sync each: a Parse that fails skips only itself, not the statements after it.
-                out += Self.closeStatement(name)
+                out += CapturedUnit.closeStatement(name)
                 parse.withUnsafeBytes { out += CapturedUnit.replacingText(id: parse[0], body: UnsafeRawBufferPointer(rebasing: $0[5...]), with: write.leaderText) ?? [] }
-                out += Self.sync
+                out += CapturedUnit.sync
                 units += 1
                 kinds.append(.replay(name: name, clientParse: parse))
                 s.named[name] = write
@@ -429,7 +431,7 @@ extension ClientSession {
                 break
             }
             if rewrittenOnFollower.contains(name) {
-                followerOut += Self.closeStatement(name) + parse + Self.sync
+                followerOut += CapturedUnit.closeStatement(name) + parse + CapturedUnit.sync
                 followerUnits += 1
             }
         }
@@ -441,17 +443,6 @@ extension ClientSession {
         leader.addInternal(units)
         leaderInternalKinds += kinds
         leader.send(out)
-    }
-
-    static let sync: [UInt8] = [FrontendMessageID.sync.rawValue, 0, 0, 0, 4]
-
-    static func closeStatement(_ name: String) -> [UInt8] {
-        var w = ByteWriter()
-        w.beginMessage(FrontendMessageID.close.rawValue)
-        w.writeBytes([UInt8(ascii: "S")])
-        w.writeCString(name)
-        w.endMessage()
-        return w.bytes
     }
 
     // MARK: sending
