@@ -93,52 +93,85 @@ public enum CapturedUnit {
         return text
     }
 
-    /// The follower's copy of a captured unit (`template`: the client's messages, whole): each captured Query
-    /// or unnamed Parse carries the leader's values as literals; a Bind of a named captured statement is run
-    /// from the proxy's own statement parsed just before it with those literals (the named one keeps the client's text,
-    /// and another execution of it would need other values). `writes` resolves a statement text or name to
-    /// its capture, `parseOf` a statement name to the client's Parse message (for its parameter types).
-    public static func renderForFollower(_ template: [UInt8], values: [[String?]], capturedText: (String) -> CapturedWrite?,
-                                         capturedName: (String) -> CapturedWrite?, parseOf: (String) -> [UInt8]?) -> [UInt8] {
+    /// The follower's copy of a captured unit (`template`: the client's messages, whole), with the leader's
+    /// values of each execution (`values[k]` for `executions[k]`, in the order they run): a captured Query
+    /// carries them as literals; a Bind of a captured statement (named, or the unnamed one parsed in this
+    /// unit) runs from the proxy's own statement parsed just before it with them (the client's statement
+    /// keeps the client's text, and its next execution needs other values: a driver's batch binds one
+    /// statement many times before one Sync).
+    public static func renderForFollower(_ template: [UInt8], executions: [CaptureExecution], values: [[String?]]) -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(template.count + 256)
-        var next = 0 // index of the next execution's values
+        out.reserveCapacity(template.count + 256 * executions.count)
+        var next = 0 // the next execution
+        var unnamedParse: [UInt8]? // the unit's last Parse of the unnamed statement, as the client sent it
         template.withUnsafeBytes { raw in
             let whole = forEachMessage(raw) { id, body, range in
                 var replaced: [UInt8]?
-                if id == FrontendMessageID.query.rawValue || (id == FrontendMessageID.parse.rawValue && statementName(id: id, body: body) == ""),
-                   let text = text(id: id, body: body), let write = capturedText(text), next < values.count {
-                    replaced = replacingText(id: id, body: body, with: followerText(write, values: values[next]))
-                    next += 1
-                } else if id == FrontendMessageID.bind.rawValue, let name = statementName(id: id, body: body), !name.isEmpty,
-                          let write = capturedName(name), let parse = parseOf(name), next < values.count {
-                    let literal = followerText(write, values: values[next])
-                    next += 1
-                    var bytes: [UInt8] = []
-                    parse.withUnsafeBytes { p in
-                        let parseBody = UnsafeRawBufferPointer(rebasing: p[5...])
-                        // The same Parse under the proxy's own name (the client's unnamed statement stays as it
-                        // was): its parameter types are the client's.
-                        var own = Array(reservedStatement.utf8) + [0] + Array(parseBody[(parseBody.firstIndex(of: 0)! + 1)...])
-                        own.withUnsafeBytes { bytes = replacingText(id: FrontendMessageID.parse.rawValue, body: $0, with: literal) ?? [] }
+                let e = next < executions.count && next < values.count ? executions[next] : nil
+                switch id {
+                case FrontendMessageID.query.rawValue:
+                    if let e, e.statement == nil, text(id: id, body: body) == e.text {
+                        replaced = replacingText(id: id, body: body, with: followerText(e.write, values: values[next]))
+                        next += 1
                     }
-                    // The Bind, now of that statement, which is closed right after (a portal outlives it).
-                    let portalEnd = body.firstIndex(of: 0)!
-                    let statementEnd = body[(portalEnd + 1)...].firstIndex(of: 0)!
-                    var w = ByteWriter(capacity: body.count + 40)
-                    w.beginMessage(id)
-                    w.writeBytes(UnsafeRawBufferPointer(rebasing: body[...portalEnd]))
-                    w.writeCString(reservedStatement)
-                    w.writeBytes(UnsafeRawBufferPointer(rebasing: body[(statementEnd + 1)...]))
-                    w.endMessage()
-                    // Closed before it is parsed as well: a Bind that failed last time skipped its Close.
-                    let close = closeStatement(reservedStatement)
-                    replaced = close + bytes + w.bytes + close
+                case FrontendMessageID.parse.rawValue where statementName(id: id, body: body) == "":
+                    unnamedParse = Array(raw[range])
+                case FrontendMessageID.bind.rawValue:
+                    guard let e, let name = statementName(id: id, body: body), name == (e.statement ?? "") else { break }
+                    let parse: [UInt8]?
+                    if name.isEmpty {
+                        parse = unnamedParse.flatMap { p in p.withUnsafeBytes { text(id: p[0], body: UnsafeRawBufferPointer(rebasing: $0[5...])) } == e.text ? p : nil }
+                    } else {
+                        parse = e.parse
+                    }
+                    guard let parse else { break }
+                    replaced = fromReservedStatement(bind: body, parse: parse, text: followerText(e.write, values: values[next]))
+                    next += 1
+                default:
+                    break
                 }
                 if let replaced { out += replaced } else { out += raw[range] }
             }
             if whole < raw.count { out += raw[whole...] }
         }
         return out
+    }
+
+    /// A Bind (`bind`: its body) run from the proxy's own statement instead: Close, Parse of `text` with the
+    /// client's parameter types (from `parse`, a whole Parse message), the Bind of it, Close again.
+    static func fromReservedStatement(bind body: UnsafeRawBufferPointer, parse: [UInt8], text: String) -> [UInt8] {
+        var parsed: [UInt8] = []
+        parse.withUnsafeBytes { p in
+            let parseBody = UnsafeRawBufferPointer(rebasing: p[5...])
+            var own = Array(reservedStatement.utf8) + [0] + Array(parseBody[(parseBody.firstIndex(of: 0)! + 1)...])
+            own.withUnsafeBytes { parsed = replacingText(id: FrontendMessageID.parse.rawValue, body: $0, with: text) ?? [] }
+        }
+        // The Bind, now of that statement, which is closed right after (a portal outlives it).
+        let portalEnd = body.firstIndex(of: 0)!
+        let statementEnd = body[(portalEnd + 1)...].firstIndex(of: 0)!
+        var w = ByteWriter(capacity: body.count + 40)
+        w.beginMessage(FrontendMessageID.bind.rawValue)
+        w.writeBytes(UnsafeRawBufferPointer(rebasing: body[...portalEnd]))
+        w.writeCString(reservedStatement)
+        w.writeBytes(UnsafeRawBufferPointer(rebasing: body[(statementEnd + 1)...]))
+        w.endMessage()
+        // Closed before it is parsed as well: a Bind that failed last time skipped its Close.
+        let close = closeStatement(reservedStatement)
+        return close + parsed + w.bytes + close
+    }
+}
+
+/// One execution of a captured statement in a unit, as it stood when it went to the leader: what the
+/// follower's copy is rendered from (later Parses, or a new catalog, must not change it).
+public struct CaptureExecution: Sendable {
+    public let write: CapturedWrite
+    /// The client's text of a captured Query or unnamed statement.
+    public let text: String?
+    /// A named statement's name and the client's Parse of it (its parameter types).
+    public let statement: String?
+    public let parse: [UInt8]?
+
+    public init(write: CapturedWrite, text: String?, statement: String?, parse: [UInt8]?) {
+        self.write = write; self.text = text; self.statement = statement; self.parse = parse
     }
 }

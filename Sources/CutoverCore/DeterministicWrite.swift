@@ -37,6 +37,61 @@ public struct CapturedWrite: Sendable, Equatable {
     public var settings: [String]
     /// Identity columns given explicit values: the sequences behind them must be carried at a leader flip.
     public var needsOverride: Bool
+    /// For each setting: filled as a list, one `octet_length:value` entry an execution, not overwritten.
+    /// Values that change at every evaluation (`nextval`, `gen_random_uuid()`) where they are evaluated
+    /// exactly once an execution (an INSERT … VALUES row): a driver's batch (one Parse, many Binds before one
+    /// Sync) then leaves every execution's value for the readback behind the unit.
+    public var appended: [Bool]
+    /// Several executions of this statement in one unit can be captured by one readback behind it: each of
+    /// its values is either appended or the same all through the transaction (`now()`, `current_user`), so
+    /// the last one written serves them all. A value per statement (`statement_timestamp()`) or per row of a
+    /// varying count (`RETURNING`) is neither.
+    public var repeatable: Bool
+
+    public init(leaderText: String, followerText: String, settings: [String], needsOverride: Bool, appended: [Bool]? = nil, repeatable: Bool = false) {
+        self.leaderText = leaderText
+        self.followerText = followerText
+        self.settings = settings
+        self.needsOverride = needsOverride
+        self.appended = appended ?? settings.map { _ in false }
+        self.repeatable = repeatable
+    }
+
+    /// The values of each of `executions` executions of this statement, from the readback's row: an
+    /// appended setting gives each its own entry (its last ones: earlier entries are left from executions no
+    /// readback followed, while the session ran without a follower), any other the one value it holds. An
+    /// execution a list has no entry for (the leader's statement failed first) gets nil: its copy fails on
+    /// the follower too. Nil when a list does not read as one.
+    public func valuesByExecution(_ row: [String?], executions: Int) -> [[String?]]? {
+        var out = Array(repeating: [String?](repeating: nil, count: settings.count), count: executions)
+        for k in settings.indices {
+            let value = k < row.count ? row[k] : nil
+            guard appended[k] else {
+                for e in 0..<executions { out[e][k] = value }
+                continue
+            }
+            guard let entries = Self.entries(value ?? "") else { return nil }
+            for (e, entry) in entries.suffix(executions).enumerated() { out[e][k] = entry }
+        }
+        return out
+    }
+
+    /// The entries of an appended setting (`5:hello2:42` → hello, 42); nil if it does not read as such a list.
+    static func entries(_ list: String) -> [String]? {
+        let bytes = Array(list.utf8)
+        var out: [String] = []
+        var i = 0
+        while i < bytes.count {
+            var length = 0, digits = 0
+            while i < bytes.count, bytes[i] >= 48, bytes[i] <= 57, digits < 10 {
+                length = length * 10 + Int(bytes[i] - 48); i += 1; digits += 1
+            }
+            guard digits > 0, i < bytes.count, bytes[i] == 58 /* : */, i + 1 + length <= bytes.count else { return nil }
+            out.append(String(decoding: bytes[(i + 1)..<(i + 1 + length)], as: UTF8.self))
+            i += 1 + length
+        }
+        return out
+    }
 
     /// The proxy's own query, run on the leader after the unit: the captured values, one column each (NULL
     /// for one the statement did not reach, e.g. after an error).
@@ -81,7 +136,8 @@ public enum DeterministicWrite {
             return .nondeterministic("\(rewriter.settings.count) values differ per side in one statement; at most \(maximumCaptures) are captured")
         }
         guard let (leader, follower) = rewriter.apply() else { return .nondeterministic("overlapping rewrites (a capture inside another)") }
-        return .captured(CapturedWrite(leaderText: leader, followerText: follower, settings: rewriter.settings, needsOverride: rewriter.overrides))
+        return .captured(CapturedWrite(leaderText: leader, followerText: follower, settings: rewriter.settings, needsOverride: rewriter.overrides,
+                                       appended: rewriter.appended, repeatable: rewriter.repeatable))
     }
 
     /// At most this many values per statement (see `plan`).
@@ -113,6 +169,11 @@ struct Rewriter {
     let tag: String
     private(set) var edits: [(range: Range<Int>, leader: String, follower: String)] = []
     private(set) var settings: [String] = []
+    /// Per setting: filled as a list (see `CapturedWrite.appended`).
+    private(set) var appended: [Bool] = []
+    /// See `CapturedWrite.repeatable`: cleared by the first value that is neither appended nor constant
+    /// through the transaction.
+    private(set) var repeatable = true
     private(set) var reasons: [String] = []
     private(set) var overrides = false
     /// Tables of the route's schema the catalog does not have.
@@ -158,7 +219,11 @@ struct Rewriter {
         switch (context, kind) {
         case (.once, _), (.perRow, .constant), (.perRow, .perStatement):
             guard let range = span(of: call) else { return reasons.append("cannot find the end of \(call.name)()") }
-            capture(range, type: kind.type, expression: String(decoding: text[range], as: UTF8.self))
+            // Once a row of VALUES: a value of its own at each execution, listed; elsewhere one value a
+            // statement, which serves a batch of executions only if it holds for the whole transaction.
+            let once = context == .once && kind.evaluationClass != .constant
+            if !once && kind.evaluationClass != .constant { repeatable = false }
+            capture(range, type: kind.type, expression: String(decoding: text[range], as: UTF8.self), append: once)
         case (.filter, .constant), (.filter, .perStatement):
             break // decides which rows; each side evaluates its own (see docs/phases.md)
         case (.perRow, .perCall), (.filter, .perCall):
@@ -169,8 +234,8 @@ struct Rewriter {
     }
 
     /// Replaces `range` with a capture of `expression` (cast to `type`) on the leader and its reading on the follower.
-    private mutating func capture(_ range: Range<Int>, type: String, expression: String) {
-        let (leader, follower) = captured(expression, type: type)
+    private mutating func capture(_ range: Range<Int>, type: String, expression: String, append: Bool) {
+        let (leader, follower) = captured(expression, type: type, append: append)
         edits.append((range, leader, follower))
     }
 
@@ -191,16 +256,25 @@ struct Rewriter {
         return out.replacingOccurrences(of: "  ", with: " ").trimmingCharacters(in: .whitespaces)
     }
 
-    private mutating func captured(_ expression: String, type fullType: String) -> (String, String) {
+    private mutating func captured(_ expression: String, type fullType: String, append: Bool) -> (String, String) {
         let type = Self.baseType(fullType)
         let name = "\(tag)_\(settings.count + 1)"
         settings.append(name)
+        appended.append(append)
         let quoted = SQLText.quoteLiteral(name)
         // chr(1) stands for NULL (a setting cannot hold one); no value of these types is that text.
         // Dates and times as JSON's ISO 8601, which reads back the same whatever either session's DateStyle.
         let asText = type.contains("time") || type.contains("date")
             ? "pg_catalog.to_json((\(expression))::\(type)) #>> '{}'" : "(\(expression))::\(type)::text"
-        let leader = "NULLIF(pg_catalog.set_config(\(quoted), COALESCE(\(asText), pg_catalog.chr(1)), false), pg_catalog.chr(1))::\(type)"
+        let leader: String
+        if append {
+            // The list grows by `octet_length:value`; the value itself comes from a subquery evaluated once
+            // (PostgreSQL does not pull up a subquery with a volatile output), so the call runs once.
+            leader = "(SELECT NULLIF(CASE WHEN pg_catalog.set_config(\(quoted), cutover_c.o || pg_catalog.octet_length(cutover_c.v) || ':' || cutover_c.v, false) IS NOT NULL THEN cutover_c.v END, pg_catalog.chr(1)) "
+                + "FROM (SELECT COALESCE(pg_catalog.current_setting(\(quoted), true), '') AS o, COALESCE(\(asText), pg_catalog.chr(1)) AS v) AS cutover_c)::\(type)"
+        } else {
+            leader = "NULLIF(pg_catalog.set_config(\(quoted), COALESCE(\(asText), pg_catalog.chr(1)), false), pg_catalog.chr(1))::\(type)"
+        }
         let follower = "NULLIF(pg_catalog.current_setting(\(quoted)), pg_catalog.chr(1))::\(type)"
         _ = fullType
         return (leader, follower)
@@ -241,7 +315,7 @@ struct Rewriter {
                 for (j, item) in row.enumerated() {
                     if let location = item["SetToDefault"]?["location"]?.int, j < targets.count, let column = targets[j], column.defaultDiffersPerSide,
                        let expression = column.defaultExpression, let end = tokenEnd(at: location) {
-                        capture(location..<end, type: column.type, expression: expression)
+                        capture(location..<end, type: column.type, expression: expression, append: !column.defaultIsTransactionConstant)
                         if column.identity == .always { givesIdentity = true }
                     } else {
                         visit(item, .once)
@@ -289,7 +363,9 @@ struct Rewriter {
             guard let target = item["ResTarget"], let value = target["val"] else { continue }
             if target["name"] == nil, let call = FunctionCallNode(value), let kind = call.classification,
                kind.evaluationClass != .perCall, let range = span(of: call) {
-                let (leader, follower) = captured(String(decoding: text[range], as: UTF8.self), type: kind.type)
+                // One value a statement, and RETURNING reaches it once a row returned: a batch needs it constant.
+                if kind.evaluationClass != .constant { repeatable = false }
+                let (leader, follower) = captured(String(decoding: text[range], as: UTF8.self), type: kind.type, append: false)
                 let alias = " AS " + Verification.quoteIdentifier(call.columnName)
                 edits.append((range, leader + alias, follower + alias))
             } else if target["name"] == nil, value["TypeCast"] != nil, let call = Self.castCall(value), call.classification != nil,
@@ -310,7 +386,7 @@ struct Rewriter {
               let values = firstToken(Self.valuesKeyword, after: start.start) else { return reasons.append("cannot find DEFAULT VALUES") }
         var leader: [String] = [], follower: [String] = []
         for column in needed {
-            let (l, f) = captured(column.defaultExpression ?? "NULL", type: column.type)
+            let (l, f) = captured(column.defaultExpression ?? "NULL", type: column.type, append: !column.defaultIsTransactionConstant)
             leader.append(l); follower.append(f)
         }
         let override = needed.contains { $0.identity == .always } ? " OVERRIDING SYSTEM VALUE" : ""
@@ -337,7 +413,7 @@ struct Rewriter {
         for close in ends {
             var leader = "", follower = ""
             for column in needed {
-                let (l, f) = captured(column.defaultExpression ?? "NULL", type: column.type)
+                let (l, f) = captured(column.defaultExpression ?? "NULL", type: column.type, append: !column.defaultIsTransactionConstant)
                 leader += ", " + l
                 follower += ", " + f
             }
@@ -358,7 +434,8 @@ struct Rewriter {
                 if NondeterministicCall.worstClass(expression) == .perCall {
                     reasons.append("SET \(column.name) = DEFAULT gives each row its own value of a default that differs per side")
                 } else if let end = tokenEnd(at: location) {
-                    capture(location..<end, type: column.type, expression: expression)
+                    if !column.defaultIsTransactionConstant { repeatable = false }
+                    capture(location..<end, type: column.type, expression: expression, append: false)
                 }
             } else {
                 visit(target["ResTarget"]?["val"], .perRow)

@@ -18,6 +18,9 @@ public struct WriteCatalog: Sendable, Equatable {
         public var generated: Bool
         /// The default gives each side its own value (time, sequences, random, uuids, the session's user…).
         public var defaultDiffersPerSide: Bool
+        /// That value is the same all through a transaction (`now()`, not `nextval`): one captured value
+        /// serves every execution of a statement in it.
+        public var defaultIsTransactionConstant: Bool
 
         public init(name: String, type: String, defaultExpression: String? = nil, identity: Identity? = nil, generated: Bool = false) {
             self.name = name
@@ -25,7 +28,9 @@ public struct WriteCatalog: Sendable, Equatable {
             self.identity = identity
             self.generated = generated
             self.defaultExpression = generated ? nil : defaultExpression
-            defaultDiffersPerSide = !generated && (identity != nil || defaultExpression.map { NondeterministicCall.worstClass($0) != nil } == true)
+            let worst = generated || identity != nil ? nil : defaultExpression.flatMap { NondeterministicCall.worstClass($0) }
+            defaultDiffersPerSide = !generated && (identity != nil || worst != nil)
+            defaultIsTransactionConstant = identity == nil && worst == .constant
         }
     }
 

@@ -35,6 +35,9 @@ final class CaptureState {
     var unnamedText: String?
     /// It runs COPY.
     var unitHasCopy = false
+    /// It ends a transaction after a captured execution: a value constant through the transaction may not
+    /// serve the executions on both sides of that.
+    var unitEndsTransactionAfterCapture = false
     /// Why it cannot be captured, if it cannot.
     var refusal: String?
     /// The unit's statement text, for the record.
@@ -52,16 +55,19 @@ final class CaptureState {
     /// Readback rows received, by the number of the leader's internal unit they answer (several can come
     /// in one read before their boundaries are handled).
     var rows: [UInt64: [String?]] = [:]
-    /// Lock-step: the capture of the unit sent to the leader, for its copy to the follower.
-    var lockStepFollower: CaptureExecution?
+    /// Lock-step: the captured executions of the unit sent to the leader, for its copy to the follower.
+    var lockStepFollower: [CaptureExecution] = []
     /// Lock-step: part of the unit went out before a Flush.
     var lockStepUnitSplit = false
     /// Async: the chunk being forwarded: messages the leader gets rewritten (and readbacks), and its
     /// captured units for the follower's copy.
     var leaderEdits: [CaptureEdit] = []
-    var followerCaptures: [(range: Range<Int>, execution: CaptureExecution)] = []
+    var followerCaptures: [(range: Range<Int>, executions: [CaptureExecution])] = []
     /// A statement that may change the catalog went to the leader: it is read again at the next idle boundary.
     var ddlSeen = false
+    /// Mirroring ended while the leader was busy: its captured statements get the client's texts back at
+    /// the next idle boundary (`restoreClientStatementsOnLeader`).
+    var restoreWhenIdle = false
     /// Lock-step: the unit now going to the leader went to the follower first (it commits).
     var followerWentFirst = false
     /// Lock-step: a COPY's unit has gone; what follows is its data, until the stage changes.
@@ -69,6 +75,7 @@ final class CaptureState {
 
     func startUnit() {
         unitHasCopy = false
+        unitEndsTransactionAfterCapture = false
         unnamedText = nil
         executions.removeAll(keepingCapacity: true)
         refusal = nil
@@ -76,22 +83,12 @@ final class CaptureState {
     }
 }
 
-/// One execution of a captured statement in a unit, as it stood when it went to the leader: what the
-/// follower's copy is rendered from (later Parses, or a new catalog, must not change it).
-struct CaptureExecution {
-    let write: CapturedWrite
-    /// The client's text of a captured Query or unnamed Parse.
-    let text: String?
-    /// A named statement's name and the client's Parse of it (its parameter types).
-    let statement: String?
-    let parse: [UInt8]?
-}
-
 /// Follower-bound bytes held behind a capture not yet read back.
 enum HeldForFollower {
     case bytes([UInt8])
-    /// A captured unit: the client's messages, rendered with the leader's values once they are known.
-    case unit(template: [UInt8], execution: CaptureExecution, values: [String?]?)
+    /// A captured unit: the client's messages, rendered with the leader's values of each execution once
+    /// they are known.
+    case unit(template: [UInt8], executions: [CaptureExecution], values: [[String?]]?)
 }
 
 /// One message of a client chunk as the capture sees it.
@@ -132,6 +129,9 @@ extension ClientSession {
             // Most statements are reads: decided on the bytes, before any String is made.
             guard let raw = CapturedUnit.textBytes(id: id, body: body) else { return nil }
             let keyword = SQLBytes.leadingKeyword(raw)
+            if keyword.endsTransaction || keyword == .rollback || keyword == .abort, let s = cold?.captures, !s.executions.isEmpty {
+                s.unitEndsTransactionAfterCapture = true
+            }
             if keyword.mayBeDDLOrCall, Self.ddlWords.contains(SQLText.leadingWords(String(decoding: raw, as: UTF8.self), count: 1).first ?? "") {
                 captureState.ddlSeen = true
             }
@@ -217,15 +217,24 @@ extension ClientSession {
         if s.statement == nil { s.statement = text }
     }
 
-    /// The unit ends (its Query or Sync went by). Returns the capture the unit needs, if it can have one: a
-    /// unit that executes exactly one captured statement, begun in the bytes at hand (`begunHere`). Anything
-    /// else that differs per side is recorded as non-deterministic and marks the route out of sync.
-    func captureUnitEnds(begunHere: Bool) -> CaptureExecution? {
-        guard let s = cold?.captures else { return nil }
+    /// The unit ends (its Query or Sync went by). Returns the captured executions the unit runs, if it can
+    /// have them captured: begun in the bytes at hand (`begunHere`), and either one execution or several of
+    /// one statement whose values all serve a batch (`CapturedWrite.repeatable`: a driver's batch, one Parse
+    /// and many Binds before one Sync), in one transaction. Anything else that differs per side is recorded
+    /// as non-deterministic and marks the route out of sync.
+    func captureUnitEnds(begunHere: Bool) -> [CaptureExecution] {
+        guard let s = cold?.captures else { return [] }
         defer { s.startUnit() }
         var refusal = s.refusal
         if refusal == nil && s.executions.count > 1 {
-            refusal = "the unit runs \(s.executions.count) statements whose values differ per side; one per unit can be captured"
+            let first = s.executions[0].write
+            if s.executions.contains(where: { $0.write != first }) {
+                refusal = "the unit runs \(s.executions.count) executions of different statements whose values differ per side; several of one statement can be captured"
+            } else if !first.repeatable {
+                refusal = "the unit runs the statement \(s.executions.count) times, and one of its values (per statement, or per row returned) cannot be captured for each execution"
+            } else if s.unitEndsTransactionAfterCapture {
+                refusal = "the unit runs the statement \(s.executions.count) times and ends a transaction between them"
+            }
         }
         if refusal == nil && !s.executions.isEmpty && !begunHere {
             refusal = "the unit began in an earlier read, so the follower's copy of it was on its way before the leader's values could be read back"
@@ -236,9 +245,9 @@ extension ClientSession {
         }
         if let refusal {
             recordNondeterministic(s.statement, refusal)
-            return nil
+            return []
         }
-        return s.executions.first
+        return s.executions
     }
 
     /// Records a write the follower cannot store identically, and marks the route out of sync.
@@ -252,8 +261,8 @@ extension ClientSession {
 
     /// The readback the leader runs right behind the unit that ends at the end of the bytes sent before it
     /// (`clientUnitsAhead` of the client's units, that one included, are still to be answered then).
-    func readbackBytes(for execution: CaptureExecution, clientUnitsAhead: Int32) -> [UInt8] {
-        let write = execution.write
+    func readbackBytes(for executions: [CaptureExecution], clientUnitsAhead: Int32) -> [UInt8] {
+        let write = executions[0].write // one statement (see `captureUnitEnds`)
         leader?.addInternal(afterClientUnits: clientUnitsAhead)
         leaderInternalKinds.append(.readback)
         captureState.awaiting += 1
@@ -304,9 +313,14 @@ extension ClientSession {
         s.awaiting -= 1
         let values = s.rows.removeValue(forKey: unit)
         if let k = s.held.firstIndex(where: { if case .unit(_, _, nil) = $0 { return true } else { return false } }),
-           case .unit(let template, let execution, _) = s.held[k] {
+           case .unit(let template, let executions, _) = s.held[k], let write = executions.first?.write {
             // No row: the leader's statement failed before computing them; the follower's copy then fails too.
-            s.held[k] = .unit(template: template, execution: execution, values: Array((values ?? []).prefix(execution.write.settings.count)))
+            var byExecution = write.valuesByExecution(values ?? [], executions: executions.count)
+            if byExecution == nil {
+                recordNondeterministic(write.leaderText, "the leader computed a value more often than its \(executions.count) executions in the unit")
+                byExecution = Array(repeating: [], count: executions.count)
+            }
+            s.held[k] = .unit(template: template, executions: executions, values: byExecution)
         }
         releaseHeldForFollower()
         return true
@@ -315,9 +329,9 @@ extension ClientSession {
     // MARK: the follower's copy
 
     /// Follower-bound bytes: held behind a capture still being read back, else delivered as before.
-    func toFollower(_ bytes: [UInt8], capture execution: CaptureExecution?) {
-        if let execution {
-            captureState.held.append(.unit(template: bytes, execution: execution, values: nil))
+    func toFollower(_ bytes: [UInt8], capture executions: [CaptureExecution]) {
+        if !executions.isEmpty {
+            captureState.held.append(.unit(template: bytes, executions: executions, values: nil))
         } else if let s = cold?.captures, !s.held.isEmpty {
             s.held.append(.bytes(bytes))
         } else {
@@ -333,11 +347,8 @@ extension ClientSession {
         release: for item in s.held {
             switch item {
             case .bytes(let b): out += b
-            case .unit(let template, let e, let values?):
-                out += CapturedUnit.renderForFollower(template, values: [values],
-                                                      capturedText: { $0 == e.text ? e.write : nil },
-                                                      capturedName: { $0 == e.statement ? e.write : nil },
-                                                      parseOf: { $0 == e.statement ? e.parse : nil })
+            case .unit(let template, let executions, let values?):
+                out += CapturedUnit.renderForFollower(template, executions: executions, values: values)
             case .unit(_, _, nil):
                 break release
             }
@@ -445,6 +456,31 @@ extension ClientSession {
         leader.send(out)
     }
 
+    /// Mirroring ended for this session (its follower was let go at a flip, or mirroring stopped): the
+    /// leader's captured named statements are parsed again with the client's texts (the proxy's own Close,
+    /// Parse, Sync each). Their rewritten texts would go on filling settings that no readback empties any
+    /// more, and a listed value grows at every execution. Waits for an idle boundary if the leader is busy.
+    func restoreClientStatementsOnLeader() {
+        guard let s = cold?.captures, !s.named.isEmpty, let leader else { return }
+        guard pendingReadyForQuery == 0, lockStepIsQuiet, transactionStatus == .idle else { s.restoreWhenIdle = true; return }
+        s.restoreWhenIdle = false
+        var out: [UInt8] = []
+        var units: Int32 = 0
+        for name in s.named.keys.sorted() {
+            guard let parse = tracker.preparedMessages[name] else { continue }
+            out += CapturedUnit.closeStatement(name) + parse + CapturedUnit.sync
+            units += 1
+        }
+        s.named = [:]
+        s.parses = [:]
+        s.unrewritten = [:]
+        s.unnamed = nil
+        guard units > 0 else { return }
+        leader.addInternal(units)
+        leaderInternalKinds += Array(repeating: .ignored, count: Int(units))
+        leader.send(out)
+    }
+
     // MARK: sending
 
     /// The capture lists of the chunk being scanned, emptied at its first capture.
@@ -478,11 +514,11 @@ extension ClientSession {
         if !chunk.batching { for (_, unit) in chunkUnits { registerUnit(unit, followerSent: false) } }
         at = 0
         for (range, execution) in s.followerCaptures {
-            if range.lowerBound > at { toFollower(Array(bytes[at..<range.lowerBound]), capture: nil) }
+            if range.lowerBound > at { toFollower(Array(bytes[at..<range.lowerBound]), capture: []) }
             toFollower(Array(bytes[range]), capture: execution)
             at = range.upperBound
         }
-        if at < bytes.count { toFollower(Array(bytes[at...]), capture: nil) }
+        if at < bytes.count { toFollower(Array(bytes[at...]), capture: []) }
     }
 
     /// Lock-step: a unit (or the part before a Flush) on its way to the leader, rewritten where it runs a
@@ -526,9 +562,10 @@ extension ClientSession {
             return edited ? out : bytes
         }
         let s = cold?.captures
-        if let execution = captureUnitEnds(begunHere: !(s?.lockStepUnitSplit ?? false)) {
-            out += readbackBytes(for: execution, clientUnitsAhead: 1)
-            captureState.lockStepFollower = execution
+        let executions = captureUnitEnds(begunHere: !(s?.lockStepUnitSplit ?? false))
+        if !executions.isEmpty {
+            out += readbackBytes(for: executions, clientUnitsAhead: 1)
+            captureState.lockStepFollower = executions
             edited = true
         }
         s?.lockStepUnitSplit = false

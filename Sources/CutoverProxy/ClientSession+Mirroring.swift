@@ -195,9 +195,9 @@ extension ClientSession {
             case .toLeader(let bytes): leader?.send(leaderBytesInLockStep(bytes))
             case .toFollower(let bytes):
                 if case .followerFirst? = lockStep.stage { followerFirstUnit(bytes) }
-                let write = cold?.captures?.lockStepFollower
-                cold?.captures?.lockStepFollower = nil
-                if follower != nil { toFollower(bytes, capture: write) }
+                let executions = cold?.captures?.lockStepFollower ?? []
+                cold?.captures?.lockStepFollower = []
+                if follower != nil { toFollower(bytes, capture: executions) }
             case .toLeaderInternal(let bytes):
                 leader?.addInternal()
                 leaderInternalKinds.append(.lockStep)
@@ -265,10 +265,11 @@ extension ClientSession {
         follower = nil
         if cold != nil { followerOutbox = [] }
         dropHeldForFollower()
-        cold?.captures?.lockStepFollower = nil
+        cold?.captures?.lockStepFollower = []
         cold?.captures?.followerWentFirst = false
         f.close() // closing rolls back whatever the follower had open
         cold?.keptWrites = KeptWriteCheck()
+        restoreClientStatementsOnLeader()
         server.recordDivergence(session: self, kind: kind, statement: nil, leader: nil, follower: nil, leaderMs: nil, followerMs: nil, detail: detail)
         route?.markOutOfSync("session \(id): \(kind.rawValue): \(detail)")
         units.removeAll()
@@ -492,6 +493,8 @@ extension ClientSession {
         lockStep = LockStep() // quiet here: a drained idle boundary
         if follower != nil && (follower !== followerBefore || leader !== currentLeader) {
             prepareCapturedStatementsOnLeader(leaderChanged: leader !== currentLeader)
+        } else if follower == nil && followerBefore != nil {
+            restoreClientStatementsOnLeader()
         }
         leader?.setDigesting(follower != nil)
         leader?.connection.readsOnDemand = false // after a leader flip, the old follower

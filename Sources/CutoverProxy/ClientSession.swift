@@ -468,7 +468,10 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if !link.boundaries.isEmpty {
             // The transaction ended on the leader: the follower gets it, in one write.
             if transactionStatus == .idle, let c = cold, !c.followerOutbox.isEmpty, c.captures?.held.isEmpty ?? true { flushFollowerOutbox() }
-            if transactionStatus == .idle, cold?.captures?.ddlSeen == true { refreshCatalogAfterDDL() }
+            if transactionStatus == .idle, let s = cold?.captures {
+                if s.ddlSeen { refreshCatalogAfterDDL() }
+                if s.restoreWhenIdle && follower == nil { restoreClientStatementsOnLeader() }
+            }
             lastActivity = loop.now
             compareReadyUnits()
             maybeResumeClient()
@@ -711,11 +714,12 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if id == FrontendMessageID.sync.rawValue { syncsSinceExecute += 1 }
         pendingReadyForQuery += 1
         if chunk.capturing {
-            if let execution = captureUnitEnds(begunHere: chunk.unitBegan >= 0) {
-                let readback = readbackBytes(for: execution, clientUnitsAhead: Int32(clamping: pendingReadyForQuery))
+            let executions = captureUnitEnds(begunHere: chunk.unitBegan >= 0)
+            if !executions.isEmpty {
+                let readback = readbackBytes(for: executions, clientUnitsAhead: Int32(clamping: pendingReadyForQuery))
                 let s = captureChunk(&chunk)
                 s.leaderEdits.append(CaptureEdit(range: endOffset..<endOffset, bytes: readback))
-                s.followerCaptures.append((chunk.unitBegan..<endOffset, execution))
+                s.followerCaptures.append((chunk.unitBegan..<endOffset, executions))
             }
             chunk.unitBegan = endOffset
         }

@@ -62,7 +62,7 @@ import Testing
     @Test func anInsertGetsItsPerSideDefaultsCapturedRowByRow() throws {
         let c = try #require(captured("INSERT INTO candidates (name) VALUES ('a'), ($1) RETURNING id"))
         #expect(c.settings.count == 6, "id, created_at and token for each of two rows")
-        #expect(c.leaderText.hasPrefix(#"INSERT INTO candidates (name, "id", "created_at", "token") VALUES ('a', NULLIF(pg_catalog.set_config('"#))
+        #expect(c.leaderText.hasPrefix(#"INSERT INTO candidates (name, "id", "created_at", "token") VALUES ('a', (SELECT NULLIF(CASE WHEN pg_catalog.set_config('"#))
         #expect(c.leaderText.contains("COALESCE((nextval('onboarding.candidates_id_seq'::regclass))::bigint::text, pg_catalog.chr(1))"))
         #expect(c.leaderText.contains("COALESCE(pg_catalog.to_json((now())::timestamp with time zone) #>> '{}', pg_catalog.chr(1))"))
         #expect(c.leaderText.hasSuffix("::uuid) RETURNING id"))
@@ -173,8 +173,8 @@ import Testing
         parse.writeBytes([0, 0]); parse.endMessage()
         var bind = ByteWriter()
         bind.beginMessage(UInt8(ascii: "B")); bind.writeCString(""); bind.writeCString("s1"); bind.writeBytes([0, 0, 0, 0, 0, 0]); bind.endMessage()
-        let rendered = CapturedUnit.renderForFollower(bind.bytes, values: [["1", "2026-01-01T00:00:00+00:00", "00000000-0000-0000-0000-000000000000"]],
-                                                      capturedText: { _ in nil }, capturedName: { $0 == "s1" ? write : nil }, parseOf: { _ in parse.bytes })
+        let rendered = CapturedUnit.renderForFollower(bind.bytes, executions: [CaptureExecution(write: write, text: nil, statement: "s1", parse: parse.bytes)],
+                                                      values: [["1", "2026-01-01T00:00:00+00:00", "00000000-0000-0000-0000-000000000000"]])
         #expect(rendered.first == UInt8(ascii: "C"), "Close first")
         #expect(String(decoding: rendered, as: UTF8.self).contains("cutover_capture"))
     }
@@ -188,5 +188,55 @@ import Testing
         // A data-modifying CTE: the inner INSERT is rewritten like any other.
         let w = try #require(captured("WITH n AS (INSERT INTO candidates (name) VALUES ('x') RETURNING id) SELECT id FROM n"))
         #expect(w.settings.count == 3)
+    }
+
+    // MARK: a driver's batch (one Parse, many Binds, one Sync)
+
+    @Test func valuesThatChangeAtEveryCallAreListedOncePerExecution() throws {
+        let w = try #require(captured("INSERT INTO candidates (name) VALUES ($1)"))
+        // id (nextval) and token (uuid) are listed; created_at (now()) holds for the whole transaction.
+        #expect(w.appended == [true, false, true], "\(w.settings)")
+        #expect(w.repeatable)
+        #expect(w.leaderText.contains("octet_length(cutover_c.v)"))
+        // Three executions: each gets its own id and token, all the same created_at.
+        let row: [String?] = ["2:412:42", "2026-01-01T00:00:00+00:00", "36:00000000-0000-0000-0000-00000000000136:00000000-0000-0000-0000-000000000002"]
+        let values = try #require(w.valuesByExecution(row, executions: 3))
+        #expect(values.map { $0[0] } == ["41", "42", nil] as [String?]) // the third execution never computed one
+        #expect(values[0][1] == "2026-01-01T00:00:00+00:00" && values[2][1] == "2026-01-01T00:00:00+00:00")
+        #expect(values.map { $0[2] } == ["00000000-0000-0000-0000-000000000001", "00000000-0000-0000-0000-000000000002", nil] as [String?])
+        // More entries than executions: the first were left by executions no readback followed (the session
+        // ran without a follower); the last are this unit's.
+        #expect(w.valuesByExecution(["2:412:42", nil, nil], executions: 1)?[0][0] == "42")
+        // A list that does not read as one is refused too.
+        #expect(w.valuesByExecution(["9:42", nil, nil], executions: 1) == nil)
+        // One execution reads its one entry; NULL travels as chr(1) inside the entry.
+        #expect(w.valuesByExecution(["1:\u{1}", "x", nil], executions: 1)?[0] == ["\u{1}", "x", nil])
+    }
+
+    @Test func aBatchNeedsEveryValueListedOrConstantThroughTheTransaction() throws {
+        #expect(try #require(captured("UPDATE candidates SET updated_at = now() WHERE id = $1")).repeatable)
+        #expect(try #require(captured("INSERT INTO plain VALUES ($1, gen_random_uuid()::text)")).repeatable)
+        // One value a statement: each execution has its own, and one setting cannot hold them all.
+        #expect(try #require(captured("UPDATE candidates SET updated_at = statement_timestamp() WHERE id = $1")).repeatable == false)
+        #expect(try #require(captured("INSERT INTO plain VALUES (1, 'a') RETURNING statement_timestamp()")).repeatable == false)
+        #expect(try #require(captured("INSERT INTO plain VALUES (1, 'a') RETURNING now()")).repeatable)
+    }
+
+    @Test func aBatchOfBindsIsRenderedOneOwnStatementEach() throws {
+        let text = "INSERT INTO candidates (name) VALUES ($1)"
+        let write = try #require(captured(text))
+        var unit = ByteWriter()
+        unit.beginMessage(UInt8(ascii: "P")); unit.writeCString(""); unit.writeCString(text); unit.writeBytes([0, 0]); unit.endMessage()
+        for _ in 0..<3 {
+            unit.beginMessage(UInt8(ascii: "B")); unit.writeCString(""); unit.writeCString(""); unit.writeBytes([0, 0, 0, 0, 0, 0]); unit.endMessage()
+            unit.beginMessage(UInt8(ascii: "E")); unit.writeCString(""); unit.writeBytes([0, 0, 0, 0]); unit.endMessage()
+        }
+        let e = CaptureExecution(write: write, text: text, statement: nil, parse: nil)
+        let values: [[String?]] = (1...3).map { ["\($0)", "2026-01-01T00:00:00+00:00", "00000000-0000-0000-0000-00000000000\($0)"] }
+        let rendered = String(decoding: CapturedUnit.renderForFollower(unit.bytes + CapturedUnit.sync, executions: [e, e, e], values: values), as: UTF8.self)
+        // The client's unnamed statement keeps its text; each Bind runs from the proxy's own, with its values.
+        #expect(rendered.contains(text))
+        for k in 1...3 { #expect(rendered.contains("NULLIF('\(k)'"), "execution \(k): \(rendered)") }
+        #expect(rendered.components(separatedBy: "cutover_capture").count - 1 == 3 * 4) // Close, Parse, Bind, Close
     }
 }

@@ -64,6 +64,40 @@ final class PQConnection {
         return try rows(res)
     }
 
+    /// A driver's batch (pgjdbc's executeBatch, asyncpg's executemany): in pipeline mode, a Parse of `sql`
+    /// as `name` (the unnamed statement when empty), then a Bind/Describe/Execute per parameter set, and one
+    /// Sync. Returns each execution's rows; throws the first error (the rest of the batch is then skipped,
+    /// as PostgreSQL does).
+    @discardableResult
+    func batch(_ sql: String, name: String = "", _ paramSets: [[String?]]) throws -> [[[String?]]] {
+        guard PQenterPipelineMode(conn) == 1 else { throw PQError(message: String(cString: PQerrorMessage(conn))) }
+        defer { PQexitPipelineMode(conn) }
+        let width = paramSets.first?.count ?? 0
+        guard PQsendPrepare(conn, name, sql, Int32(width), nil) == 1 else { throw PQError(message: String(cString: PQerrorMessage(conn))) }
+        for params in paramSets {
+            let cstrs: [UnsafeMutablePointer<CChar>?] = params.map { $0.map { strdup($0)! } }
+            defer { cstrs.forEach { free($0) } }
+            let sent = cstrs.map { UnsafePointer($0) }.withUnsafeBufferPointer {
+                PQsendQueryPrepared(conn, name, Int32(params.count), $0.baseAddress, nil, nil, 0)
+            }
+            guard sent == 1 else { throw PQError(message: String(cString: PQerrorMessage(conn))) }
+        }
+        guard PQpipelineSync(conn) == 1 else { throw PQError(message: String(cString: PQerrorMessage(conn))) }
+        var results: [[[String?]]] = []
+        var failure: PQError?
+        // Prepare's result, then one per execution (each followed by a NULL), then the Sync's.
+        while true {
+            guard let res = PQgetResult(conn) else { continue }
+            defer { PQclear(res) }
+            let status = PQresultStatus(res)
+            if status == PGRES_PIPELINE_SYNC { break }
+            if status == PGRES_PIPELINE_ABORTED { continue }
+            do { results.append(try rows(res)) } catch let e as PQError { if failure == nil { failure = e } }
+        }
+        if let failure { throw failure }
+        return Array(results.dropFirst()) // the Prepare's
+    }
+
     private func rows(_ res: OpaquePointer?) throws -> [[String?]] {
         guard let res else { throw PQError(message: String(cString: PQerrorMessage(conn))) }
         switch PQresultStatus(res) {
