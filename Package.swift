@@ -5,7 +5,7 @@ import PackageDescription
 /// Release builds skip Swift's dynamic exclusivity checks in the proxy's own modules: measured at about a
 /// quarter of the proxy's instructions per query (swift_beginAccess on every class property access on the
 /// hot path). Debug builds, and so the tests, keep them.
-let hotPathSettings: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+let hotPathSettings: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked", "-cross-module-optimization"], .when(configuration: .release))]
 
 let package = Package(
     name: "Cutover",

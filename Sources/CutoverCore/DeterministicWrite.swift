@@ -125,6 +125,8 @@ public enum DeterministicWrite {
         var rewriter = Rewriter(text: utf8, tokens: tokens, catalog: catalog, tag: Self.tag)
         for statement in tree["stmts"]?.array ?? [] {
             guard let stmt = statement["stmt"] else { continue }
+            let start = statement["stmt_location"]?.int ?? 0, length = statement["stmt_len"]?.int ?? 0
+            rewriter.statementEnd = length == 0 ? utf8.count : min(utf8.count, start + length)
             rewriter.statement(stmt)
         }
         if let reason = rewriter.reasons.first { return .nondeterministic(reason) }
@@ -178,6 +180,8 @@ struct Rewriter {
     private(set) var overrides = false
     /// Tables of the route's schema the catalog does not have.
     private(set) var unknownTables: [String] = []
+    /// Where the statement being rewritten ends (its `;` excluded).
+    var statementEnd = 0
 
     init(text: [UInt8], tokens: [PostgresParser.Token], catalog: WriteCatalog?, tag: String) {
         self.text = text; self.tokens = tokens; self.catalog = catalog; self.tag = tag
@@ -322,14 +326,17 @@ struct Rewriter {
                     }
                 }
             }
+        } else if let select, let table, rows == nil, select["larg"] == nil,
+                  !neededDefaults(table, targets).isEmpty || Self.containsCall(select) {
+            // Each row needs values of its own: the leader's rows are captured whole (`selectRows`).
+            return selectRows(s, table, select, explicit: explicit, targets: targets, override: override)
         } else if let select {
             visit(select["targetList"], .perRow)
             for key in ["fromClause", "valuesLists", "larg", "rarg", "withClause"] { visit(select[key], .perRow) }
             for key in ["whereClause", "groupClause", "havingClause"] { visit(select[key], .filter) }
         }
         if let table {
-            let given = Set(targets.compactMap { $0?.name })
-            let needed = table.columns.filter { $0.defaultDiffersPerSide && !given.contains($0.name) }
+            let needed = neededDefaults(table, targets)
             if !needed.isEmpty {
                 if select == nil {
                     defaultValues(s, needed)
@@ -354,6 +361,180 @@ struct Rewriter {
             visit(conflict["whereClause"], .filter)
         }
         returning(s["returningList"])
+    }
+
+    /// The columns an INSERT into `targets` leaves to a default that differs per side.
+    private func neededDefaults(_ table: WriteCatalog.Table, _ targets: [WriteCatalog.Column?]) -> [WriteCatalog.Column] {
+        let given = Set(targets.compactMap { $0?.name })
+        return table.columns.filter { $0.defaultDiffersPerSide && !given.contains($0.name) }
+    }
+
+    /// A call in the tree whose value differs per side.
+    static func containsCall(_ node: JSONNode) -> Bool {
+        var found = false
+        node.walk { n, _ in if !found, FunctionCallNode(n)?.classification != nil { found = true } }
+        return found
+    }
+
+    /// `INSERT … SELECT` whose rows need values of their own (a serial id, a uuid default, a call in the
+    /// SELECT): the leader's rows are captured whole, column by column as arrays, and the follower inserts
+    /// exactly those rows, whatever its own SELECT would return and in whatever order.
+    ///
+    ///     leader:   INSERT INTO t (a, "id") WITH cutover_q (c1) AS MATERIALIZED (SELECT (x)::integer FROM s),
+    ///                 cutover_rows (c1, d1) AS MATERIALIZED (SELECT cutover_q.*, (nextval(…)) FROM cutover_q)
+    ///               SELECT * FROM cutover_rows WHERE (SELECT set_config('cutover.v_1', array_agg(c1::integer::text)…) || … FROM cutover_rows) IS NOT NULL
+    ///     follower: INSERT INTO t (a, "id") WITH cutover_q (c1) AS (SELECT (x)::integer FROM s)
+    ///               SELECT cutover_u.c1::integer, cutover_u.d1::bigint FROM ROWS FROM (unnest('{…}'::text[]), unnest('{…}'::text[])) AS cutover_u (c1, d1)
+    ///
+    /// Each selected item is cast to its column's type where it stands, so that parameters and untyped
+    /// literals get the types PostgreSQL infers for an INSERT … SELECT (inside a subquery they would become
+    /// text); the follower keeps the SELECT as an unused CTE for the same reason (its parameters must be
+    /// typed as the Bind expects). The aggregate is an InitPlan: it runs, over the materialized rows, before
+    /// the first row is inserted, also when there are none.
+    private mutating func selectRows(_ s: JSONNode, _ table: WriteCatalog.Table, _ select: JSONNode, explicit: [String],
+                                     targets: [WriteCatalog.Column?], override: String) {
+        let items = select["targetList"]?.array ?? []
+        let hasStar = items.contains { $0["ResTarget"]?["val"]?["ColumnRef"]?["fields"]?.array.contains { $0["A_Star"] != nil } == true }
+        if hasStar && explicit.isEmpty {
+            return reasons.append("INSERT … SELECT * into \(table.name) without a column list: how many columns it fills is not known here, so its rows cannot be captured")
+        }
+        let columns = targets.compactMap { $0 }
+        guard columns.count == targets.count, !columns.isEmpty else {
+            return reasons.append("INSERT … SELECT into \(table.name) names a column its catalog does not have")
+        }
+        // An explicit value for a GENERATED ALWAYS identity column fails as sent on both sides: left as sent.
+        if override == "OVERRIDING_NOT_SET" && columns.contains(where: { $0.identity == .always }) { return }
+        let needed = neededDefaults(table, targets)
+        if override == "OVERRIDING_USER_VALUE" && needed.contains(where: { $0.identity != nil }) || override == "OVERRIDING_USER_VALUE" && columns.contains(where: { $0.identity != nil }) {
+            return reasons.append("OVERRIDING USER VALUE: the identity's value cannot be given to the follower")
+        }
+        guard let start = selectStart(select), let end = selectEnd(s), start < end else {
+            return reasons.append("cannot find where the SELECT of an INSERT … SELECT into \(table.name) begins and ends")
+        }
+        // The SELECT, each item cast to its column's type.
+        var body: [UInt8] = []
+        var at = start
+        if !hasStar {
+            for k in items.indices {
+                guard k < columns.count, let range = itemValue(items, k, before: end) else {
+                    return reasons.append("cannot find the end of item \(k + 1) of an INSERT … SELECT into \(table.name)")
+                }
+                body += text[at..<range.lowerBound] + Array("(".utf8) + text[range] + Array(")::\(Self.baseType(columns[k].type))".utf8)
+                at = range.upperBound
+            }
+        }
+        body += text[at..<end]
+        let selectText = String(decoding: body, as: UTF8.self)
+        let all = columns + needed
+        let c = columns.indices.map { "c\($0 + 1)" }, d = needed.indices.map { "d\($0 + 1)" }
+        let names = c + d
+        var captures: [String] = [], reads: [String] = [], values: [String] = []
+        for (k, column) in all.enumerated() {
+            let name = "\(tag)_\(settings.count + 1)"
+            settings.append(name)
+            appended.append(false)
+            let type = Self.baseType(column.type)
+            let asText = type.contains("time") || type.contains("date") ? "pg_catalog.to_json((\(names[k]))::\(type)) #>> '{}'" : "(\(names[k]))::\(type)::text"
+            captures.append("pg_catalog.set_config(\(SQLText.quoteLiteral(name)), COALESCE(pg_catalog.array_agg(\(asText))::text, '{}'), false)")
+            reads.append("pg_catalog.current_setting(\(SQLText.quoteLiteral(name)))::text[]")
+            values.append("cutover_u.\(names[k])::\(type)")
+        }
+        repeatable = false // one array per column, overwritten by the next execution
+        if needed.contains(where: { $0.identity != nil }) { overrides = true }
+        // The column list: the defaults' columns added to the client's, or written out whole.
+        var prefix = ""
+        if !needed.isEmpty {
+            let added = needed.map { Verification.quoteIdentifier($0.name) }.joined(separator: ", ")
+            if let firstColumn = s["cols"]?.array.first?["ResTarget"]?["location"]?.int {
+                guard let close = closingParen(enclosing: firstColumn) else { return reasons.append("cannot find the end of the column list") }
+                edits.append((close..<close, ", " + added, ", " + added))
+            } else if override != "OVERRIDING_NOT_SET" {
+                return reasons.append("INSERT … OVERRIDING … SELECT into \(table.name) without a column list: the columns cannot be written out")
+            } else {
+                prefix = "(" + all.map { Verification.quoteIdentifier($0.name) }.joined(separator: ", ") + ") "
+            }
+            if override == "OVERRIDING_NOT_SET" && needed.contains(where: { $0.identity == .always }) { prefix += "OVERRIDING SYSTEM VALUE " }
+        }
+        let defaults = needed.map { ", (\($0.defaultExpression ?? "NULL"))" }.joined()
+        let leader = prefix + "WITH cutover_q (\(c.joined(separator: ", "))) AS MATERIALIZED (\(selectText)), "
+            + "cutover_rows (\(names.joined(separator: ", "))) AS MATERIALIZED (SELECT cutover_q.*\(defaults) FROM cutover_q) "
+            + "SELECT * FROM cutover_rows WHERE (SELECT \(captures.joined(separator: " || ")) FROM cutover_rows) IS NOT NULL "
+        let follower = prefix + "WITH cutover_q (\(c.joined(separator: ", "))) AS (\(selectText)) "
+            + "SELECT \(values.joined(separator: ", ")) FROM ROWS FROM (\(reads.map { "pg_catalog.unnest(\($0))" }.joined(separator: ", "))) AS cutover_u (\(names.joined(separator: ", "))) "
+        edits.append((start..<end, leader, follower))
+        if let conflict = s["onConflictClause"] {
+            visit(conflict["targetList"], .perRow)
+            visit(conflict["whereClause"], .filter)
+        }
+        returning(s["returningList"])
+    }
+
+    /// The text of a token, upper-cased (keywords).
+    private func word(_ k: Int) -> String { String(decoding: text[tokens[k].start..<tokens[k].end], as: UTF8.self).uppercased() }
+
+    /// Where a SELECT begins: its WITH, else its SELECT keyword (nil when it is parenthesized).
+    private func selectStart(_ select: JSONNode) -> Int? {
+        if let with = select["withClause"]?["location"]?.int { return with }
+        guard let first = select["targetList"]?.array.first?["ResTarget"]?["location"]?.int, var k = tokenIndex(at: first) else { return nil }
+        var depth = 0
+        while k > 0 {
+            k -= 1
+            switch tokens[k].kind {
+            case Self.closeParen: depth += 1
+            case Self.openParen: depth -= 1
+            default:
+                if depth == 0 && word(k) == "SELECT" {
+                    return k > 0 && tokens[k - 1].kind == Self.openParen ? nil : tokens[k].start
+                }
+            }
+        }
+        return nil
+    }
+
+    /// Where an INSERT's SELECT ends: at ON CONFLICT, RETURNING or the statement's end.
+    private func selectEnd(_ s: JSONNode) -> Int? {
+        var end = statementEnd
+        if let on = s["onConflictClause"]?["location"]?.int { end = min(end, on) }
+        if let first = s["returningList"]?.array.first?["ResTarget"]?["location"]?.int, let k = tokenIndex(at: first), k > 0 {
+            end = min(end, tokens[k - 1].start)
+        }
+        return end
+    }
+
+    /// The bytes of select item `k`'s expression, without its alias: up to the comma before the next item,
+    /// or, for the last, up to the first clause keyword at its own depth.
+    private func itemValue(_ items: [JSONNode], _ k: Int, before end: Int) -> Range<Int>? {
+        guard let start = items[k]["ResTarget"]?["location"]?.int, let first = tokenIndex(at: start) else { return nil }
+        var last: Int // index of the item's last token
+        if k + 1 < items.count {
+            guard let next = items[k + 1]["ResTarget"]?["location"]?.int, let n = tokenIndex(at: next), n > first, tokens[n - 1].kind == Self.comma else { return nil }
+            last = n - 2
+        } else {
+            let stops: Set<String> = ["FROM", "INTO", "WHERE", "GROUP", "HAVING", "WINDOW", "ORDER", "LIMIT", "OFFSET", "FETCH", "FOR",
+                                      "UNION", "INTERSECT", "EXCEPT", "ON", "RETURNING"]
+            var depth = 0, j = first
+            scan: while j < tokens.count, tokens[j].start < end {
+                switch tokens[j].kind {
+                case Self.openParen: depth += 1
+                case Self.closeParen: if depth == 0 { break scan }; depth -= 1
+                case 59 /* ; */: if depth == 0 { break scan }
+                default:
+                    if depth == 0, j > first, tokens[j - 1].kind != 46 /* . */, stops.contains(word(j)) {
+                        let before = word(j - 1)
+                        if !(word(j) == "FROM" && before == "DISTINCT") && !(word(j) == "GROUP" && before == "WITHIN") { break scan }
+                    }
+                }
+                j += 1
+            }
+            last = j - 1
+        }
+        if items[k]["ResTarget"]?["name"] != nil {
+            // `expr AS alias` or `expr alias`
+            last -= 1
+            if last >= first, word(last) == "AS" { last -= 1 }
+        }
+        guard last >= first else { return nil }
+        return tokens[first].start..<tokens[last].end
     }
 
     /// RETURNING: per row; a call that is a whole item keeps the column name PostgreSQL gives it (a driver

@@ -114,7 +114,8 @@ import Testing
     }
 
     @Test func whatCannotBeCapturedIsNamed() {
-        #expect(reason("INSERT INTO candidates (name) SELECT name FROM plain")?.contains("INSERT … SELECT into candidates leaves id, created_at, token") == true)
+        #expect(reason("INSERT INTO candidates (name) SELECT v FROM plain UNION ALL SELECT 'x'")?.contains("INSERT … SELECT into candidates leaves id, created_at, token") == true)
+        #expect(reason("INSERT INTO candidates SELECT * FROM candidates")?.contains("how many columns it fills is not known") == true)
         #expect(reason("INSERT INTO audited VALUES ('x')")?.contains("trigger stamp") == true)
         #expect(plan("INSERT INTO nosuch VALUES (1)") == .needsCatalog(["nosuch"]), "read the catalog again, then decide")
         #expect(reason("INSERT INTO public.partners (name) VALUES ('x')")?.contains("outside the route's schema") == true)
@@ -144,7 +145,8 @@ import Testing
         #expect(captured("INSERT INTO plain (k, v) VALUES (1, (SELECT now()::text))") != nil)
         #expect(captured("WITH c AS (SELECT now() AS ts) INSERT INTO plain (k, v) SELECT 1, ts::text FROM c") != nil)
         #expect(captured("UPDATE plain SET v = s.ts::text FROM (SELECT now() AS ts) s") != nil)
-        #expect(reason("INSERT INTO plain (k, v) SELECT 1, x FROM (SELECT random()::text AS x) s") != nil)
+        #expect(captured("INSERT INTO plain (k, v) SELECT 1, x FROM (SELECT random()::text AS x) s")?.leaderText.contains("cutover_rows") == true,
+                "a per-row random() in an INSERT … SELECT: the rows are captured whole")
         // An explicit value for a GENERATED ALWAYS identity is refused as sent: no OVERRIDING added for it.
         #expect(plan("INSERT INTO events (id, body) VALUES (DEFAULT, 'a'), (5, 'b')") == .asSent)
         // A bulk VALUES list past the readback's width is refused, not half captured.
@@ -238,5 +240,36 @@ import Testing
         #expect(rendered.contains(text))
         for k in 1...3 { #expect(rendered.contains("NULLIF('\(k)'"), "execution \(k): \(rendered)") }
         #expect(rendered.components(separatedBy: "cutover_capture").count - 1 == 3 * 4) // Close, Parse, Bind, Close
+    }
+
+    // MARK: INSERT … SELECT
+
+    @Test func anInsertSelectHasItsRowsCapturedWhole() throws {
+        let w = try #require(captured("INSERT INTO candidates (name) SELECT v AS label FROM plain WHERE k IS DISTINCT FROM $1 ORDER BY k ON CONFLICT DO NOTHING RETURNING id"))
+        // name, then id, created_at, token: one array each.
+        #expect(w.settings.count == 4 && w.appended == [false, false, false, false] && !w.repeatable)
+        // Each item is cast where it stands (its alias stays outside), the SELECT is materialized, the
+        // defaults evaluated once a row, the arrays built before the first row is inserted.
+        #expect(w.leaderText.hasPrefix(#"INSERT INTO candidates (name, "id", "created_at", "token") WITH cutover_q (c1) AS MATERIALIZED (SELECT (v)::text AS label FROM plain WHERE k IS DISTINCT FROM $1 ORDER BY k ), "#), "\(w.leaderText)")
+        #expect(w.leaderText.contains("(SELECT cutover_q.*, (nextval('onboarding.candidates_id_seq'::regclass)), (now()), (gen_random_uuid()) FROM cutover_q)"))
+        #expect(w.leaderText.hasSuffix("FROM cutover_rows) IS NOT NULL ON CONFLICT DO NOTHING RETURNING id"))
+        // The follower inserts the leader's rows; the SELECT stays as an unused CTE, for its parameters' types.
+        #expect(w.followerText.contains("WITH cutover_q (c1) AS (SELECT (v)::text AS label FROM plain WHERE k IS DISTINCT FROM $1 ORDER BY k ) SELECT cutover_u.c1::text, cutover_u.d1::bigint, cutover_u.d2::timestamp with time zone, cutover_u.d3::uuid FROM ROWS FROM ("), "\(w.followerText)")
+        #expect(w.followerText.hasSuffix("AS cutover_u (c1, d1, d2, d3) ON CONFLICT DO NOTHING RETURNING id"))
+        let rendered = CapturedUnit.followerText(w, values: ["{a,b}", "{1,2}", "{2026-01-01T00:00:00+00:00,2026-01-01T00:00:00+00:00}", "{00000000-0000-0000-0000-000000000001,00000000-0000-0000-0000-000000000002}"])
+        #expect(rendered.contains("pg_catalog.unnest('{1,2}'::text[])") && !rendered.contains("nextval"))
+    }
+
+    @Test func anInsertSelectIntoAnIdentityOrWithoutAColumnList() throws {
+        // An ALWAYS identity left to its default: OVERRIDING SYSTEM VALUE on both sides, sequences carried.
+        let e = try #require(captured("INSERT INTO events (body) SELECT v FROM plain"))
+        #expect(e.leaderText.hasPrefix(#"INSERT INTO events (body, "id") OVERRIDING SYSTEM VALUE WITH cutover_q"#), "\(e.leaderText)")
+        #expect(e.followerText.hasPrefix(#"INSERT INTO events (body, "id") OVERRIDING SYSTEM VALUE WITH cutover_q"#))
+        #expect(e.needsOverride)
+        // Without a column list the list is written out (the SELECT fills the first columns).
+        let p = try #require(captured("INSERT INTO plain SELECT k + 1, gen_random_uuid()::text FROM plain"))
+        #expect(p.leaderText.hasPrefix("INSERT INTO plain WITH cutover_q (c1, c2) AS MATERIALIZED (SELECT (k + 1)::integer, (gen_random_uuid()::text)::text FROM plain)"), "\(p.leaderText)")
+        // A parenthesized SELECT or a set operation is not rewritten: marked.
+        #expect(reason("INSERT INTO candidates (name) (SELECT v FROM plain)") != nil)
     }
 }
