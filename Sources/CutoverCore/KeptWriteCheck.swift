@@ -107,7 +107,7 @@ public struct KeptWriteCheck: Sendable, Equatable {
 
     /// The texts of the unit's statements, one per outcome where it can: a simple Query's text is split.
     static func statementTexts(_ unit: WorkUnit, outcomes: Int) -> [String] {
-        guard unit.statements.count == 1, outcomes > 1 else { return unit.statements }
+        guard unit.statements.count == 1, outcomes > 1 else { return Array(unit.statements) }
         return PostgresParser.splitStatements(unit.statements[0])
     }
 

@@ -290,7 +290,7 @@ public struct LockStep: Sendable {
 extension WorkUnit {
     public init(statements: [String], commits: Bool = false) {
         self.init()
-        self.statements = statements
+        self.statements = StatementTexts(statements)
         self.commits = commits
     }
 }

@@ -6,7 +6,7 @@ import CutoverProtocol
 /// One unit of work: the client messages answered by exactly one ReadyForQuery.
 public struct WorkUnit: Sendable, Equatable {
     /// Statement texts in execution order (a Query's text; each Execute's prepared text).
-    public var statements: [String] = []
+    public var statements = StatementTexts()
     /// True if the unit ends a transaction with COMMIT (sync mirroring commits on the follower first).
     public var commits = false
     /// A statement of the unit may change data, or is a COPY (`SQLBytes.isWrite`; set while recording units).
@@ -23,6 +23,28 @@ public struct WorkUnit: Sendable, Equatable {
     /// end with the transaction open, and the proxy's COMMIT or ROLLBACK ends it.
     public var wrappedInTransaction = false
     public init() {}
+}
+
+/// A unit's statement texts, in order. The first is kept inline: most units have one, and an array's
+/// buffer was an allocation (and a free) per mirrored query.
+public struct StatementTexts: RandomAccessCollection, Sendable, Equatable, ExpressibleByArrayLiteral {
+    private var head: String?
+    private var tail: [String] = []
+
+    public init() {}
+    public init(_ texts: [String]) {
+        head = texts.first
+        tail = Array(texts.dropFirst())
+    }
+    public init(arrayLiteral texts: String...) { self.init(texts) }
+
+    public var startIndex: Int { 0 }
+    public var endIndex: Int { head == nil ? 0 : 1 + tail.count }
+    public subscript(i: Int) -> String { i == 0 ? head! : tail[i - 1] }
+
+    public mutating func append(_ text: String) {
+        if head == nil { head = text } else { tail.append(text) }
+    }
 }
 
 /// The cross-schema pre-check of one route: the detector and the route's own schema (lower-cased).

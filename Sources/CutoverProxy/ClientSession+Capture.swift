@@ -123,7 +123,6 @@ extension ClientSession {
     /// be captured. Returns the leader's replacement of the message, if it has one. `whole`: the message is
     /// complete in the bytes being forwarded (else it can only be recorded, not rewritten).
     func captureSees(id: UInt8, body: UnsafeRawBufferPointer, whole: Bool) -> [UInt8]? {
-        guard let route else { return nil }
         switch id {
         case FrontendMessageID.query.rawValue, FrontendMessageID.parse.rawValue:
             // Most statements are reads: decided on the bytes, before any String is made.
@@ -137,7 +136,7 @@ extension ClientSession {
             }
             let mayWrite = SQLBytes.isWrite(raw, keyword: keyword) || SQLBytes.mayHoldSeveralStatements(raw)
             // A Parse may reuse the name of a captured statement: that one is forgotten below.
-            guard mayWrite || (id == FrontendMessageID.parse.rawValue && cold?.captures != nil) else { return nil }
+            guard mayWrite || (id == FrontendMessageID.parse.rawValue && cold?.captures != nil), let route else { return nil }
             if keyword == .copy { captureState.unitHasCopy = true }
             guard let text = String(validating: raw, as: UTF8.self) else {
                 // Rewriting goes through Swift strings: text that is not UTF-8 (a LATIN1 client) would be altered.

@@ -164,6 +164,28 @@ extension SessionTracker {
         return out
     }
 
+    @Test func aBuilderRefillsItsDigestOnlyOnceNothingElseHoldsIt() {
+        var b = DigestBuilder()
+        func unit(_ tag: String, _ row: [UInt8]) -> UnitDigest? {
+            _ = withBody(row) { b.received(id: BackendMessageID.dataRow.rawValue, body: $0) }
+            var w = ByteWriter(); BackendMessage.commandComplete(tag: tag).encode(into: &w)
+            _ = withBody(Array(w.bytes[5...])) { b.received(id: w.bytes[0], body: $0) }
+            return withBody([UInt8(ascii: "I")]) { b.received(id: BackendMessageID.readyForQuery.rawValue, body: $0) }
+        }
+        // Held (by a pending unit, a boundary): the next unit gets a digest of its own, and this one keeps its values.
+        let held = unit("SELECT 1", [1])!
+        let next = unit("UPDATE 2", [2])!
+        #expect(held !== next)
+        #expect(held.first?.tag == "SELECT 1" && next.first?.tag == "UPDATE 2")
+        // Let go: the builder refills the object for the unit after, instead of allocating another.
+        let address = ObjectIdentifier(next)
+        _ = consume next
+        let third = unit("DELETE 3", [3])!
+        #expect(ObjectIdentifier(third) == address)
+        #expect(third.first?.tag == "DELETE 3" && third.first?.rows == 1)
+        #expect(held.first?.tag == "SELECT 1")
+    }
+
     @Test func rowHashIsOrderInsensitiveButCountsDuplicates() {
         let a = digest([.commandComplete(tag: "SELECT 3"), .readyForQuery(.idle)], rows: [[1], [2], [2]])!
         let b = digest([.commandComplete(tag: "SELECT 3"), .readyForQuery(.idle)], rows: [[2], [1], [2]])!
