@@ -88,7 +88,7 @@ public enum CapturedUnit {
             // A value the leader never computed: an expression that fails if the follower evaluates it
             // (the leader's statement failed first, or never reached it: an UPDATE that matched no row).
             text = text.replacingOccurrences(of: "pg_catalog.current_setting(\(SQLText.quoteLiteral(name)))",
-                                             with: value.map(SQLText.quoteLiteral) ?? "pg_catalog.current_setting('cutover.not_computed_by_the_leader')")
+                                             with: value.map(SQLText.quoteEscapedLiteral) ?? "pg_catalog.current_setting('cutover.not_computed_by_the_leader')")
         }
         return text
     }

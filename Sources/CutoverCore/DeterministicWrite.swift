@@ -58,10 +58,10 @@ public struct CapturedWrite: Sendable, Equatable {
     }
 
     /// The values of each of `executions` executions of this statement, from the readback's row: an
-    /// appended setting gives each its own entry (its last ones: earlier entries are left from executions no
-    /// readback followed, while the session ran without a follower), any other the one value it holds. An
-    /// execution a list has no entry for (the leader's statement failed first) gets nil: its copy fails on
-    /// the follower too. Nil when a list does not read as one.
+    /// appended setting gives each its own entry, any other the one value it holds (a single execution that
+    /// never reached an appended value gets nil: its copy does not reach it either, or fails). Nil when a
+    /// list does not read as one or has another number of entries: every unit that may run a rewritten
+    /// statement is followed by a readback or an emptying query, so no entry is left from an earlier unit.
     public func valuesByExecution(_ row: [String?], executions: Int) -> [[String?]]? {
         var out = Array(repeating: [String?](repeating: nil, count: settings.count), count: executions)
         for k in settings.indices {
@@ -70,8 +70,10 @@ public struct CapturedWrite: Sendable, Equatable {
                 for e in 0..<executions { out[e][k] = value }
                 continue
             }
-            guard let entries = Self.entries(value ?? "") else { return nil }
-            for (e, entry) in entries.suffix(executions).enumerated() { out[e][k] = entry }
+            // One entry an execution (none for a single one that never reached it); anything else means
+            // the leader evaluated the value another number of times than this plan says.
+            guard let entries = Self.entries(value ?? ""), entries.count == executions || (executions == 1 && entries.isEmpty) else { return nil }
+            for (e, entry) in entries.enumerated() { out[e][k] = entry }
         }
         return out
     }
@@ -145,6 +147,21 @@ public enum DeterministicWrite {
     /// At most this many values per statement (see `plan`).
     public static let maximumCaptures = 800
 
+    /// An INSERT … SELECT's rows are captured up to this many bytes in all (`pg_column_size`): their text goes
+    /// through one setting per column (PostgreSQL caps a value at 1 GB), the readback and the follower's
+    /// statement. Past it the settings hold `notCaptured`.
+    public static let maximumRowBytes = 128 << 20
+
+    /// The proxy's own query that empties the first `count` settings, answering no row: behind a unit that
+    /// ran a rewritten statement whose values are not read back (the unit was refused), so that no listed
+    /// value outlives it.
+    public static func emptyingQuery(settings count: Int) -> String {
+        "SELECT WHERE (" + (1...max(1, count)).map { "pg_catalog.set_config('\(tag)_\($0)', '', false)" }.joined(separator: " || ") + ") IS NULL"
+    }
+
+    /// What a setting holds when the leader's values were too large to capture (chr(2)).
+    public static let notCaptured = "\u{2}"
+
     /// Setting names are positional (`cutover.v_1`, …): a unit runs one captured statement and its values
     /// are read back right after it, so names can be reused; names per text would leave a placeholder
     /// setting in the leader's backend for every distinct statement, for the life of the connection.
@@ -182,6 +199,8 @@ struct Rewriter {
     private(set) var unknownTables: [String] = []
     /// Where the statement being rewritten ends (its `;` excluded).
     var statementEnd = 0
+    /// Inside COALESCE, CASE, AND/OR: a value there may not be evaluated at every execution.
+    private var conditionalDepth = 0
 
     init(text: [UInt8], tokens: [PostgresParser.Token], catalog: WriteCatalog?, tag: String) {
         self.text = text; self.tokens = tokens; self.catalog = catalog; self.tag = tag
@@ -207,7 +226,10 @@ struct Rewriter {
         // marks. Only a condition (`.filter`) is left to each side.
         let subquery = node["SubLink"] != nil || node["RangeSubselect"] != nil || node["CommonTableExpr"] != nil
         let inner: EvaluationContext = subquery && context == .once ? .perRow : context
+        let conditional = node["CoalesceExpr"] != nil || node["CaseExpr"] != nil || node["BoolExpr"] != nil
+        if conditional { conditionalDepth += 1 }
         for child in node.children { visit(child, inner) }
+        if conditional { conditionalDepth -= 1 }
     }
 
     private mutating func visit(_ node: JSONNode?, _ context: EvaluationContext) {
@@ -227,6 +249,9 @@ struct Rewriter {
             // statement, which serves a batch of executions only if it holds for the whole transaction.
             let once = context == .once && kind.evaluationClass != .constant
             if !once && kind.evaluationClass != .constant { repeatable = false }
+            // Evaluated only when reached (`COALESCE($1, gen_random_uuid())`): a batch's executions would
+            // not each leave an entry, so one cannot tell which is whose.
+            if once && conditionalDepth > 0 { repeatable = false }
             capture(range, type: kind.type, expression: String(decoding: text[range], as: UTF8.self), append: once)
         case (.filter, .constant), (.filter, .perStatement):
             break // decides which rows; each side evaluates its own (see docs/phases.md)
@@ -241,6 +266,23 @@ struct Rewriter {
     private mutating func capture(_ range: Range<Int>, type: String, expression: String, append: Bool) {
         let (leader, follower) = captured(expression, type: type, append: append)
         edits.append((range, leader, follower))
+    }
+
+    /// `expression` (of `type`) as text that reads back as the same value on the follower: dates and times as
+    /// JSON's ISO 8601 (the same whatever either session's DateStyle or TimeZone), anything else by its
+    /// output function.
+    static func asText(_ expression: String, type: String) -> String {
+        let temporal = !type.hasSuffix("]") && (type == "date" || type.hasPrefix("timestamp") || type.hasPrefix("time"))
+        return temporal ? "pg_catalog.to_json((\(expression))::\(type)) #>> '{}'" : "(\(expression))::\(type)::text"
+    }
+
+    /// The type an untyped literal or parameter of an INSERT … SELECT is cast to where it stands: its
+    /// column's, without a length a cast would cut to (`character(5)` → `bpchar`, `bit(3)` → `bit varying`),
+    /// so the column's own assignment still raises what the statement as sent would.
+    static func itemType(_ type: String) -> String {
+        if type.hasPrefix("character(") || type == "character" { return "bpchar" }
+        if type.hasPrefix("bit(") || type == "bit" { return "bit varying" }
+        return baseType(type)
     }
 
     /// A type without its modifier (`character varying(5)` → `character varying`): the capture is cast to
@@ -268,8 +310,7 @@ struct Rewriter {
         let quoted = SQLText.quoteLiteral(name)
         // chr(1) stands for NULL (a setting cannot hold one); no value of these types is that text.
         // Dates and times as JSON's ISO 8601, which reads back the same whatever either session's DateStyle.
-        let asText = type.contains("time") || type.contains("date")
-            ? "pg_catalog.to_json((\(expression))::\(type)) #>> '{}'" : "(\(expression))::\(type)::text"
+        let asText = Self.asText(expression, type: type)
         let leader: String
         if append {
             // The list grows by `octet_length:value`; the value itself comes from a subquery evaluated once
@@ -327,7 +368,7 @@ struct Rewriter {
                 }
             }
         } else if let select, let table, rows == nil, select["larg"] == nil,
-                  !neededDefaults(table, targets).isEmpty || Self.containsCall(select) {
+                  !neededDefaults(table, targets).isEmpty || Self.storesCall(select) {
             // Each row needs values of its own: the leader's rows are captured whole (`selectRows`).
             return selectRows(s, table, select, explicit: explicit, targets: targets, override: override)
         } else if let select {
@@ -369,11 +410,37 @@ struct Rewriter {
         return table.columns.filter { $0.defaultDiffersPerSide && !given.contains($0.name) }
     }
 
-    /// A call in the tree whose value differs per side.
-    static func containsCall(_ node: JSONNode) -> Bool {
+    /// A call in the tree whose value differs per side (only a per-call one, with `perCallOnly`).
+    static func containsCall(_ node: JSONNode?, perCallOnly: Bool = false) -> Bool {
         var found = false
-        node.walk { n, _ in if !found, FunctionCallNode(n)?.classification != nil { found = true } }
+        node?.walk { n, _ in
+            if !found, let c = FunctionCallNode(n)?.classification, !perCallOnly || c.evaluationClass == .perCall { found = true }
+        }
         return found
+    }
+
+    /// An INSERT's SELECT whose rows carry a value that differs per side: a call in what it selects, or a
+    /// per-call one in what decides its rows (`WHERE random() < 0.1`). A time in a condition (`WHERE at <
+    /// now()`) is left to each side, as everywhere.
+    static func storesCall(_ select: JSONNode) -> Bool {
+        ["targetList", "fromClause", "withClause", "valuesLists"].contains { containsCall(select[$0]) }
+            || ["whereClause", "groupClause", "havingClause", "sortClause", "limitCount", "limitOffset"].contains { containsCall(select[$0], perCallOnly: true) }
+    }
+
+    /// A select item that is a star (`*`, `t.*`, `(row).*`): how many columns it stands for is not known here.
+    static func isStar(_ item: JSONNode) -> Bool {
+        guard let value = item["ResTarget"]?["val"] else { return false }
+        if value["ColumnRef"]?["fields"]?.array.contains(where: { $0["A_Star"] != nil }) == true { return true }
+        return value["A_Indirection"]?["indirection"]?.array.contains(where: { $0["A_Star"] != nil }) == true
+    }
+
+    /// A select item PostgreSQL types from its column in an INSERT … SELECT and as text in a subquery: a
+    /// parameter or an untyped literal (`'2024-01-01'`, NULL).
+    static func isUntyped(_ item: JSONNode) -> Bool {
+        guard let value = item["ResTarget"]?["val"] else { return false }
+        if value["ParamRef"] != nil { return true }
+        guard let constant = value["A_Const"] else { return false }
+        return constant["sval"] != nil || constant["isnull"]?.bool == true
     }
 
     /// `INSERT … SELECT` whose rows need values of their own (a serial id, a uuid default, a call in the
@@ -386,17 +453,23 @@ struct Rewriter {
     ///     follower: INSERT INTO t (a, "id") WITH cutover_q (c1) AS (SELECT (x)::integer FROM s)
     ///               SELECT cutover_u.c1::integer, cutover_u.d1::bigint FROM ROWS FROM (unnest('{…}'::text[]), unnest('{…}'::text[])) AS cutover_u (c1, d1)
     ///
-    /// Each selected item is cast to its column's type where it stands, so that parameters and untyped
-    /// literals get the types PostgreSQL infers for an INSERT … SELECT (inside a subquery they would become
-    /// text); the follower keeps the SELECT as an unused CTE for the same reason (its parameters must be
-    /// typed as the Bind expects). The aggregate is an InitPlan: it runs, over the materialized rows, before
-    /// the first row is inserted, also when there are none.
+    /// A parameter or an untyped literal selected is cast to its column's type where it stands, so that it
+    /// gets the type PostgreSQL infers for an INSERT … SELECT (inside a subquery it would become text); every
+    /// other item keeps its own type and the INSERT's assignment casts it as it would have. The follower runs
+    /// the SELECT too, for whatever its functions do besides returning values, and discards its rows (its
+    /// parameters are then also typed as the Bind expects). The aggregate is an InitPlan: it runs, over the
+    /// materialized rows, before the first row is inserted, also when there are none. Rows larger than
+    /// `maximumRowBytes` in all are not captured: the settings hold a marker instead, and the proxy sends the
+    /// follower the statement as the client wrote it and marks the route.
     private mutating func selectRows(_ s: JSONNode, _ table: WriteCatalog.Table, _ select: JSONNode, explicit: [String],
                                      targets: [WriteCatalog.Column?], override: String) {
         let items = select["targetList"]?.array ?? []
-        let hasStar = items.contains { $0["ResTarget"]?["val"]?["ColumnRef"]?["fields"]?.array.contains { $0["A_Star"] != nil } == true }
+        let hasStar = items.contains(where: Self.isStar)
         if hasStar && explicit.isEmpty {
             return reasons.append("INSERT … SELECT * into \(table.name) without a column list: how many columns it fills is not known here, so its rows cannot be captured")
+        }
+        if hasStar && items.contains(where: Self.isUntyped) {
+            return reasons.append("INSERT … SELECT *, with a parameter or an untyped literal, into \(table.name): its column is not known here, so its rows cannot be captured")
         }
         let columns = targets.compactMap { $0 }
         guard columns.count == targets.count, !columns.isEmpty else {
@@ -411,15 +484,15 @@ struct Rewriter {
         guard let start = selectStart(select), let end = selectEnd(s), start < end else {
             return reasons.append("cannot find where the SELECT of an INSERT … SELECT into \(table.name) begins and ends")
         }
-        // The SELECT, each item cast to its column's type.
+        // The SELECT, its untyped items cast to their columns' types.
         var body: [UInt8] = []
         var at = start
         if !hasStar {
-            for k in items.indices {
+            for k in items.indices where Self.isUntyped(items[k]) {
                 guard k < columns.count, let range = itemValue(items, k, before: end) else {
                     return reasons.append("cannot find the end of item \(k + 1) of an INSERT … SELECT into \(table.name)")
                 }
-                body += text[at..<range.lowerBound] + Array("(".utf8) + text[range] + Array(")::\(Self.baseType(columns[k].type))".utf8)
+                body += text[at..<range.lowerBound] + Array("(".utf8) + text[range] + Array(")::\(Self.itemType(columns[k].type))".utf8)
                 at = range.upperBound
             }
         }
@@ -428,14 +501,14 @@ struct Rewriter {
         let all = columns + needed
         let c = columns.indices.map { "c\($0 + 1)" }, d = needed.indices.map { "d\($0 + 1)" }
         let names = c + d
-        var captures: [String] = [], reads: [String] = [], values: [String] = []
+        var captures: [String] = [], markers: [String] = [], reads: [String] = [], values: [String] = []
         for (k, column) in all.enumerated() {
             let name = "\(tag)_\(settings.count + 1)"
             settings.append(name)
             appended.append(false)
             let type = Self.baseType(column.type)
-            let asText = type.contains("time") || type.contains("date") ? "pg_catalog.to_json((\(names[k]))::\(type)) #>> '{}'" : "(\(names[k]))::\(type)::text"
-            captures.append("pg_catalog.set_config(\(SQLText.quoteLiteral(name)), COALESCE(pg_catalog.array_agg(\(asText))::text, '{}'), false)")
+            captures.append("pg_catalog.set_config(\(SQLText.quoteLiteral(name)), COALESCE(pg_catalog.array_agg(\(Self.asText(names[k], type: type)))::text, '{}'), false)")
+            markers.append("pg_catalog.set_config(\(SQLText.quoteLiteral(name)), pg_catalog.chr(2), false)")
             reads.append("pg_catalog.current_setting(\(SQLText.quoteLiteral(name)))::text[]")
             values.append("cutover_u.\(names[k])::\(type)")
         }
@@ -456,17 +529,30 @@ struct Rewriter {
             if override == "OVERRIDING_NOT_SET" && needed.contains(where: { $0.identity == .always }) { prefix += "OVERRIDING SYSTEM VALUE " }
         }
         let defaults = needed.map { ", (\($0.defaultExpression ?? "NULL"))" }.joined()
-        let leader = prefix + "WITH cutover_q (\(c.joined(separator: ", "))) AS MATERIALIZED (\(selectText)), "
-            + "cutover_rows (\(names.joined(separator: ", "))) AS MATERIALIZED (SELECT cutover_q.*\(defaults) FROM cutover_q) "
-            + "SELECT * FROM cutover_rows WHERE (SELECT \(captures.joined(separator: " || ")) FROM cutover_rows) IS NOT NULL "
-        let follower = prefix + "WITH cutover_q (\(c.joined(separator: ", "))) AS (\(selectText)) "
-            + "SELECT \(values.joined(separator: ", ")) FROM ROWS FROM (\(reads.map { "pg_catalog.unnest(\($0))" }.joined(separator: ", "))) AS cutover_u (\(names.joined(separator: ", "))) "
+        // (A newline ends the SELECT's text: it may end in a `--` comment.)
+        let cList = c.joined(separator: ", "), nameList = names.joined(separator: ", ")
+        let size = "(SELECT COALESCE(pg_catalog.sum(pg_catalog.pg_column_size(cutover_r.*)), 0) FROM cutover_rows AS cutover_r)"
+        let markerList: String = markers.joined(separator: " || "), captureList: String = captures.joined(separator: " || ")
+        let capture = "CASE WHEN \(size) > \(DeterministicWrite.maximumRowBytes) THEN \(markerList) ELSE (SELECT \(captureList) FROM cutover_rows) END"
+        var leader = prefix + "WITH cutover_q (\(cList)) AS MATERIALIZED (\(selectText)\n), "
+        leader += "cutover_rows (\(nameList)) AS MATERIALIZED (SELECT cutover_q.*\(defaults) FROM cutover_q) "
+        leader += "SELECT * FROM cutover_rows WHERE (SELECT \(capture)) IS NOT NULL "
+        let unnests = reads.map { "pg_catalog.unnest(\($0))" }.joined(separator: ", ")
+        var follower = prefix + "WITH cutover_q (\(cList)) AS MATERIALIZED (\(selectText)\n) "
+        follower += "SELECT \(values.joined(separator: ", ")) FROM ROWS FROM (\(unnests)) AS cutover_u (\(nameList)) "
+        follower += "WHERE (SELECT pg_catalog.count(*) FROM cutover_q) >= 0 "
         edits.append((start..<end, leader, follower))
         if let conflict = s["onConflictClause"] {
             visit(conflict["targetList"], .perRow)
             visit(conflict["whereClause"], .filter)
         }
         returning(s["returningList"])
+    }
+
+    /// A comment, which the scanner reports as a token.
+    private func isComment(_ k: Int) -> Bool {
+        let start = tokens[k].start
+        return tokens[k].end - start >= 2 && ((text[start] == 45 && text[start + 1] == 45) || (text[start] == 47 && text[start + 1] == 42))
     }
 
     /// The text of a token, upper-cased (keywords).
@@ -507,7 +593,9 @@ struct Rewriter {
         guard let start = items[k]["ResTarget"]?["location"]?.int, let first = tokenIndex(at: start) else { return nil }
         var last: Int // index of the item's last token
         if k + 1 < items.count {
-            guard let next = items[k + 1]["ResTarget"]?["location"]?.int, let n = tokenIndex(at: next), n > first, tokens[n - 1].kind == Self.comma else { return nil }
+            guard let next = items[k + 1]["ResTarget"]?["location"]?.int, var n = tokenIndex(at: next) else { return nil }
+            while n > first, isComment(n - 1) { n -= 1 }
+            guard n > first, tokens[n - 1].kind == Self.comma else { return nil }
             last = n - 2
         } else {
             let stops: Set<String> = ["FROM", "INTO", "WHERE", "GROUP", "HAVING", "WINDOW", "ORDER", "LIMIT", "OFFSET", "FETCH", "FOR",
@@ -528,6 +616,7 @@ struct Rewriter {
             }
             last = j - 1
         }
+        while last > first, isComment(last) { last -= 1 }
         if items[k]["ResTarget"]?["name"] != nil {
             // `expr AS alias` or `expr alias`
             last -= 1

@@ -60,6 +60,11 @@ public struct LockStep: Sendable {
     /// Client bytes queued behind the unit in flight (the session stops reading the client past a bound).
     public var queuedBytes: Int { buffer.count - head }
 
+    /// Nothing is in flight and all that is queued is a unit not yet complete: only more of the client's
+    /// bytes can move things on, so the session must go on reading however much that is (a statement or a
+    /// Bind larger than the queue's bound arrives in many reads; `max_message_size` bounds each message).
+    public var awaitsRestOfUnit: Bool { stage == nil && hasFollower && unitEnds.isEmpty && flushEnd == nil && queuedBytes > 0 }
+
     /// Takes `count` bytes from the front of the queue; offsets in `unitEnds`/`flushEnd` are relative to `head`.
     private mutating func take(_ count: Int) -> [UInt8] {
         let out = Array(buffer[head..<(head + count)])

@@ -36,6 +36,12 @@ public enum SQLText {
     /// A string literal: single quotes, inner ones doubled (standard_conforming_strings, on since 9.1).
     public static func quoteLiteral(_ value: String) -> String { "'" + value.replacingOccurrences(of: "'", with: "''") + "'" }
 
+    /// `value` as an escape-string literal (`E'…'`, backslashes doubled): read the same whatever the
+    /// session's `standard_conforming_strings` (a plain literal's backslashes are escapes when it is off).
+    public static func quoteEscapedLiteral(_ value: String) -> String {
+        "E'" + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "''") + "'"
+    }
+
     /// Upper-cased leading words of `text`, skipping whitespace, comments and opening parentheses.
     public static func leadingWords(_ text: String, count: Int = 2) -> [String] {
         var words: [String] = []

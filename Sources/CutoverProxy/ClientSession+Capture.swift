@@ -38,6 +38,9 @@ final class CaptureState {
     /// It ends a transaction after a captured execution: a value constant through the transaction may not
     /// serve the executions on both sides of that.
     var unitEndsTransactionAfterCapture = false
+    /// Settings a rewritten statement it runs fills without being counted as an execution (a Bind of the
+    /// unnamed statement parsed in an earlier unit): to be emptied behind it.
+    var unitFillsUncounted = 0
     /// Why it cannot be captured, if it cannot.
     var refusal: String?
     /// The unit's statement text, for the record.
@@ -75,6 +78,7 @@ final class CaptureState {
 
     func startUnit() {
         unitHasCopy = false
+        unitFillsUncounted = 0
         unitEndsTransactionAfterCapture = false
         unnamedText = nil
         executions.removeAll(keepingCapacity: true)
@@ -189,8 +193,9 @@ extension ClientSession {
             }
         case FrontendMessageID.bind.rawValue:
             guard let s = cold?.captures, let name = CapturedUnit.statementName(id: id, body: body) else { return nil }
-            if name.isEmpty, s.unnamed != nil, s.unnamedText == nil {
+            if name.isEmpty, let unnamed = s.unnamed, s.unnamedText == nil {
                 refuseUnit(s, nil, "a Bind of the unnamed statement parsed in an earlier unit")
+                s.unitFillsUncounted = max(s.unitFillsUncounted, unnamed.settings.count)
             } else if let write = name.isEmpty ? s.unnamed : s.named[name] {
                 s.executions.append(name.isEmpty ? CaptureExecution(write: write, text: s.unnamedText, statement: nil, parse: nil)
                                                  : CaptureExecution(write: write, text: nil, statement: name, parse: s.parses[name] ?? tracker.preparedMessages[name]))
@@ -216,14 +221,24 @@ extension ClientSession {
         if s.statement == nil { s.statement = text }
     }
 
+    /// What a unit that ended needs behind it on the leader.
+    struct UnitCaptures {
+        /// Its captured executions, to be read back (the readback empties their settings too).
+        var executions: [CaptureExecution] = []
+        /// Otherwise: how many settings its rewritten statements filled, to be emptied (0: none).
+        var settingsToEmpty = 0
+    }
+
     /// The unit ends (its Query or Sync went by). Returns the captured executions the unit runs, if it can
     /// have them captured: begun in the bytes at hand (`begunHere`), and either one execution or several of
     /// one statement whose values all serve a batch (`CapturedWrite.repeatable`: a driver's batch, one Parse
     /// and many Binds before one Sync), in one transaction. Anything else that differs per side is recorded
-    /// as non-deterministic and marks the route out of sync.
-    func captureUnitEnds(begunHere: Bool) -> [CaptureExecution] {
-        guard let s = cold?.captures else { return [] }
+    /// as non-deterministic and marks the route out of sync; the settings its rewritten statements filled
+    /// are then emptied instead of read.
+    func captureUnitEnds(begunHere: Bool) -> UnitCaptures {
+        guard let s = cold?.captures else { return UnitCaptures() }
         defer { s.startUnit() }
+        let filled = max(s.unitFillsUncounted, s.executions.map(\.write.settings.count).max() ?? 0)
         var refusal = s.refusal
         if refusal == nil && s.executions.count > 1 {
             let first = s.executions[0].write
@@ -244,9 +259,19 @@ extension ClientSession {
         }
         if let refusal {
             recordNondeterministic(s.statement, refusal)
-            return []
+            return UnitCaptures(settingsToEmpty: filled)
         }
-        return s.executions
+        return UnitCaptures(executions: s.executions, settingsToEmpty: s.executions.isEmpty ? filled : 0)
+    }
+
+    /// The proxy's own query emptying `count` settings, right behind the unit that ends at the end of the
+    /// bytes sent before it (see `readbackBytes`); its answer is not needed.
+    func emptyingBytes(settings count: Int, clientUnitsAhead: Int32) -> [UInt8] {
+        leader?.addInternal(afterClientUnits: clientUnitsAhead)
+        leaderInternalKinds.append(.ignored)
+        var w = ByteWriter()
+        FrontendMessage.query(DeterministicWrite.emptyingQuery(settings: count)).encode(into: &w)
+        return w.bytes
     }
 
     /// Records a write the follower cannot store identically, and marks the route out of sync.
@@ -307,19 +332,25 @@ extension ClientSession {
             }
             return true
         }
-        if kind == .ignored { return true }
+        if kind == .ignored { c.captures?.rows[unit] = nil; return true }
         guard kind == .readback, let s = c.captures else { return false }
         s.awaiting -= 1
         let values = s.rows.removeValue(forKey: unit)
         if let k = s.held.firstIndex(where: { if case .unit(_, _, nil) = $0 { return true } else { return false } }),
            case .unit(let template, let executions, _) = s.held[k], let write = executions.first?.write {
             // No row: the leader's statement failed before computing them; the follower's copy then fails too.
-            var byExecution = write.valuesByExecution(values ?? [], executions: executions.count)
-            if byExecution == nil {
-                recordNondeterministic(write.leaderText, "the leader computed a value more often than its \(executions.count) executions in the unit")
-                byExecution = Array(repeating: [], count: executions.count)
+            if values?.contains(DeterministicWrite.notCaptured) == true {
+                // Too large to capture: the follower runs the statement as the client wrote it.
+                recordNondeterministic(executions.first?.text ?? write.leaderText, "the rows of an INSERT … SELECT were too large to capture (over \(DeterministicWrite.maximumRowBytes >> 20) MiB): the follower computed its own values")
+                s.held[k] = .bytes(template)
+            } else {
+                var byExecution = write.valuesByExecution(values ?? [], executions: executions.count)
+                if byExecution == nil {
+                    recordNondeterministic(executions.first?.text ?? write.leaderText, "the leader computed a value another number of times than the unit's \(executions.count) executions")
+                    byExecution = Array(repeating: [], count: executions.count)
+                }
+                s.held[k] = .unit(template: template, executions: executions, values: byExecution)
             }
-            s.held[k] = .unit(template: template, executions: executions, values: byExecution)
         }
         releaseHeldForFollower()
         return true
@@ -460,11 +491,16 @@ extension ClientSession {
     /// Parse, Sync each). Their rewritten texts would go on filling settings that no readback empties any
     /// more, and a listed value grows at every execution. Waits for an idle boundary if the leader is busy.
     func restoreClientStatementsOnLeader() {
-        guard let s = cold?.captures, !s.named.isEmpty, let leader else { return }
+        guard let s = cold?.captures, !s.named.isEmpty || s.unnamed != nil, let leader else { return }
         guard pendingReadyForQuery == 0, lockStepIsQuiet, transactionStatus == .idle else { s.restoreWhenIdle = true; return }
         s.restoreWhenIdle = false
+        // What a rewritten statement ran since the last readback filled is emptied first.
+        let filled = max(s.unnamed?.settings.count ?? 0, s.named.values.map(\.settings.count).max() ?? 0)
         var out: [UInt8] = []
-        var units: Int32 = 0
+        var w = ByteWriter()
+        FrontendMessage.query(DeterministicWrite.emptyingQuery(settings: filled)).encode(into: &w)
+        out += w.bytes
+        var units: Int32 = 1
         for name in s.named.keys.sorted() {
             guard let parse = tracker.preparedMessages[name] else { continue }
             out += CapturedUnit.closeStatement(name) + parse + CapturedUnit.sync
@@ -555,16 +591,22 @@ extension ClientSession {
         }
         if wentFirst {
             // The follower ran this unit first, as the client sent it (recorded in `followerFirstUnit`): its
-            // Parses are rewritten for later units, but this unit's values cannot be read back for it.
+            // Parses are rewritten for later units, but this unit's values cannot be read back for it: what
+            // its rewritten statements filled is emptied behind it.
+            let filled = cold?.captures.map { s in max(s.unitFillsUncounted, s.executions.map(\.write.settings.count).max() ?? 0) } ?? 0
             cold?.captures?.startUnit()
             cold?.captures?.lockStepUnitSplit = false
+            if filled > 0 { return out + emptyingBytes(settings: filled, clientUnitsAhead: 1) }
             return edited ? out : bytes
         }
         let s = cold?.captures
-        let executions = captureUnitEnds(begunHere: !(s?.lockStepUnitSplit ?? false))
-        if !executions.isEmpty {
-            out += readbackBytes(for: executions, clientUnitsAhead: 1)
-            captureState.lockStepFollower = executions
+        let ended = captureUnitEnds(begunHere: !(s?.lockStepUnitSplit ?? false))
+        if !ended.executions.isEmpty {
+            out += readbackBytes(for: ended.executions, clientUnitsAhead: 1)
+            captureState.lockStepFollower = ended.executions
+            edited = true
+        } else if ended.settingsToEmpty > 0 {
+            out += emptyingBytes(settings: ended.settingsToEmpty, clientUnitsAhead: 1)
             edited = true
         }
         s?.lockStepUnitSplit = false

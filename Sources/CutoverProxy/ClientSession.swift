@@ -550,7 +550,8 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
     /// Reads the client again once every queue it was paused for is back under its bound.
     func maybeResumeClient() {
         guard clientPaused, state == .forwarding else { return }
-        guard (leader?.connection.queuedBytes ?? 0) <= server.writeHighWater, lockStep.queuedBytes <= server.writeHighWater / 2 else { return }
+        guard (leader?.connection.queuedBytes ?? 0) <= server.writeHighWater,
+              lockStep.queuedBytes <= server.writeHighWater / 2 || lockStep.awaitsRestOfUnit else { return }
         clientPaused = false
         client.startReading()
     }
@@ -606,8 +607,9 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             // Lock-step; also after mirroring stopped mid-unit, so nothing overtakes what is queued.
             runLockStep(lockStep.clientSent(Array(bytes), units: chunkUnits, flushAt: chunk.flushAt, status: transactionStatus, now: loop.now))
             checkMirrorBounds()
-            if lockStep.queuedBytes > server.writeHighWater, !clientPaused {
-                // Lock-step queues what the client pipelines; past the bound, stop reading it.
+            if lockStep.queuedBytes > server.writeHighWater, !clientPaused, !lockStep.awaitsRestOfUnit {
+                // Lock-step queues what the client pipelines; past the bound, stop reading it (unless what
+                // is queued is one unit still arriving: stopping then would wait for ever).
                 clientPaused = true
                 client.stopReading()
             }
@@ -714,12 +716,15 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         if id == FrontendMessageID.sync.rawValue { syncsSinceExecute += 1 }
         pendingReadyForQuery += 1
         if chunk.capturing {
-            let executions = captureUnitEnds(begunHere: chunk.unitBegan >= 0)
-            if !executions.isEmpty {
-                let readback = readbackBytes(for: executions, clientUnitsAhead: Int32(clamping: pendingReadyForQuery))
+            let ended = captureUnitEnds(begunHere: chunk.unitBegan >= 0)
+            if !ended.executions.isEmpty {
+                let readback = readbackBytes(for: ended.executions, clientUnitsAhead: Int32(clamping: pendingReadyForQuery))
                 let s = captureChunk(&chunk)
                 s.leaderEdits.append(CaptureEdit(range: endOffset..<endOffset, bytes: readback))
-                s.followerCaptures.append((chunk.unitBegan..<endOffset, executions))
+                s.followerCaptures.append((chunk.unitBegan..<endOffset, ended.executions))
+            } else if ended.settingsToEmpty > 0 {
+                let emptying = emptyingBytes(settings: ended.settingsToEmpty, clientUnitsAhead: Int32(clamping: pendingReadyForQuery))
+                captureChunk(&chunk).leaderEdits.append(CaptureEdit(range: endOffset..<endOffset, bytes: emptying))
             }
             chunk.unitBegan = endOffset
         }

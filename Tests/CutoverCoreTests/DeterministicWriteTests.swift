@@ -201,18 +201,21 @@ import Testing
         #expect(w.repeatable)
         #expect(w.leaderText.contains("octet_length(cutover_c.v)"))
         // Three executions: each gets its own id and token, all the same created_at.
-        let row: [String?] = ["2:412:42", "2026-01-01T00:00:00+00:00", "36:00000000-0000-0000-0000-00000000000136:00000000-0000-0000-0000-000000000002"]
+        let row: [String?] = ["2:412:423:100", "2026-01-01T00:00:00+00:00",
+                              "36:00000000-0000-0000-0000-00000000000136:00000000-0000-0000-0000-00000000000236:00000000-0000-0000-0000-000000000003"]
         let values = try #require(w.valuesByExecution(row, executions: 3))
-        #expect(values.map { $0[0] } == ["41", "42", nil] as [String?]) // the third execution never computed one
+        #expect(values.map { $0[0] } == ["41", "42", "100"] as [String?])
         #expect(values[0][1] == "2026-01-01T00:00:00+00:00" && values[2][1] == "2026-01-01T00:00:00+00:00")
-        #expect(values.map { $0[2] } == ["00000000-0000-0000-0000-000000000001", "00000000-0000-0000-0000-000000000002", nil] as [String?])
-        // More entries than executions: the first were left by executions no readback followed (the session
-        // ran without a follower); the last are this unit's.
-        #expect(w.valuesByExecution(["2:412:42", nil, nil], executions: 1)?[0][0] == "42")
+        #expect(values.map { $0[2] } == (1...3).map { "00000000-0000-0000-0000-00000000000\($0)" } as [String?])
+        // Another number of entries than executions: which is whose cannot be known, so nothing is guessed.
+        #expect(w.valuesByExecution(["2:412:42", nil, nil], executions: 1) == nil)
+        #expect(w.valuesByExecution(["2:412:42", nil, nil], executions: 3) == nil)
+        // A single execution that never reached the value (its statement failed first) reads nil.
+        #expect(w.valuesByExecution(["", nil, nil], executions: 1)?[0][0] == nil)
         // A list that does not read as one is refused too.
         #expect(w.valuesByExecution(["9:42", nil, nil], executions: 1) == nil)
         // One execution reads its one entry; NULL travels as chr(1) inside the entry.
-        #expect(w.valuesByExecution(["1:\u{1}", "x", nil], executions: 1)?[0] == ["\u{1}", "x", nil])
+        #expect(w.valuesByExecution(["1:\u{1}", "x", "1:y"], executions: 1)?[0] == ["\u{1}", "x", "y"])
     }
 
     @Test func aBatchNeedsEveryValueListedOrConstantThroughTheTransaction() throws {
@@ -238,7 +241,7 @@ import Testing
         let rendered = String(decoding: CapturedUnit.renderForFollower(unit.bytes + CapturedUnit.sync, executions: [e, e, e], values: values), as: UTF8.self)
         // The client's unnamed statement keeps its text; each Bind runs from the proxy's own, with its values.
         #expect(rendered.contains(text))
-        for k in 1...3 { #expect(rendered.contains("NULLIF('\(k)'"), "execution \(k): \(rendered)") }
+        for k in 1...3 { #expect(rendered.contains("NULLIF(E'\(k)'"), "execution \(k): \(rendered)") }
         #expect(rendered.components(separatedBy: "cutover_capture").count - 1 == 3 * 4) // Close, Parse, Bind, Close
     }
 
@@ -250,14 +253,17 @@ import Testing
         #expect(w.settings.count == 4 && w.appended == [false, false, false, false] && !w.repeatable)
         // Each item is cast where it stands (its alias stays outside), the SELECT is materialized, the
         // defaults evaluated once a row, the arrays built before the first row is inserted.
-        #expect(w.leaderText.hasPrefix(#"INSERT INTO candidates (name, "id", "created_at", "token") WITH cutover_q (c1) AS MATERIALIZED (SELECT (v)::text AS label FROM plain WHERE k IS DISTINCT FROM $1 ORDER BY k ), "#), "\(w.leaderText)")
+        #expect(w.leaderText.hasPrefix(#"INSERT INTO candidates (name, "id", "created_at", "token") WITH cutover_q (c1) AS MATERIALIZED (SELECT v AS label FROM plain WHERE k IS DISTINCT FROM $1 ORDER BY k "# + "\n), "), "\(w.leaderText)")
         #expect(w.leaderText.contains("(SELECT cutover_q.*, (nextval('onboarding.candidates_id_seq'::regclass)), (now()), (gen_random_uuid()) FROM cutover_q)"))
-        #expect(w.leaderText.hasSuffix("FROM cutover_rows) IS NOT NULL ON CONFLICT DO NOTHING RETURNING id"))
-        // The follower inserts the leader's rows; the SELECT stays as an unused CTE, for its parameters' types.
-        #expect(w.followerText.contains("WITH cutover_q (c1) AS (SELECT (v)::text AS label FROM plain WHERE k IS DISTINCT FROM $1 ORDER BY k ) SELECT cutover_u.c1::text, cutover_u.d1::bigint, cutover_u.d2::timestamp with time zone, cutover_u.d3::uuid FROM ROWS FROM ("), "\(w.followerText)")
-        #expect(w.followerText.hasSuffix("AS cutover_u (c1, d1, d2, d3) ON CONFLICT DO NOTHING RETURNING id"))
-        let rendered = CapturedUnit.followerText(w, values: ["{a,b}", "{1,2}", "{2026-01-01T00:00:00+00:00,2026-01-01T00:00:00+00:00}", "{00000000-0000-0000-0000-000000000001,00000000-0000-0000-0000-000000000002}"])
-        #expect(rendered.contains("pg_catalog.unnest('{1,2}'::text[])") && !rendered.contains("nextval"))
+        #expect(w.leaderText.contains("> \(DeterministicWrite.maximumRowBytes) THEN pg_catalog.set_config('cutover.v_1', pg_catalog.chr(2), false)"), "too large: a marker")
+        #expect(w.leaderText.hasSuffix("FROM cutover_rows) END) IS NOT NULL ON CONFLICT DO NOTHING RETURNING id"))
+        // The follower inserts the leader's rows, and runs the SELECT too (for what its functions do).
+        #expect(w.followerText.contains("WITH cutover_q (c1) AS MATERIALIZED (SELECT v AS label FROM plain WHERE k IS DISTINCT FROM $1 ORDER BY k \n) SELECT cutover_u.c1::text, cutover_u.d1::bigint, cutover_u.d2::timestamp with time zone, cutover_u.d3::uuid FROM ROWS FROM ("), "\(w.followerText)")
+        #expect(w.followerText.hasSuffix("AS cutover_u (c1, d1, d2, d3) WHERE (SELECT pg_catalog.count(*) FROM cutover_q) >= 0 ON CONFLICT DO NOTHING RETURNING id"))
+        let rendered = CapturedUnit.followerText(w, values: [#"{"C:\\dir",b}"#, "{1,2}", "{2026-01-01T00:00:00+00:00,2026-01-01T00:00:00+00:00}", "{00000000-0000-0000-0000-000000000001,00000000-0000-0000-0000-000000000002}"])
+        #expect(rendered.contains("pg_catalog.unnest(E'{1,2}'::text[])") && !rendered.contains("nextval"))
+        // Backslashes doubled in an E'' literal: the same whatever standard_conforming_strings.
+        #expect(rendered.contains(#"pg_catalog.unnest(E'{"C:\\\\dir",b}'::text[])"#), "\(rendered)")
     }
 
     @Test func anInsertSelectIntoAnIdentityOrWithoutAColumnList() throws {
@@ -268,8 +274,29 @@ import Testing
         #expect(e.needsOverride)
         // Without a column list the list is written out (the SELECT fills the first columns).
         let p = try #require(captured("INSERT INTO plain SELECT k + 1, gen_random_uuid()::text FROM plain"))
-        #expect(p.leaderText.hasPrefix("INSERT INTO plain WITH cutover_q (c1, c2) AS MATERIALIZED (SELECT (k + 1)::integer, (gen_random_uuid()::text)::text FROM plain)"), "\(p.leaderText)")
+        #expect(p.leaderText.hasPrefix("INSERT INTO plain WITH cutover_q (c1, c2) AS MATERIALIZED (SELECT k + 1, gen_random_uuid()::text FROM plain\n)"), "\(p.leaderText)")
+        // Only parameters and untyped literals are cast where they stand (to a type that does not cut them).
+        let typed = try #require(captured("INSERT INTO candidates (name, created_at) SELECT $1, '2024-01-01' -- a comment"))
+        #expect(typed.leaderText.contains("(SELECT ($1)::text, ('2024-01-01')::timestamp with time zone -- a comment\n)"), "\(typed.leaderText)")
+        #expect(DeterministicWrite.plan("INSERT INTO t (c) SELECT 'abcdef'", catalog: WriteCatalog(schema: "s", tables: [.init(name: "t", columns: [
+            .init(name: "c", type: "character(5)"), .init(name: "id", type: "bigint", defaultExpression: "nextval('s.q'::regclass)")])]))
+            .leaderTextContains("('abcdef')::bpchar"))
+        // A time in a condition is left to each side (as everywhere): no rows captured for it.
+        #expect(plan("INSERT INTO plain SELECT k, v FROM plain WHERE k < extract(epoch from now())") == .asSent)
+        #expect(captured("INSERT INTO plain SELECT k, v FROM plain WHERE random() < 0.5")?.leaderText.contains("cutover_rows") == true)
+        // A star with an untyped item: its column is unknown.
+        #expect(reason("INSERT INTO candidates (name, status) SELECT *, $1 FROM (SELECT v FROM plain) s") != nil)
+        #expect(reason("INSERT INTO candidates SELECT (c).* FROM (SELECT candidates AS c FROM candidates) s") != nil)
+        // A value in COALESCE is not evaluated at every execution: not for a batch.
+        #expect(try #require(captured("INSERT INTO plain VALUES (1, COALESCE($1, gen_random_uuid()::text))")).repeatable == false)
         // A parenthesized SELECT or a set operation is not rewritten: marked.
         #expect(reason("INSERT INTO candidates (name) (SELECT v FROM plain)") != nil)
+    }
+}
+
+extension WritePlan {
+    func leaderTextContains(_ part: String) -> Bool {
+        if case .captured(let w) = self { return w.leaderText.contains(part) }
+        return false
     }
 }

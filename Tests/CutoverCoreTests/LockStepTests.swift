@@ -24,6 +24,24 @@ private func send(_ m: inout LockStep, _ text: String, status: TransactionStatus
         #expect(m.isQuiet)
     }
 
+    @Test func aUnitArrivingInPiecesKeepsTheClientReadUntilItIsWhole() {
+        var m = LockStep()
+        let big = q("SELECT '" + String(repeating: "x", count: 1000) + "'")
+        // The first read ends mid-message: nothing can run, and only more of the client's bytes can help.
+        #expect(m.clientSent(Array(big[..<300]), units: [], flushAt: nil, status: .idle, now: 0) == [])
+        #expect(m.awaitsRestOfUnit && m.queuedBytes == 300)
+        let unit = WorkUnit(statements: ["SELECT 'x…'"])
+        #expect(m.clientSent(Array(big[300...]), units: [(big.count - 300, unit)], flushAt: nil, status: .idle, now: 1)
+                == [.unitStarted(unit, followerSent: false), .toLeader(big)])
+        #expect(!m.awaitsRestOfUnit)
+        // The next one arrives in part while this one is in flight: the unit in flight will move things on.
+        #expect(m.clientSent(Array(big[..<10]), units: [], flushAt: nil, status: .idle, now: 2) == [])
+        #expect(!m.awaitsRestOfUnit)
+        #expect(m.leaderReady(status: .idle, now: 3) == [.holdClient, .followerStarted, .toFollower(big)])
+        #expect(m.followerReady(status: .idle, now: 4) == [.releaseClient(asIdle: false, commitError: nil)])
+        #expect(m.awaitsRestOfUnit, "now only its rest is awaited")
+    }
+
     @Test func commitGoesToTheFollowerFirst() {
         var m = LockStep()
         let commit = q("COMMIT")

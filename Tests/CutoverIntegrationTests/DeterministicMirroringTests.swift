@@ -167,6 +167,35 @@ import Testing
         #expect(try p.route()["in_sync"] == "yes")
     }
 
+    /// A unit that runs a rewritten statement without its values being read back (refused) is followed by
+    /// a query that empties what it filled: no listed value outlives it, to grow or to be taken for a later
+    /// unit's. And the follower runs an INSERT … SELECT's SELECT too, for what its functions do.
+    @Test func refusedUnitsLeaveNothingBehindAndTheFollowerRunsTheSelect() throws {
+        for c in [try f.recruitmentLegacy(), try f.recruitmentNew()] {
+            try c.query(Self.schema)
+            try c.query("""
+                DROP TABLE IF EXISTS det_audit; CREATE TABLE det_audit (k int);
+                CREATE OR REPLACE FUNCTION det_bump(k int) RETURNS int LANGUAGE sql VOLATILE AS $$ INSERT INTO det_audit VALUES (k); SELECT k $$;
+                """)
+        }
+        let p = try RouteProxy(f, "detempty")
+        defer { p.stop() }
+        let c = try p.client()
+        try c.query("INSERT INTO det_items (owner, name) SELECT det_bump(7), 'through a function'")
+        try waitUntil("the follower answered") { try p.admin().query("SHOW STATS").first { $0[0] == "detempty" }?[5] == "0" }
+        #expect(try f.recruitmentNew().scalar("SELECT count(*) FROM det_audit") == "1", "the follower ran the SELECT's function")
+        let q = "SELECT id, owner, token::text FROM det_items ORDER BY id"
+        #expect(try f.recruitmentLegacy().query(q) == f.recruitmentNew().query(q))
+        #expect(try p.route()["in_sync"] == "yes")
+        // Parsed (rewritten) in one unit, bound in the next: refused, and what it filled is emptied behind it.
+        try c.prepare("", "INSERT INTO det_items (owner, name) VALUES ($1, $2)")
+        _ = try c.execPrepared("", ["1", "bound in a later unit"])
+        let setting = try c.scalar("SELECT current_setting('cutover.v_1', true)")
+        #expect(setting == nil || setting == "", "\(setting ?? "-")")
+        try waitUntil("the route is marked") { try p.route()["in_sync"] == "no" }
+        #expect(try p.route()["out_of_sync_reason"]?.contains("a Bind of the unnamed statement parsed in an earlier unit") == true)
+    }
+
     @Test func whatCannotBeCapturedMarksTheRouteOutOfSyncWithItsReason() throws {
         for c in [try f.recruitmentLegacy(), try f.recruitmentNew()] { try c.query(Self.schema) }
         let p = try RouteProxy(f, "detmark")
