@@ -96,6 +96,12 @@ public struct LockStep: Sendable {
     public static let begin: [UInt8] = encoded("BEGIN")
     public static let commit: [UInt8] = encoded("COMMIT")
     public static let rollback: [UInt8] = encoded("ROLLBACK")
+    /// What the follower runs instead of a unit cancelled on the leader: a statement that fails as a cancel
+    /// does, leaving the follower's transaction where the leader's is (aborted, or nothing done), at once.
+    /// Running the unit itself would keep the client waiting for the follower to do what it cancelled
+    /// (`pg_sleep(30)`), up to `follower_timeout`.
+    public static let cancelledOnLeader: [UInt8] = encoded(
+        "DO $cutover$BEGIN RAISE EXCEPTION USING ERRCODE = '57014', MESSAGE = 'canceling statement due to user request (cancelled on the leader; not run here)'; END$cutover$")
     static func encoded(_ q: String) -> [UInt8] { var w = ByteWriter(); FrontendMessage.query(q).encode(into: &w); return w.bytes }
 
     /// A unit of data-modifying statements (DML, or a WITH that modifies) run outside a transaction:
@@ -127,8 +133,9 @@ public struct LockStep: Sendable {
         return pump(status: status, now: now)
     }
 
-    /// The leader's ReadyForQuery for the unit in flight.
-    public mutating func leaderReady(status: TransactionStatus, now: UInt64) -> [Action] {
+    /// The leader's ReadyForQuery for the unit in flight (`cancelled`: the unit ended in a cancel, 57014:
+    /// the follower gets `cancelledOnLeader` in its place).
+    public mutating func leaderReady(status: TransactionStatus, cancelled: Bool = false, now: UInt64) -> [Action] {
         switch stage {
         case .leaderFirst(let unit)?:
             guard hasFollower else {
@@ -138,13 +145,13 @@ public struct LockStep: Sendable {
             }
             stage = .followerAfterLeader
             stageStartedAt = now
-            return [.holdClient, .followerStarted, .toFollower(unit)]
+            return [.holdClient, .followerStarted, .toFollower(cancelled ? Self.cancelledOnLeader : unit)]
         case .wrappedLeader(let unit)?:
             let failed = status == .failedTransaction
             guard hasFollower else { return [.holdClient] + endOnLeader(failed: failed, now: now) }
             stage = .wrappedFollower(leaderFailed: failed)
             stageStartedAt = now
-            return [.holdClient, .followerStarted, .toFollowerInternal(Self.begin), .toFollower(unit)]
+            return [.holdClient, .followerStarted, .toFollowerInternal(Self.begin), .toFollower(cancelled ? Self.cancelledOnLeader : unit)]
         case .leaderAfterFollower?, .copyBoth?:
             stage = nil
             return pump(status: status, now: now)

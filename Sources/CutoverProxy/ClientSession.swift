@@ -446,7 +446,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             tracker.unitAnswered(status: b.status, previous: previous, stillInFlight: Int(pendingReadyForQuery))
             if follower != nil, let digest = b.digest { leaderUnitDone(digest) }
             guard lockStepIsBusy else { continue }
-            let actions = lockStep.leaderReady(status: b.status, now: loop.now)
+            let actions = lockStep.leaderReady(status: b.status, cancelled: b.digest?.endedCancelled ?? false, now: loop.now)
             if actions.first == .holdClient {
                 // Lock-step: the client gets everything but this ReadyForQuery now, the rest after the follower.
                 // (Its first bytes may have arrived, and gone out, with the previous read.)

@@ -42,6 +42,26 @@ private func send(_ m: inout LockStep, _ text: String, status: TransactionStatus
         #expect(m.awaitsRestOfUnit, "now only its rest is awaited")
     }
 
+    @Test func aUnitCancelledOnTheLeaderIsNotRunOnTheFollower() {
+        var m = LockStep()
+        let sleep = q("SELECT pg_sleep(30)")
+        _ = send(&m, "SELECT pg_sleep(30)", status: .inTransaction)
+        // The follower gets a statement failing as a cancel does: its transaction ends up aborted like the
+        // leader's, at once, instead of sleeping what the client cancelled.
+        #expect(m.leaderReady(status: .failedTransaction, cancelled: true, now: 1) == [.holdClient, .followerStarted, .toFollower(LockStep.cancelledOnLeader)])
+        #expect(m.followerReady(status: .failedTransaction, now: 2) == [.releaseClient(asIdle: false, commitError: nil)])
+        // An autocommit write cancelled on the leader: the follower runs the failing stand-in, then rolls back.
+        _ = send(&m, "UPDATE t SET v = pg_sleep(30)::text")
+        #expect(m.leaderReady(status: .failedTransaction, cancelled: true, now: 3)
+                == [.holdClient, .followerStarted, .toFollowerInternal(LockStep.begin), .toFollower(LockStep.cancelledOnLeader)])
+        #expect(m.followerReady(status: .failedTransaction, now: 4) == [.toFollowerInternal(LockStep.rollback)])
+        // Not cancelled: the unit itself, as always.
+        _ = send(&m, "SELECT pg_sleep(30)", status: .inTransaction)
+        _ = m.followerInternalReady(commitOutcome: nil, now: 5)
+        _ = m.leaderInternalReady(commitOutcome: nil, status: .idle, now: 6)
+        #expect(m.leaderReady(status: .inTransaction, now: 7) == [.holdClient, .followerStarted, .toFollower(sleep)])
+    }
+
     @Test func commitGoesToTheFollowerFirst() {
         var m = LockStep()
         let commit = q("COMMIT")

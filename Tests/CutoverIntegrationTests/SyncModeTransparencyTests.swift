@@ -1,0 +1,51 @@
+// Integration: what a client sees in sync mode is what it sees in async mode and against PostgreSQL:
+// cancels end the statement at once, notifications arrive, for simple and extended queries.
+import Foundation
+import Testing
+
+@Suite(.serialized) struct SyncModeTransparencyTests {
+    let f: ProxyFixture
+    init() throws { f = try ProxyFixture.shared() }
+
+    @Test(arguments: ["sync", "async"]) func aCancelEndsTheStatementAtOnce(mirror: String) throws {
+        for c in [try f.recruitmentLegacy(), try f.recruitmentNew()] {
+            try c.query("DROP TABLE IF EXISTS tr_cancel; CREATE TABLE tr_cancel (k int PRIMARY KEY, v text)")
+        }
+        let p = try RouteProxy(f, "trcancel\(mirror)", route: "mirror = \"\(mirror)\"")
+        defer { p.stop() }
+        let c = try p.client()
+        for extended in [false, true] {
+            let (state, seconds) = c.cancelAfter(0.5, running: "SELECT pg_sleep(30)", extended: extended)
+            #expect(state == "57014" && seconds < 1.5, "\(mirror), extended \(extended): \(state ?? "-") after \(seconds) s")
+        }
+        // A write cancelled on the leader is not on the follower either, and the route stays in sync.
+        let (state, seconds) = c.cancelAfter(0.5, running: "INSERT INTO tr_cancel SELECT 1, pg_sleep(30)::text")
+        #expect(state == "57014" && seconds < 1.5, "\(mirror) write: \(state ?? "-") after \(seconds) s")
+        // In a transaction: both sides' transactions end aborted, and the client's ROLLBACK ends both.
+        try c.query("BEGIN")
+        try c.query("INSERT INTO tr_cancel VALUES (2, 'before the cancel')")
+        let (inTx, txSeconds) = c.cancelAfter(0.5, running: "SELECT pg_sleep(30)")
+        #expect(inTx == "57014" && txSeconds < 1.5, "\(mirror) in a transaction: \(inTx ?? "-") after \(txSeconds) s")
+        #expect(throws: PQError.self) { try c.query("SELECT 1") } // 25P02: aborted, as on PostgreSQL
+        try c.query("ROLLBACK")
+        try c.query("INSERT INTO tr_cancel VALUES (3, 'after')")
+        try waitUntil("the follower answered") { try p.admin().query("SHOW STATS").first { $0[0] == "trcancel\(mirror)" }?[5] == "0" }
+        let q = "SELECT k, v FROM tr_cancel ORDER BY k"
+        #expect(try f.recruitmentLegacy().query(q) == [["3", "after"]])
+        #expect(try f.recruitmentNew().query(q) == [["3", "after"]])
+        let route = try p.route()
+        #expect(route["in_sync"] == "yes", "\(route)")
+    }
+
+    @Test(arguments: ["sync", "async"]) func notificationsReachListeners(mirror: String) throws {
+        let p = try RouteProxy(f, "trnotify\(mirror)", route: "mirror = \"\(mirror)\"")
+        defer { p.stop() }
+        let listener = try p.client(), sender = try p.client()
+        try listener.query("LISTEN tr_channel")
+        try sender.query("NOTIFY tr_channel, 'hello'")
+        let n = listener.waitForNotification(timeout: 3)
+        #expect(n?.0 == "tr_channel" && n?.1 == "hello", "\(mirror): \(String(describing: n))")
+        // Exactly once: the follower's copy of the NOTIFY reaches the follower's listener, never the client.
+        #expect(listener.waitForNotification(timeout: 0.5) == nil)
+    }
+}
