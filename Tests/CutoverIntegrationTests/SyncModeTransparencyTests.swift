@@ -48,4 +48,29 @@ import Testing
         // Exactly once: the follower's copy of the NOTIFY reaches the follower's listener, never the client.
         #expect(listener.waitForNotification(timeout: 0.5) == nil)
     }
+
+    /// A pipeline (several Bind/Execute before one Sync) in which one statement fails ends as PostgreSQL ends
+    /// it: that error, the rest skipped, the implicit transaction rolled back, on both sides.
+    @Test(arguments: ["sync", "async"]) func aPipelineWithAnErrorMidwayEndsAsPostgreSQLEndsIt(mirror: String) throws {
+        for c in [try f.recruitmentLegacy(), try f.recruitmentNew()] {
+            try c.query("DROP TABLE IF EXISTS tr_pipe; CREATE TABLE tr_pipe (k int PRIMARY KEY, at timestamptz DEFAULT now())")
+        }
+        let p = try RouteProxy(f, "trpipe\(mirror)", route: "mirror = \"\(mirror)\"")
+        defer { p.stop() }
+        let c = try p.client()
+        do {
+            try c.batch("INSERT INTO tr_pipe (k) VALUES ($1)", [["1"], ["1"], ["2"]])
+            Issue.record("the duplicate key was accepted")
+        } catch let e as PQError {
+            #expect(e.sqlState == "23505", "\(e)")
+        }
+        try c.batch("INSERT INTO tr_pipe (k) VALUES ($1)", [["3"], ["4"]])
+        try waitUntil("the follower answered") { try p.admin().query("SHOW STATS").first { $0[0] == "trpipe\(mirror)" }?[5] == "0" }
+        let q = "SELECT k, at::text FROM tr_pipe ORDER BY k"
+        let legacy = try f.recruitmentLegacy().query(q)
+        #expect(legacy.map { $0[0] } == ["3", "4"], "the failed pipeline left nothing: \(legacy)")
+        #expect(try f.recruitmentNew().query(q) == legacy)
+        let route = try p.route()
+        #expect(route["in_sync"] == "yes", "\(route)")
+    }
 }
