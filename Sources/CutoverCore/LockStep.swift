@@ -56,6 +56,11 @@ public struct LockStep: Sendable {
     /// Bytes of `buffer` already sent (consumed from the front lazily: no quadratic shifting when a
     /// pipelining client queues many units).
     private var head = 0
+    /// The unit in flight, for a stand-in if the leader cancels it (see `followerCopy`).
+    private var inFlight = WorkUnit()
+    /// Part of the unit in flight went to both sides ahead of it (a Flush): it cannot be given a stand-in.
+    private var partSentAhead = false
+    private var nextUnitPartSent = false
 
     /// Client bytes queued behind the unit in flight (the session stops reading the client past a bound).
     public var queuedBytes: Int { buffer.count - head }
@@ -100,8 +105,9 @@ public struct LockStep: Sendable {
     /// does, leaving the follower's transaction where the leader's is (aborted, or nothing done), at once.
     /// Running the unit itself would keep the client waiting for the follower to do what it cancelled
     /// (`pg_sleep(30)`), up to `follower_timeout`.
-    public static let cancelledOnLeader: [UInt8] = encoded(
-        "DO $cutover$BEGIN RAISE EXCEPTION USING ERRCODE = '57014', MESSAGE = 'canceling statement due to user request (cancelled on the leader; not run here)'; END$cutover$")
+    public static let cancelledOnLeader: [UInt8] = encoded(cancelledText)
+    static let cancelledText =
+        "DO $cutover$BEGIN RAISE EXCEPTION USING ERRCODE = '57014', MESSAGE = 'canceling statement due to user request (cancelled on the leader; not run here)'; END$cutover$"
     static func encoded(_ q: String) -> [UInt8] { var w = ByteWriter(); FrontendMessage.query(q).encode(into: &w); return w.bytes }
 
     /// A unit of data-modifying statements (DML, or a WITH that modifies) run outside a transaction:
@@ -111,6 +117,53 @@ public struct LockStep: Sendable {
     }
 
     static let stdin = Array("stdin".utf8)
+
+    /// What the follower runs of a unit whose statement number `cancelled` (0-based; nil: none) the leader
+    /// ended with a cancel: that statement is replaced by one failing the same way at once, so the
+    /// follower's transaction ends where the leader's did without running what was cancelled, while what ran
+    /// before it in the unit runs there too. A simple Query is replaced whole only when it is one statement;
+    /// in an extended unit the cancelled statement's Execute is replaced by the proxy's own statement
+    /// (`cutover_cancelled`: a name of its own, so the client's unnamed statement and portal stay as they
+    /// are). Only a read or DML is replaced (a CALL or DO may have committed inside itself), and never in a
+    /// unit part of which went to the follower ahead of it.
+    static func followerCopy(of bytes: [UInt8], unit: WorkUnit, cancelled: Int?, partSentAhead: Bool) -> [UInt8] {
+        guard let cancelled, !partSentAhead, cancelled < unit.statements.count else { return bytes }
+        var text = unit.statements[cancelled]
+        guard text.withUTF8({ !SQLBytes.mayHoldSeveralStatements(UnsafeRawBufferPointer($0)) }) else { return bytes }
+        switch SQLBytes.leadingKeyword(text) {
+        case .select, .insert, .update, .delete, .merge, .with: break
+        default: return bytes
+        }
+        var out: [UInt8] = []
+        var executes = 0, queries = 0, replaced = false
+        bytes.withUnsafeBytes { raw in
+            let whole = CapturedUnit.forEachMessage(raw) { id, _, range in
+                if id == FrontendMessageID.query.rawValue {
+                    queries += 1
+                    out += raw[range]
+                } else if id == FrontendMessageID.execute.rawValue {
+                    if executes == cancelled { out += cancelledExecute; replaced = true } else { out += raw[range] }
+                    executes += 1
+                } else {
+                    out += raw[range]
+                }
+            }
+            if whole < raw.count { out += raw[whole...] }
+        }
+        if queries == 1 && executes == 0 && unit.statements.count == 1 { return cancelledOnLeader }
+        return replaced && queries == 0 ? out : bytes
+    }
+
+    /// The stand-in for one Execute: the proxy's own statement raising a cancel's error, under names of its own.
+    static let cancelledExecute: [UInt8] = {
+        let name = "cutover_cancelled"
+        var w = ByteWriter()
+        w.beginMessage(FrontendMessageID.parse.rawValue); w.writeCString(name); w.writeCString(cancelledText); w.writeBytes([0, 0]); w.endMessage()
+        w.beginMessage(FrontendMessageID.bind.rawValue); w.writeCString(name); w.writeCString(name); w.writeBytes([0, 0, 0, 0, 0, 0]); w.endMessage()
+        w.beginMessage(FrontendMessageID.execute.rawValue); w.writeCString(name); w.writeBytes([0, 0, 0, 0]); w.endMessage()
+        // Closed first: a statement of that name left by an earlier stand-in would fail this Parse.
+        return CapturedUnit.closeStatement(name) + w.bytes
+    }()
 
     public static func isCopyIn(_ unit: WorkUnit) -> Bool {
         unit.statements.contains { SQLBytes.leadingKeyword($0) == .copy && SQLBytes.contains($0, lowercased: stdin) }
@@ -133,9 +186,9 @@ public struct LockStep: Sendable {
         return pump(status: status, now: now)
     }
 
-    /// The leader's ReadyForQuery for the unit in flight (`cancelled`: the unit ended in a cancel, 57014:
-    /// the follower gets `cancelledOnLeader` in its place).
-    public mutating func leaderReady(status: TransactionStatus, cancelled: Bool = false, now: UInt64) -> [Action] {
+    /// The leader's ReadyForQuery for the unit in flight (`cancelled`: the number of its statement that
+    /// ended in a cancel, 57014, if one did: the follower gets a stand-in for it, see `followerCopy`).
+    public mutating func leaderReady(status: TransactionStatus, cancelled: Int? = nil, now: UInt64) -> [Action] {
         switch stage {
         case .leaderFirst(let unit)?:
             guard hasFollower else {
@@ -145,13 +198,14 @@ public struct LockStep: Sendable {
             }
             stage = .followerAfterLeader
             stageStartedAt = now
-            return [.holdClient, .followerStarted, .toFollower(cancelled ? Self.cancelledOnLeader : unit)]
+            return [.holdClient, .followerStarted, .toFollower(Self.followerCopy(of: unit, unit: inFlight, cancelled: cancelled, partSentAhead: partSentAhead))]
         case .wrappedLeader(let unit)?:
             let failed = status == .failedTransaction
             guard hasFollower else { return [.holdClient] + endOnLeader(failed: failed, now: now) }
             stage = .wrappedFollower(leaderFailed: failed)
             stageStartedAt = now
-            return [.holdClient, .followerStarted, .toFollowerInternal(Self.begin), .toFollower(cancelled ? Self.cancelledOnLeader : unit)]
+            return [.holdClient, .followerStarted, .toFollowerInternal(Self.begin),
+                    .toFollower(Self.followerCopy(of: unit, unit: inFlight, cancelled: cancelled, partSentAhead: partSentAhead))]
         case .leaderAfterFollower?, .copyBoth?:
             stage = nil
             return pump(status: status, now: now)
@@ -275,11 +329,15 @@ public struct LockStep: Sendable {
             guard let end = flushEnd else { return [] }
             let partial = take(end)
             flushEnd = nil
+            nextUnitPartSent = true
             return [.toLeader(partial), .toFollower(partial)]
         }
         unitEnds.removeFirst()
         let unit = take(first.end)
         stageStartedAt = now
+        inFlight = first.unit
+        partSentAhead = nextUnitPartSent
+        nextUnitPartSent = false
         if Self.isCopyIn(first.unit) {
             stage = .copyBoth
             return [.unitStarted(first.unit, followerSent: true), .toLeader(unit), .toFollower(unit)]

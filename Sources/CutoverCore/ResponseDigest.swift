@@ -189,8 +189,9 @@ public final class UnitDigest: Equatable, @unchecked Sendable {
 
     /// The last statement failed (false for a unit without statements).
     var lastFailed: Bool { count > 0 && (count == 1 ? head : rest[count - 2]).failed }
-    /// The unit ended in a cancel (57014: a CancelRequest or a statement timeout).
-    public var endedCancelled: Bool { lastFailed && failures.last?.sqlState == "57014" }
+    /// The number of the unit's statement that ended in a cancel (57014: a CancelRequest or a statement
+    /// timeout), if its last one did.
+    public var cancelledStatement: Int? { lastFailed && failures.last?.sqlState == "57014" ? count - 1 : nil }
     /// The last statement's command tag (absent for a unit without statements or a failed last statement).
     var lastTag: CommandTag { count == 0 ? .absent : (count == 1 ? head : rest[count - 2]).tag }
 

@@ -71,6 +71,9 @@ final class CaptureState {
     /// Mirroring ended while the leader was busy: its captured statements get the client's texts back at
     /// the next idle boundary (`restoreClientStatementsOnLeader`).
     var restoreWhenIdle = false
+    /// Settings a unit with COPY filled: emptied at the next idle boundary (no query may follow a COPY's
+    /// unit on the leader, which is then in COPY mode).
+    var emptyWhenIdle = 0
     /// Lock-step: the unit now going to the leader went to the follower first (it commits).
     var followerWentFirst = false
     /// Lock-step: a COPY's unit has gone; what follows is its data, until the stage changes.
@@ -105,6 +108,7 @@ extension ClientSession {
     // MARK: deciding, message by message
 
     static let ddlWords: Set<String> = ["CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE"]
+    static let copyWord = Array("copy".utf8)
 
     /// At an idle boundary after DDL: the leader's catalog is read again (the route's other sessions use it too).
     func refreshCatalogAfterDDL() {
@@ -141,7 +145,11 @@ extension ClientSession {
             let mayWrite = SQLBytes.isWrite(raw, keyword: keyword) || SQLBytes.mayHoldSeveralStatements(raw)
             // A Parse may reuse the name of a captured statement: that one is forgotten below.
             guard mayWrite || (id == FrontendMessageID.parse.rawValue && cold?.captures != nil), let route else { return nil }
-            if keyword == .copy { captureState.unitHasCopy = true }
+            // A COPY anywhere in it (`INSERT …; COPY t FROM STDIN` in one Query): nothing of the proxy's own may
+            // follow the unit, which leaves the leader in COPY mode.
+            if keyword == .copy || (SQLBytes.mayHoldSeveralStatements(raw) && SQLBytes.contains(raw, lowercased: Self.copyWord)) {
+                captureState.unitHasCopy = true
+            }
             guard let text = String(validating: raw, as: UTF8.self) else {
                 // Rewriting goes through Swift strings: text that is not UTF-8 (a LATIN1 client) would be altered.
                 let s = captureState
@@ -259,9 +267,25 @@ extension ClientSession {
         }
         if let refusal {
             recordNondeterministic(s.statement, refusal)
+            if s.unitHasCopy {
+                s.emptyWhenIdle = max(s.emptyWhenIdle, filled)
+                return UnitCaptures()
+            }
             return UnitCaptures(settingsToEmpty: filled)
         }
         return UnitCaptures(executions: s.executions, settingsToEmpty: s.executions.isEmpty ? filled : 0)
+    }
+
+    /// At an idle boundary: what a unit with COPY filled is emptied now (a unit of the proxy's own).
+    func emptySettingsLeftByCopy() {
+        guard let s = cold?.captures, s.emptyWhenIdle > 0, let leader, pendingReadyForQuery == 0, lockStepIsQuiet else { return }
+        let count = s.emptyWhenIdle
+        s.emptyWhenIdle = 0
+        leader.addInternal()
+        leaderInternalKinds.append(.ignored)
+        var w = ByteWriter()
+        FrontendMessage.query(DeterministicWrite.emptyingQuery(settings: count)).encode(into: &w)
+        leader.send(w.bytes)
     }
 
     /// The proxy's own query emptying `count` settings, right behind the unit that ends at the end of the
@@ -594,9 +618,11 @@ extension ClientSession {
             // Parses are rewritten for later units, but this unit's values cannot be read back for it: what
             // its rewritten statements filled is emptied behind it.
             let filled = cold?.captures.map { s in max(s.unitFillsUncounted, s.executions.map(\.write.settings.count).max() ?? 0) } ?? 0
+            let hasCopy = cold?.captures?.unitHasCopy ?? false
             cold?.captures?.startUnit()
             cold?.captures?.lockStepUnitSplit = false
-            if filled > 0 { return out + emptyingBytes(settings: filled, clientUnitsAhead: 1) }
+            if filled > 0 && hasCopy { captureState.emptyWhenIdle = max(captureState.emptyWhenIdle, filled) }
+            if filled > 0 && !hasCopy { return out + emptyingBytes(settings: filled, clientUnitsAhead: 1) }
             return edited ? out : bytes
         }
         let s = cold?.captures

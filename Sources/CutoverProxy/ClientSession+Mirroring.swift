@@ -281,6 +281,8 @@ extension ClientSession {
         }
         reachedIdleBoundaryIfIdle()
         finishDrainingIfDone()
+        // What lock-step queued went to the leader: a client paused for it is read again.
+        maybeResumeClient()
     }
 
     // MARK: phases

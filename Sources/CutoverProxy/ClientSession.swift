@@ -446,7 +446,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             tracker.unitAnswered(status: b.status, previous: previous, stillInFlight: Int(pendingReadyForQuery))
             if follower != nil, let digest = b.digest { leaderUnitDone(digest) }
             guard lockStepIsBusy else { continue }
-            let actions = lockStep.leaderReady(status: b.status, cancelled: b.digest?.endedCancelled ?? false, now: loop.now)
+            let actions = lockStep.leaderReady(status: b.status, cancelled: b.digest?.cancelledStatement, now: loop.now)
             if actions.first == .holdClient {
                 // Lock-step: the client gets everything but this ReadyForQuery now, the rest after the follower.
                 // (Its first bytes may have arrived, and gone out, with the previous read.)
@@ -471,6 +471,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             if transactionStatus == .idle, let s = cold?.captures {
                 if s.ddlSeen { refreshCatalogAfterDDL() }
                 if s.restoreWhenIdle && follower == nil { restoreClientStatementsOnLeader() }
+                if s.emptyWhenIdle > 0 { emptySettingsLeftByCopy() }
             }
             lastActivity = loop.now
             compareReadyUnits()
@@ -607,9 +608,16 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             // Lock-step; also after mirroring stopped mid-unit, so nothing overtakes what is queued.
             runLockStep(lockStep.clientSent(Array(bytes), units: chunkUnits, flushAt: chunk.flushAt, status: transactionStatus, now: loop.now))
             checkMirrorBounds()
-            if lockStep.queuedBytes > server.writeHighWater, !clientPaused, !lockStep.awaitsRestOfUnit {
-                // Lock-step queues what the client pipelines; past the bound, stop reading it (unless what
-                // is queued is one unit still arriving: stopping then would wait for ever).
+            if lockStep.awaitsRestOfUnit {
+                // One unit still arriving and nothing in flight: stopping would wait for ever, so the client
+                // is read on, up to a bound: a unit past it (a driver's pipeline without a Sync) stops
+                // mirroring for this session, which sends what is queued to the leader alone.
+                let bound = max(server.mirrorQueueLimits.0, server.config.server.maxMessageSize)
+                if lockStep.queuedBytes > bound {
+                    stopMirroring(.queueOverflow, detail: "a unit of more than \(bound) bytes without a Sync (lock-step holds a unit whole until it ends)")
+                }
+            } else if lockStep.queuedBytes > server.writeHighWater, !clientPaused {
+                // Lock-step queues what the client pipelines; past the bound, stop reading it.
                 clientPaused = true
                 client.stopReading()
             }

@@ -48,17 +48,41 @@ private func send(_ m: inout LockStep, _ text: String, status: TransactionStatus
         _ = send(&m, "SELECT pg_sleep(30)", status: .inTransaction)
         // The follower gets a statement failing as a cancel does: its transaction ends up aborted like the
         // leader's, at once, instead of sleeping what the client cancelled.
-        #expect(m.leaderReady(status: .failedTransaction, cancelled: true, now: 1) == [.holdClient, .followerStarted, .toFollower(LockStep.cancelledOnLeader)])
+        #expect(m.leaderReady(status: .failedTransaction, cancelled: 0, now: 1) == [.holdClient, .followerStarted, .toFollower(LockStep.cancelledOnLeader)])
         #expect(m.followerReady(status: .failedTransaction, now: 2) == [.releaseClient(asIdle: false, commitError: nil)])
         // An autocommit write cancelled on the leader: the follower runs the failing stand-in, then rolls back.
         _ = send(&m, "UPDATE t SET v = pg_sleep(30)::text")
-        #expect(m.leaderReady(status: .failedTransaction, cancelled: true, now: 3)
+        #expect(m.leaderReady(status: .failedTransaction, cancelled: 0, now: 3)
                 == [.holdClient, .followerStarted, .toFollowerInternal(LockStep.begin), .toFollower(LockStep.cancelledOnLeader)])
         #expect(m.followerReady(status: .failedTransaction, now: 4) == [.toFollowerInternal(LockStep.rollback)])
+        // A unit of several statements (a savepoint, then the cancelled one) or an extended unit: what ran
+        // before the cancel must run on the follower too, so it gets the unit itself.
+        _ = m.followerInternalReady(commitOutcome: nil, now: 5)
+        _ = m.leaderInternalReady(commitOutcome: nil, status: .idle, now: 5)
+        let two = q("SAVEPOINT a; SELECT pg_sleep(30)")
+        _ = send(&m, "SAVEPOINT a; SELECT pg_sleep(30)", status: .inTransaction)
+        #expect(m.leaderReady(status: .failedTransaction, cancelled: 0, now: 5) == [.holdClient, .followerStarted, .toFollower(two)])
+        _ = m.followerReady(status: .failedTransaction, now: 5)
+        #expect(LockStep.followerCopy(of: q("CALL p()"), unit: WorkUnit(statements: ["CALL p()"]), cancelled: 0, partSentAhead: false) == q("CALL p()"),
+                "a procedure may commit inside itself")
+        // An extended pipeline: the statements before the cancelled one run on the follower, the cancelled
+        // one's Execute is replaced by the proxy's own statement (the client's unnamed one stays).
+        var w = ByteWriter()
+        for text in ["INSERT INTO t VALUES (1)", "SELECT pg_sleep(30)"] {
+            w.beginMessage(UInt8(ascii: "P")); w.writeCString(""); w.writeCString(text); w.writeBytes([0, 0]); w.endMessage()
+            w.beginMessage(UInt8(ascii: "B")); w.writeCString(""); w.writeCString(""); w.writeBytes([0, 0, 0, 0, 0, 0]); w.endMessage()
+            w.beginMessage(UInt8(ascii: "E")); w.writeCString(""); w.writeBytes([0, 0, 0, 0]); w.endMessage()
+        }
+        let pipeline = w.bytes + [UInt8(ascii: "S"), 0, 0, 0, 4]
+        let pipelineUnit = WorkUnit(statements: ["INSERT INTO t VALUES (1)", "SELECT pg_sleep(30)"])
+        let copy = LockStep.followerCopy(of: pipeline, unit: pipelineUnit, cancelled: 1, partSentAhead: false)
+        let text = String(decoding: copy, as: UTF8.self)
+        #expect(text.contains("INSERT INTO t VALUES (1)") && text.contains("SELECT pg_sleep(30)") && text.contains("cutover_cancelled"))
+        #expect(copy.count == pipeline.count - 10 + LockStep.cancelledExecute.count, "only the second Execute is replaced")
+        // Part of it already went to the follower (a Flush): sent as it is.
+        #expect(LockStep.followerCopy(of: pipeline, unit: pipelineUnit, cancelled: 1, partSentAhead: true) == pipeline)
         // Not cancelled: the unit itself, as always.
         _ = send(&m, "SELECT pg_sleep(30)", status: .inTransaction)
-        _ = m.followerInternalReady(commitOutcome: nil, now: 5)
-        _ = m.leaderInternalReady(commitOutcome: nil, status: .idle, now: 6)
         #expect(m.leaderReady(status: .inTransaction, now: 7) == [.holdClient, .followerStarted, .toFollower(sleep)])
     }
 
