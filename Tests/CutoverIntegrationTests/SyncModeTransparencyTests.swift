@@ -37,6 +37,31 @@ import Testing
         #expect(route["in_sync"] == "yes", "\(route)")
     }
 
+    /// The admin console's CANCEL ends a statement as a client's cancel does; KILL ends only that session.
+    @Test(arguments: ["sync", "async"]) func adminCancelAndKill(mirror: String) throws {
+        let p = try RouteProxy(f, "tradmin\(mirror)", route: "mirror = \"\(mirror)\"")
+        defer { p.stop() }
+        let admin = try p.admin()
+        func sessionID(_ app: String) throws -> String? { try admin.query("SHOW SESSIONS").first { $0[3] == app }?[0] ?? nil }
+        let sleeper = try p.client("application_name=tr_sleeper"), other = try p.client("application_name=tr_other")
+        let id = try #require(try sessionID("tr_sleeper"))
+        sleeper.start("SELECT pg_sleep(30)")
+        usleep(300_000)
+        let start = Date()
+        _ = try admin.query("CANCEL \(id)")
+        #expect(sleeper.awaitResults() == "57014")
+        #expect(Date().timeIntervalSince(start) < 1.5, "\(mirror): \(Date().timeIntervalSince(start)) s")
+        #expect(try sleeper.scalar("SELECT 1") == "1", "the session goes on")
+        sleeper.start("SELECT pg_sleep(30)")
+        usleep(300_000)
+        let killStart = Date()
+        _ = try admin.query("KILL \(id)")
+        _ = sleeper.awaitResults()
+        #expect(Date().timeIntervalSince(killStart) < 1.5, "\(mirror) kill: \(Date().timeIntervalSince(killStart)) s")
+        #expect(throws: PQError.self) { try sleeper.scalar("SELECT 1") }
+        #expect(try other.scalar("SELECT 'untouched'") == "untouched")
+    }
+
     @Test(arguments: ["sync", "async"]) func notificationsReachListeners(mirror: String) throws {
         let p = try RouteProxy(f, "trnotify\(mirror)", route: "mirror = \"\(mirror)\"")
         defer { p.stop() }
