@@ -106,6 +106,8 @@ public struct BackendHandshake {
                 let final = try client.clientFinal(serverFirst: data) { saltedPassword(pw, $0, $1) }
                 scram = client
                 return reply(.saslResponse(data: final))
+            } catch SCRAMClient.Failure.iterationsTooHigh(let n) {
+                return .fail(ProxyError.fatal("08006", "backend \"\(backend.name)\" asked for \(n) SCRAM iterations; at most \(SCRAMClient.maximumIterations) are accepted"))
             } catch {
                 return .fail(ProxyError.fatal("08006", "backend \"\(backend.name)\" sent an invalid SCRAM message"))
             }

@@ -39,6 +39,9 @@ public struct ClientHandshake {
     private var resolution = RouteResolution.unknownDatabase
     /// The client asked for TLS and was told yes (the connection is encrypted from the next byte on).
     public private(set) var tlsStarted = false
+    /// An SSLRequest and a GSSENCRequest have been answered: one of each is all a client needs (libpq may
+    /// try GSS encryption, then TLS); more is a client looping on them (100 000 were accepted).
+    private var sslRequested = false, gssRequested = false
     /// Set by the session once TLS has started: our certificate's `tls-server-end-point` hash, so
     /// SCRAM-SHA-256-PLUS is offered (channel binding) as well as SCRAM-SHA-256.
     public var channelBinding: [UInt8]?
@@ -81,7 +84,10 @@ public struct ClientHandshake {
             if tlsStarted { return fail(ProxyError.protocolViolation("SSLRequest received on an encrypted connection")) }
             tlsStarted = true
             return .startTLS
+        case .sslRequest where sslRequested, .gssEncRequest where gssRequested:
+            return fail(ProxyError.protocolViolation("\(packet.isSSL ? "SSLRequest" : "GSSENCRequest") received twice"))
         case .sslRequest, .gssEncRequest:
+            if packet.isSSL { sslRequested = true } else { gssRequested = true }
             return .send([0x4E]) // 'N': not offered; the client continues in clear text (or gives up)
         case .cancel(let key):
             state = .done
@@ -143,7 +149,7 @@ public struct ClientHandshake {
         } catch { return fail(ProxyError.protocolViolation("invalid password message")) }
         switch (state, message) {
         case (.awaitingPassword(let user, let salt), .password(let response)):
-            guard let stored = config.users[user]?.md5, response == MD5Password.response(stored: stored, salt: salt) else {
+            guard let stored = config.users[user]?.md5, MD5Password.matches(response, stored: stored, salt: salt) else {
                 return fail(ProxyError.passwordFailed(user: user))
             }
             return authenticated(user)
@@ -225,4 +231,8 @@ public struct ClientHandshake {
         m.encode(into: &w)
         return .send(w.bytes)
     }
+}
+
+extension StartupPacket {
+    var isSSL: Bool { if case .sslRequest = self { return true } else { return false } }
 }

@@ -161,7 +161,13 @@ public struct SCRAMClient: Sendable {
         case malformed(String)
         case serverSignatureMismatch
         case iterationsTooLow(Int)
+        /// More iterations than `maximumIterations`: deriving the key would hold the event loop (10 M took
+        /// 2.7 s) or overflow (2^32 trapped), and a server asking for that many is not to be trusted.
+        case iterationsTooHigh(Int)
     }
+
+    /// The most iterations a server may ask for (PostgreSQL's default is 4 096).
+    public static let maximumIterations = 1_000_000
 
     let password: String
     let clientNonce: String
@@ -195,6 +201,7 @@ public struct SCRAMClient: Sendable {
         guard let salt = attrs["s"].flatMap({ Crypto.fromBase64($0) }) else { throw .malformed("salt") }
         guard let iterations = attrs["i"].flatMap({ Int($0) }) else { throw .malformed("iteration count") }
         guard iterations >= 1 else { throw .iterationsTooLow(iterations) }
+        guard iterations <= Self.maximumIterations else { throw .iterationsTooHigh(iterations) }
         let salted = saltedPassword(salt, iterations)
         let clientKey = Crypto.hmacSHA256(key: salted, Array("Client Key".utf8))
         let storedKey = Crypto.sha256(clientKey)
@@ -230,5 +237,14 @@ public enum MD5Password {
     /// The response to AuthenticationMD5Password, from the stored form.
     public static func response(stored: String, salt: [UInt8]) -> String {
         "md5" + Crypto.md5Hex(Array(stored.dropFirst(3).utf8) + salt)
+    }
+
+    /// Whether a client's `response` is the one `stored` expects, compared in constant time (a byte-wise
+    /// `==` stops at the first difference, which a client could time).
+    public static func matches(_ response: String, stored: String, salt: [UInt8]) -> Bool {
+        let expected = Array(self.response(stored: stored, salt: salt).utf8), given = Array(response.utf8)
+        var difference = UInt8(truncatingIfNeeded: expected.count ^ given.count)
+        for i in 0..<min(expected.count, given.count) { difference |= expected[i] ^ given[i] }
+        return difference == 0 && expected.count == given.count
     }
 }

@@ -84,7 +84,8 @@ public struct PersistedState: Codable, Equatable, Sendable {
         let data: Data
         do { data = try e.encode(self) } catch { throw StateFileError(path: path, action: "encode", message: "\(error)") }
         let tmp = path + ".tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        // Owner only: it names routes, backends and who paused them.
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw StateFileError(path: tmp, action: "create", errno: errno) }
         let written = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         let writeErrno = errno
@@ -130,7 +131,7 @@ public final class StateFileLock: @unchecked Sendable {
     /// Takes the lock or says who holds it.
     public init(stateFile: String) throws(StateFileError) {
         path = stateFile + ".lock"
-        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw StateFileError(path: path, action: "open the lock file", errno: errno) }
         if flock(fd, LOCK_EX | LOCK_NB) != 0 {
             let code = errno

@@ -23,7 +23,10 @@ final class DivergenceRecorder {
         guard newPath != path else { return true }
         var newFile: FileHandle?
         if let newPath {
-            if !FileManager.default.fileExists(atPath: newPath) { _ = FileManager.default.createFile(atPath: newPath, contents: nil) } // a failure shows as nil below
+            // Owner only: records carry statements (and their literals with log_literals). A failure shows as nil below.
+            if !FileManager.default.fileExists(atPath: newPath) {
+                _ = FileManager.default.createFile(atPath: newPath, contents: nil, attributes: [.posixPermissions: 0o600])
+            }
             newFile = FileHandle(forWritingAtPath: newPath)
             guard newFile != nil else {
                 logger.error("cannot open divergence log", metadata: ["path": "\(newPath)"])

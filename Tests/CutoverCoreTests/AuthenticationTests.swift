@@ -103,6 +103,31 @@ import Testing
         #expect(throws: SCRAMClient.Failure.serverSignatureMismatch) { try client.verifyServerFinal(Array("v=AAAA".utf8)) }
     }
 
+    @Test func aServerAskingForTooManyIterationsIsRefusedBeforeAnyDerivation() throws {
+        var client = SCRAMClient(password: "s3cret")
+        _ = client.clientFirst()
+        let nonce = String(decoding: client.clientFirst(), as: UTF8.self).components(separatedBy: "r=").last ?? ""
+        for iterations in ["4294967296", "10000000"] {
+            var c = client
+            let serverFirst = Array("r=\(nonce)server,s=\(Crypto.base64(salt)),i=\(iterations)".utf8)
+            var derived = false
+            #expect(throws: SCRAMClient.Failure.iterationsTooHigh(Int(iterations)!)) {
+                _ = try c.clientFinal(serverFirst: serverFirst) { _, _ in derived = true; return [] }
+            }
+            #expect(!derived, "no key derived for \(iterations) iterations")
+        }
+    }
+
+    @Test func md5ResponsesAreComparedWhole() {
+        let stored = MD5Password.stored(user: "alice", password: "secret")
+        let right = MD5Password.response(stored: stored, salt: [1, 2, 3, 4])
+        #expect(MD5Password.matches(right, stored: stored, salt: [1, 2, 3, 4]))
+        #expect(!MD5Password.matches(String(right.dropLast()), stored: stored, salt: [1, 2, 3, 4]))
+        #expect(!MD5Password.matches(right + "0", stored: stored, salt: [1, 2, 3, 4]))
+        #expect(!MD5Password.matches(String(right.dropLast()) + "x", stored: stored, salt: [1, 2, 3, 4]))
+        #expect(!MD5Password.matches(right, stored: stored, salt: [1, 2, 3, 5]))
+    }
+
     @Test func verifierParsesPostgresFormatAndMatchesDerivation() {
         let derived = SCRAMVerifier(password: "pencil", salt: salt, iterations: 4096)
         let text = "SCRAM-SHA-256$4096:\(Crypto.base64(salt))$\(Crypto.base64(derived.storedKey)):\(Crypto.base64(derived.serverKey))"

@@ -47,6 +47,19 @@ private func passwordBody(_ m: FrontendMessage) -> ArraySlice<UInt8> {
         #expect(h.expectsUntyped)
     }
 
+    @Test func oneSSLRequestAndOneGSSENCRequestThenTheStartupPacket() {
+        var h = ClientHandshake(config: config)
+        #expect(h.startupPacketReceived(packet(.gssEncRequest)) == .send([0x4E]))
+        #expect(h.startupPacketReceived(packet(.sslRequest)) == .send([0x4E]))
+        // A client looping on them (100 000 were answered) gets 08P01.
+        guard case .fail(let e) = h.startupPacketReceived(packet(.sslRequest)) else { Issue.record("a second SSLRequest was answered"); return }
+        #expect(e.sqlState == "08P01" && e.message?.contains("twice") == true, "\(e.message ?? "")")
+        var g = ClientHandshake(config: config)
+        _ = g.startupPacketReceived(packet(.gssEncRequest))
+        guard case .fail(let f) = g.startupPacketReceived(packet(.gssEncRequest)) else { Issue.record("a second GSSENCRequest was answered"); return }
+        #expect(f.sqlState == "08P01")
+    }
+
     func packet(_ p: StartupPacket) -> ArraySlice<UInt8> {
         var w = ByteWriter(); p.encode(into: &w); return w.bytes[4...]
     }

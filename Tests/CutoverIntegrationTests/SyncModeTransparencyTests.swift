@@ -99,3 +99,16 @@ import Testing
         #expect(route["in_sync"] == "yes", "\(route)")
     }
 }
+
+@Suite struct FilePermissionTests {
+    /// The state file and its lock are the owner's only: they name routes, backends and who paused them.
+    @Test func theStateFileIsCreatedOwnerOnly() throws {
+        let f = try ProxyFixture.shared()
+        let p = try RouteProxy(f, "permissions")
+        defer { p.stop() }
+        for path in ["\(f.directory)/permissions.state", "\(f.directory)/permissions.state.lock"] {
+            let mode = (try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? NSNumber)?.intValue ?? -1
+            #expect(mode & 0o077 == 0, "\(path): \(String(mode, radix: 8))")
+        }
+    }
+}
