@@ -54,7 +54,7 @@ struct Serve: ParsableCommand {
     func run() throws {
         let level = Logger.Level(rawValue: logLevel)!
         LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
+            var h = EscapingLogHandler(StreamLogHandler.standardError(label: label))
             h.logLevel = level
             return h
         }

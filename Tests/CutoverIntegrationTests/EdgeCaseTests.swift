@@ -24,7 +24,9 @@ import Testing
         c.send(RawClient.startup([("user", "trust_user"), ("database", "onboarding")]) + RawClient.query("SELECT 6 * 7 AS answer"))
         let (login, ready) = c.readUntilReady()
         #expect(ready && login.first == UInt8(ascii: "R"), "logged in")
-        let (answer, answered) = c.readUntilReady()
+        // The answer may have come in the same read as the login's ReadyForQuery (under load it does).
+        let loginText = String(decoding: login, as: UTF8.self)
+        let (answer, answered) = loginText.contains("answer") ? (login, true) : c.readUntilReady()
         let text = String(decoding: answer, as: UTF8.self)
         #expect(answered && text.contains("answer") && text.contains("42"), "the pipelined query was run, not dropped: \(answer)")
     }

@@ -112,3 +112,19 @@ import Testing
         }
     }
 }
+
+@Suite struct LogForgingTests {
+    /// A client-chosen value with a newline (here application_name, logged when the session starts) is written
+    /// escaped: it cannot start a log line of its own.
+    @Test func anApplicationNameWithANewlineCannotForgeALogLine() throws {
+        let f = try ProxyFixture.shared()
+        let p = try RouteProxy(f, "logforge")
+        defer { p.stop() }
+        let c = try p.client("application_name='x\nFORGED critical: the proxy was hacked'")
+        _ = try c.scalar("SELECT 1")
+        usleep(200_000)
+        let log = try String(contentsOfFile: p.log, encoding: .utf8)
+        #expect(log.contains("x\\u{a}FORGED"), "logged, escaped")
+        #expect(!log.split(separator: "\n").contains { $0.hasPrefix("FORGED") }, "no line of its own")
+    }
+}
