@@ -569,6 +569,12 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
             // a new transaction through a pause; the pause settles once it has caught up.)
             if parkedSince == nil { parkedSince = loop.now }
             parkedBytes.append(contentsOf: bytes)
+            if parkedBytes.count > server.writeHighWater, !clientPaused {
+                // Held in memory until the pause ends: past the high-water mark the client is not read
+                // (200 MB sent during a pause grew the proxy by 200 MB); `unpark` reads it again.
+                clientPaused = true
+                client.stopReading()
+            }
             return
         }
         // Units are collected only for mirroring and lock-step; a single-side phase just counts them.
@@ -902,6 +908,7 @@ final class ClientSession: TCPConnectionDelegate, BackendLinkOwner {
         let held = parkedBytes
         parkedBytes = []
         if !held.isEmpty, state == .forwarding { held.withUnsafeBytes { forwardFromClient($0) } }
+        maybeResumeClient() // stopped past the high-water mark while parked
         return waited
     }
 }

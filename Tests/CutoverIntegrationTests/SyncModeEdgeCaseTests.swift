@@ -175,4 +175,25 @@ private final class Box<T>: @unchecked Sendable { var value: T; init(_ v: T) { v
         let route = try p.route()
         #expect(route["in_sync"] == "no" && route["out_of_sync_reason"]?.contains("without a Sync") == true, "\(route)")
     }
+
+    /// A client that sends a large statement while its route is paused is not read past the high-water mark
+    /// (200 MB sent during a pause grew the proxy by 200 MB); the statement runs whole once the pause ends.
+    @Test func inputHeldByAPauseIsBounded() throws {
+        let p = try RouteProxy(f, "rvparked", server: "write_high_water = 65536")
+        defer { p.stop() }
+        let raw = try RawClient(port: p.port)
+        try raw.logIn(user: "onboarding_user", database: "rvparked", password: FixtureSecrets.clientPassword)
+        let admin = try p.admin()
+        try admin.query("PAUSE rvparked 30")
+        let before = rssKiB(p.process.processIdentifier)
+        let statement = RawClient.query("SELECT length('" + String(repeating: "q", count: 64_000_000) + "')")
+        let rawBox = Box(raw)
+        let sent = finishes(within: 3) { rawBox.value.send(statement) } // blocks while the proxy does not read
+        let during = rssKiB(p.process.processIdentifier)
+        #expect(!sent, "the proxy stopped reading: the client's send is still blocked")
+        #expect(during - before < 32_000, "held while paused: \(during - before) KiB")
+        try admin.query("RESUME rvparked")
+        let (answer, ready) = raw.readUntilReady()
+        #expect(ready && String(decoding: answer, as: UTF8.self).contains("64000000"), "the statement ran whole after the pause")
+    }
 }
