@@ -34,6 +34,12 @@ public enum ProxyError {
         fatal("53300", "sorry, too many clients already (the proxy's max_clients is \(limit))")
     }
 
+    /// Logins not finished yet have a bound of their own (and one per client address), so connections that
+    /// never log in cannot take the places of clients that do.
+    public static func tooManyLogins(_ limit: Int, from address: String?) -> ErrorFields {
+        fatal("53300", "sorry, too many logins in progress\(address.map { " from \($0)" } ?? "") (at most \(limit))")
+    }
+
     /// `address`: what a host name resolved to, named when it differs from the host.
     public static func backendUnavailable(_ backend: BackendConfig, _ reason: String, address: String? = nil) -> ErrorFields {
         let resolved = address.map { $0 == backend.host ? "" : " (\($0))" } ?? ""

@@ -206,8 +206,14 @@ public final class ProxyServer {
     private func accept(_ c: TCPConnection) {
         c.setKeepalive(keepalive)
         var refusal: ErrorFields?
+        // max_clients counts clients that logged in; logins still in progress have bounds of their own (six
+        // silent connections used to lock a max_clients = 5 proxy out for auth_timeout).
+        let address = c.peerAddress?.host ?? "local"
+        let logins = sessions.count - activeSessions
         if shutdownDeadline != nil { refusal = ProxyError.shuttingDown() }
-        else if sessions.count >= config.server.maxClients { refusal = ProxyError.tooManyClients(config.server.maxClients) }
+        else if activeSessions >= config.server.maxClients { refusal = ProxyError.tooManyClients(config.server.maxClients) }
+        else if logins >= loginLimit { refusal = ProxyError.tooManyLogins(loginLimit, from: nil) }
+        else if loginsByAddress[address, default: 0] >= Self.loginsPerAddress { refusal = ProxyError.tooManyLogins(Self.loginsPerAddress, from: address) }
         // Refused clients still get to read their error after the SSL exchange, up to a margin; past it
         // they are cut off at once so a connection flood cannot grow memory.
         if let error = refusal, sessions.count >= config.server.maxClients + 64 {
@@ -215,7 +221,11 @@ public final class ProxyServer {
             error.encode(into: &w)
             c.write(w.bytes)
             c.closeAfterWrites()
-            logger.warning("client refused", metadata: ["reason": "\(error.message ?? "")", "peer": "\(c.peerDescription)"])
+            // A flood would write a line each (200 connections, 200 lines): at most 10 a second.
+            if let suppressed = refusalLogLimiter.admit("client refused", nowMs: loop.now) {
+                logger.warning("client refused", metadata: ["reason": "\(error.message ?? "")", "peer": "\(c.peerDescription)",
+                                                            "not_logged_before": "\(suppressed)"])
+            }
             return
         }
         let id = nextSessionID
@@ -225,12 +235,33 @@ public final class ProxyServer {
         let session = ClientSession(id: id, client: c, server: self, config: config, proxySecret: secret,
                                     refusal: refusal)
         sessions[secret] = session
+        if refusal == nil {
+            loginAddresses[secret] = address
+            loginsByAddress[address, default: 0] += 1
+        }
     }
 
-    func sessionStarted(_ s: ClientSession) { activeSessions += 1 }
+    func sessionStarted(_ s: ClientSession) {
+        activeSessions += 1
+        loginEnded(s)
+    }
+
+    /// Logins in progress: at most this many in all, and `loginsPerAddress` from one client address.
+    var loginLimit: Int { max(128, 2 * config.server.maxClients) }
+    static let loginsPerAddress = 32
+    /// The client address of each session still logging in, and how many logins each address has open.
+    private var loginAddresses: [Int32: String] = [:]
+    private var loginsByAddress: [String: Int] = [:]
+
+    private func loginEnded(_ s: ClientSession) {
+        guard let address = loginAddresses.removeValue(forKey: s.proxySecret) else { return }
+        loginsByAddress[address, default: 1] -= 1
+        if loginsByAddress[address] == 0 { loginsByAddress[address] = nil }
+    }
 
     func sessionEnded(_ s: ClientSession, wasActive: Bool) {
         if wasActive { activeSessions -= 1 }
+        loginEnded(s)
         loop.retire(s) // this usually runs inside one of the session's own callbacks
         sessions[s.proxySecret] = nil
         if shutdownDeadline != nil && sessions.isEmpty { finishShutdown() }

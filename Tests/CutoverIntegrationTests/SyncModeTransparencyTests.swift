@@ -128,3 +128,26 @@ import Testing
         #expect(!log.split(separator: "\n").contains { $0.hasPrefix("FORGED") }, "no line of its own")
     }
 }
+
+@Suite struct LoginBoundTests {
+    /// Connections that never log in do not take the places of clients that do: max_clients counts logged-in
+    /// clients, logins in progress have their own bound, per client address too.
+    @Test func silentConnectionsDoNotLockClientsOut() throws {
+        let f = try ProxyFixture.shared()
+        let p = try RouteProxy(f, "loginbound", server: "max_clients = 5")
+        defer { p.stop() }
+        let silent = try (0..<6).map { _ in try RawClient(port: p.port) }
+        usleep(200_000)
+        let c = try p.client() // refused with 53300 while six silent sockets held every place
+        #expect(try c.scalar("SELECT 'in'") == "in")
+        // Past 32 logins in progress from one address, the next is refused, and says why.
+        let more = try (0..<26).map { _ in try RawClient(port: p.port) }
+        usleep(200_000)
+        let over = try RawClient(port: p.port)
+        over.send(RawClient.startup([("user", "onboarding_user"), ("database", "loginbound")]))
+        let (answer, _) = over.readUntilClosed()
+        #expect(RawClient.errorCode(in: answer) == "53300" && String(decoding: answer, as: UTF8.self).contains("logins in progress from 127.0.0.1"),
+                "\(String(decoding: answer, as: UTF8.self))")
+        _ = (silent, more)
+    }
+}
