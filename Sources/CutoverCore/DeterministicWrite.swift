@@ -103,14 +103,6 @@ public struct CapturedWrite: Sendable, Equatable {
         "SELECT " + (settings.map { "pg_catalog.current_setting(\(SQLText.quoteLiteral($0)), true)" }
                      + settings.map { "pg_catalog.set_config(\(SQLText.quoteLiteral($0)), '', false)" }).joined(separator: ", ")
     }
-
-    /// The proxy's own query, run on the follower before the unit: the leader's values into the same settings.
-    public func followerSetQuery(values: [String?]) -> String {
-        "SELECT " + zip(settings, values).map { name, value in
-            // A value the leader never computed: the follower's statement then fails as the leader's did.
-            "pg_catalog.set_config(\(SQLText.quoteLiteral(name)), \(SQLText.quoteLiteral(value ?? "")), false)"
-        }.joined(separator: ", ")
-    }
 }
 
 public enum DeterministicWrite {

@@ -79,6 +79,9 @@ final class CaptureState {
     /// Lock-step: a COPY's unit has gone; what follows is its data, until the stage changes.
     var inCopyData = false
 
+    /// How many settings the unit's rewritten statements filled so far (what an emptying query must empty).
+    var filledThisUnit: Int { max(unitFillsUncounted, executions.map(\.write.settings.count).max() ?? 0) }
+
     func startUnit() {
         unitHasCopy = false
         unitFillsUncounted = 0
@@ -246,7 +249,7 @@ extension ClientSession {
     func captureUnitEnds(begunHere: Bool) -> UnitCaptures {
         guard let s = cold?.captures else { return UnitCaptures() }
         defer { s.startUnit() }
-        let filled = max(s.unitFillsUncounted, s.executions.map(\.write.settings.count).max() ?? 0)
+        let filled = s.filledThisUnit
         var refusal = s.refusal
         if refusal == nil && s.executions.count > 1 {
             let first = s.executions[0].write
@@ -283,9 +286,14 @@ extension ClientSession {
         s.emptyWhenIdle = 0
         leader.addInternal()
         leaderInternalKinds.append(.ignored)
+        leader.send(Self.emptying(count))
+    }
+
+    /// The Query message of `DeterministicWrite.emptyingQuery`.
+    static func emptying(_ count: Int) -> [UInt8] {
         var w = ByteWriter()
         FrontendMessage.query(DeterministicWrite.emptyingQuery(settings: count)).encode(into: &w)
-        leader.send(w.bytes)
+        return w.bytes
     }
 
     /// The proxy's own query emptying `count` settings, right behind the unit that ends at the end of the
@@ -293,9 +301,7 @@ extension ClientSession {
     func emptyingBytes(settings count: Int, clientUnitsAhead: Int32) -> [UInt8] {
         leader?.addInternal(afterClientUnits: clientUnitsAhead)
         leaderInternalKinds.append(.ignored)
-        var w = ByteWriter()
-        FrontendMessage.query(DeterministicWrite.emptyingQuery(settings: count)).encode(into: &w)
-        return w.bytes
+        return Self.emptying(count)
     }
 
     /// Records a write the follower cannot store identically, and marks the route out of sync.
@@ -520,10 +526,7 @@ extension ClientSession {
         s.restoreWhenIdle = false
         // What a rewritten statement ran since the last readback filled is emptied first.
         let filled = max(s.unnamed?.settings.count ?? 0, s.named.values.map(\.settings.count).max() ?? 0)
-        var out: [UInt8] = []
-        var w = ByteWriter()
-        FrontendMessage.query(DeterministicWrite.emptyingQuery(settings: filled)).encode(into: &w)
-        out += w.bytes
+        var out = Self.emptying(filled)
         var units: Int32 = 1
         for name in s.named.keys.sorted() {
             guard let parse = tracker.preparedMessages[name] else { continue }
@@ -617,7 +620,7 @@ extension ClientSession {
             // The follower ran this unit first, as the client sent it (recorded in `followerFirstUnit`): its
             // Parses are rewritten for later units, but this unit's values cannot be read back for it: what
             // its rewritten statements filled is emptied behind it.
-            let filled = cold?.captures.map { s in max(s.unitFillsUncounted, s.executions.map(\.write.settings.count).max() ?? 0) } ?? 0
+            let filled = cold?.captures?.filledThisUnit ?? 0
             let hasCopy = cold?.captures?.unitHasCopy ?? false
             cold?.captures?.startUnit()
             cold?.captures?.lockStepUnitSplit = false

@@ -87,7 +87,7 @@ import Testing
 
     func run(mirror: String) throws {
         let route = "det\(mirror)"
-        for c in [try f.recruitmentLegacy(), try f.recruitmentNew()] { try c.query(Self.schema) }
+        try f.onBothRecruitmentSides(Self.schema)
         let p = try RouteProxy(f, route, route: "mirror = \"\(mirror)\"")
         defer { p.stop() }
         load(p, seconds: 10)
@@ -117,7 +117,7 @@ import Testing
     /// A statement prepared before the follower joined, and one carried across a leader flip, is still
     /// captured: the proxy parses it again on the (new) leader with its rewritten text.
     @Test func namedStatementsStayCapturedWhenTheFollowerJoinsAndWhenTheLeaderChanges() throws {
-        for c in [try f.recruitmentLegacy(), try f.recruitmentNew()] { try c.query(Self.schema) }
+        try f.onBothRecruitmentSides(Self.schema)
         let p = try RouteProxy(f, "detnamed")
         defer { p.stop() }
         let c = try p.client()
@@ -143,7 +143,7 @@ import Testing
     /// Defaults are inlined schema-qualified (a client's own search_path cannot break the leader's
     /// statement); a whole transaction in one Query is captured in lock-step.
     @Test func qualifiedDefaultsAndATransactionInOneQueryInLockStep() throws {
-        for c in [try f.recruitmentLegacy(), try f.recruitmentNew()] { try c.query(Self.schema) }
+        try f.onBothRecruitmentSides(Self.schema)
         let p = try RouteProxy(f, "detpath", route: "mirror = \"sync\"")
         defer { p.stop() }
         let c = try p.client()
@@ -197,7 +197,7 @@ import Testing
     }
 
     @Test func whatCannotBeCapturedMarksTheRouteOutOfSyncWithItsReason() throws {
-        for c in [try f.recruitmentLegacy(), try f.recruitmentNew()] { try c.query(Self.schema) }
+        try f.onBothRecruitmentSides(Self.schema)
         let p = try RouteProxy(f, "detmark")
         defer { p.stop() }
         let c = try p.client()

@@ -8,9 +8,7 @@ import Testing
     init() throws { f = try ProxyFixture.shared() }
 
     @Test(arguments: ["sync", "async"]) func aCancelEndsTheStatementAtOnce(mirror: String) throws {
-        for c in [try f.recruitmentLegacy(), try f.recruitmentNew()] {
-            try c.query("DROP TABLE IF EXISTS tr_cancel; CREATE TABLE tr_cancel (k int PRIMARY KEY, v text)")
-        }
+        try f.onBothRecruitmentSides("DROP TABLE IF EXISTS tr_cancel; CREATE TABLE tr_cancel (k int PRIMARY KEY, v text)")
         let p = try RouteProxy(f, "trcancel\(mirror)", route: "mirror = \"\(mirror)\"")
         defer { p.stop() }
         let c = try p.client()
@@ -77,9 +75,7 @@ import Testing
     /// A pipeline (several Bind/Execute before one Sync) in which one statement fails ends as PostgreSQL ends
     /// it: that error, the rest skipped, the implicit transaction rolled back, on both sides.
     @Test(arguments: ["sync", "async"]) func aPipelineWithAnErrorMidwayEndsAsPostgreSQLEndsIt(mirror: String) throws {
-        for c in [try f.recruitmentLegacy(), try f.recruitmentNew()] {
-            try c.query("DROP TABLE IF EXISTS tr_pipe; CREATE TABLE tr_pipe (k int PRIMARY KEY, at timestamptz DEFAULT now())")
-        }
+        try f.onBothRecruitmentSides("DROP TABLE IF EXISTS tr_pipe; CREATE TABLE tr_pipe (k int PRIMARY KEY, at timestamptz DEFAULT now())")
         let p = try RouteProxy(f, "trpipe\(mirror)", route: "mirror = \"\(mirror)\"")
         defer { p.stop() }
         let c = try p.client()

@@ -17,14 +17,12 @@ import Testing
     @Test(arguments: 0..<6) func everyCheckInEveryMode(_ k: Int) throws {
         let (phase, mirror) = Self.modes[k]
         let name = "tm\(k)", mode = "\(phase) \(mirror)"
-        for c in [try f.recruitmentLegacy(), try f.recruitmentNew()] {
-            try c.query("""
+        try f.onBothRecruitmentSides("""
                 DROP TABLE IF EXISTS \(name)_rows, \(name)_copy;
                 CREATE TABLE \(name)_rows (k int PRIMARY KEY, v bigint NOT NULL DEFAULT 0, at timestamptz NOT NULL DEFAULT now());
                 INSERT INTO \(name)_rows (k, at) SELECT g, '2026-01-01' FROM generate_series(1, 100) g;
                 CREATE TABLE \(name)_copy (k int, v text);
-                """)
-        }
+            """)
         let p = try RouteProxy(f, name, route: "mirror = \"\(mirror)\"")
         defer { p.stop() }
         let admin = try p.admin()
